@@ -1,0 +1,234 @@
+"""The ``hpo`` command line: tune locally, serve the API, run workers, talk to a server.
+
+Every command exits non-zero with a one-line reason (never a traceback) on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from hpo.client import APIError
+from hpo.spec import SpecError, load_spec
+from hpo.storage import DEFAULT_STORAGE
+
+DATABASE_ENV = "HPO_DATABASE_URL"
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _database(args: argparse.Namespace) -> str:
+    return args.database or os.environ.get(DATABASE_ENV) or DEFAULT_STORAGE
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _spec_or_exit(path: str):
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        for err in exc.errors:
+            print(f"{path}: {err['field']}: {err['message']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ---- local tuning ------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    spec = _spec_or_exit(args.spec)
+    print(f"{args.spec}: ok ({spec.task}, {spec.sampler.name} sampler, {spec.n_trials} trials, "
+          f"{spec.cv.folds}-fold {spec.cv.strategy} CV, {spec.direction} {spec.training.metric})")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from hpo import local
+
+    spec = _spec_or_exit(args.spec)
+    if args.n_trials is not None:
+        if args.n_trials < 1:
+            raise UsageError(f"--n-trials must be >= 1; got {args.n_trials}")
+        spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"n_trials": args.n_trials})})
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1; got {args.jobs}")
+    best = local.run(spec, storage_url=args.storage or _database(args), jobs=args.jobs,
+                     data_dir=args.data_dir, show_progress=not args.quiet)
+    if best is None:
+        raise UsageError("no trial completed; see the failed trials' fail_reason (hpo best --json shows them)")
+    if args.json:
+        _print_json(best)
+
+
+def cmd_best(args: argparse.Namespace) -> None:
+    from hpo.console import best_table, console
+
+    if args.url:
+        from hpo.client import Client
+
+        best = Client(args.url, api_key=args.api_key).best(args.study)
+        metric = best.get("metric", "value")
+    else:
+        from hpo import local
+
+        best, metric = local.best(args.study, args.storage or _database(args))
+    if args.json:
+        _print_json(best)
+    else:
+        console.print(best_table(best, metric))
+
+
+# ---- service -----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from service.server import serve  # the one place the engine's CLI starts the HTTP face
+
+    serve(host=args.host, port=args.port, database_url=_database(args), workers=args.workers,
+          data_dir=args.data_dir, insecure=args.insecure)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from hpo.worker import WorkerOptions, run_worker
+
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be >= 1; got {args.concurrency}")
+    options = WorkerOptions(
+        database_url=_database(args), data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period, threads=max(1, (os.cpu_count() or 1) // args.concurrency),
+    )
+    print(f"hpo worker: {args.concurrency} process(es) on {options.database_url}", file=sys.stderr)
+    run_worker(options, concurrency=args.concurrency)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> None:
+    from service.db import upgrade
+
+    upgrade(_database(args))
+    print("database is up to date", file=sys.stderr)
+
+
+# ---- remote ------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):
+    from hpo.client import Client
+
+    return Client(args.url, api_key=args.api_key)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    _spec_or_exit(args.spec)  # refuse locally first, with the same messages the server gives
+    study = _client(args).submit(args.spec)
+    if args.json:
+        _print_json(study)
+    else:
+        print(study["id"])
+        print(f"watch: hpo watch {study['id']} --url {args.url}", file=sys.stderr)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    _print_json(_client(args).get(args.study))
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    from hpo.console import follow
+
+    client = _client(args)
+    final = follow(lambda: client.get(args.study))
+    print(final["state"])
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    _print_json(_client(args).cancel(args.study))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpo", description="Hyperparameter optimization for RNNs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def database(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--database", help=f"storage URL (default: ${DATABASE_ENV} or {DEFAULT_STORAGE})")
+        p.add_argument("--data-dir", default="hpo-data", help="where uploaded datasets live (default: hpo-data)")
+
+    def remote(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=os.environ.get("HPO_URL", "http://127.0.0.1:8000"),
+                       help="the service's URL (default: $HPO_URL or http://127.0.0.1:8000)")
+        p.add_argument("--api-key", default=os.environ.get("HPO_API_KEY"), help="API key (default: $HPO_API_KEY)")
+
+    p = add("run", cmd_run, "Tune locally: run a spec's study to the end with a live progress bar.")
+    p.add_argument("spec", help="study spec (YAML or JSON)")
+    p.add_argument("--storage", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--n-trials", type=int, help="override budget.n_trials")
+    p.add_argument("--jobs", type=int, help="trials in parallel processes (default: one per CPU core)")
+    p.add_argument("--json", action="store_true", help="print the best trial as JSON at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    database(p)
+
+    p = add("validate", cmd_validate, "Check a spec; exit non-zero naming each bad field.")
+    p.add_argument("spec")
+
+    p = add("best", cmd_best, "Print a study's best parameters (from a storage or a server).")
+    p.add_argument("study", help="study name (with --storage) or id (with --url)")
+    p.add_argument("--storage", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--url", help="ask this server instead of a storage")
+    p.add_argument("--api-key", default=os.environ.get("HPO_API_KEY"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--database", help=argparse.SUPPRESS)
+
+    p = add("serve", cmd_serve, "Serve the REST API and browser pages, with embedded workers.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="embedded worker processes (0: API only)")
+    p.add_argument("--insecure", action="store_true", help="allow serving a non-loopback address without API keys")
+    database(p)
+
+    p = add("worker", cmd_worker, "Run trials of any runnable study in the database, until stopped.")
+    p.add_argument("--concurrency", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between heartbeats")
+    p.add_argument("--grace-period", type=int, default=30, help="seconds of silence before a trial is failed")
+    database(p)
+
+    p = add("db", cmd_db_upgrade, "Database maintenance.")
+    p.add_argument("action", choices=["upgrade"], help="upgrade: apply migrations")
+    database(p)
+
+    for name, func, help in (
+        ("submit", cmd_submit, "Submit a spec to a server; print the study id."),
+        ("status", cmd_status, "Show a study's state and counts (JSON)."),
+        ("watch", cmd_watch, "Follow a study with a live progress bar until it ends."),
+        ("cancel", cmd_cancel, "Cancel a study on a server."),
+    ):
+        p = add(name, func, help)
+        p.add_argument("spec" if name == "submit" else "study")
+        remote(p)
+        if name == "submit":
+            p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as exc:
+        print(f"hpo {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (APIError, ValueError, KeyError, OSError) as exc:  # refusals: one line, no traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"hpo {args.command}: {message}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,136 @@
+"""User files: which loader reads which format/task, and the options they accept."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hpo.data.base import TASKS, DataError, Dataset
+from hpo.data.forecast import ForecastDataset, Series, parse_series
+from hpo.data.readers import DEFAULT_MAX_UNCOMPRESSED, read_utf8
+from hpo.data.sequences import sequences_from_npz
+from hpo.data.text import text_from_table
+
+FORMATS = ("npz", "csv", "tsv")
+OPTION_NAMES = ("target_column", "text_column", "label_column", "max_length")
+DEFAULT_MAX_LENGTH = 64  # as hpo.spec.DatasetSpec.max_length
+MAX_LENGTH_BOUNDS = (4, 1024)  # as hpo.spec.DatasetSpec.max_length
+_DELIMITERS = {"csv": ",", "tsv": "\t"}
+
+
+def resolve_format(filename: str, format: str | None, task: str) -> str:
+    """The file format (given, else the filename's suffix), checked against the task.
+
+    Raises:
+        DataError: for an unknown task or format, or npz for forecasting.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+    fmt = (format or Path(filename).suffix.lstrip(".")).lower()
+    if fmt not in FORMATS:
+        raise DataError(f"cannot read format {fmt or '(none)'!r} of {filename!r}; accepted: {', '.join(FORMATS)}")
+    if fmt == "npz" and task == "forecasting":
+        raise DataError("forecasting reads a csv (or tsv) series; got npz")
+    return fmt
+
+
+def check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate loader options (``target_column``, ``text_column``, ``label_column``, ``max_length``).
+
+    Returns:
+        The options as a plain dict, without the ones set to None.
+
+    Raises:
+        DataError: for an unknown option, a column name that is not a non-empty string, or
+            a max_length outside the accepted range.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if key not in OPTION_NAMES:
+            raise DataError(f"unknown option {key!r}; accepted: {', '.join(OPTION_NAMES)}")
+        if value is None:
+            continue
+        if key == "max_length":
+            low, high = MAX_LENGTH_BOUNDS
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise DataError(f"max_length must be an integer in [{low}, {high}]; got {value!r}")
+        elif not isinstance(value, str) or not value.strip():
+            raise DataError(f"{key} must be a non-empty column name; got {value!r}")
+        checked[key] = value
+    return checked
+
+
+def open_file(
+    path: str | Path,
+    *,
+    format: str | None,
+    task: str,
+    options: Mapping[str, Any] | None = None,
+    lookback: int = 12,
+    horizon: int = 1,
+    max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+) -> Dataset:
+    """Load and validate a user file.
+
+    Args:
+        path: the file.
+        format: ``npz`` (numeric sequences), ``csv`` or ``tsv`` (text table, or a series
+            for forecasting); None: from the file's suffix.
+        task: ``classification``, ``regression`` or ``forecasting``.
+        options: see ``check_options``.
+        lookback: input steps per forecasting window.
+        horizon: forecast steps per forecasting window.
+        max_uncompressed: most bytes an NPZ archive may unpack to.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        DataError: whenever the file, the format/task pair or an option is refused.
+    """
+    fmt = resolve_format(str(path), format, task)
+    opts = check_options(options)
+    if fmt == "npz":
+        return sequences_from_npz(path, task, max_uncompressed)
+    if task == "forecasting":
+        return ForecastDataset(_read_series(path, fmt, opts), lookback, horizon)
+    return text_from_table(
+        read_utf8(path),
+        _DELIMITERS[fmt],
+        task,
+        opts.get("max_length", DEFAULT_MAX_LENGTH),
+        opts.get("text_column"),
+        opts.get("label_column"),
+    )
+
+
+def inspect_file(
+    path: str | Path,
+    *,
+    format: str | None,
+    task: str,
+    options: Mapping[str, Any] | None = None,
+    max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+) -> dict[str, Any]:
+    """Fully load and validate a user file and summarize it.
+
+    A forecasting series is summarized as a series (its windows depend on the study's
+    lookback and horizon); see ``open_file`` for the arguments.
+
+    Returns:
+        A JSON-able summary.
+
+    Raises:
+        DataError: as ``open_file``.
+    """
+    fmt = resolve_format(str(path), format, task)
+    if task == "forecasting":
+        return _read_series(path, fmt, check_options(options)).describe()
+    return open_file(path, format=fmt, task=task, options=options, max_uncompressed=max_uncompressed).describe()
+
+
+def _read_series(path: str | Path, fmt: str, opts: dict[str, Any]) -> Series:
+    """The series in a csv/tsv file."""
+    return parse_series(read_utf8(path), _DELIMITERS[fmt], opts.get("target_column"))
+

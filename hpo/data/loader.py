@@ -1,0 +1,58 @@
+"""``load_dataset``: from a study spec's ``dataset`` section to a ``Dataset``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpo.data.base import DataError, Dataset
+from hpo.data.builtins import load_builtin
+from hpo.data.formats import OPTION_NAMES, open_file
+from hpo.data.store import DatasetStore
+
+if TYPE_CHECKING:
+    from hpo.spec import StudySpec
+
+
+def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset:
+    """Load the dataset a study spec names: a builtin, a file path, or an uploaded id.
+
+    For an uploaded id the stored format, task and options apply; ``target_column``,
+    ``text_column``, ``label_column`` and ``max_length`` given in the spec override them.
+
+    Args:
+        spec: the validated study spec.
+        data_dir: the dataset store's data directory (needed for ``dataset.id``).
+
+    Returns:
+        The dataset, ready to build folds.
+
+    Raises:
+        DataError: when the file is missing or refused, the id is unknown or was uploaded
+            for another task, or no data_dir is given for an id.
+    """
+    ds = spec.dataset
+    lookback, horizon = spec.training.lookback, spec.training.horizon
+    if ds.builtin is not None:
+        return load_builtin(ds.builtin, max_length=ds.max_length, lookback=lookback, horizon=horizon)
+    overrides = {k: getattr(ds, k) for k in OPTION_NAMES if k in ds.model_fields_set and getattr(ds, k) is not None}
+    if ds.path is not None:
+        source, path, fmt, options = ds.path, Path(ds.path), ds.format, overrides
+        if not path.is_file():
+            raise DataError(f"{ds.path}: no such file")
+    else:
+        if data_dir is None:
+            raise DataError(f"dataset.id {ds.id!r} needs the dataset store's data directory (data_dir)")
+        store = DatasetStore(data_dir)
+        try:
+            info = store.get(ds.id or "")
+            path = store.path_of(info.id)
+        except KeyError:
+            raise DataError(f"unknown dataset id {ds.id!r}; upload it first or pick a listed one") from None
+        source, fmt, options = f"dataset {info.id} ({info.name})", info.format, {**info.options, **overrides}
+        if info.task != spec.task:
+            raise DataError(f"{source} was uploaded for {info.task}; the spec's task is {spec.task}")
+    try:
+        return open_file(path, format=fmt, task=spec.task, options=options, lookback=lookback, horizon=horizon)
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from None

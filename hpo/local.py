@@ -1,0 +1,109 @@
+"""Tuning on this machine: ``hpo run`` and ``hpo best --storage``.
+
+``hpo run`` is the same worker loop the service uses, pointed at one study: trials run
+in ``jobs`` processes (one per core by default) that coordinate through the storage.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import optuna
+
+from hpo.console import best_table, console, follow
+from hpo.spec import StudySpec
+from hpo.storage import open_storage
+from hpo.studies import create_study, progress, study_spec
+from hpo.worker import (
+    DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S, WorkerOptions, start_worker_processes, stop_worker_processes, worker_loop,
+)
+
+
+def best_trial(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:
+    """The best complete trial as plain data, or ``None`` while none has completed."""
+    try:
+        trial = study.best_trial
+    except ValueError:
+        return None
+    return {
+        "study": study.study_name,
+        "number": trial.number,
+        "value": trial.value,
+        "metric": spec.training.metric,
+        "direction": spec.direction,
+        "params": trial.params,
+        "fold_scores": trial.user_attrs.get("fold_scores"),
+        "fold_std": trial.user_attrs.get("fold_std"),
+    }
+
+
+def best(study_name: str, storage_url: str) -> tuple[dict[str, Any], str]:
+    """The best trial of a stored study, and the metric it was scored with.
+
+    Raises:
+        KeyError: no such study in the storage.
+        ValueError: no trial has completed yet.
+    """
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
+        raise KeyError(f"no study {study_name!r} in {storage_url} (studies: {names})") from None
+    spec = study_spec(study)
+    found = best_trial(study, spec)
+    if found is None:
+        raise ValueError(f"study {study_name!r} has no completed trial yet")
+    return found, spec.training.metric
+
+
+def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: str = "hpo-data",
+        show_progress: bool = True) -> dict[str, Any] | None:
+    """Run (or resume) the spec's study until its budget is spent; print the best trial.
+
+    Args:
+        spec: the study spec (``spec.name`` names the study: running it again resumes it).
+        storage_url: Optuna storage URL.
+        jobs: parallel trial processes; by default one per CPU core.
+        data_dir: where uploaded datasets live.
+        show_progress: draw the live progress bar and the final table.
+
+    Returns:
+        The best trial as data, or ``None`` when no trial completed.
+    """
+    storage = open_storage(storage_url, heartbeat_interval=DEFAULT_HEARTBEAT_S, grace_period=DEFAULT_GRACE_S)
+    study = create_study(storage, spec)
+    jobs = jobs or os.cpu_count() or 1
+    options = WorkerOptions(
+        database_url=storage_url, data_dir=data_dir, study_name=spec.name, until_idle=True,
+        threads=max(1, (os.cpu_count() or 1) // jobs),
+    )
+
+    if jobs == 1:
+        stop = threading.Event()
+        thread = threading.Thread(target=worker_loop, args=(options, 0, stop), daemon=True)
+        thread.start()
+        alive = thread.is_alive
+
+        def shutdown() -> None:
+            stop.set()
+            thread.join()
+    else:
+        procs = start_worker_processes(jobs, storage_url, data_dir=data_dir, study_name=spec.name,
+                                       until_idle=True, threads=options.threads)
+
+        def alive() -> bool:
+            return any(p.is_alive() for p in procs)
+
+        def shutdown() -> None:
+            stop_worker_processes(procs)
+    try:
+        follow(lambda: progress(study, spec).as_dict(), keep_going=alive, enabled=show_progress)
+    finally:
+        shutdown()
+    found = best_trial(study, spec)
+    if found is not None and show_progress:
+        console.print(best_table(found, spec.training.metric))
+    return found

@@ -1,0 +1,98 @@
+"""The objective Optuna optimizes: spec + trial -> mean k-fold validation score."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+import optuna
+import torch
+
+from hpo.cv import fold_indices, run_folds
+from hpo.data import Dataset, FoldData
+from hpo.samplers import suggest_params
+from hpo.spec import StudySpec
+from hpo.studies import FAIL_REASON_ATTR
+from hpo.train import FoldTrainer, fold_summary, pick_device
+
+
+class Objective:
+    """Callable for ``study.optimize``: suggests parameters, cross-validates, returns the mean.
+
+    Folds' preprocessed tensors are built once per process and reused by every trial.
+    Each epoch the mean validation score across folds is reported (step = epoch) so
+    epoch-wise pruners can stop a trial early; with the Wilcoxon pruner each fold's score
+    is reported instead (step = fold) and a clearly worse trial stops before all k folds.
+    Per-fold scores, their std and early-stopping epochs are stored as trial user
+    attributes; a failure stores its reason as ``fail_reason``.
+
+    Args:
+        spec: the study spec.
+        dataset: the loaded dataset.
+        device: where to train (CUDA when available by default).
+        should_stop: polled every epoch; when true the trial fails as interrupted.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        dataset: Dataset,
+        device: torch.device | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        self.spec = spec
+        self.dataset = dataset
+        self.device = device or pick_device()
+        self.should_stop = should_stop
+        self._folds: list[FoldData] | None = None
+
+    def folds(self) -> list[FoldData]:
+        if self._folds is None:
+            self._folds = [self.dataset.fold(tr, va) for tr, va in fold_indices(self.dataset, self.spec)]
+        return self._folds
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(exc).__name__}: {exc}"[:2000])
+            trial.set_user_attr("fail_traceback", traceback.format_exc()[-4000:])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        spec = self.spec
+        params = suggest_params(trial, spec.search_space)
+        folds = self.folds()
+        seed = spec.training.seed
+        per_fold = spec.pruner.name == "wilcoxon"
+        # Optuna advises a shuffled instance order for Wilcoxon so early folds do not dominate.
+        order = np.random.default_rng(seed + trial.number).permutation(len(folds)) if per_fold else range(len(folds))
+        built: list[FoldTrainer] = []
+
+        def trainer(i: int) -> FoldTrainer:
+            built.append(FoldTrainer(
+                folds[i], params, spec.model, spec.training.metric, spec.training.patience, self.device, seed + i,
+            ))
+            return built[-1]
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} with {spec.training.metric} {value:.4g}")
+
+        try:
+            run_folds(
+                (trainer(int(i)) for i in order) if per_fold else [trainer(i) for i in order],
+                spec.training.max_epochs,
+                per_fold=per_fold,
+                on_epoch=report,
+                on_fold=lambda position, score: report(int(order[position]), score),
+                should_stop=self.should_stop,
+            )
+        finally:
+            for key, value in fold_summary([t for t in built if t.epochs]).items():
+                trial.set_user_attr(key, value)
+        return float(np.mean([t.score for t in built]))

@@ -1,0 +1,423 @@
+"""StudySpec: the one contract shared by the CLI, the HTTP service and the workers.
+
+A spec is data, never code: it is parsed from YAML or JSON, validated by pydantic, and
+nothing in it is evaluated or unpickled. Every refusal names the field path and what is
+accepted, e.g. ``search_space.lr: low (0.1) must be < high (0.001)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Task = Literal["classification", "regression", "forecasting"]
+Cell = Literal["rnn", "lstm", "gru"]
+Metric = Literal["accuracy", "f1_macro", "loss", "rmse", "mae"]
+
+BUILTIN_DATASETS: dict[str, Task] = {
+    "digits": "classification",
+    "sms_spam": "classification",
+    "airline": "forecasting",
+}
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "loss"),
+    "regression": ("rmse", "mae"),
+    "forecasting": ("rmse", "mae"),
+}
+MAXIMIZED_METRICS = ("accuracy", "f1_macro")
+MAX_GRID_SIZE = 100_000
+
+
+class SpecError(ValueError):
+    """A spec was refused. ``errors`` holds one ``{"field": path, "message": text}`` each."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        self.errors = errors
+        super().__init__("\n".join(f"{e['field']}: {e['message']}" for e in errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    """Where the data comes from: exactly one of ``builtin``, ``path`` or ``id``."""
+
+    builtin: Literal["digits", "sms_spam", "airline"] | None = None
+    path: str | None = None
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    format: Literal["npz", "csv", "tsv"] | None = None
+    target_column: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    max_length: int = Field(default=64, ge=4, le=1024)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        given = [k for k in ("builtin", "path", "id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of builtin (digits | sms_spam | airline), path or id"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        if self.path is not None and self.format is None:
+            suffix = Path(self.path).suffix.lower().lstrip(".")
+            if suffix not in ("npz", "csv", "tsv"):
+                raise ValueError(
+                    f"format: cannot tell the format of {self.path!r}; set format to npz, csv or tsv"
+                )
+            self.format = suffix
+        return self
+
+
+class ModelSpec(_Strict):
+    cell: Cell = "lstm"
+    num_layers: int = Field(default=1, ge=1, le=4)
+    bidirectional: bool = False
+    embedding_dim: int = Field(default=64, ge=4, le=1024)
+
+
+class ParamSpec(_Strict):
+    """One hyperparameter: a range (``low``/``high``/``log``), ``choices``, or a fixed ``value``.
+
+    ``grid`` lists the values the grid sampler visits for a range.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    choices: list[Any] | None = Field(default=None, min_length=1)
+    value: Any = None
+    grid: list[Any] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.value is not None:
+            if self.choices is not None or self.low is not None or self.high is not None:
+                raise ValueError("value fixes the parameter; do not also give low/high or choices")
+            return self
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if len({json.dumps(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"choices must be distinct; got {self.choices}")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices or value)")
+        for bound in ("low", "high"):
+            if not math.isfinite(getattr(self, bound)):
+                raise ValueError(f"{bound} must be a finite number; got {getattr(self, bound)}")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be < high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0; got low ({self.low:g})")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.value is not None
+
+
+# name -> (kind, default, allowed bounds). kind: float | int | categorical.
+_PARAMS: dict[str, tuple[str, dict[str, Any], tuple[float, float] | tuple[Any, ...]]] = {
+    "lr": ("float", {"low": 1e-4, "high": 1e-1, "log": True}, (1e-7, 10.0)),
+    "batch_size": ("int", {"choices": [16, 32, 64, 128, 256]}, (1, 65536)),
+    "hidden_size": ("int", {"low": 16, "high": 256, "log": True}, (1, 4096)),
+    "dropout": ("float", {"low": 0.0, "high": 0.5, "log": False}, (0.0, 0.95)),
+    "clip_norm": ("float", {"low": 0.1, "high": 10.0, "log": True}, (1e-4, 1e4)),
+    "weight_decay": ("float", {"value": 0.0}, (0.0, 1.0)),
+    "cell": ("categorical", {}, ("rnn", "lstm", "gru")),
+    "num_layers": ("int", {}, (1, 4)),
+}
+TUNED_PARAMS = ("lr", "batch_size", "hidden_size", "dropout", "clip_norm")
+PARAM_NAMES = tuple(_PARAMS)
+
+
+class SearchSpace(_Strict):
+    """The searched hyperparameters. The five tuned ones always exist (defaults apply to
+    anything left out; a partial entry such as ``lr: {low: 1e-3}`` narrows the default);
+    ``cell``, ``num_layers`` and ``weight_decay`` are searched only when given."""
+
+    lr: ParamSpec
+    batch_size: ParamSpec
+    hidden_size: ParamSpec
+    dropout: ParamSpec
+    clip_norm: ParamSpec
+    weight_decay: ParamSpec
+    cell: ParamSpec | None = None
+    num_layers: ParamSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return data
+        filled = dict(data)
+        for name, (_, default, _) in _PARAMS.items():
+            if not default:
+                continue
+            given = filled.get(name)
+            if given is None:
+                filled[name] = dict(default)
+            elif isinstance(given, dict) and not ({"choices", "value"} & given.keys()):
+                range_default = {k: v for k, v in default.items() if k in ("low", "high", "log")}
+                filled[name] = {**range_default, **given}
+            elif not isinstance(given, dict):
+                filled[name] = {"value": given}  # `dropout: 0.1` is shorthand for a fixed value
+        return filled
+
+    @model_validator(mode="after")
+    def _in_bounds(self) -> SearchSpace:
+        for name, param in self.items():
+            kind, _, allowed = _PARAMS[name]
+            values = _declared_values(param)
+            for v in values:
+                _check_value(name, kind, allowed, v)
+        return self
+
+    def items(self) -> list[tuple[str, ParamSpec]]:
+        return [(n, getattr(self, n)) for n in PARAM_NAMES if getattr(self, n) is not None]
+
+    @staticmethod
+    def kind(name: str) -> str:
+        return _PARAMS[name][0]
+
+
+def _declared_values(param: ParamSpec) -> list[Any]:
+    if param.value is not None:
+        return [param.value]
+    if param.choices is not None:
+        return list(param.choices)
+    return [param.low, param.high, *(param.grid or [])]
+
+
+def _check_value(name: str, kind: str, allowed: tuple, v: Any) -> None:
+    if kind == "categorical":
+        if v not in allowed:
+            raise ValueError(f"{name}: {v!r} is not one of {', '.join(map(str, allowed))}")
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{name}: {v!r} is not a number")
+    if kind == "int" and float(v) != int(v):
+        raise ValueError(f"{name}: {v!r} is not an integer")
+    lo, hi = allowed
+    if not (lo <= v <= hi):
+        raise ValueError(f"{name}: {v!r} is outside the accepted range [{lo:g}, {hi:g}]")
+
+
+class SamplerSpec(_Strict):
+    name: Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int | None = Field(default=None, ge=0, le=10_000)
+    grid_points: int | None = Field(default=None, ge=1, le=1000)
+
+
+class PrunerSpec(_Strict):
+    name: Literal["none", "median", "hyperband", "successive_halving", "wilcoxon"] = "median"
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_steps: int = Field(default=1, ge=0)
+    min_resource: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+    p_threshold: float = Field(default=0.1, gt=0.0, lt=1.0)
+
+
+class CVSpec(_Strict):
+    folds: int = Field(default=5, ge=2, le=20)
+    strategy: Literal["stratified", "kfold", "timeseries"] | None = None
+    shuffle: bool = True
+    seed: int = 0
+
+
+class TrainingSpec(_Strict):
+    max_epochs: int = Field(default=20, ge=1, le=1000)
+    patience: int | None = Field(default=3, ge=1)
+    metric: Metric | None = None
+    lookback: int = Field(default=12, ge=1, le=10_000)
+    horizon: int = Field(default=1, ge=1, le=1000)
+    seed: int = 0
+
+
+class BudgetSpec(_Strict):
+    n_trials: int | None = Field(default=None, ge=1, le=100_000)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+DEFAULT_N_TRIALS = 20
+
+
+class StudySpec(_Strict):
+    """A whole study: what to tune, on which data, how to score it, and how long to try."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    task: Task = "classification"
+    dataset: DatasetSpec
+    model: ModelSpec = ModelSpec()
+    search_space: SearchSpace = Field(default_factory=lambda: SearchSpace.model_validate({}))
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    cv: CVSpec = CVSpec()
+    training: TrainingSpec = TrainingSpec()
+    budget: BudgetSpec = BudgetSpec()
+    enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> StudySpec:
+        errors: list[tuple[str, str]] = []
+        builtin_task = BUILTIN_DATASETS.get(self.dataset.builtin or "")
+        if builtin_task and builtin_task != self.task:
+            errors.append(("task", f"dataset {self.dataset.builtin} is a {builtin_task} dataset; got task {self.task}"))
+        if self.dataset.format == "npz" and self.task == "forecasting":
+            errors.append(("dataset.format", "forecasting reads a csv series; got npz"))
+
+        strategy = self.cv.strategy or _default_strategy(self.task)
+        if self.task == "forecasting" and strategy != "timeseries":
+            errors.append(("cv.strategy", f"forecasting needs timeseries (never train on the future); got {strategy}"))
+        if self.task != "classification" and strategy == "stratified":
+            errors.append(("cv.strategy", f"stratified needs class labels; use kfold or timeseries for {self.task}"))
+        self.cv.strategy = strategy
+
+        metric = self.training.metric or METRICS_BY_TASK[self.task][0]
+        if metric not in METRICS_BY_TASK[self.task]:
+            errors.append(("training.metric", f"{self.task} accepts {' | '.join(METRICS_BY_TASK[self.task])}; got {metric}"))
+        self.training.metric = metric
+
+        if self.sampler.name == "grid":
+            try:
+                size = math.prod(len(v) for v in self.grid().values())
+            except ValueError as exc:
+                errors.append(tuple(str(exc).split(": ", 1)))  # type: ignore[arg-type]
+            else:
+                if size > MAX_GRID_SIZE:
+                    errors.append(("sampler.grid_points", f"the grid has {size} points; at most {MAX_GRID_SIZE} are accepted"))
+                elif self.budget.n_trials is not None and self.budget.n_trials > size:
+                    errors.append(("budget.n_trials", f"{self.budget.n_trials} exceeds the grid's {size} points"))
+        for i, params in enumerate(self.enqueue_trials):
+            for name, v in params.items():
+                if name not in PARAM_NAMES:
+                    errors.append((f"enqueue_trials.{i}.{name}", f"unknown parameter; accepted: {', '.join(PARAM_NAMES)}"))
+                    continue
+                kind, _, allowed = _PARAMS[name]
+                try:
+                    _check_value(name, kind, allowed, v)
+                except ValueError as exc:
+                    errors.append((f"enqueue_trials.{i}.{name}", str(exc).split(": ", 1)[1]))
+        if errors:
+            raise SpecError([{"field": f, "message": m} for f, m in errors])
+        return self
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return "maximize" if self.training.metric in MAXIMIZED_METRICS else "minimize"
+
+    @property
+    def n_trials(self) -> int:
+        """The trial budget: as given, else every grid point for grid search, else 20."""
+        if self.budget.n_trials is not None:
+            return self.budget.n_trials
+        if self.sampler.name == "grid":
+            return math.prod(len(v) for v in self.grid().values())
+        return DEFAULT_N_TRIALS
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The grid sampler's values per parameter.
+
+        Raises:
+            ValueError: ``"search_space.NAME.grid: ..."`` when a range has neither ``grid``
+                values nor ``sampler.grid_points``.
+        """
+        grid: dict[str, list[Any]] = {}
+        points = self.sampler.grid_points
+        for name, p in self.search_space.items():
+            if p.value is not None:
+                grid[name] = [p.value]
+            elif p.choices is not None:
+                grid[name] = list(p.choices)
+            elif p.grid is not None:
+                grid[name] = list(p.grid)
+            elif points is None:
+                raise ValueError(
+                    f"search_space.{name}.grid: the grid sampler needs grid values for this range, "
+                    "or sampler.grid_points to spread that many points over it"
+                )
+            else:
+                space = np.geomspace if p.log else np.linspace
+                values = space(p.low, p.high, points)
+                if self.search_space.kind(name) == "int":
+                    grid[name] = sorted({int(round(v)) for v in values})
+                else:
+                    grid[name] = [float(f"{v:.6g}") for v in values]
+        return grid
+
+
+def _default_strategy(task: str) -> str:
+    return {"classification": "stratified", "regression": "kfold", "forecasting": "timeseries"}[task]
+
+
+def _errors_from_validation(exc: ValidationError) -> list[dict[str, str]]:
+    errors = []
+    for err in exc.errors():
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, SpecError):
+            errors.extend(ctx_error.errors)
+            continue
+        path = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        if ": " in message and message.split(": ", 1)[0] in PARAM_NAMES and path == "search_space":
+            name, message = message.split(": ", 1)
+            path = f"search_space.{name}"
+        errors.append({"field": path or "spec", "message": message})
+    return errors
+
+
+def parse_spec(data: Any) -> StudySpec:
+    """Validate a spec given as a dict (already parsed from YAML or JSON).
+
+    Raises:
+        SpecError: listing every problem with its field path.
+    """
+    if not isinstance(data, dict):
+        raise SpecError([{"field": "spec", "message": f"a spec is a mapping of fields; got {type(data).__name__}"}])
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_errors_from_validation(exc)) from None
+    except SpecError:
+        raise
+
+
+def parse_spec_text(text: str) -> StudySpec:
+    """Parse and validate a spec written in YAML or JSON (JSON is valid YAML).
+
+    Raises:
+        SpecError: for unparseable text (naming the line) or invalid fields.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "spec"
+        raise SpecError([{"field": where, "message": f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}"}]) from None
+    return parse_spec(data)
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read a spec file (YAML or JSON).
+
+    Raises:
+        SpecError: when the file cannot be read or the spec is invalid.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([{"field": "spec", "message": f"cannot read {path}: {exc}"}]) from None
+    return parse_spec_text(text)

@@ -1,0 +1,154 @@
+"""Studies as the service sees them: a row of ours (public id, owner) plus Optuna's study.
+
+Submitting creates the Optuna study at once, with the spec stored on it: that is all a
+worker needs to find it and start running trials.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.storages import BaseStorage
+from sqlalchemy.orm import Session
+
+from hpo.spec import SpecError, StudySpec, parse_spec
+from hpo.studies import Progress, create_study, progress, set_cancelled
+from service import records
+from service.models import StudyRecord
+
+ID_ALPHABET = string.ascii_lowercase + string.digits  # url-safe and never mistaken for a CLI flag
+ID_LENGTH = 10
+FINISHED_STATES = ("completed", "failed", "cancelled")
+
+
+class StudyNotFound(LookupError):
+    """No study has this id (or its Optuna study was removed behind the service's back)."""
+
+    def __init__(self, study_id: str):
+        self.study_id = study_id
+        super().__init__(f"no study with id {study_id!r}")
+
+
+@dataclass
+class LoadedStudy:
+    """A study's row, its validated spec and its Optuna study."""
+
+    record: StudyRecord
+    spec: StudySpec
+    study: optuna.Study
+
+    def progress(self) -> Progress:
+        return progress(self.study, self.spec)
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+def check_dataset(session: Session, spec: StudySpec) -> None:
+    """Refuse data the service cannot give its workers.
+
+    Raises:
+        SpecError: for a server-side ``dataset.path``, an unknown ``dataset.id``, or a
+            dataset uploaded for another task.
+    """
+    if spec.dataset.path is not None:
+        raise SpecError([{
+            "field": "dataset.path",
+            "message": "the service does not read files by server path; upload the file with "
+                       "POST /api/v1/datasets and give dataset.id, or use dataset.builtin",
+        }])
+    if spec.dataset.id is None:
+        return
+    dataset = records.get_dataset(session, spec.dataset.id)
+    if dataset is None:
+        raise SpecError([{
+            "field": "dataset.id",
+            "message": f"no uploaded dataset with id {spec.dataset.id!r}; upload one with POST /api/v1/datasets",
+        }])
+    if dataset.task != spec.task:
+        raise SpecError([{
+            "field": "task",
+            "message": f"dataset {dataset.id!r} was uploaded for {dataset.task}; got task {spec.task}",
+        }])
+
+
+def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: str | None = None) -> LoadedStudy:
+    """Record a study and create its Optuna study (workers pick it up from there).
+
+    Raises:
+        SpecError: when the spec's dataset cannot be used (see :func:`check_dataset`).
+    """
+    check_dataset(session, spec)
+    study_id = new_id()
+    record = StudyRecord(
+        id=study_id,
+        optuna_study_name=f"{spec.name}-{study_id}",
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        dataset_id=spec.dataset.id,
+        owner=owner,
+    )
+    session.add(record)
+    session.flush()  # a clash of ids or names fails here, before Optuna hears of the study
+    study = create_study(storage, spec, study_name=record.optuna_study_name)
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        optuna.delete_study(study_name=record.optuna_study_name, storage=storage)
+        raise
+    return LoadedStudy(record, spec, study)
+
+
+def load(session: Session, storage: BaseStorage, study_id: str) -> LoadedStudy:
+    """Raises: StudyNotFound."""
+    record = records.get_study(session, study_id)
+    if record is None:
+        raise StudyNotFound(study_id)
+    return open_record(storage, record)
+
+
+def open_record(storage: BaseStorage, record: StudyRecord) -> LoadedStudy:
+    """Raises: StudyNotFound when the Optuna study is gone."""
+    try:
+        study = optuna.load_study(study_name=record.optuna_study_name, storage=storage)
+    except KeyError:
+        raise StudyNotFound(record.id) from None
+    return LoadedStudy(record, parse_spec(record.spec), study)
+
+
+def with_progress(storage: BaseStorage, rows: Sequence[StudyRecord]) -> list[tuple[LoadedStudy, Progress]]:
+    """Each study with its current progress (studies whose Optuna study is gone are left out)."""
+    out = []
+    for record in rows:
+        try:
+            loaded = open_record(storage, record)
+        except StudyNotFound:
+            continue
+        out.append((loaded, loaded.progress()))
+    return out
+
+
+def cancel(storage: BaseStorage, loaded: LoadedStudy) -> None:
+    set_cancelled(storage, loaded.record.optuna_study_name, True)
+
+
+def resume(storage: BaseStorage, loaded: LoadedStudy) -> None:
+    set_cancelled(storage, loaded.record.optuna_study_name, False)
+
+
+def delete(session: Session, storage: BaseStorage, loaded: LoadedStudy) -> None:
+    """Delete the study's row and its Optuna study (cancelled first, so running trials stop)."""
+    name = loaded.record.optuna_study_name
+    try:
+        set_cancelled(storage, name, True)
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass  # already gone from Optuna's tables
+    session.delete(loaded.record)
+    session.commit()

@@ -1,0 +1,32 @@
+"""The service's settings: one ``Settings`` read from ``HPO_*`` environment variables.
+
+Nothing else in the service reads ``os.environ``; everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Where the data lives and how much a request may carry.
+
+    Every field can be set from the environment, e.g. ``HPO_DATABASE_URL=postgresql://...``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HPO_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///hpo.db",
+        description="SQLAlchemy URL of the database shared with the workers (SQLite or PostgreSQL).",
+    )
+    data_dir: str = Field(default="hpo-data", description="Folder of uploaded datasets.")
+    max_upload_bytes: int = Field(default=100 * MiB, ge=1, description="Largest dataset file accepted.")
+    max_body_bytes: int = Field(default=1 * MiB, ge=1, description="Largest JSON/YAML request body accepted.")
+    default_page_size: int = Field(default=50, ge=1, description="Items per page when `limit` is not given.")
+    max_page_size: int = Field(default=500, ge=1, description="Largest `limit` accepted.")
+    events_poll_s: float = Field(default=0.5, gt=0, description="How often an event stream reads the database.")
+    events_heartbeat_s: float = Field(default=15.0, gt=0, description="Seconds between keep-alive comments.")

@@ -1,0 +1,79 @@
+"""Uploaded datasets: the file (kept by ``hpo.data.DatasetStore`` under the data folder)
+and its row (listed by the API). Either both exist or neither does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+from optuna.storages import BaseStorage
+from sqlalchemy.orm import Session
+
+from hpo.data import DatasetStore
+from service import catalog, records
+from service.models import DatasetRecord, utcnow
+
+log = logging.getLogger("service")
+
+
+class DatasetInUse(Exception):
+    """The dataset feeds studies that are still queued or running."""
+
+    def __init__(self, dataset_id: str, study_ids: Sequence[str]):
+        self.study_ids = list(study_ids)
+        super().__init__(
+            f"dataset {dataset_id!r} is used by unfinished studies ({', '.join(self.study_ids)}); "
+            "cancel or delete them first"
+        )
+
+
+def safe_filename(filename: str | None) -> str:
+    """The last component of a client's file name (never a path on the server)."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    return name or "upload"
+
+
+def upload(session: Session, store: DatasetStore, filename: str | None, content: bytes, *, task: str,
+           format: str | None = None, options: dict[str, Any] | None = None,
+           owner: str | None = None) -> DatasetRecord:
+    """Validate and keep an uploaded file, then record it.
+
+    Raises:
+        hpo.data.DataError: the file was refused (nothing is kept).
+    """
+    info = store.save(safe_filename(filename), content, task=task, format=format, options=options or {})
+    created = info.created_at if isinstance(info.created_at, dt.datetime) else utcnow()
+    record = DatasetRecord(
+        id=info.id, name=info.name, format=info.format, task=info.task, options=dict(info.options or {}),
+        size_bytes=info.size_bytes, summary=dict(info.summary or {}), owner=owner, created_at=created,
+    )
+    try:
+        session.add(record)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.delete(info.id)
+        raise
+    return record
+
+
+def delete(session: Session, storage: BaseStorage, store: DatasetStore, record: DatasetRecord) -> None:
+    """Delete a dataset's row and file.
+
+    Raises:
+        DatasetInUse: when a queued or running study reads it.
+    """
+    users = catalog.with_progress(storage, records.studies_using_dataset(session, record.id))
+    unfinished = [loaded.record.id for loaded, prog in users if prog.state not in catalog.FINISHED_STATES]
+    if unfinished:
+        raise DatasetInUse(record.id, unfinished)
+    dataset_id = record.id
+    session.delete(record)
+    session.commit()
+    try:
+        store.delete(dataset_id)
+    except KeyError:
+        log.warning("dataset %s had a row but no file", dataset_id)

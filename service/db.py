@@ -1,0 +1,87 @@
+"""The service's database: engine, sessions and migrations.
+
+The service's tables (``hpo_*``) share the database with Optuna's; Alembic keeps its own
+version table (``hpo_alembic_version``) and looks only at ``hpo_*`` tables, so the two
+schemas evolve independently.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from hpo.storage import SQLITE_BUSY_TIMEOUT_S, normalize_url
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_TABLE = "hpo_alembic_version"
+# Any constant works; it only has to be the same in every process that migrates.
+_PG_MIGRATION_LOCK = 0x68706F  # "hpo"
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine for ``database_url``: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg 3.
+
+    Args:
+        database_url: ``sqlite:///path.db`` or ``postgresql://user@host/db``.
+
+    Returns:
+        The engine (connections are checked before use).
+    """
+    url = normalize_url(database_url)
+    if url.startswith("sqlite"):
+        _use_wal(url)
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        )
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _use_wal(url: str) -> None:
+    """WAL is a property of the file: set it once so readers never block the workers' writes."""
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration, built in code (no ``alembic.ini`` needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("version_table", VERSION_TABLE)
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Create or upgrade the service's tables (what ``hpo db upgrade`` runs).
+
+    Safe to run from several processes at once on PostgreSQL (an advisory lock serializes
+    them); leaves Optuna's tables alone.
+
+    Args:
+        database_url: the database URL.
+        revision: the Alembic revision to reach.
+    """
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()

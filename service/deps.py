@@ -1,0 +1,63 @@
+"""What routes receive through ``Depends``: settings, a DB session, the Optuna storage, the
+dataset store, a page window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from optuna.storages import BaseStorage
+from sqlalchemy.orm import Session
+
+from hpo.data import DatasetStore
+from service.config import Settings
+from service.errors import problem
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def get_storage(request: Request) -> BaseStorage:
+    return request.app.state.storage
+
+
+def get_dataset_store(request: Request) -> DatasetStore:
+    return request.app.state.dataset_store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[BaseStorage, Depends(get_storage)]
+DatasetStoreDep = Annotated[DatasetStore, Depends(get_dataset_store)]
+
+
+@dataclass
+class Page:
+    limit: int
+    offset: int
+
+    def window(self, items: list) -> list:
+        return items[self.offset:self.offset + self.limit]
+
+
+def get_page(
+    settings: SettingsDep,
+    limit: Annotated[int | None, Query(ge=1, description="Items per page (default and maximum: see settings).")] = None,
+    offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+) -> Page:
+    if limit is None:
+        limit = settings.default_page_size
+    if limit > settings.max_page_size:
+        raise problem(422, f"at most {settings.max_page_size} items per page; got {limit}", field="limit")
+    return Page(limit=limit, offset=offset)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

@@ -1,0 +1,136 @@
+"""Server-Sent Events of a study: what changed since the last look at the database.
+
+The stream polls the database (the only state there is) and sends:
+
+- ``trial`` when a trial appears or changes state, value or last reported epoch;
+- ``study`` when the study's state, counts or best value change;
+- ``deleted`` when the study disappears (then the stream ends);
+- a ``: heartbeat`` comment when nothing was sent for a while (keeps proxies from closing it).
+
+Event ids are a watermark (milliseconds of the latest trial start or finish seen). A client
+reconnecting with ``Last-Event-ID`` is not sent again the trials that had already finished
+by then; running and waiting trials and the study itself are always sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.sse import format_sse_event
+from optuna.trial import FrozenTrial
+from starlette.concurrency import run_in_threadpool
+
+from service.catalog import LoadedStudy, StudyNotFound
+from service.views import trial_view
+
+log = logging.getLogger("service")
+RETRY_MS = 2000
+
+
+def _ms(trial: FrozenTrial) -> int:
+    moments = [m for m in (trial.datetime_start, trial.datetime_complete) if m is not None]
+    return int(max(moments).timestamp() * 1000) if moments else 0
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class Snapshot:
+    study: dict[str, Any]
+    trials: list[FrozenTrial]
+
+
+@dataclass
+class ChangeTracker:
+    """Remembers what a client was sent, to send only what changed."""
+
+    resume_after_ms: int | None = None
+    watermark_ms: int = 0
+    trial_keys: dict[int, tuple] = field(default_factory=dict)
+    study_view: dict[str, Any] | None = None
+
+    def events(self, snapshot: Snapshot) -> list[bytes]:
+        out: list[bytes] = []
+        first = self.study_view is None
+        for trial in sorted(snapshot.trials, key=lambda t: t.number):
+            self.watermark_ms = max(self.watermark_ms, _ms(trial))
+        for trial in sorted(snapshot.trials, key=lambda t: t.number):
+            key = (trial.state, trial.value, len(trial.intermediate_values))
+            if self.trial_keys.get(trial.number) == key:
+                continue
+            self.trial_keys[trial.number] = key
+            already_seen = (
+                first and self.resume_after_ms is not None and trial.state.is_finished()
+                and _ms(trial) <= self.resume_after_ms
+            )
+            if not already_seen:
+                out.append(_event("trial", trial_view(trial, intermediate=True), self.watermark_ms))
+        if snapshot.study != self.study_view:
+            self.study_view = snapshot.study
+            out.append(_event("study", snapshot.study, self.watermark_ms))
+        return out
+
+
+def _event(name: str, data: dict[str, Any], event_id: int) -> bytes:
+    return format_sse_event(event=name, data_str=json.dumps(data, allow_nan=False), id=str(event_id))
+
+
+async def study_events(
+    request: Request,
+    read: Callable[[], Snapshot],
+    *,
+    poll_s: float,
+    heartbeat_s: float,
+    last_event_id: str | None = None,
+) -> AsyncIterator[bytes]:
+    """The event stream of one study until the client leaves or the study is deleted.
+
+    Args:
+        request: to notice the client leaving.
+        read: reads the study's current snapshot (blocking; run in a thread).
+        poll_s: seconds between reads of the database.
+        heartbeat_s: seconds of silence before a keep-alive comment.
+        last_event_id: the ``Last-Event-ID`` a reconnecting client sent.
+    """
+    tracker = ChangeTracker(resume_after_ms=parse_last_event_id(last_event_id))
+    yield f"retry: {RETRY_MS}\n\n".encode()
+    last_sent = time.monotonic()
+    while not await request.is_disconnected():
+        try:
+            snapshot = await run_in_threadpool(read)
+        except StudyNotFound:
+            yield format_sse_event(event="deleted", data_str="{}")
+            return
+        except Exception:  # a database hiccup: keep the stream, try again at the next poll
+            log.warning("event stream: reading the study failed; retrying", exc_info=True)
+            snapshot = None
+        for event in tracker.events(snapshot) if snapshot else []:
+            yield event
+            last_sent = time.monotonic()
+        if time.monotonic() - last_sent >= heartbeat_s:
+            yield b": heartbeat\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(poll_s)
+
+
+def snapshot_reader(load: Callable[[], LoadedStudy], view: Callable[[LoadedStudy], dict[str, Any]]
+                    ) -> Callable[[], Snapshot]:
+    """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be deleted)."""
+
+    def read() -> Snapshot:
+        loaded = load()
+        return Snapshot(study=view(loaded), trials=loaded.study.get_trials(deepcopy=False))
+
+    return read

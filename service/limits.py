@@ -1,0 +1,69 @@
+"""Request body limits, enforced while the body streams in (nothing unbounded is buffered)."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Room for multipart boundaries, part headers and the small form fields next to the file.
+MULTIPART_OVERHEAD_BYTES = 1024 * 1024
+
+
+class BodyTooLarge(HTTPException):
+    """413: raised from ``receive`` so that whatever is reading the body stops at once."""
+
+    def __init__(self, message: str):
+        super().__init__(413, detail=[{"field": "body", "message": message}])
+
+
+def too_large_message(limit: int, what: str) -> str:
+    return f"{what} exceeds the limit of {limit} bytes ({limit / 2**20:.4g} MiB)"
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over a limit: JSON/YAML bodies get ``max_body_bytes``, multipart uploads
+    ``max_upload_bytes`` (plus room for the multipart framing).
+
+    A declared ``Content-Length`` over the limit is refused before reading anything; a body
+    without one (chunked) is counted as it arrives and refused at the first byte too many.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            limit = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+            message = too_large_message(self.max_upload_bytes, "the upload")
+        else:
+            limit = self.max_body_bytes
+            message = too_large_message(limit, "the request body")
+        try:
+            declared = int(headers.get("content-length", ""))
+        except ValueError:
+            declared = None
+        if declared is not None and declared > limit:
+            body = {"detail": [{"field": "body", "message": message}]}
+            await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+            return
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(message)
+            return message
+
+        await self.app(scope, receive_limited, send)

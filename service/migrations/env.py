@@ -1,0 +1,56 @@
+"""Alembic environment for the service's tables (``hpo_*`` only; Optuna's are not ours)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from service.db import VERSION_TABLE, make_engine
+from service.models import TABLE_PREFIX, Base
+
+config = context.config
+
+
+def include_name(name, type_, parent_names):  # noqa: ANN001 - Alembic's hook signature
+    """Autogenerate looks at the service's tables only; Optuna migrates its own."""
+    if type_ == "table":
+        return bool(name) and name.startswith(TABLE_PREFIX)
+    return True
+
+
+def _configure(connection) -> None:  # noqa: ANN001
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        version_table=VERSION_TABLE,
+        include_name=include_name,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    with engine.begin() as connection:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=Base.metadata,
+        version_table=VERSION_TABLE,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    run_migrations_online()

@@ -1,0 +1,52 @@
+"""The service's own tables. Optuna keeps its tables (studies, trials, ...) in the same database;
+these only add what Optuna does not know: public ids, owners, uploaded datasets."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TABLE_PREFIX = "hpo_"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRecord(Base):
+    """A study submitted over HTTP; its trials live in Optuna's study ``optuna_study_name``."""
+
+    __tablename__ = "hpo_studies"
+    __table_args__ = (UniqueConstraint("optuna_study_name", name="uq_hpo_studies_optuna_study_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    optuna_study_name: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Copied out of the spec so that "which studies use this dataset" is one indexed query.
+    dataset_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    owner: Mapped[str | None] = mapped_column(String(128), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class DatasetRecord(Base):
+    """An uploaded dataset; its file lives under the data folder (``hpo.data.DatasetStore``)."""
+
+    __tablename__ = "hpo_datasets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(String(32))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    owner: Mapped[str | None] = mapped_column(String(128), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -1,0 +1,46 @@
+"""Reading and writing the service's rows (``hpo_studies``, ``hpo_datasets``): the one place
+that speaks SQL for the service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.models import DatasetRecord, StudyRecord
+
+
+def get_study(session: Session, study_id: str) -> StudyRecord | None:
+    return session.get(StudyRecord, study_id)
+
+
+def all_studies(session: Session) -> Sequence[StudyRecord]:
+    """Every study, newest first."""
+    return session.scalars(select(StudyRecord).order_by(StudyRecord.created_at.desc(), StudyRecord.id)).all()
+
+
+def page_of_studies(session: Session, limit: int, offset: int) -> tuple[Sequence[StudyRecord], int]:
+    """One page of studies, newest first, and how many there are in all."""
+    total = session.scalar(select(func.count()).select_from(StudyRecord)) or 0
+    rows = session.scalars(
+        select(StudyRecord).order_by(StudyRecord.created_at.desc(), StudyRecord.id).limit(limit).offset(offset)
+    ).all()
+    return rows, total
+
+
+def studies_using_dataset(session: Session, dataset_id: str) -> Sequence[StudyRecord]:
+    return session.scalars(select(StudyRecord).where(StudyRecord.dataset_id == dataset_id)).all()
+
+
+def get_dataset(session: Session, dataset_id: str) -> DatasetRecord | None:
+    return session.get(DatasetRecord, dataset_id)
+
+
+def page_of_datasets(session: Session, limit: int, offset: int) -> tuple[Sequence[DatasetRecord], int]:
+    """One page of datasets, newest first, and how many there are in all."""
+    total = session.scalar(select(func.count()).select_from(DatasetRecord)) or 0
+    rows = session.scalars(
+        select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id).limit(limit).offset(offset)
+    ).all()
+    return rows, total

@@ -1,0 +1,151 @@
+"""Plain-data views of studies, trials and datasets, as the API returns them.
+
+Times are ISO 8601 with an offset (UTC). Non-finite numbers (a diverged fold's NaN) become
+``null``: JSON has no NaN.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.spec import StudySpec
+from hpo.studies import FAIL_REASON_ATTR, Progress, is_surplus
+from service.models import DatasetRecord, StudyRecord
+
+API_PREFIX = "/api/v1"
+TRIAL_STATE_NAMES: dict[TrialState, str] = {
+    TrialState.RUNNING: "running",
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+    TrialState.WAITING: "waiting",
+}
+TRIAL_STATES_BY_NAME = {name: state for state, name in TRIAL_STATE_NAMES.items()}
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN/inf (also inside lists and dicts) replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    return value
+
+
+def record_time(value: dt.datetime | None) -> str | None:
+    """A time stored by the service (UTC; SQLite hands it back without its zone)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).isoformat()
+
+
+def optuna_time(value: dt.datetime | None) -> str | None:
+    """A time stored by Optuna (naive local time of the process that wrote it)."""
+    if value is None:
+        return None
+    return value.astimezone(dt.timezone.utc).isoformat()
+
+
+def study_links(study_id: str) -> dict[str, str]:
+    base = f"{API_PREFIX}/studies/{study_id}"
+    return {"self": base, "trials": f"{base}/trials", "best": f"{base}/best", "events": f"{base}/events"}
+
+
+def progress_view(prog: Progress) -> dict[str, Any]:
+    return {
+        "state": prog.state,
+        "n_trials": prog.n_trials,
+        "trials": {"complete": prog.complete, "pruned": prog.pruned, "failed": prog.failed,
+                   "running": prog.running, "waiting": prog.waiting},
+        "best_value": finite(prog.best_value),
+        "best_trial": prog.best_trial,
+        "started_at": optuna_time(prog.started_at),
+        "finished_at": optuna_time(prog.finished_at),
+        "eta_s": finite(prog.eta_s),
+        "reason": prog.reason,
+    }
+
+
+def study_view(record: StudyRecord, spec: StudySpec, prog: Progress, *, with_spec: bool = False) -> dict[str, Any]:
+    """A study's identity, state and counts (and its spec when ``with_spec``)."""
+    view = {
+        "id": record.id,
+        "name": record.name,
+        "optuna_study_name": record.optuna_study_name,
+        "owner": record.owner,
+        "created_at": record_time(record.created_at),
+        "dataset_id": record.dataset_id,
+        "direction": spec.direction,
+        "metric": spec.training.metric,
+        **progress_view(prog),
+        "links": study_links(record.id),
+    }
+    if with_spec:
+        view["spec"] = record.spec
+    return view
+
+
+def trial_duration_s(trial: FrozenTrial) -> float | None:
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def trial_view(trial: FrozenTrial, *, intermediate: bool = False) -> dict[str, Any]:
+    """A trial: parameters, CV score and per-fold scores, state, timing (and per-epoch scores)."""
+    attrs = trial.user_attrs
+    steps = trial.intermediate_values
+    view = {
+        "number": trial.number,
+        "state": TRIAL_STATE_NAMES[trial.state],
+        "value": finite(trial.value) if trial.state == TrialState.COMPLETE else None,
+        "params": finite(dict(trial.params)),
+        "fold_scores": finite(attrs.get("fold_scores")),
+        "fold_std": finite(attrs.get("fold_std")),
+        "fail_reason": attrs.get(FAIL_REASON_ATTR),
+        "surplus": is_surplus(trial),
+        "started_at": optuna_time(trial.datetime_start),
+        "completed_at": optuna_time(trial.datetime_complete),
+        "duration_s": trial_duration_s(trial),
+        "last_step": max(steps) if steps else None,
+    }
+    if intermediate:
+        view["intermediate_values"] = [{"step": s, "value": finite(v)} for s, v in sorted(steps.items())]
+    return view
+
+
+def best_view(record: StudyRecord, spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {
+        "study": record.optuna_study_name,
+        "study_id": record.id,
+        "number": trial.number,
+        "value": finite(trial.value),
+        "metric": spec.training.metric,
+        "direction": spec.direction,
+        "params": finite(dict(trial.params)),
+        "fold_scores": finite(attrs.get("fold_scores")),
+        "fold_std": finite(attrs.get("fold_std")),
+    }
+
+
+def dataset_view(record: DatasetRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "format": record.format,
+        "task": record.task,
+        "options": record.options or {},
+        "size_bytes": record.size_bytes,
+        "summary": finite(record.summary or {}),
+        "owner": record.owner,
+        "created_at": record_time(record.created_at),
+    }

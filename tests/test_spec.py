@@ -1,0 +1,104 @@
+"""StudySpec validation: good specs parse with defaults; every refusal names its field."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpo.spec import SpecError, load_spec, parse_spec, parse_spec_text
+
+STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
+
+
+def base(**overrides):
+    return {"name": "t", "dataset": {"builtin": "digits"}, **overrides}
+
+
+def fields(data) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    return {e["field"]: e["message"] for e in info.value.errors}
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_example_studies_are_valid(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem
+
+
+def test_defaults_cover_the_five_hyperparameters():
+    spec = parse_spec(base())
+    space = spec.search_space
+    assert (space.lr.low, space.lr.high, space.lr.log) == (1e-4, 1e-1, True)
+    assert space.batch_size.choices == [16, 32, 64, 128, 256]
+    assert (space.hidden_size.low, space.hidden_size.high, space.hidden_size.log) == (16, 256, True)
+    assert (space.dropout.low, space.dropout.high) == (0.0, 0.5)
+    assert (space.clip_norm.low, space.clip_norm.high, space.clip_norm.log) == (0.1, 10.0, True)
+    assert spec.cv.strategy == "stratified" and spec.training.metric == "accuracy"
+    assert spec.direction == "maximize" and spec.n_trials == 20
+
+
+def test_partial_range_narrows_the_default_and_scalar_fixes():
+    spec = parse_spec(base(search_space={"lr": {"low": 1e-3}, "dropout": 0.1}))
+    assert (spec.search_space.lr.low, spec.search_space.lr.high, spec.search_space.lr.log) == (1e-3, 1e-1, True)
+    assert spec.search_space.dropout.value == 0.1
+
+
+def test_lr_low_above_high_names_lr():
+    errors = fields(base(search_space={"lr": {"low": 0.1, "high": 0.001}}))
+    assert errors == {"search_space.lr": "low (0.1) must be < high (0.001)"}
+
+
+def test_folds_out_of_range_names_folds():
+    assert "cv.folds" in fields(base(cv={"folds": 1}))
+    assert "cv.folds" in fields(base(cv={"folds": 21}))
+
+
+def test_unknown_fields_and_literals_name_accepted_values():
+    errors = fields(base(sampler={"name": "bayes"}, pruner={"nmae": "median"}))
+    assert "tpe" in errors["sampler.name"] and "grid" in errors["sampler.name"]
+    assert errors["pruner.nmae"] == "unknown field"
+
+
+def test_task_and_metric_must_agree():
+    errors = fields({"name": "f", "task": "forecasting", "dataset": {"builtin": "airline"},
+                     "cv": {"strategy": "kfold"}, "training": {"metric": "accuracy"}})
+    assert "never train on the future" in errors["cv.strategy"]
+    assert "rmse | mae" in errors["training.metric"]
+    assert "classification dataset" in fields(base(task="regression"))["task"]
+
+
+def test_minimizing_metrics_set_direction():
+    spec = parse_spec({"name": "f", "task": "forecasting", "dataset": {"builtin": "airline"}})
+    assert spec.direction == "minimize" and spec.cv.strategy == "timeseries" and spec.training.metric == "rmse"
+
+
+def test_grid_needs_a_finite_grid_and_a_fitting_budget():
+    assert "search_space.lr.grid" in fields(base(sampler={"name": "grid"}))
+    spec = parse_spec(base(sampler={"name": "grid", "grid_points": 2}))
+    assert spec.grid()["hidden_size"] == [16, 256] and spec.n_trials == 2 * 5 * 2 * 2 * 2
+    assert "budget.n_trials" in fields(base(sampler={"name": "grid", "grid_points": 2}, budget={"n_trials": 500}))
+    assert "sampler.grid_points" in fields(base(sampler={"name": "grid", "grid_points": 1000}))
+
+
+def test_out_of_bounds_values_and_bad_enqueued_trials():
+    assert "search_space.dropout" in fields(base(search_space={"dropout": {"low": 0.0, "high": 2.0}}))
+    errors = fields(base(enqueue_trials=[{"lr": "fast", "momentum": 0.9}]))
+    assert "enqueue_trials.0.lr" in errors and "enqueue_trials.0.momentum" in errors
+    assert "log range" in fields(base(search_space={"lr": {"low": 0.0, "high": 0.1, "log": True}}))["search_space.lr"]
+
+
+def test_dataset_source_is_exactly_one():
+    assert "dataset" in fields({"name": "t", "dataset": {}})
+    assert "dataset" in fields({"name": "t", "dataset": {"builtin": "digits", "id": "abc"}})
+    assert parse_spec({"name": "t", "dataset": {"path": "x.npz"}}).dataset.format == "npz"
+
+
+def test_yaml_and_json_give_the_same_spec_and_bad_text_names_the_line():
+    data = base(search_space={"lr": {"low": 1e-3, "high": 1e-2}})
+    assert parse_spec_text(json.dumps(data)) == parse_spec(data)
+    with pytest.raises(SpecError) as info:
+        parse_spec_text("name: t\ndataset: {builtin: digits\n")
+    assert info.value.errors[0]["field"].startswith("line ")
+    with pytest.raises(SpecError):
+        parse_spec_text("- just\n- a list\n")
