@@ -11,7 +11,6 @@ import os
 import sys
 from typing import Any
 
-from hpo.client import APIError
 from hpo.spec import SpecError, load_spec
 from hpo.storage import DEFAULT_STORAGE
 
@@ -228,7 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except (APIError, ValueError, KeyError, OSError) as exc:  # refusals: one line, no traceback
+    except Exception as exc:  # refusals from a server or a storage: one line, no traceback
+        from hpo.client import APIError
+
+        if not isinstance(exc, (APIError, ValueError, KeyError, OSError)):
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"hpo {args.command}: {message}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -117,7 +118,9 @@ def _pick_study(storage: BaseStorage, options: WorkerOptions, finished: set[str]
             continue
         study = runners[name].study if name in runners else optuna.load_study(study_name=name, storage=storage)
         if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-            fail_stale_trials(study)  # a dead worker's trial frees its slot for a retry
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)  # a dead worker's trial frees its slot for a retry
         try:
             prog = progress(study, study_spec(study))
         except Exception:  # a study whose stored spec no longer parses is not ours to run

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,10 @@ from sklearn.model_selection import TimeSeriesSplit
 
 from hpo.data import DataError, DatasetStore, load_dataset
 from hpo.data.builtins import _digits
-from hpo.data.formats import DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS
+from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK
 from hpo.data.sequences import sequences_from_npz
-from hpo.spec import DatasetSpec, parse_spec
+from hpo.data.text import DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS
+from hpo.spec import DatasetSpec, TrainingSpec, parse_spec
 
 UNPICKLED: list[str] = []
 
@@ -42,6 +45,12 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(content.encode() if isinstance(content, str) else content)
     return path
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
 
 
 def halves(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +94,11 @@ def test_airline_builtin():
     assert float(fold.train.y[0, 0]) * std + mean == pytest.approx(115.0)  # 1950-01, the row after the lookback
 
 
-def test_spec_and_data_layer_agree_on_max_length():
+def test_defaults_agree_with_the_spec():
     field = DatasetSpec.model_fields["max_length"]
     bounds = (field.metadata[0].ge, field.metadata[1].le)
     assert (field.default, bounds) == (DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS)
+    assert (TrainingSpec().lookback, TrainingSpec().horizon) == (DEFAULT_LOOKBACK, DEFAULT_HORIZON)
 
 
 # --- numeric sequences ------------------------------------------------------------------
@@ -175,6 +185,8 @@ GOOD_Y = np.arange(8) % 2
         ({"values": np.zeros(9), "lengths": np.array([4, 4]), "y": GOOD_Y[:2]}, r"sum\(lengths\) is 8 but values has 9"),
         ({"values": np.zeros(4), "lengths": np.array([4, 0]), "y": GOOD_Y[:2]}, "lengths must all be >= 1"),
         ({"values": np.zeros(8), "y": GOOD_Y}, "'values' needs a 'lengths' member"),
+        ({"X": GOOD_X, "values": np.zeros(8), "y": GOOD_Y}, "NPZ members found: X, values, y; accepted layouts"),
+        ({"X": np.zeros((4, 1, 10_001)), "y": GOOD_Y[:4]}, "sequences have 10001 features; at most 10000"),
     ],
 )
 def test_malformed_npz_refused(tmp_path, arrays, message):
@@ -198,6 +210,17 @@ def test_zip_bomb_refused_from_declared_size(tmp_path):
     with pytest.raises(DataError, match=r"NPZ member 'X' would unpack to \d+ bytes; at most 100000 are accepted"):
         sequences_from_npz(path, "classification", max_uncompressed=100_000)
     assert sequences_from_npz(path, "classification").n_samples == 64  # fine under the default limit
+
+
+def test_npy_header_larger_than_its_data_refused(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("X.npy", header.getvalue() + bytes(64))
+        zf.writestr("y.npy", npy_bytes(GOOD_Y))
+    with pytest.raises(DataError, match=r"'X' declares shape \(1000000000000,\), larger than its stored data"):
+        sequences_from_npz(path, "classification")
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,20 @@ from importlib import resources
 import numpy as np
 
 from hpo.data.base import DataError, Dataset, Targets
-from hpo.data.forecast import ForecastDataset, Series, parse_series
+from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK, ForecastDataset, Series, parse_series
 from hpo.data.readers import decode_utf8
 from hpo.data.sequences import SequenceDataset
-from hpo.data.text import TextDataset
+from hpo.data.text import DEFAULT_MAX_LENGTH, TextDataset
+from hpo.spec import BUILTIN_DATASETS
 
-BUILTINS = ("digits", "sms_spam", "airline")
 
-
-def load_builtin(name: str, *, max_length: int = 64, lookback: int = 12, horizon: int = 1) -> Dataset:
+def load_builtin(
+    name: str,
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    lookback: int = DEFAULT_LOOKBACK,
+    horizon: int = DEFAULT_HORIZON,
+) -> Dataset:
     """Load a built-in dataset (raw arrays are cached in-process).
 
     Args:
@@ -40,7 +45,7 @@ def load_builtin(name: str, *, max_length: int = 64, lookback: int = 12, horizon
         return TextDataset(list(texts), Targets.from_array("classification", labels), max_length)
     if name == "airline":
         return ForecastDataset(_airline(), lookback, horizon)
-    raise DataError(f"unknown builtin dataset {name!r}; accepted: {', '.join(BUILTINS)}")
+    raise DataError(f"unknown builtin dataset {name!r}; accepted: {', '.join(BUILTIN_DATASETS)}")
 
 
 def _read_file(filename: str) -> str:

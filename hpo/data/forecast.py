@@ -12,6 +12,9 @@ import torch
 from hpo.data.base import MIN_SAMPLES, DataError, Dataset, FoldData, Split, check_indices, fit_standardizer
 from hpo.data.readers import missing_column, parse_table
 
+DEFAULT_LOOKBACK = 12  # as hpo.spec.TrainingSpec.lookback
+DEFAULT_HORIZON = 1  # as hpo.spec.TrainingSpec.horizon
+
 
 @dataclass(frozen=True)
 class Series:

@@ -7,15 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from hpo.data.base import TASKS, DataError, Dataset
-from hpo.data.forecast import ForecastDataset, Series, parse_series
+from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK, ForecastDataset, Series, parse_series
 from hpo.data.readers import DEFAULT_MAX_UNCOMPRESSED, read_utf8
 from hpo.data.sequences import sequences_from_npz
-from hpo.data.text import text_from_table
+from hpo.data.text import DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS, text_from_table
 
 FORMATS = ("npz", "csv", "tsv")
 OPTION_NAMES = ("target_column", "text_column", "label_column", "max_length")
-DEFAULT_MAX_LENGTH = 64  # as hpo.spec.DatasetSpec.max_length
-MAX_LENGTH_BOUNDS = (4, 1024)  # as hpo.spec.DatasetSpec.max_length
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
@@ -67,8 +65,8 @@ def open_file(
     format: str | None,
     task: str,
     options: Mapping[str, Any] | None = None,
-    lookback: int = 12,
-    horizon: int = 1,
+    lookback: int = DEFAULT_LOOKBACK,
+    horizon: int = DEFAULT_HORIZON,
     max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
 ) -> Dataset:
     """Load and validate a user file.

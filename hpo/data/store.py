@@ -152,7 +152,10 @@ class DatasetStore:
         staging = self.data_dir / _STAGING
         staging.mkdir(parents=True, exist_ok=True)
         doomed = staging / f"deleted-{dataset_id}-{secrets.token_hex(4)}"
-        os.rename(self.root / dataset_id, doomed)
+        try:
+            os.rename(self.root / dataset_id, doomed)
+        except FileNotFoundError:
+            raise KeyError(f"unknown dataset id {dataset_id!r}") from None
         shutil.rmtree(doomed, ignore_errors=True)
 
     def path_of(self, dataset_id: str) -> Path:

@@ -16,6 +16,8 @@ from hpo.data.readers import missing_column, parse_table
 PAD_ID = 0
 OOV_ID = 1
 MAX_VOCAB = 20_000  # most frequent training words kept, besides padding and out-of-vocabulary
+DEFAULT_MAX_LENGTH = 64  # as hpo.spec.DatasetSpec.max_length
+MAX_LENGTH_BOUNDS = (4, 1024)  # as hpo.spec.DatasetSpec.max_length
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters/digits, with inner apostrophes ("don't")

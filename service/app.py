@@ -1,0 +1,103 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+On start it brings the service's tables up to date (Alembic), opens Optuna's storage once
+(kept on ``app.state`` and shared by all requests) and the dataset store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from hpo.data import DatasetStore
+from hpo.spec import StudySpec
+from hpo.storage import open_storage
+from service.config import Settings
+from service.db import make_engine, make_sessionmaker, upgrade
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimitMiddleware
+from service.routes import datasets, health, studies, trials
+
+log = logging.getLogger("service")
+API_PREFIX = "/api/v1"
+DESCRIPTION = """Hyperparameter optimization of recurrent networks, as a service.
+
+Submit a study spec, watch its trials arrive (`/events` streams them), then ask for the
+best parameters. Every error answers `{"detail": [{"field": ..., "message": ...}]}`.
+"""
+
+
+def _open_resources(app: FastAPI, settings: Settings) -> None:
+    upgrade(settings.database_url)
+    app.state.engine = make_engine(settings.database_url)
+    app.state.sessions = make_sessionmaker(app.state.engine)
+    app.state.storage = open_storage(settings.database_url)
+    app.state.dataset_store = DatasetStore(settings.data_dir, max_bytes=settings.max_upload_bytes)
+
+
+def _close_resources(app: FastAPI) -> None:
+    app.state.engine.dispose()
+    app.state.storage.remove_session()
+    app.state.storage.engine.dispose()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await run_in_threadpool(_open_resources, app, app.state.settings)
+    try:
+        yield
+    finally:
+        await run_in_threadpool(_close_resources, app)
+
+
+def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus ``StudySpec``'s, which the submit route reads by hand (JSON or YAML)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        spec_schema = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec_schema.pop("$defs", {}))
+        components["StudySpec"] = spec_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application.
+
+    Args:
+        settings: database, data folder and limits; read from ``HPO_*`` variables when omitted.
+
+    Returns:
+        The app; its resources open when it starts (lifespan).
+    """
+    settings = settings or Settings()
+    app = FastAPI(
+        title="hpo",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
+    for module in (studies, trials, datasets):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

@@ -1,0 +1,80 @@
+"""``/api/v1/datasets``: upload a file once, refer to it from specs as ``dataset: {id: ...}``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Response, UploadFile
+
+from hpo.data import DataError
+from hpo.spec import Task
+from service import datasets, records
+from service.deps import DatasetStoreDep, PageDep, SessionDep, SettingsDep, StorageDep
+from service.errors import problem
+from service.limits import too_large_message
+from service.models import DatasetRecord
+from service.schemas import DatasetOut, DatasetPage, ErrorResponse
+from service.views import dataset_view
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422)}
+
+
+def _get_record(session: SessionDep, dataset_id: str) -> DatasetRecord:
+    record = records.get_dataset(session, dataset_id)
+    if record is None:
+        raise problem(404, f"no dataset with id {dataset_id!r}", field="dataset_id")
+    return record
+
+
+@router.post("", status_code=201, response_model=DatasetOut, responses=ERRORS, summary="Upload a dataset")
+def upload_dataset(
+    session: SessionDep,
+    store: DatasetStoreDep,
+    settings: SettingsDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="An .npz, .csv or .tsv file.")],
+    task: Annotated[Task, Form(description="What the data is for.")],
+    format: Annotated[Literal["npz", "csv", "tsv"] | None, Form(description="Default: from the file name.")] = None,
+    target_column: Annotated[str | None, Form(description="Regression/forecasting target (csv).")] = None,
+    text_column: Annotated[str | None, Form(description="Text to tokenize (csv).")] = None,
+    label_column: Annotated[str | None, Form(description="Class labels (csv).")] = None,
+    max_length: Annotated[int | None, Form(ge=4, le=1024, description="Longest token sequence kept.")] = None,
+) -> dict[str, Any]:
+    """Validate a file fully and keep it; a refused file leaves nothing behind."""
+    if file.size is not None and file.size > settings.max_upload_bytes:
+        raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
+    content = file.file.read(settings.max_upload_bytes + 1)
+    if len(content) > settings.max_upload_bytes:
+        raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
+    options = {k: v for k, v in {"target_column": target_column, "text_column": text_column,
+                                 "label_column": label_column, "max_length": max_length}.items() if v is not None}
+    try:
+        record = datasets.upload(session, store, file.filename, content, task=task, format=format, options=options)
+    except DataError as exc:
+        raise problem(422, str(exc), field=getattr(exc, "field", None) or "file") from None
+    view = dataset_view(record)
+    response.headers["Location"] = f"/api/v1/datasets/{record.id}"
+    return view
+
+
+@router.get("", response_model=DatasetPage, responses=ERRORS, summary="List datasets")
+def list_datasets(session: SessionDep, page: PageDep) -> dict[str, Any]:
+    rows, total = records.page_of_datasets(session, page.limit, page.offset)
+    return {"items": [dataset_view(r) for r in rows], "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=ERRORS, summary="A dataset")
+def get_dataset(session: SessionDep, dataset_id: str) -> dict[str, Any]:
+    return dataset_view(_get_record(session, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=ERRORS, summary="Delete a dataset")
+def delete_dataset(session: SessionDep, storage: StorageDep, store: DatasetStoreDep, dataset_id: str) -> Response:
+    """Delete a dataset; refused (409) while a queued or running study reads it."""
+    record = _get_record(session, dataset_id)
+    try:
+        datasets.delete(session, storage, store, record)
+    except datasets.DatasetInUse as exc:
+        raise problem(409, str(exc), field="dataset_id") from None
+    return Response(status_code=204)

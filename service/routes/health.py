@@ -1,0 +1,36 @@
+"""Liveness, readiness and Prometheus metrics (outside ``/api/v1``, where probes expect them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import metrics
+from service.deps import SessionDep, StorageDep
+from service.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness")
+def healthz() -> dict[str, str]:
+    """200 whenever the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, summary="Readiness")
+def readyz(session: SessionDep) -> JSONResponse | dict[str, str]:
+    """200 when the database answers, 503 when it does not."""
+    try:
+        session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return JSONResponse({"status": f"database unreachable: {type(exc).__name__}"}, status_code=503)
+    return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+def prometheus_metrics(storage: StorageDep) -> PlainTextResponse:
+    """Trials and studies by state, trial durations, and the queue of trials still to run."""
+    return PlainTextResponse(metrics.render(metrics.collect(storage)), media_type=metrics.CONTENT_TYPE)

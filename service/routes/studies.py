@@ -1,0 +1,189 @@
+"""``/api/v1/studies``: submit, list, inspect, cancel, resume, delete, best trial, live events."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import StreamingResponse
+
+from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
+from service import catalog, records
+from service.catalog import LoadedStudy, StudyNotFound
+from service.deps import PageDep, SessionDep, SettingsDep, StorageDep
+from service.errors import problem
+from service.events import snapshot_reader, study_events
+from service.schemas import BestTrial, ErrorResponse, StudyDetail, StudyPage, StudyState
+from service.views import best_view, study_view
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+JSON_TYPES = ("application/json",)
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422)}
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A study spec, as JSON or as YAML (`Content-Type: application/yaml`).",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/StudySpec"}},
+            "application/yaml": {"schema": {"$ref": "#/components/schemas/StudySpec"}},
+        },
+    }
+}
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _refuse_yaml_aliases(text: str) -> None:
+    """Aliases (``*name``) can expand a small body into an enormous spec; a spec never needs them."""
+    try:
+        if any(isinstance(token, yaml.AliasToken) for token in yaml.scan(text)):
+            raise SpecError([{"field": "body", "message": "YAML aliases (*name) are not accepted in a spec"}])
+    except yaml.YAMLError:
+        pass  # parse_spec_text names the bad line
+
+
+async def spec_from_body(request: Request) -> StudySpec:
+    """The submitted spec, parsed from JSON or YAML and validated.
+
+    Raises:
+        SpecError: 422 naming each bad field.
+    """
+    media = _media_type(request)
+    is_json = media in JSON_TYPES or media.endswith("+json")
+    if media and not (is_json or media in YAML_TYPES or media == "text/plain"):
+        raise problem(415, f"send the spec as application/json or application/yaml; got {media}", field="body")
+    raw = await request.body()
+    if not raw.strip():
+        raise problem(422, "the body is empty; send a study spec", field="body")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise problem(422, f"the body is not UTF-8 text (byte {exc.start})", field="body") from None
+    try:
+        if is_json:
+            try:
+                data: Any = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise problem(422, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                              field="body") from None
+            return parse_spec(data)
+        _refuse_yaml_aliases(text)
+        return parse_spec_text(text)
+    except RecursionError:
+        raise problem(422, "the spec is nested too deeply", field="body") from None
+
+
+def get_loaded_study(study_id: str, session: SessionDep, storage: StorageDep) -> LoadedStudy:
+    try:
+        return catalog.load(session, storage, study_id)
+    except StudyNotFound as exc:
+        raise problem(404, str(exc), field="study_id") from None
+
+
+LoadedDep = Annotated[LoadedStudy, Depends(get_loaded_study)]
+
+
+def _detail(loaded: LoadedStudy) -> dict[str, Any]:
+    return study_view(loaded.record, loaded.spec, loaded.progress(), with_spec=True)
+
+
+@router.post("", status_code=201, response_model=StudyDetail, responses=ERRORS, openapi_extra=_SPEC_BODY,
+             summary="Submit a study")
+def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: SessionDep,
+                 storage: StorageDep, response: Response) -> dict[str, Any]:
+    """Validate a spec and queue its study; workers start on it at once."""
+    loaded = catalog.submit(session, storage, spec)
+    view = _detail(loaded)
+    response.headers["Location"] = view["links"]["self"]
+    return view
+
+
+@router.get("", response_model=StudyPage, responses=ERRORS, summary="List studies")
+def list_studies(session: SessionDep, storage: StorageDep, page: PageDep,
+                 state: StudyState | None = None) -> dict[str, Any]:
+    """Studies, newest first, optionally only those in one state."""
+    if state is None:
+        rows, total = records.page_of_studies(session, page.limit, page.offset)
+        studies = catalog.with_progress(storage, rows)
+    else:
+        matching = [(loaded, prog) for loaded, prog in catalog.with_progress(storage, records.all_studies(session))
+                    if prog.state == state]
+        total, studies = len(matching), page.window(matching)
+    items = [study_view(loaded.record, loaded.spec, prog) for loaded, prog in studies]
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{study_id}", response_model=StudyDetail, responses=ERRORS, summary="A study's state")
+def get_study(loaded: LoadedDep) -> dict[str, Any]:
+    """The spec, state, trial counts, best value, timing and ETA of a study."""
+    return _detail(loaded)
+
+
+@router.post("/{study_id}/cancel", response_model=StudyDetail, responses=ERRORS, summary="Cancel a study")
+def cancel_study(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
+    """Stop a study: no new trials start; running ones stop at their next epoch."""
+    state = loaded.progress().state
+    if state in ("completed", "failed"):
+        raise problem(409, f"study {loaded.record.id!r} has already {state}; there is nothing to cancel")
+    catalog.cancel(storage, loaded)
+    return _detail(loaded)
+
+
+@router.post("/{study_id}/resume", response_model=StudyDetail, responses=ERRORS, summary="Resume a study")
+def resume_study(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
+    """Let workers run a cancelled study's remaining trials."""
+    catalog.resume(storage, loaded)
+    return _detail(loaded)
+
+
+@router.delete("/{study_id}", status_code=204, responses=ERRORS, summary="Delete a study")
+def delete_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep) -> Response:
+    """Delete a study with all its trials (from Optuna's tables too)."""
+    catalog.delete(session, storage, loaded)
+    return Response(status_code=204)
+
+
+@router.get("/{study_id}/best", response_model=BestTrial, responses=ERRORS, summary="The best trial")
+def best_trial(loaded: LoadedDep) -> dict[str, Any]:
+    """The best complete trial: its parameters, CV score and per-fold scores."""
+    prog = loaded.progress()
+    if prog.best_trial is None:
+        raise problem(409, f"no trial of study {loaded.record.id!r} has completed yet (state: {prog.state}, "
+                           f"{prog.running} running, {prog.pruned} pruned, {prog.failed} failed)")
+    trial = next(t for t in loaded.study.get_trials(deepcopy=False) if t.number == prog.best_trial)
+    return best_view(loaded.record, loaded.spec, trial)
+
+
+@router.get(
+    "/{study_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "`trial`, `study` and `deleted` events (JSON data), heartbeat comments."},
+               404: {"model": ErrorResponse}},
+    summary="Live events",
+)
+def study_event_stream(
+    request: Request,
+    loaded: LoadedDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """A Server-Sent Events stream of trial and study changes, until the client leaves."""
+    study_id, sessions = loaded.record.id, request.app.state.sessions
+
+    def load() -> LoadedStudy:
+        with sessions() as session:
+            return catalog.load(session, storage, study_id)
+
+    read = snapshot_reader(load, lambda s: study_view(s.record, s.spec, s.progress()))
+    stream = study_events(request, read, poll_s=settings.events_poll_s, heartbeat_s=settings.events_heartbeat_s,
+                          last_event_id=last_event_id)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

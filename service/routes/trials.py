@@ -1,0 +1,63 @@
+"""``/api/v1/studies/{id}/trials``: a study's trials, filtered, sorted and paged."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from optuna.trial import FrozenTrial
+
+from service.deps import PageDep
+from service.errors import problem
+from service.routes.studies import ERRORS, LoadedDep
+from service.schemas import TrialOut, TrialPage, TrialState
+from service.views import TRIAL_STATES_BY_NAME, trial_duration_s, trial_view
+
+router = APIRouter(prefix="/studies", tags=["trials"])
+
+SortKey = Literal["number", "-number", "value", "-value", "best", "duration_s", "-duration_s",
+                  "started_at", "-started_at"]
+
+
+def sort_trials(trials: list[FrozenTrial], sort: str, direction: str) -> list[FrozenTrial]:
+    """Trials ordered by ``sort`` (``-`` for descending; ``best`` follows the study's direction).
+    Trials without the sorted quantity come last either way."""
+    if sort == "best":
+        sort = "-value" if direction == "maximize" else "value"
+    descending, name = sort.startswith("-"), sort.lstrip("-")
+    quantity = {
+        "number": lambda t: t.number,
+        "value": lambda t: t.value,
+        "duration_s": trial_duration_s,
+        "started_at": lambda t: t.datetime_start,
+    }[name]
+    present = [t for t in trials if quantity(t) is not None]
+    absent = [t for t in trials if quantity(t) is None]
+    return sorted(present, key=lambda t: (quantity(t), t.number), reverse=descending) + absent
+
+
+@router.get("/{study_id}/trials", response_model=TrialPage, response_model_exclude_unset=True, responses=ERRORS,
+            summary="A study's trials")
+def list_trials(
+    loaded: LoadedDep,
+    page: PageDep,
+    state: TrialState | None = None,
+    sort: SortKey = "number",
+    include: Annotated[Literal["intermediate"] | None, Query(description="`intermediate`: per-epoch scores")] = None,
+) -> dict[str, Any]:
+    """Trials with their parameters, CV score, per-fold scores, state and timing."""
+    trials = loaded.study.get_trials(deepcopy=False)
+    if state is not None:
+        trials = [t for t in trials if t.state == TRIAL_STATES_BY_NAME[state]]
+    ordered = sort_trials(trials, sort, loaded.spec.direction)
+    items = [trial_view(t, intermediate=include == "intermediate") for t in page.window(ordered)]
+    return {"items": items, "total": len(ordered), "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{study_id}/trials/{number}", response_model=TrialOut, responses=ERRORS, summary="One trial")
+def get_trial(loaded: LoadedDep, number: int) -> dict[str, Any]:
+    """One trial by its number, with its per-epoch scores."""
+    for trial in loaded.study.get_trials(deepcopy=False):
+        if trial.number == number:
+            return trial_view(trial, intermediate=True)
+    raise problem(404, f"study {loaded.record.id!r} has no trial number {number}", field="number")

@@ -1,0 +1,62 @@
+"""``hpo serve``: the API and, in the same command, a pool of worker processes."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import uvicorn
+
+from service.app import create_app
+from service.config import Settings
+from service.db import upgrade
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, database_url: str = "sqlite:///hpo.db", workers: int = 1,
+          data_dir: str = "hpo-data", *, insecure: bool = False, log_level: str = "info", **settings: Any) -> None:
+    """Apply migrations, start ``workers`` worker processes, serve the API until stopped, stop the workers.
+
+    Args:
+        host: address to listen on.
+        port: port to listen on.
+        database_url: the database shared by the API and the workers.
+        workers: embedded worker processes (0: API only; run ``hpo worker`` elsewhere).
+        data_dir: where uploaded datasets are kept (the workers read them from there).
+        insecure: allow a non-loopback ``host`` although the API has no authentication yet.
+        log_level: uvicorn's log level.
+        **settings: further :class:`service.config.Settings` fields (limits, page sizes).
+
+    Raises:
+        ValueError: for a non-loopback host without ``insecure``, or a negative ``workers``.
+    """
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0; got {workers}")
+    if not is_loopback(host) and not insecure:
+        raise ValueError(
+            f"refusing to serve on {host}: the API has no authentication yet, so anyone who can reach "
+            "it could submit or delete studies; pass --insecure to serve anyway"
+        )
+    config = Settings(database_url=database_url, data_dir=data_dir, **settings)
+    upgrade(config.database_url)
+    app = create_app(config)
+    procs: list = []
+    if workers:
+        from hpo.worker import start_worker_processes, stop_worker_processes
+
+        procs = start_worker_processes(workers, config.database_url, data_dir=config.data_dir)
+    try:
+        print(f"hpo: serving http://{host}:{port}/ (API docs at /docs) with {workers} worker(s) "
+              f"on {config.database_url}", flush=True)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        if procs:
+            stop_worker_processes(procs)
