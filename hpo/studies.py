@@ -53,7 +53,7 @@ def create_study(storage: BaseStorage, spec: StudySpec, study_name: str | None =
     study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
     if not study.user_attrs.get(ENQUEUED_ATTR):
         for params in spec.enqueue_trials:
-            study.enqueue_trial(params, skip_if_exists=True)
+            study.enqueue_trial(params)
         study.set_user_attr(ENQUEUED_ATTR, True)
     return study
 

@@ -93,14 +93,15 @@ def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: st
         dataset_id=spec.dataset.id,
         owner=owner,
     )
+    # Committed before Optuna hears of the study: SQLite has one writer at a time, and a
+    # crash in between leaves a harmless row rather than a study nobody can see.
     session.add(record)
-    session.flush()  # a clash of ids or names fails here, before Optuna hears of the study
-    study = create_study(storage, spec, study_name=record.optuna_study_name)
+    session.commit()
     try:
-        session.commit()
+        study = create_study(storage, spec, study_name=record.optuna_study_name)
     except BaseException:
-        session.rollback()
-        optuna.delete_study(study_name=record.optuna_study_name, storage=storage)
+        session.delete(record)
+        session.commit()
         raise
     return LoadedStudy(record, spec, study)
 

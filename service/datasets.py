@@ -45,7 +45,7 @@ def upload(session: Session, store: DatasetStore, filename: str | None, content:
         hpo.data.DataError: the file was refused (nothing is kept).
     """
     info = store.save(safe_filename(filename), content, task=task, format=format, options=options or {})
-    created = info.created_at if isinstance(info.created_at, dt.datetime) else utcnow()
+    created = _parse_time(info.created_at)
     record = DatasetRecord(
         id=info.id, name=info.name, format=info.format, task=info.task, options=dict(info.options or {}),
         size_bytes=info.size_bytes, summary=dict(info.summary or {}), owner=owner, created_at=created,
@@ -58,6 +58,15 @@ def upload(session: Session, store: DatasetStore, filename: str | None, content:
         store.delete(info.id)
         raise
     return record
+
+
+def _parse_time(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    try:
+        return dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return utcnow()
 
 
 def delete(session: Session, storage: BaseStorage, store: DatasetStore, record: DatasetRecord) -> None:

@@ -42,16 +42,16 @@ class BodySizeLimitMiddleware:
         headers = Headers(scope=scope)
         if headers.get("content-type", "").lower().startswith("multipart/form-data"):
             limit = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-            message = too_large_message(self.max_upload_bytes, "the upload")
+            refusal = too_large_message(self.max_upload_bytes, "the upload")
         else:
             limit = self.max_body_bytes
-            message = too_large_message(limit, "the request body")
+            refusal = too_large_message(limit, "the request body")
         try:
             declared = int(headers.get("content-length", ""))
         except ValueError:
             declared = None
         if declared is not None and declared > limit:
-            body = {"detail": [{"field": "body", "message": message}]}
+            body = {"detail": [{"field": "body", "message": refusal}]}
             await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
             return
 
@@ -63,7 +63,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(message)
+                    raise BodyTooLarge(refusal)
             return message
 
         await self.app(scope, receive_limited, send)

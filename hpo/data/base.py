@@ -193,7 +193,7 @@ class Targets:
             counts = np.bincount(self.values, minlength=len(self.class_names))
             return {
                 "n_classes": len(self.class_names),
-                "class_counts": {name: int(c) for name, c in zip(self.class_names, counts)},
+                "class_counts": {name: int(c) for name, c in zip(self.class_names, counts, strict=True)},
             }
         return {
             "out_dim": self.out_dim,

@@ -131,4 +131,3 @@ def inspect_file(
 def _read_series(path: str | Path, fmt: str, opts: dict[str, Any]) -> Series:
     """The series in a csv/tsv file."""
     return parse_series(read_utf8(path), _DELIMITERS[fmt], opts.get("target_column"))
-

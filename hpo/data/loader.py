@@ -32,6 +32,7 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
             for another task, or no data_dir is given for an id.
     """
     ds = spec.dataset
+    fmt: str | None
     lookback, horizon = spec.training.lookback, spec.training.horizon
     if ds.builtin is not None:
         return load_builtin(ds.builtin, max_length=ds.max_length, lookback=lookback, horizon=horizon)

@@ -67,9 +67,7 @@ def _check_zip(zf: zipfile.ZipFile, limit: int) -> dict[str, zipfile.ZipInfo]:
     for info in zf.infolist():
         name = info.filename.removesuffix(".npy")
         if info.file_size > limit:
-            raise DataError(
-                f"NPZ member {name!r} would unpack to {info.file_size} bytes; at most {limit} are accepted"
-            )
+            raise DataError(f"NPZ member {name!r} would unpack to {info.file_size} bytes; at most {limit} are accepted")
         total += info.file_size
         members[name] = info
     if total > limit:

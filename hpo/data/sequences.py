@@ -128,8 +128,9 @@ def _fixed(x: np.ndarray) -> tuple[np.ndarray, None]:
     if x.size == 0:
         raise DataError(f"X is empty (shape {x.shape})")
     _check_dims(x.shape[1], x.shape[2])
-    check_finite("X", x)
-    return x.astype(np.float32, copy=False), None
+    x = x.astype(np.float32, copy=False)
+    check_finite("X", x)  # after the cast, so values beyond float32's range count as infinite
+    return x, None
 
 
 def _variable(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -152,6 +153,7 @@ def _variable(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.n
             f"{len(lengths)} sequences padded to {steps} steps x {n_features} features exceed "
             f"{MAX_PADDED_VALUES} values; shorten the longest sequences"
         )
+    values = values.astype(np.float32, copy=False)
     check_finite("values", values)
     x = np.zeros((len(lengths), steps, n_features), dtype=np.float32)
     x[_valid_steps(lengths, steps)] = values

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ class DatasetStore:
                 options=opts,
                 size_bytes=len(content),
                 summary=summary,
-                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
             (work / _META).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
             os.rename(work, self.root / info.id)

@@ -1,0 +1,48 @@
+"""The `hpo` command line, run as a real process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def hpo(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "hpo", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def test_validate_accepts_the_examples_and_names_bad_fields(tmp_path):
+    ok = hpo("validate", str(ROOT / "studies" / "digits-tpe.yaml"))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndataset: {builtin: digits}\nsearch_space:\n  lr: {low: 0.1, high: 0.001}\n")
+    refused = hpo("validate", str(bad))
+    assert refused.returncode == 2
+    assert "search_space.lr: low (0.1) must be < high (0.001)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_run_refuses_a_bad_spec_and_a_missing_file_without_traceback(tmp_path):
+    missing = hpo("run", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+    unknown = hpo("best", "no-such-study", "--storage", f"sqlite:///{tmp_path}/empty.db")
+    assert unknown.returncode == 1 and "no study 'no-such-study'" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_run_digits_example_then_read_it_back(tmp_path):
+    storage = f"sqlite:///{tmp_path}/hpo.db"
+    run = hpo("run", str(ROOT / "studies" / "digits-tpe.yaml"), "--n-trials", "3", "--storage", storage,
+              "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    best = json.loads(run.stdout)
+    assert best["value"] > 0.8
+    study = optuna.load_study(study_name="digits-tpe", storage=storage)
+    assert len(study.trials) >= 3 and study.best_value == best["value"]
+    shown = hpo("best", "digits-tpe", "--storage", storage, "--json")
+    assert json.loads(shown.stdout)["params"] == study.best_params
