@@ -15,10 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service_support import LiveServer  # noqa: E402
-
-MAX_UPLOAD_BYTES = 256 * 1024
-MAX_BODY_BYTES = 32 * 1024
+from service_support import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, LiveServer  # noqa: E402
 
 
 @pytest.fixture
@@ -26,8 +23,8 @@ def data_dir(tmp_path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-def settings(database_url, data_dir) -> Settings:
+def make_settings(database_url: str, data_dir: Path) -> Settings:
+    """Small limits (so 413s are cheap to provoke) and fast event polling."""
     return Settings(
         database_url=database_url,
         data_dir=str(data_dir),
@@ -40,12 +37,25 @@ def settings(database_url, data_dir) -> Settings:
 
 
 @pytest.fixture
+def settings(database_url, data_dir) -> Settings:
+    return make_settings(database_url, data_dir)
+
+
+@pytest.fixture
 def api(settings) -> Iterator[TestClient]:
     """The app (started: migrations applied, storage open) behind a TestClient.
 
     Server-side exceptions are re-raised in the test, so an unexpected 500 fails loudly.
     """
     with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory) -> Iterator[TestClient]:
+    """One app on SQLite for a whole module: for tests of refusals, which must leave nothing behind."""
+    folder = tmp_path_factory.mktemp("shared")
+    with TestClient(create_app(make_settings(f"sqlite:///{folder / 'hpo.db'}", folder / "data"))) as client:
         yield client
 
 

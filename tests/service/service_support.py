@@ -14,6 +14,9 @@ from optuna.trial import TrialState
 
 from hpo.studies import FAIL_REASON_ATTR
 
+MAX_UPLOAD_BYTES = 256 * 1024  # the test apps' limits: small, so 413s are cheap to provoke
+MAX_BODY_BYTES = 32 * 1024
+
 
 def tiny_spec(name: str = "digits-tiny", **overrides: Any) -> dict[str, Any]:
     """A spec that trains in seconds: digits, 2 folds, 2 epochs, hidden size fixed at 16, 3 trials."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hpo.studies import SPEC_ATTR
-from service_support import add_trial, tiny_spec
+from service_support import MAX_BODY_BYTES, add_trial, tiny_spec
 
 STUDIES = "/api/v1/studies"
 
@@ -68,27 +68,27 @@ def test_same_spec_twice_gives_two_studies(api):
         ({"budget": {"n_trials": 0}}, "budget.n_trials"),
     ],
 )
-def test_invalid_spec_is_422_naming_the_field(api, change, field):
-    response = api.post(STUDIES, json=tiny_spec(**change))
+def test_invalid_spec_is_422_naming_the_field(shared_api, change, field):
+    response = shared_api.post(STUDIES, json=tiny_spec(**change))
 
     assert response.status_code == 422, response.text
     assert field in fields(response)
     assert all(item["message"] for item in response.json()["detail"])
-    assert api.get(STUDIES).json()["total"] == 0
+    assert shared_api.get(STUDIES).json()["total"] == 0
 
 
-def test_every_bad_field_is_named_at_once(api):
-    response = api.post(STUDIES, json=tiny_spec(cv={"folds": 1}, search_space={"lr": {"low": 1, "high": 0.1}}))
+def test_every_bad_field_is_named_at_once(shared_api):
+    response = shared_api.post(STUDIES, json=tiny_spec(cv={"folds": 1}, search_space={"lr": {"low": 1, "high": 0.1}}))
 
     assert response.status_code == 422
     assert {"cv.folds", "search_space.lr"} <= set(fields(response))
 
 
-def test_missing_name_is_named(api):
+def test_missing_name_is_named(shared_api):
     spec = tiny_spec()
     del spec["name"]
 
-    response = api.post(STUDIES, json=spec)
+    response = shared_api.post(STUDIES, json=spec)
 
     assert response.status_code == 422
     assert fields(response) == ["name"]
@@ -112,32 +112,32 @@ def test_missing_name_is_named(api):
          "enqueue_trials.0.lr"),
     ],
 )
-def test_malformed_bodies_are_4xx(api, body, content_type, status, field):
-    response = api.post(STUDIES, content=body, headers={"Content-Type": content_type})
+def test_malformed_bodies_are_4xx(shared_api, body, content_type, status, field):
+    response = shared_api.post(STUDIES, content=body, headers={"Content-Type": content_type})
 
     assert response.status_code == status, response.text
     assert fields(response)[0] == field
 
 
-def test_body_over_the_limit_is_413(api, settings):
-    padding = "x" * (settings.max_body_bytes + 1)
+def test_body_over_the_limit_is_413(shared_api):
+    padding = "x" * (MAX_BODY_BYTES + 1)
     spec = tiny_spec()
     spec["padding"] = padding
 
-    declared = api.post(STUDIES, json=spec)
-    chunked = api.post(STUDIES, content=iter([json.dumps(spec).encode()]),
+    declared = shared_api.post(STUDIES, json=spec)
+    chunked = shared_api.post(STUDIES, content=iter([json.dumps(spec).encode()]),
                        headers={"Content-Type": "application/json"})
 
     for response in (declared, chunked):
         assert response.status_code == 413, response.text
         assert fields(response) == ["body"]
-        assert str(settings.max_body_bytes) in response.json()["detail"][0]["message"]
-    assert api.get(STUDIES).json()["total"] == 0
+        assert str(MAX_BODY_BYTES) in response.json()["detail"][0]["message"]
+    assert shared_api.get(STUDIES).json()["total"] == 0
 
 
-def test_dataset_must_be_uploaded_or_builtin(api):
-    unknown = api.post(STUDIES, json=tiny_spec(dataset={"id": "nope"}))
-    by_path = api.post(STUDIES, json=tiny_spec(dataset={"path": "/etc/passwd.csv"}))
+def test_dataset_must_be_uploaded_or_builtin(shared_api):
+    unknown = shared_api.post(STUDIES, json=tiny_spec(dataset={"id": "nope"}))
+    by_path = shared_api.post(STUDIES, json=tiny_spec(dataset={"path": "/etc/passwd.csv"}))
 
     assert unknown.status_code == 422 and fields(unknown) == ["dataset.id"]
     assert by_path.status_code == 422 and fields(by_path) == ["dataset.path"]
@@ -221,8 +221,8 @@ def test_list_is_paginated_and_filtered(api):
     [({"state": "sleeping"}, "state"), ({"limit": 0}, "limit"), ({"limit": 101}, "limit"),
      ({"offset": -1}, "offset"), ({"limit": "many"}, "limit")],
 )
-def test_bad_list_parameters_are_422(api, params, field):
-    response = api.get(STUDIES, params=params)
+def test_bad_list_parameters_are_422(shared_api, params, field):
+    response = shared_api.get(STUDIES, params=params)
 
     assert response.status_code == 422
     assert fields(response) == [field]
