@@ -176,11 +176,17 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _in_bounds(self) -> SearchSpace:
+        errors = []
         for name, param in self.items():
             kind, _, allowed = _PARAMS[name]
-            values = _declared_values(param)
-            for v in values:
-                _check_value(name, kind, allowed, v)
+            for v in _declared_values(param):
+                try:
+                    _check_value(name, kind, allowed, v)
+                except ValueError as exc:
+                    errors.append({"field": f"search_space.{name}", "message": str(exc).split(": ", 1)[1]})
+                    break
+        if errors:
+            raise SpecError(errors)
         return self
 
     def items(self) -> list[tuple[str, ParamSpec]]:
@@ -372,9 +378,6 @@ def _errors_from_validation(exc: ValidationError) -> list[dict[str, str]]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
-        if ": " in message and message.split(": ", 1)[0] in PARAM_NAMES and path == "search_space":
-            name, message = message.split(": ", 1)
-            path = f"search_space.{name}"
         errors.append({"field": path or "spec", "message": message})
     return errors
 

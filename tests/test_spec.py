@@ -102,3 +102,51 @@ def test_yaml_and_json_give_the_same_spec_and_bad_text_names_the_line():
     assert info.value.errors[0]["field"].startswith("line ")
     with pytest.raises(SpecError):
         parse_spec_text("- just\n- a list\n")
+
+
+# ---- property-based: arbitrary input never crashes the parser; every refusal names a field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hpo.spec import PARAM_NAMES, StudySpec
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.sampled_from(["tpe", "grid", "lstm", "digits", "timeseries"]))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                        st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                      max_leaves=12)
+known_keys = st.sampled_from(list(StudySpec.model_fields) + list(PARAM_NAMES) +
+                             ["low", "high", "log", "choices", "value", "grid", "folds", "builtin", "name"])
+spec_like = st.recursive(
+    scalars,
+    lambda inner: st.dictionaries(st.one_of(known_keys, st.text(max_size=5)), st.one_of(inner, values), max_size=6),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(spec_like, st.fixed_dictionaries(
+    {"name": st.just("p"), "dataset": st.just({"builtin": "digits"})},
+    optional={"search_space": st.dictionaries(st.sampled_from(PARAM_NAMES), values, max_size=4),
+              "sampler": st.dictionaries(st.sampled_from(["name", "seed", "grid_points"]), values, max_size=3),
+              "cv": st.dictionaries(st.sampled_from(["folds", "strategy", "shuffle"]), values, max_size=3),
+              "budget": values, "enqueue_trials": values})))
+def test_arbitrary_specs_parse_or_name_a_field(data):
+    try:
+        spec = parse_spec(data)
+    except SpecError as exc:
+        assert exc.errors
+        for error in exc.errors:
+            assert error["field"] and error["message"]
+    else:
+        assert spec.n_trials >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_text_parses_or_names_a_field(text):
+    try:
+        parse_spec_text(text)
+    except SpecError as exc:
+        assert all(e["field"] and e["message"] for e in exc.errors)
