@@ -21,6 +21,7 @@ import optuna
 import torch
 from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.data import load_dataset
 from hpo.objective import Objective
@@ -34,6 +35,7 @@ log = logging.getLogger("hpo.worker")
 
 DEFAULT_HEARTBEAT_S = 10
 DEFAULT_GRACE_S = 30
+MAX_OUTAGE_WAIT_S = 30.0
 COUNTED_STATES = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -149,16 +151,23 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     )
     runners: dict[str, StudyRunner] = {}
     finished: set[str] = set()
+    outage_s = 0.0
     while not stop.is_set():
-        name = _pick_study(storage, options, finished, runners)
-        if name is None:
-            if options.until_idle:
-                return
-            stop.wait(options.poll_interval_s)
-            continue
-        if name not in runners:
-            runners[name] = StudyRunner(storage, name, options, worker_index, stop)
-        runners[name].run_one()
+        try:
+            name = _pick_study(storage, options, finished, runners)
+            if name is None:
+                if options.until_idle:
+                    return
+                stop.wait(options.poll_interval_s)
+                continue
+            if name not in runners:
+                runners[name] = StudyRunner(storage, name, options, worker_index, stop)
+            runners[name].run_one()
+            outage_s = 0.0
+        except SQLAlchemyError as exc:  # database restarting or unreachable: wait, then go on
+            outage_s = min(MAX_OUTAGE_WAIT_S, max(1.0, outage_s * 2))
+            log.warning("database unavailable (%s); retrying in %.0f s", type(exc).__name__, outage_s)
+            stop.wait(outage_s)
 
 
 def _process_main(options: WorkerOptions, worker_index: int) -> None:
