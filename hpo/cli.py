@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         remote(p)
         if name == "submit":
             p.add_argument("--json", action="store_true")
+
+    from hpo.export.commands import add_model_commands  # hpo model fit | download | predict
+
+    add_model_commands(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.data import load_dataset
+from hpo.export.jobs import run_pending_model_jobs
 from hpo.objective import Objective
 from hpo.samplers import make_pruner, make_sampler
 from hpo.storage import open_storage
@@ -154,6 +155,8 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     outage_s = 0.0
     while not stop.is_set():
         try:
+            if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name, should_stop=stop.is_set):
+                continue  # a final model fit ran (a job the API queued); look for work again
             name = _pick_study(storage, options, finished, runners)
             if name is None:
                 if options.until_idle:

@@ -13,17 +13,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from hpo.data import DatasetStore
 from hpo.spec import StudySpec
 from hpo.storage import open_storage
+from service import web
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.routes import datasets, health, studies, trials
+from service.routes import models as model_routes
 
 log = logging.getLogger("service")
 API_PREFIX = "/api/v1"
@@ -93,11 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_upload_bytes=settings.max_upload_bytes)
     for module in (studies, trials, datasets):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(model_routes.router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
-
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    web.install(app, API_PREFIX)  # the browser pages (`/` lists the studies) and /dashboard
     return app

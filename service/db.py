@@ -16,9 +16,11 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from hpo.storage import SQLITE_BUSY_TIMEOUT_S, normalize_url
+from service.models import TABLE_PREFIX
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "hpo_alembic_version"
+PG_CONNECT_TIMEOUT_S = 10
 # Any constant works; it only has to be the same in every process that migrates.
 _PG_MIGRATION_LOCK = 0x68706F  # "hpo"
 
@@ -40,7 +42,7 @@ def make_engine(database_url: str) -> Engine:
             pool_pre_ping=True,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
         )
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
 
 
 def _use_wal(url: str) -> None:
@@ -51,6 +53,13 @@ def _use_wal(url: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Alembic's filter: the service's tables only (Optuna migrates its own)."""
+    if type_ == "table":
+        return bool(name) and name.startswith(TABLE_PREFIX)
+    return True
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-POSTGRES_HOST = "127.0.0.1:5432"
+from postgres_support import create_postgres_database, drop_postgres_database, postgres_database_url
 
 
-def _postgres_unavailable(reason: str) -> None:
-    """Skip, unless the run promised PostgreSQL (``HPO_REQUIRE_SERVICES=1``): then fail."""
-    if os.environ.get("HPO_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"PostgreSQL is required (HPO_REQUIRE_SERVICES=1) but not reachable at {POSTGRES_HOST}: {reason}")
-    pytest.skip(f"PostgreSQL not reachable at {POSTGRES_HOST}")
+@pytest.fixture(scope="session")
+def postgres_template() -> str | None:
+    """The database new test databases are copied from; ``None``: PostgreSQL's empty default.
+
+    A test folder may override it with a prepared one (tables already created) to save time.
+    """
+    return None
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database (dropped afterwards, connections and all)."""
-    import psycopg
-
+def postgres_url(postgres_template) -> Iterator[str]:
+    """A new PostgreSQL database (dropped afterwards, connections and all)."""
+    name = create_postgres_database(template=postgres_template)
     try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        _postgres_unavailable(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    name = f"hpo_test_{secrets.token_hex(6)}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@{POSTGRES_HOST}/{name}"
+        yield postgres_database_url(name)
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_postgres_database(name)
 
 
 @pytest.fixture

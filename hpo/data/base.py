@@ -6,6 +6,8 @@ inside ``Dataset.fold`` on the training rows only, so validation rows never leak
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -42,7 +44,9 @@ class FoldData:
     """A training/validation pair with everything a model needs to size itself.
 
     ``target_scale`` is ``(mean, std)`` such that ``original = scaled * std + mean``
-    (regression and forecasting), None for classification.
+    (regression and forecasting), None for classification. ``preprocessing`` is the input
+    transform fitted on the training rows (a ``SequenceScaling``, ``TextVocabulary`` or
+    ``SeriesScaling``), kept so that a final model can apply it to new inputs.
     """
 
     train: Split
@@ -51,6 +55,7 @@ class FoldData:
     vocab_size: int | None
     out_dim: int
     target_scale: tuple[float, float] | None
+    preprocessing: Any = None
 
 
 class Dataset(ABC):
@@ -79,6 +84,23 @@ class Dataset(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Return a JSON-able summary (sample count, input shape, classes or targets)."""
+
+    def fingerprint(self) -> str:
+        """``sha256:<hex>`` of the loaded arrays (inputs and targets): names the exact training data."""
+        raise NotImplementedError(f"{type(self).__name__} has no fingerprint")
+
+
+def sha256_of(*parts: Any) -> str:
+    """``sha256:<hex>`` over arrays (dtype, shape and bytes) and JSON-able values, in order."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(f"{part.dtype.str}{part.shape}".encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True).encode())
+        digest.update(b"\0")
+    return f"sha256:{digest.hexdigest()}"
 
 
 def check_finite(name: str, values: np.ndarray) -> None:

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpo.data.base import MIN_SAMPLES, DataError, Dataset, FoldData, Split, check_indices, fit_standardizer
+from hpo.data.base import (
+    MIN_SAMPLES, DataError, Dataset, FoldData, Split, check_indices, fit_standardizer, sha256_of,
+)
 from hpo.data.readers import missing_column, parse_table
 
 DEFAULT_LOOKBACK = 12  # as hpo.spec.TrainingSpec.lookback
@@ -138,8 +140,8 @@ class ForecastDataset(Dataset):
         np.add.at(delta, train_idx, 1)
         np.add.at(delta, train_idx + span, -1)
         seen = np.cumsum(delta[:-1]) > 0
-        mean, std = fit_standardizer(self.series.values[seen])
-        scaled = ((self.series.values - mean) / std).astype(np.float32)
+        scaling = SeriesScaling.fit(self.series.values[seen], self.series, self.lookback, self.horizon)
+        scaled = scaling.transform(self.series.values)
         t = self.target_col
 
         def split(idx: np.ndarray) -> Split:
@@ -153,8 +155,14 @@ class ForecastDataset(Dataset):
             n_features=len(self.series.columns),
             vocab_size=None,
             out_dim=self.horizon,
-            target_scale=(float(mean[t]), float(std[t])),
+            target_scale=scaling.target_scale,
+            preprocessing=scaling,
         )
+
+    def fingerprint(self) -> str:
+        """See ``Dataset.fingerprint``."""
+        series = self.series
+        return sha256_of(series.values, series.columns, series.target, self.lookback, self.horizon)
 
     def describe(self) -> dict[str, Any]:
         """See ``Dataset.describe``."""
@@ -166,3 +174,60 @@ class ForecastDataset(Dataset):
             "lookback": self.lookback,
             "horizon": self.horizon,
         }
+
+
+@dataclass(frozen=True)
+class SeriesScaling:
+    """Fitted per-column standardization of a series, and the window it feeds, as data.
+
+    ``fold`` fits it on the rows training windows touch; an exported model stores it
+    (``to_dict``) and scales a new series with the same ``transform``.
+
+    Attributes:
+        columns: the series' columns, in the model's feature order.
+        target: the forecast column.
+        lookback: input rows per window.
+        horizon: forecast steps per window.
+        mean: float64 ``[C]`` column means.
+        std: float64 ``[C]`` column standard deviations (1 for a constant column).
+    """
+
+    columns: list[str]
+    target: str
+    lookback: int
+    horizon: int
+    mean: np.ndarray
+    std: np.ndarray
+
+    kind = "series"
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, series: Series, lookback: int, horizon: int) -> SeriesScaling:
+        """Fit on ``rows`` ``[m, C]`` of ``series`` (the rows training windows touch)."""
+        mean, std = fit_standardizer(rows)
+        return cls(list(series.columns), series.target, lookback, horizon, mean, std)
+
+    @property
+    def target_scale(self) -> tuple[float, float]:
+        """``(mean, std)`` of the target column: ``original = scaled * std + mean``."""
+        t = self.columns.index(self.target)
+        return float(self.mean[t]), float(self.std[t])
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Standardized float32 copy of ``values`` ``[T, C]``."""
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "columns": self.columns, "target": self.target, "lookback": self.lookback,
+                "horizon": self.horizon, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> SeriesScaling:
+        mean, std = (np.asarray(state[k], dtype=np.float64) for k in ("mean", "std"))
+        columns = state["columns"]
+        if mean.shape != (len(columns),) or std.shape != mean.shape or not (np.isfinite([mean, std]).all()
+                                                                          and (std > 0).all()):
+            raise DataError("series scaling: mean and std need one finite number per column, std > 0")
+        if state["target"] not in columns:
+            raise DataError(f"series scaling: target {state['target']!r} is not one of the columns {columns}")
+        return cls(list(columns), state["target"], int(state["lookback"]), int(state["horizon"]), mean, std)

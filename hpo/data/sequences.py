@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hpo.data.base import DataError, Dataset, FoldData, Split, Targets, check_finite, check_indices, fit_standardizer
+from hpo.data.base import (
+    DataError, Dataset, FoldData, Split, Targets, check_finite, check_indices, fit_standardizer, sha256_of,
+)
 from hpo.data.readers import DEFAULT_MAX_UNCOMPRESSED, read_npz
 
 MAX_STEPS = 100_000
@@ -45,15 +48,12 @@ class SequenceDataset(Dataset):
         n_features = self.x.shape[2]
         train_x = self.x[train_idx]
         lengths = self.lengths
-        valid = train_x if lengths is None else train_x[_valid_steps(lengths[train_idx], train_x.shape[1])]
-        mean, std = (s.astype(np.float32) for s in fit_standardizer(valid.reshape(-1, n_features)))
+        scaling = SequenceScaling.fit(train_x, None if lengths is None else lengths[train_idx])
 
         def split(idx: np.ndarray, x: np.ndarray, y: torch.Tensor) -> Split:
-            scaled = (x - mean) / std
             if lengths is None:
-                return Split(torch.from_numpy(scaled), y, None)
-            scaled[~_valid_steps(lengths[idx], x.shape[1])] = 0.0
-            return Split(torch.from_numpy(scaled), y, torch.from_numpy(lengths[idx]))
+                return Split(torch.from_numpy(scaling.transform(x, None)), y, None)
+            return Split(torch.from_numpy(scaling.transform(x, lengths[idx])), y, torch.from_numpy(lengths[idx]))
 
         y_train, y_val, target_scale = self.targets.split(train_idx, val_idx)
         return FoldData(
@@ -63,7 +63,12 @@ class SequenceDataset(Dataset):
             vocab_size=None,
             out_dim=self.targets.out_dim,
             target_scale=target_scale,
+            preprocessing=scaling,
         )
+
+    def fingerprint(self) -> str:
+        """See ``Dataset.fingerprint``."""
+        return sha256_of(self.x, self.lengths, self.targets.values, self.class_names)
 
     def describe(self) -> dict[str, Any]:
         """See ``Dataset.describe``."""
@@ -104,19 +109,34 @@ def sequences_from_npz(
             oversized inputs, a single class, or an oversized archive.
     """
     arrays = read_npz(path, ["X", "values", "lengths", "y"], max_uncompressed)
-    if "y" not in arrays or ("X" in arrays) == ("values" in arrays):
+    if "y" not in arrays:
         found = ", ".join(arrays) or "none of X, values, lengths, y"
         raise DataError(f"NPZ members found: {found}; accepted layouts: {NPZ_LAYOUTS}")
-    if "X" in arrays:
-        x, lengths = _fixed(arrays["X"])
-    elif "lengths" not in arrays:
-        raise DataError(f"NPZ member 'values' needs a 'lengths' member; accepted layouts: {NPZ_LAYOUTS}")
-    else:
-        x, lengths = _variable(arrays["values"], arrays["lengths"])
+    x, lengths = sequence_arrays(arrays)
     y = arrays["y"]
     if y.ndim == 0 or len(y) != len(x):
         raise DataError(f"y has {y.size if y.ndim == 0 else len(y)} entries but there are {len(x)} sequences")
     return SequenceDataset(x, lengths, Targets.from_array(task, y))
+
+
+def sequence_arrays(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sequences in an NPZ's members: ``X``, or ``values`` + ``lengths`` (``y`` is not read).
+
+    Returns:
+        float32 ``x`` ``[n, T, F]`` (zero-padded) and int64 ``lengths`` ``[n]``, or None
+        when every sequence has ``T`` steps.
+
+    Raises:
+        DataError: for a missing or doubled layout, a wrong shape, NaN/inf or oversized input.
+    """
+    if ("X" in arrays) == ("values" in arrays):
+        found = ", ".join(arrays) or "none of X, values, lengths, y"
+        raise DataError(f"NPZ members found: {found}; accepted layouts: {NPZ_LAYOUTS}")
+    if "X" in arrays:
+        return _fixed(arrays["X"])
+    if "lengths" not in arrays:
+        raise DataError(f"NPZ member 'values' needs a 'lengths' member; accepted layouts: {NPZ_LAYOUTS}")
+    return _variable(arrays["values"], arrays["lengths"])
 
 
 def _fixed(x: np.ndarray) -> tuple[np.ndarray, None]:
@@ -171,3 +191,52 @@ def _check_dims(steps: int, n_features: int) -> None:
 def _valid_steps(lengths: np.ndarray, steps: int) -> np.ndarray:
     """``[len(lengths), steps]`` mask, True at each sequence's real (unpadded) steps."""
     return np.arange(steps) < lengths[:, None]
+
+
+@dataclass(frozen=True)
+class SequenceScaling:
+    """Fitted per-feature standardization of numeric sequences, as data.
+
+    ``fold`` fits it on the training rows and transforms both sides with it; an exported
+    model stores it (``to_dict``) and standardizes new sequences with the same ``transform``.
+
+    Attributes:
+        mean: float32 ``[F]`` per-feature means of the training rows' valid steps.
+        std: float32 ``[F]`` per-feature standard deviations (1 for a constant feature).
+        steps: the steps every training sequence had, or None when their lengths vary.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    steps: int | None
+
+    kind = "numeric"
+
+    @classmethod
+    def fit(cls, x: np.ndarray, lengths: np.ndarray | None) -> SequenceScaling:
+        """Fit on training sequences ``x`` ``[m, T, F]`` (``lengths`` ``[m]`` when they vary)."""
+        valid = x if lengths is None else x[_valid_steps(lengths, x.shape[1])]
+        mean, std = (s.astype(np.float32) for s in fit_standardizer(valid.reshape(-1, x.shape[2])))
+        return cls(mean, std, x.shape[1] if lengths is None else None)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.mean)
+
+    def transform(self, x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        """Standardized float32 copy of ``x`` ``[n, T, F]``; steps past a sequence's length stay 0."""
+        scaled = (x - self.mean) / self.std
+        if lengths is not None:
+            scaled[~_valid_steps(lengths, x.shape[1])] = 0.0
+        return scaled
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mean": self.mean.tolist(), "std": self.std.tolist(), "steps": self.steps}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> SequenceScaling:
+        mean, std = (np.asarray(state[k], dtype=np.float32) for k in ("mean", "std"))
+        if mean.ndim != 1 or mean.shape != std.shape or not (np.isfinite([mean, std]).all() and (std > 0).all()):
+            raise DataError("numeric scaling: mean and std must be equal-length lists of finite numbers, std > 0")
+        return cls(mean, std, None if state["steps"] is None else int(state["steps"]))
+

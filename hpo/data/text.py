@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from hpo.data.base import DataError, Dataset, FoldData, Split, Targets, check_indices
+from hpo.data.base import DataError, Dataset, FoldData, Split, Targets, check_indices, sha256_of
 from hpo.data.readers import missing_column, parse_table
 
 PAD_ID = 0
@@ -26,6 +27,66 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters/digits, with inner apostr
 def tokenize(text: str) -> list[str]:
     """Lowercase ``text`` and split it into words (letters and digits, inner apostrophes kept)."""
     return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class TextVocabulary:
+    """The word ids a model reads, fitted on training texts, as data.
+
+    ``fold`` fits it on the training rows and encodes both sides with it; an exported model
+    stores it (``to_dict``) and encodes new texts with the same ``encode``.
+
+    Attributes:
+        words: the kept words, most frequent first; ``words[i]`` has id ``i + 2``
+            (0 is padding, 1 out-of-vocabulary).
+        max_length: tokens kept per text.
+    """
+
+    words: list[str]
+    max_length: int
+    ids: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    kind = "text"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", {word: OOV_ID + 1 + rank for rank, word in enumerate(self.words)})
+
+    @classmethod
+    def fit(cls, token_lists: list[list[str]], max_length: int) -> TextVocabulary:
+        """Keep the ``MAX_VOCAB`` most frequent words (ties in alphabetical order)."""
+        counts = Counter(word for tokens in token_lists for word in tokens)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_VOCAB]
+        return cls([word for word, _ in ranked], max_length)
+
+    @property
+    def size(self) -> int:
+        """Distinct ids, padding and out-of-vocabulary included."""
+        return len(self.words) + 2
+
+    def encode(self, token_lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids ``[n, max_length]`` padded with 0, and lengths ``[n]``.
+
+        Unknown words become the OOV id 1; an empty text becomes one OOV token.
+        """
+        ids = np.full((len(token_lists), self.max_length), PAD_ID, dtype=np.int64)
+        lengths = np.empty(len(token_lists), dtype=np.int64)
+        for row, tokens in enumerate(token_lists):
+            encoded = [self.ids.get(w, OOV_ID) for w in tokens[: self.max_length]] or [OOV_ID]
+            ids[row, : len(encoded)] = encoded
+            lengths[row] = len(encoded)
+        return ids, lengths
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "words": self.words, "max_length": self.max_length}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TextVocabulary:
+        words, max_length = state["words"], state["max_length"]
+        if not all(isinstance(w, str) and w for w in words) or len(set(words)) != len(words):
+            raise DataError("text vocabulary: words must be distinct non-empty strings")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise DataError(f"text vocabulary: max_length must be a positive integer; got {max_length!r}")
+        return cls(list(words), max_length)
 
 
 class TextDataset(Dataset):
@@ -55,29 +116,25 @@ class TextDataset(Dataset):
         """
         train_idx = check_indices("train_idx", train_idx, self.n_samples)
         val_idx = check_indices("val_idx", val_idx, self.n_samples)
-        counts = Counter(word for i in train_idx for word in self.tokens[i])
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_VOCAB]
-        vocab = {word: OOV_ID + 1 + rank for rank, (word, _) in enumerate(ranked)}
+        vocabulary = TextVocabulary.fit([self.tokens[i] for i in train_idx], self.max_length)
         y_train, y_val, target_scale = self.targets.split(train_idx, val_idx)
         return FoldData(
-            train=self._encode(train_idx, vocab, y_train),
-            val=self._encode(val_idx, vocab, y_val),
+            train=self._encode(train_idx, vocabulary, y_train),
+            val=self._encode(val_idx, vocabulary, y_val),
             n_features=None,
-            vocab_size=len(vocab) + 2,
+            vocab_size=vocabulary.size,
             out_dim=self.targets.out_dim,
             target_scale=target_scale,
+            preprocessing=vocabulary,
         )
 
-    def _encode(self, idx: np.ndarray, vocab: dict[str, int], y: torch.Tensor) -> Split:
-        """Token ids padded with 0 to ``max_length``; an empty text becomes one OOV token."""
-        ids = np.full((len(idx), self.max_length), PAD_ID, dtype=np.int64)
-        lengths = np.empty(len(idx), dtype=np.int64)
-        for row, i in enumerate(idx):
-            words = self.tokens[i][: self.max_length]
-            encoded = [vocab.get(w, OOV_ID) for w in words] or [OOV_ID]
-            ids[row, : len(encoded)] = encoded
-            lengths[row] = len(encoded)
+    def _encode(self, idx: np.ndarray, vocabulary: TextVocabulary, y: torch.Tensor) -> Split:
+        ids, lengths = vocabulary.encode([self.tokens[i] for i in idx])
         return Split(torch.from_numpy(ids), y, torch.from_numpy(lengths))
+
+    def fingerprint(self) -> str:
+        """See ``Dataset.fingerprint`` (texts count as their tokens)."""
+        return sha256_of(self.tokens, self.max_length, self.targets.values, self.class_names)
 
     def describe(self) -> dict[str, Any]:
         """See ``Dataset.describe``."""

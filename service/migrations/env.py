@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.db import VERSION_TABLE, make_engine
-from service.models import TABLE_PREFIX, Base
+from service.db import VERSION_TABLE, include_name, make_engine
+from service.models import Base
 
 config = context.config
-
-
-def include_name(name, type_, parent_names):  # noqa: ANN001 - Alembic's hook signature
-    """Autogenerate looks at the service's tables only; Optuna migrates its own."""
-    if type_ == "table":
-        return bool(name) and name.startswith(TABLE_PREFIX)
-    return True
 
 
 def _configure(connection) -> None:  # noqa: ANN001

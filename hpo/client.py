@@ -1,0 +1,231 @@
+"""A small Python client of the hpo REST API, for scripts and notebooks.
+
+Example::
+
+    from hpo.client import Client
+
+    client = Client("http://127.0.0.1:8000")
+    study = client.submit("studies/digits.yaml")
+    client.wait(study["id"], progress=True)
+    print(client.best(study["id"])["params"])
+
+Every refusal raises :class:`APIError` carrying the HTTP status and the server's
+``[{"field": ..., "message": ...}]`` list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hpo.spec import StudySpec
+
+FINISHED_STATES = ("completed", "failed", "cancelled")
+API = "/api/v1"
+
+
+class APIError(Exception):
+    """The server refused a request (or answered something that is not the API's JSON).
+
+    Attributes:
+        status: the HTTP status code.
+        detail: the server's ``[{"field": ..., "message": ...}]`` list.
+    """
+
+    def __init__(self, status: int, detail: list[dict[str, Any]]):
+        self.status = status
+        self.detail = detail
+        lines = [f"{d['field']}: {d['message']}" if d.get("field") else str(d.get("message")) for d in detail]
+        super().__init__(f"HTTP {status}: " + "; ".join(lines))
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> APIError:
+        try:
+            detail = response.json().get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        if isinstance(detail, str):
+            detail = [{"field": None, "message": detail}]
+        elif not (isinstance(detail, list) and all(isinstance(d, dict) and "message" in d for d in detail)):
+            text = response.text.strip()[:200] or response.reason_phrase
+            detail = [{"field": None, "message": text}]
+        return cls(response.status_code, detail)
+
+
+class Client:
+    """The REST API of one hpo server.
+
+    Args:
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: sent as ``Authorization: Bearer <api_key>`` when given.
+        timeout: seconds to wait for each request.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30):
+        headers = {"Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.is_error:
+            raise APIError.from_response(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # ---- studies ---------------------------------------------------------------------
+
+    def submit(self, spec: Mapping[str, Any] | StudySpec | str | Path) -> dict[str, Any]:
+        """Submit a study.
+
+        Args:
+            spec: a spec as a dict, a :class:`~hpo.spec.StudySpec`, or the path of a YAML or
+                JSON file (sent as it is; the server validates it).
+
+        Returns:
+            The created study (``id``, ``state``, ``optuna_study_name``, ``links``, ...).
+
+        Raises:
+            APIError: 422 naming each invalid field.
+            OSError: when the file cannot be read.
+        """
+        if isinstance(spec, StudySpec):
+            return self._request("POST", f"{API}/studies", json=spec.model_dump(mode="json"))
+        if isinstance(spec, Mapping):
+            return self._request("POST", f"{API}/studies", json=dict(spec))
+        text = Path(spec).read_text(encoding="utf-8")
+        return self._request("POST", f"{API}/studies", content=text.encode("utf-8"),
+                             headers={"Content-Type": "application/yaml"})  # JSON is YAML too
+
+    def get(self, study_id: str) -> dict[str, Any]:
+        """A study's spec, state, trial counts, best value and ETA.
+
+        Raises:
+            APIError: 404 for an unknown id.
+        """
+        return self._request("GET", f"{API}/studies/{study_id}")
+
+    def studies(self, **params: Any) -> dict[str, Any]:
+        """A page of studies: ``{"items": [...], "total": n}`` (params: ``state``, ``limit``, ``offset``)."""
+        return self._request("GET", f"{API}/studies", params=params)
+
+    def wait(self, study_id: str, progress: bool = False, poll_s: float = 1.0,
+             timeout_s: float | None = None) -> dict[str, Any]:
+        """Wait until a study is completed, failed or cancelled.
+
+        Args:
+            study_id: the study.
+            progress: draw a live progress bar (trials done / budget, best so far, ETA) on stderr.
+            poll_s: seconds between polls.
+            timeout_s: give up after this many seconds (``None``: wait for ever).
+
+        Returns:
+            The study as it finished.
+
+        Raises:
+            TimeoutError: when ``timeout_s`` passed first.
+            APIError: for an unknown id.
+        """
+        from hpo.console import follow
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        final = follow(
+            lambda: self.get(study_id),
+            keep_going=None if deadline is None else (lambda: time.monotonic() < deadline),
+            poll_s=poll_s,
+            enabled=progress,
+        )
+        if final["state"] not in FINISHED_STATES:
+            raise TimeoutError(
+                f"study {study_id} is still {final['state']} after {timeout_s:g} s "
+                f"({final['trials']['complete'] + final['trials']['pruned']}/{final['n_trials']} trials)"
+            )
+        return final
+
+    def best(self, study_id: str) -> dict[str, Any]:
+        """The best trial: ``number``, ``value``, ``params``, ``fold_scores``, ``fold_std``, ``metric``.
+
+        Raises:
+            APIError: 409 while no trial has completed.
+        """
+        return self._request("GET", f"{API}/studies/{study_id}/best")
+
+    def trials(self, study_id: str, **params: Any) -> dict[str, Any]:
+        """A page of a study's trials.
+
+        Args:
+            study_id: the study.
+            **params: ``state`` (running | complete | pruned | failed | waiting), ``sort``
+                (number | value | best | duration_s | started_at, ``-`` for descending),
+                ``limit``, ``offset``, ``include="intermediate"`` (per-epoch scores).
+
+        Returns:
+            ``{"items": [...], "total": n, "limit": l, "offset": o}``.
+        """
+        return self._request("GET", f"{API}/studies/{study_id}/trials", params=params)
+
+    def trial(self, study_id: str, number: int) -> dict[str, Any]:
+        """One trial, with its per-epoch scores."""
+        return self._request("GET", f"{API}/studies/{study_id}/trials/{number}")
+
+    def cancel(self, study_id: str) -> dict[str, Any]:
+        """Cancel a study (running trials stop at their next epoch); returns the study."""
+        return self._request("POST", f"{API}/studies/{study_id}/cancel")
+
+    def resume(self, study_id: str) -> dict[str, Any]:
+        """Resume a cancelled study; returns the study."""
+        return self._request("POST", f"{API}/studies/{study_id}/resume")
+
+    def delete(self, study_id: str) -> None:
+        """Delete a study and all its trials."""
+        self._request("DELETE", f"{API}/studies/{study_id}")
+
+    # ---- datasets --------------------------------------------------------------------
+
+    def upload_dataset(self, path: str | Path, task: str, **options: Any) -> dict[str, Any]:
+        """Upload a dataset file (streamed, not read into memory).
+
+        Args:
+            path: an ``.npz``, ``.csv`` or ``.tsv`` file.
+            task: ``classification``, ``regression`` or ``forecasting``.
+            **options: ``format``, ``target_column``, ``text_column``, ``label_column``, ``max_length``.
+
+        Returns:
+            The stored dataset (``id`` to put in a spec as ``dataset: {id: ...}``, ``summary``, ...).
+
+        Raises:
+            APIError: 422 with the reason a file was refused, 413 when it is too large.
+        """
+        path = Path(path)
+        form = {"task": task, **{k: str(v) for k, v in options.items() if v is not None}}
+        with path.open("rb") as file:
+            return self._request("POST", f"{API}/datasets", data=form, files={"file": (path.name, file)})
+
+    def datasets(self, **params: Any) -> dict[str, Any]:
+        """A page of uploaded datasets."""
+        return self._request("GET", f"{API}/datasets", params=params)
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        """One uploaded dataset."""
+        return self._request("GET", f"{API}/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (refused while an unfinished study uses it)."""
+        self._request("DELETE", f"{API}/datasets/{dataset_id}")

@@ -1,0 +1,43 @@
+"""From best parameters to a model: the final fit, the model archive, prediction.
+
+- ``fit.py``: train a configuration on all the training data (``fit_model``,
+  ``fit_study_model``).
+- ``archive.py``: the ``.hpo.zip`` archive (``manifest.json`` + safetensors weights) and
+  ``Model`` / ``load_model``, which predict from raw inputs.
+- ``inputs.py``: new data (arrays, JSON bodies, uploaded files) checked and preprocessed.
+- ``jobs.py``: final fits as jobs the workers run (``request_model``,
+  ``run_pending_model_jobs``), coordinated through the study's ``hpo:model`` attribute.
+- ``commands.py``: ``hpo model fit | download | predict``.
+
+Names are imported on first use, so the command line can register its commands without
+loading PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hpo.export.archive import Manifest, Model, load_model
+    from hpo.export.fit import fit_model, fit_study_model
+    from hpo.export.inputs import InputError, PredictInput, inputs_from_file, inputs_from_json
+    from hpo.export.jobs import (
+        MODEL_ATTR, ModelJobConflict, model_job, model_path, remove_model, request_model, run_pending_model_jobs,
+    )
+
+_HOMES = {
+    "archive": ("Manifest", "Model", "load_model"),
+    "fit": ("fit_model", "fit_study_model"),
+    "inputs": ("InputError", "PredictInput", "inputs_from_file", "inputs_from_json"),
+    "jobs": ("MODEL_ATTR", "ModelJobConflict", "model_job", "model_path", "remove_model", "request_model",
+             "run_pending_model_jobs"),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'hpo.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hpo.export.{_MODULE_OF[name]}"), name)

@@ -1,0 +1,130 @@
+"""``hpo model fit | download | predict``: the final model from the command line.
+
+Registered by ``hpo.cli`` through :func:`add_model_commands`; heavy imports (PyTorch)
+happen only when a command runs. Refusals raise ``ValueError`` (one line, exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+API = "/api/v1"
+WAIT_POLL_S = 2.0
+
+
+def add_model_commands(sub: Any) -> None:
+    """Add ``model`` and its subcommands to the ``hpo`` parser's subcommands."""
+    model = sub.add_parser("model", help="Fit the best configuration, download the model, predict with it.",
+                           description="Fit the best configuration, download the model, predict with it.")
+    actions = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+
+    p = actions.add_parser("fit", help="Fit a study's best trial on all its data: here (from a storage) "
+                                       "or by the server's workers (--url).")
+    p.add_argument("study", help="study name (local) or id (with --url)")
+    p.add_argument("--trial", type=int, help="fit this complete trial instead of the best one")
+    p.add_argument("--holdout", type=float, default=0.0, help="share of rows held out and scored (default 0)")
+    p.add_argument("--out", help="archive to write (local; default: <study>.hpo.zip)")
+    p.add_argument("--storage", help="Optuna storage URL (default: $HPO_DATABASE_URL or sqlite:///hpo.db)")
+    p.add_argument("--data-dir", default="hpo-data", help="where uploaded datasets live (default: hpo-data)")
+    p.add_argument("--wait", action="store_true", help="with --url: wait until the model is ready or failed")
+    _remote(p, required=False)
+    p.set_defaults(func=cmd_model_fit)
+
+    p = actions.add_parser("download", help="Download a study's model archive from a server.")
+    p.add_argument("study", help="study id")
+    p.add_argument("--out", help="where to write it (default: <study name>.hpo.zip)")
+    _remote(p, required=True)
+    p.set_defaults(func=cmd_model_download)
+
+    p = actions.add_parser("predict", help="Predict with a model archive, offline; prints JSON.")
+    p.add_argument("archive", help="a .hpo.zip archive")
+    p.add_argument("input", help="new data: .npz (numeric), .csv/.tsv (texts or a series), or .json "
+                                 '({"x": ...}, {"texts": [...]} or {"series": [[...]]})')
+    p.add_argument("--format", choices=["npz", "csv", "tsv", "json"], help="default: from the input's suffix")
+    p.add_argument("--text-column", help="the csv/tsv column holding the texts (default: text)")
+    p.set_defaults(func=cmd_model_predict)
+
+
+def _remote(p: argparse.ArgumentParser, required: bool) -> None:
+    if required:
+        p.add_argument("--url", default=os.environ.get("HPO_URL", "http://127.0.0.1:8000"),
+                       help="the service's URL (default: $HPO_URL or http://127.0.0.1:8000)")
+    else:
+        p.add_argument("--url", help="ask this server's workers to fit it (the study is then its id)")
+    p.add_argument("--api-key", default=os.environ.get("HPO_API_KEY"), help="API key (default: $HPO_API_KEY)")
+
+
+def _http(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to the server; a refusal raises the client's ``APIError``."""
+    from hpo.client import APIError, Client
+
+    with Client(args.url, api_key=args.api_key) as client:
+        response = client.http.request(method, path, **kwargs)
+        if response.is_error:
+            raise APIError.from_response(response)
+        return response
+
+
+def cmd_model_fit(args: argparse.Namespace) -> None:
+    if args.url:
+        response = _http(args, "POST", f"{API}/studies/{args.study}/model",
+                         json={"trial_number": args.trial, "holdout": args.holdout})
+        status = response.json()
+        while args.wait and status["state"] in ("queued", "running"):
+            time.sleep(WAIT_POLL_S)
+            status = _http(args, "GET", f"{API}/studies/{args.study}/model").json()
+            if status["state"] == "running" and status.get("epochs"):
+                print(f"epoch {status.get('epoch')}/{status['epochs']}", file=sys.stderr)
+        print(json.dumps(status, indent=2))
+        if status["state"] == "failed":
+            raise ValueError(f"the fit failed: {status.get('reason')}")
+        return
+
+    from hpo.cli import DATABASE_ENV
+    from hpo.export.fit import fit_study_model
+    from hpo.export.jobs import model_summary
+    from hpo.storage import DEFAULT_STORAGE, open_storage
+
+    storage = open_storage(args.storage or os.environ.get(DATABASE_ENV) or DEFAULT_STORAGE)
+
+    def progress(epoch: int, epochs: int, score: float) -> None:
+        print(f"epoch {epoch}/{epochs}: {score:.4g}", file=sys.stderr)
+
+    model = fit_study_model(storage, args.study, args.data_dir, trial_number=args.trial, holdout=args.holdout,
+                            on_epoch=progress)
+    out = Path(args.out or f"{args.study}.hpo.zip")
+    archive = model.save(out)
+    print(json.dumps({"archive": str(out), **archive, "model": model_summary(model.manifest)}, indent=2))
+
+
+def cmd_model_download(args: argparse.Namespace) -> None:
+    response = _http(args, "GET", f"{API}/studies/{args.study}/model/download")
+    disposition = response.headers.get("content-disposition", "")
+    suggested = disposition.split("filename=", 1)[1].strip('"') if "filename=" in disposition else None
+    out = Path(args.out or Path(suggested or f"{args.study}.hpo.zip").name)
+    out.write_bytes(response.content)
+    print(out)
+
+
+def cmd_model_predict(args: argparse.Namespace) -> None:
+    from hpo.export import inputs_from_file, inputs_from_json, load_model
+
+    model = load_model(args.archive)
+    path = Path(args.input)
+    fmt = args.format or path.suffix.lstrip(".").lower()
+    content = path.read_bytes()
+    if fmt == "json":
+        try:
+            body = json.loads(content)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        data = inputs_from_json(model.preprocessing, body)
+    else:
+        data = inputs_from_file(model.preprocessing, path.name, content, format=fmt, column=args.text_column)
+    print(json.dumps(model.predict_dict(data), indent=2))

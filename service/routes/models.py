@@ -1,0 +1,251 @@
+"""``/api/v1/studies/{id}/model`` and ``/predict``: fit the best configuration, download it, predict.
+
+The fit is a job the workers run (``hpo.export.jobs``): this API only queues it and reads
+its state from the database. Predictions load the archive the workers wrote to the shared
+data folder (cached per file version) and apply the training-time preprocessing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from hpo.export import (
+    InputError, Model, ModelJobConflict, PredictInput, inputs_from_file, inputs_from_json, load_model, model_job,
+    model_path, request_model,
+)
+from hpo.export.fit import MAX_HOLDOUT
+from service.deps import SettingsDep, StorageDep
+from service.errors import problem
+from service.limits import too_large_message
+from service.routes.studies import ERRORS, LoadedDep
+from service.views import API_PREFIX, finite
+
+router = APIRouter(prefix="/studies", tags=["models"])
+
+ModelState = Literal["none", "queued", "running", "ready", "failed"]
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "New data: JSON (`{\"x\": [[[...]]]}` numeric, `{\"texts\": [...]}` text, "
+                       "`{\"series\": [[...]]}` forecasting) or a multipart `file` in the dataset upload "
+                       "formats (npz; csv/tsv), with optional `format` and `text_column` fields.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary"},
+                "format": {"type": "string", "enum": ["npz", "csv", "tsv"]},
+                "text_column": {"type": "string"},
+            }, "required": ["file"]}},
+        },
+    }
+}
+
+
+class ModelRequest(BaseModel):
+    """What to fit: the best trial (default) or another complete one, with an optional holdout."""
+
+    trial_number: int | None = Field(default=None, ge=0, description="Fit this complete trial instead of the best.")
+    holdout: float = Field(default=0.0, ge=0.0, le=MAX_HOLDOUT,
+                           description="Share of rows held out and scored each epoch (0: train on every row).")
+
+
+class ModelLinks(BaseModel):
+    self: str
+    download: str
+    predict: str
+
+
+class ModelStatus(BaseModel):
+    """A study's final model: the fit's progress, then what it was trained from."""
+
+    study_id: str
+    state: ModelState = Field(description="`none` until a fit is requested.")
+    requested_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    heartbeat_at: str | None = None
+    trial_number: int | None = Field(default=None, description="The trial whose parameters are fitted.")
+    cv_score: float | None = Field(default=None, description="That trial's mean cross-validation score.")
+    holdout: float | None = None
+    epoch: int | None = Field(default=None, description="Epochs done so far.")
+    epochs: int | None = Field(default=None, description="Epochs the fit trains for.")
+    score: float | None = Field(default=None, description="Last epoch's holdout (or training-sample) score.")
+    attempts: int | None = None
+    worker: str | None = None
+    reason: str | None = Field(default=None, description="Why the fit failed.")
+    archive: dict[str, Any] | None = Field(default=None, description="`file`, `bytes`, `sha256` of the archive.")
+    model: dict[str, Any] | None = Field(
+        default=None, description="Once ready: params, epochs (and where they came from), data fingerprint, "
+                                  "CV score, trial number, framework versions, training scores.")
+    links: ModelLinks
+
+
+class Prediction(BaseModel):
+    """Labels and probabilities (classification) or values in the target's units."""
+
+    study_id: str
+    task: str
+    n: int | None = None
+    classes: list[str] | None = None
+    labels: list[str] | None = None
+    probabilities: list[list[float]] | None = None
+    predictions: list[Any] | None = None
+    target: str | None = None
+    horizon: int | None = None
+
+
+def model_view(study_id: str, job: dict[str, Any] | None) -> dict[str, Any]:
+    base = f"{API_PREFIX}/studies/{study_id}"
+    view: dict[str, Any] = {"study_id": study_id, "state": "none",
+                            "links": {"self": f"{base}/model", "download": f"{base}/model/download",
+                                      "predict": f"{base}/predict"}}
+    if job is not None:
+        fields = set(ModelStatus.model_fields) - {"study_id", "links"}
+        view.update({k: finite(v) for k, v in job.items() if k in fields})
+        if isinstance(view.get("archive"), dict):
+            view["archive"] = {k: view["archive"][k] for k in ("file", "bytes", "sha256") if k in view["archive"]}
+    return view
+
+
+def _job(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any] | None:
+    return model_job(storage, loaded.record.optuna_study_name)
+
+
+def _ready_job(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any]:
+    job = _job(storage, loaded)
+    if job is None or job["state"] != "ready":
+        state = "none" if job is None else job["state"]
+        raise problem(409, f"study {loaded.record.id!r} has no model ready (model state: {state}); "
+                           f"POST {API_PREFIX}/studies/{loaded.record.id}/model to fit one")
+    return job
+
+
+@router.post("/{study_id}/model", status_code=202, response_model=ModelStatus, response_model_exclude_none=True,
+             responses=ERRORS, summary="Fit the best configuration")
+def fit_model(loaded: LoadedDep, storage: StorageDep,
+              request: Annotated[ModelRequest | None, Body()] = None) -> dict[str, Any]:
+    """Queue a final fit of the best trial's parameters on the whole training data; a
+    worker runs it. Follow it with `GET .../model` (state, epoch / epochs)."""
+    request = request or ModelRequest()
+    try:
+        job = request_model(storage, loaded.record.optuna_study_name, trial_number=request.trial_number,
+                            holdout=request.holdout)
+    except ModelJobConflict as exc:
+        raise problem(409, str(exc)) from None
+    except ValueError as exc:
+        if request.trial_number is not None:
+            raise problem(422, str(exc), field="trial_number") from None
+        raise problem(409, str(exc)) from None
+    return model_view(loaded.record.id, job)
+
+
+@router.get("/{study_id}/model", response_model=ModelStatus, response_model_exclude_none=True, responses=ERRORS,
+            summary="The final model's state")
+def get_model(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
+    """`none`, `queued`, `running` (with epoch / epochs), `ready` (with the model's
+    metadata) or `failed` (with the reason)."""
+    return model_view(loaded.record.id, _job(storage, loaded))
+
+
+@router.get("/{study_id}/model/download", response_class=FileResponse, responses={
+    200: {"content": {"application/zip": {}}, "description": "The model archive: `manifest.json` + "
+                                                             "`model.safetensors`; open with `hpo.load_model`."},
+    **ERRORS}, summary="Download the model archive")
+def download_model(loaded: LoadedDep, storage: StorageDep, settings: SettingsDep) -> FileResponse:
+    """The `.hpo.zip` archive (409 until the model is ready)."""
+    job = _ready_job(storage, loaded)
+    path = _archive_path(settings.data_dir, loaded.record.optuna_study_name, loaded.record.id)
+    etag = (job.get("archive") or {}).get("sha256")
+    return FileResponse(path, media_type="application/zip", filename=f"{loaded.record.optuna_study_name}.hpo.zip",
+                        headers={"ETag": f'"{etag}"'} if etag else None)
+
+
+@router.post("/{study_id}/predict", response_model=Prediction, response_model_exclude_none=True,
+             responses={**ERRORS, 415: ERRORS[422]}, openapi_extra=_PREDICT_BODY, summary="Predict with the model")
+async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
+    """Predict for new data with the study's ready model (409 until one is ready); the
+    training-time preprocessing is applied. A bad input is a 422 naming the problem."""
+    job = await run_in_threadpool(_ready_job, storage, loaded)
+    path = _archive_path(settings.data_dir, loaded.record.optuna_study_name, loaded.record.id)
+    model = await run_in_threadpool(_load_ready_model, path, job, loaded.record.id)
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        async with request.form(max_part_size=settings.max_upload_bytes) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise problem(422, "required: a multipart `file` with the data", field="file")
+            content = await upload.read(settings.max_upload_bytes + 1)
+            if len(content) > settings.max_upload_bytes:
+                raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
+            options = {k: form.get(k) for k in ("format", "text_column")}
+            filename = upload.filename or "upload"
+        data = await run_in_threadpool(_file_input, model, filename, content, options)
+    elif media == "application/json" or media.endswith("+json"):
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise problem(422, f"not valid JSON: {exc}", field="body") from None
+        data = _json_input(model, body)
+    else:
+        raise problem(415, f"send application/json or multipart/form-data; got {media or 'no content type'}",
+                      field="body")
+    try:
+        result = await run_in_threadpool(model.predict_dict, data)
+    except InputError as exc:
+        raise problem(422, str(exc), field=exc.field) from None
+    return {"study_id": loaded.record.id, **finite(result)}
+
+
+def _archive_path(data_dir: str, study_name: str, study_id: str) -> Path:
+    path = model_path(data_dir, study_name)
+    if not path.is_file():
+        raise problem(409, f"the model archive of study {study_id!r} is missing from the data folder "
+                           f"(is it shared with the workers?); POST {API_PREFIX}/studies/{study_id}/model to fit again")
+    return path
+
+
+def _load_ready_model(path: Path, job: dict[str, Any], study_id: str) -> Model:
+    stat = path.stat()
+    try:
+        model = _cached_model(str(path), stat.st_mtime_ns, stat.st_size)
+    except ValueError as exc:
+        raise problem(409, f"the stored model archive is unreadable ({exc}); "
+                           f"POST {API_PREFIX}/studies/{study_id}/model to fit again") from None
+    expected = (job.get("archive") or {}).get("weights_sha256")
+    if expected and model.manifest.weights and model.manifest.weights.sha256 != expected:
+        raise problem(409, f"the model of study {study_id!r} is being replaced; try again in a moment")
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_model(path: str, mtime_ns: int, size: int) -> Model:
+    """A loaded archive, per file version (a new fit renames a new file into place)."""
+    return load_model(path)
+
+
+def _json_input(model: Model, body: Any) -> PredictInput:
+    try:
+        return inputs_from_json(model.preprocessing, body)
+    except InputError as exc:
+        raise problem(422, str(exc), field=exc.field) from None
+
+
+def _file_input(model: Model, filename: str, content: bytes, options: dict[str, Any]) -> PredictInput:
+    fmt, column = options.get("format"), options.get("text_column")
+    if fmt is not None and (not isinstance(fmt, str) or fmt not in ("npz", "csv", "tsv")):
+        raise problem(422, f"format must be npz, csv or tsv; got {fmt!r}", field="format")
+    try:
+        return inputs_from_file(model.preprocessing, filename, content, format=fmt,
+                                column=column if isinstance(column, str) and column else None)
+    except InputError as exc:
+        raise problem(422, str(exc), field=exc.field) from None

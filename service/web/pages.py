@@ -1,0 +1,80 @@
+"""The browser pages and their assets, all shipped with the package (no CDN: the machine
+running the service may be offline).
+
+Pages are static HTML; their scripts (``static/*.js``, ES modules) fetch the JSON API.
+``plotly.min.js`` is served from the installed ``plotly`` package.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import plotly
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+
+from service.errors import problem
+
+WEB_DIR = Path(__file__).parent
+TEMPLATES_DIR = WEB_DIR / "templates"
+STATIC_DIR = WEB_DIR / "static"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+ASSETS = "/assets"
+MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
+# Our assets change with the package; the browser asks again (cheap, 304 by ETag) each load.
+REVALIDATE = "no-cache"
+PLOTLY_MAX_AGE_S = 7 * 24 * 3600
+
+router = APIRouter(include_in_schema=False)
+_gzip_lock = threading.Lock()
+
+
+def page(name: str) -> HTMLResponse:
+    """A page of ``templates/``; ``__PLOTLY_VERSION__`` there names the bundle's version
+    (a new plotly gets a new address, past browsers' week-long cache)."""
+    html = (TEMPLATES_DIR / name).read_text(encoding="utf-8").replace("__PLOTLY_VERSION__", plotly.__version__)
+    return HTMLResponse(html, headers={"Cache-Control": REVALIDATE})
+
+
+@router.get("/")
+def studies_page() -> HTMLResponse:
+    return page("studies.html")
+
+
+@router.get("/new")
+def new_study_page() -> HTMLResponse:
+    return page("new.html")
+
+
+@router.get("/studies/{study_id}")
+def study_page(study_id: str) -> HTMLResponse:
+    return page("study.html")  # the script reads the id from the address and asks the API
+
+
+@lru_cache(maxsize=1)
+def _plotly_gzipped() -> bytes:
+    return gzip.compress(PLOTLY_JS.read_bytes(), compresslevel=6)
+
+
+@router.get(f"{ASSETS}/plotly.min.js")
+def plotly_js(request: Request) -> Response:
+    """Plotly's bundle from the installed package (gzipped when the browser accepts it:
+    4.6 MB becomes 1.4 MB). Its address carries plotly's version, so it is cached a week."""
+    headers = {"Cache-Control": f"public, max-age={PLOTLY_MAX_AGE_S}", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        with _gzip_lock:
+            body = _plotly_gzipped()
+        return Response(body, media_type="text/javascript", headers={**headers, "Content-Encoding": "gzip"})
+    return FileResponse(PLOTLY_JS, media_type="text/javascript", headers=headers)
+
+
+@router.get(ASSETS + "/{name}")
+def asset(name: str) -> FileResponse:
+    """A file of ``static/`` (by bare name: nothing outside that folder is reachable)."""
+    path = STATIC_DIR / name
+    if "/" in name or name.startswith(".") or path.suffix not in MEDIA_TYPES or not path.is_file():
+        raise problem(404, f"no asset named {name!r}", field="name")
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers={"Cache-Control": REVALIDATE})

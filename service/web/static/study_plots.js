@@ -1,0 +1,192 @@
+// Plotly traces and layouts of the study page, built from the compact arrays the API sends.
+
+const COLORS = {
+  value: "#2457c5",
+  best: "#1f8a4c",
+  selected: "#e67e22",
+  complete: "#5b7fd0",
+  pruned: "#d08a1c",
+  running: "#7f8fa6",
+  failed: "#c0392b",
+  waiting: "#9aa4b2",
+};
+
+/** The page's layout defaults, merged with `layout` (one level deep). */
+export function plotLayout(layout = {}) {
+  const axis = { gridcolor: "#eef1f5", zeroline: false, automargin: true };
+  return {
+    margin: { l: 56, r: 14, t: 10, b: 44 },
+    font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1d2430" },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    hovermode: "closest",
+    showlegend: true,
+    legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom", font: { size: 11 } },
+    ...layout,
+    xaxis: { ...axis, ...(layout.xaxis || {}) },
+    yaxis: { ...axis, ...(layout.yaxis || {}) },
+  };
+}
+
+/** Each complete trial's value by trial number, the best so far as a step line, and the
+ * selected trial circled. */
+export function historyTraces(complete, direction, selected) {
+  const order = complete.number.map((_, i) => i).sort((a, b) => complete.number[a] - complete.number[b]);
+  const x = order.map((i) => complete.number[i]);
+  const y = order.map((i) => complete.value[i]);
+  const better = direction === "maximize" ? (a, b) => a > b : (a, b) => a < b;
+  const bestX = [];
+  const bestY = [];
+  let best = null;
+  x.forEach((number, i) => {
+    if (y[i] === null) return;
+    if (best === null || better(y[i], best)) best = y[i];
+    bestX.push(number);
+    bestY.push(best);
+  });
+  const many = x.length > 1500;
+  const traces = [
+    {
+      type: "scatter", mode: "markers", name: "trial value", x, y, customdata: x,
+      marker: { color: COLORS.value, size: many ? 4 : 7, opacity: many ? 0.45 : 0.8 },
+      hovertemplate: "trial #%{x}<br>%{y:.4g}<extra></extra>",
+    },
+    {
+      type: "scatter", mode: "lines", name: "best so far", x: bestX, y: bestY,
+      line: { color: COLORS.best, width: 2.5, shape: "hv" }, hoverinfo: "skip",
+    },
+  ];
+  if (selected && selected.value !== null && selected.state === "complete") {
+    traces.push({
+      type: "scatter", mode: "markers", name: `trial #${selected.number}`, x: [selected.number], y: [selected.value],
+      marker: { color: "rgba(0,0,0,0)", size: 15, line: { color: COLORS.selected, width: 3 } }, hoverinfo: "skip",
+    });
+  }
+  return traces;
+}
+
+/** One line per trial; pruned trials end in a cross where they were stopped. */
+export function curveTraces(curves, bestNumber, selectedNumber) {
+  const shownInLegend = new Set();
+  return curves.map((c) => {
+    const role = c.number === selectedNumber ? "selected" : c.number === bestNumber ? "best" : c.state;
+    const color = COLORS[role] || COLORS.complete;
+    const legend = { selected: "selected trial", best: "best trial" }[role] || c.state;
+    const emphasis = role === "best" || role === "selected";
+    const dash = { pruned: "dot", running: "dash", failed: "dashdot", waiting: "dash" }[c.state] || "solid";
+    const endSymbol = c.state === "pruned" ? "x" : c.state === "running" ? "circle-open" : "circle";
+    const trace = {
+      type: "scatter",
+      mode: "lines+markers",
+      x: c.steps.map((step) => step + 1),
+      y: c.values,
+      name: legend,
+      legendgroup: legend,
+      showlegend: !shownInLegend.has(legend),
+      customdata: c.steps.map(() => c.number),
+      line: { color, width: emphasis ? 3 : 1.5, dash },
+      opacity: emphasis ? 1 : 0.75,
+      marker: {
+        color,
+        // only the last point gets a marker: it shows where the trial stopped
+        size: c.steps.map((_, i) => (i === c.steps.length - 1 ? (c.state === "pruned" ? 10 : 6) : 0)),
+        symbol: endSymbol,
+        line: { color, width: 2 },
+      },
+      hovertemplate: `trial #${c.number} (${c.state})<br>%{x}: %{y:.4g}<extra></extra>`,
+    };
+    shownInLegend.add(legend);
+    return trace;
+  });
+}
+
+export function importanceTraces(importances) {
+  const entries = Object.entries(importances).sort((a, b) => a[1] - b[1]);
+  return [{
+    type: "bar",
+    orientation: "h",
+    x: entries.map((e) => e[1]),
+    y: entries.map((e) => e[0]),
+    text: entries.map((e) => `${(100 * e[1]).toFixed(1)}%`),
+    textposition: "outside",
+    cliponaxis: false,
+    marker: { color: COLORS.value },
+    hovertemplate: "%{y}: %{x:.3f}<extra></extra>",
+    showlegend: false,
+  }];
+}
+
+function decadeTicks(low, high) {
+  const ticks = [];
+  for (let e = Math.ceil(Math.log10(low) - 1e-9); e <= Math.floor(Math.log10(high) + 1e-9); e++) ticks.push(e);
+  if (ticks.length < 2) ticks.splice(0, ticks.length, Math.log10(low), Math.log10(high));
+  return ticks;
+}
+
+function tickLabel(v) {
+  const x = 10 ** v;
+  return x >= 1000 || x < 1e-2 ? x.toExponential(0) : String(Number(x.toPrecision(2)));
+}
+
+/** Parallel coordinates over the searched parameters (log ones on a log axis, choices by
+ * position) and the score, each line coloured by its score. */
+export function parallelTrace(complete, space, study, narrow = false) {
+  const dimensions = [];
+  for (const p of space) {
+    if (p.fixed !== null) continue;
+    const raw = complete.params[p.name] || [];
+    if (p.kind === "categorical" || p.choices) {
+      const choices = p.choices || [...new Set(raw)];
+      const keys = choices.map((c) => JSON.stringify(c));
+      dimensions.push({
+        label: p.name,
+        values: raw.map((v) => keys.indexOf(JSON.stringify(v))),
+        range: [-0.2, Math.max(0.2, choices.length - 0.8)],
+        tickvals: choices.map((_, i) => i),
+        ticktext: choices.map(String),
+      });
+    } else if (p.log) {
+      const ticks = decadeTicks(p.low, p.high);
+      dimensions.push({
+        label: p.name,
+        values: raw.map((v) => (v > 0 ? Math.log10(v) : null)),
+        range: [Math.log10(p.low), Math.log10(p.high)],
+        tickvals: ticks,
+        ticktext: ticks.map(tickLabel),
+      });
+    } else {
+      dimensions.push({ label: p.name, values: raw, range: [p.low, p.high] });
+    }
+  }
+  dimensions.push({ label: study.metric, values: complete.value });
+  return {
+    type: "parcoords",
+    dimensions,
+    line: {
+      color: complete.value,
+      colorscale: "Viridis",
+      reversescale: study.direction === "minimize", // bright is good either way
+      showscale: !narrow, // on a phone the axes need the room
+      colorbar: { thickness: 10, len: 0.8 },
+    },
+    labelfont: { size: 12 },
+    tickfont: { size: 10 },
+  };
+}
+
+/** The best trial's score on each fold, beside the selected trial's. */
+export function foldTraces(best, selected) {
+  const traces = [];
+  for (const [trial, color, label] of [[best, COLORS.best, "best"], [selected, COLORS.selected, "selected"]]) {
+    if (!trial || !trial.fold_scores || !trial.fold_scores.length) continue;
+    traces.push({
+      type: "bar",
+      name: `${label}: trial #${trial.number}`,
+      x: trial.fold_scores.map((_, i) => `fold ${i + 1}`),
+      y: trial.fold_scores,
+      marker: { color },
+      hovertemplate: `trial #${trial.number}<br>%{x}: %{y:.4g}<extra></extra>`,
+    });
+  }
+  return traces;
+}

@@ -1,0 +1,135 @@
+"""The pages in a real browser against a real ``hpo serve``: submit through the form, watch
+a study grow live, see validation errors inline, cancel a running study."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+STUDY_TIMEOUT_MS = 90_000
+
+
+def tiny_spec(name: str, **overrides: Any) -> dict[str, Any]:
+    """Trains in about a second a trial: digits, 2 folds, 2 epochs, small fixed network."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "task": "classification",
+        "dataset": {"builtin": "digits"},
+        "search_space": {"hidden_size": {"value": 16}, "batch_size": {"value": 128}},
+        "cv": {"folds": 2},
+        "training": {"max_epochs": 2},
+        "budget": {"n_trials": 4},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def set_param_fixed(page, name: str, value: str) -> None:
+    page.select_option(f"#f-search_space-{name}-mode", "fixed")
+    page.fill(f"#f-search_space-{name}-value", value)
+
+
+def test_submit_through_the_form_lands_on_the_study_page(server, page, tmp_path):
+    page.goto(f"{server.url}/new")
+    page.fill("#f-name", "browser-form")
+    page.fill("#f-cv-folds", "2")
+    page.fill("#f-training-max_epochs", "2")
+    page.fill("#f-budget-n_trials", "3")
+    set_param_fixed(page, "hidden_size", "16")
+    set_param_fixed(page, "batch_size", "128")
+    page.screenshot(path=tmp_path / "new-filled.png", full_page=True)
+
+    page.click("#submit")
+
+    page.wait_for_url(re.compile(r"/studies/[a-z0-9]+$"))
+    page.wait_for_function("document.querySelector('#study-name').textContent === 'browser-form'")
+    study_id = page.url.rsplit("/", 1)[1]
+    # The header follows the study to its end without a reload.
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+    page.wait_for_selector("#best-json")
+    assert '"hidden_size": 16' in page.text_content("#best-json")
+    assert f"/api/v1/studies/{study_id}/best" in page.text_content("#snippet-curl")
+    assert f'.best("{study_id}")' in page.text_content("#snippet-python")
+    dashboard = page.get_attribute("#dashboard-link", "href")
+    assert re.fullmatch(r"/dashboard/studies/\d+", dashboard)
+    assert page.request.get(f"{server.url}{dashboard}").ok
+    page.screenshot(path=tmp_path / "study-completed.png", full_page=True)
+
+    page.goto(server.url)
+    page.wait_for_selector(f'tr[data-study-id="{study_id}"]')
+    page.click('#state-filters button[data-state="completed"]')
+    page.wait_for_selector(f'tr[data-study-id="{study_id}"] .badge.completed')
+    page.screenshot(path=tmp_path / "studies.png", full_page=True)
+
+
+def counts(page) -> tuple[int, int]:
+    """(trial table rows, points on the history plot)."""
+    return page.evaluate("""() => [
+        document.querySelectorAll('#trials tbody tr').length,
+        Number(document.querySelector('#history').dataset.points || 0),
+    ]""")
+
+
+def test_table_and_history_grow_without_a_reload(server, page, api, tmp_path):
+    study = api.post("/studies", json=tiny_spec("browser-live")).json()
+    # Held back until the page is open, so that the page sees every trial arrive.
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.cancelled")
+    page.wait_for_selector("#live.on")
+    page.evaluate("window.__noReload = 'still here'")
+    before = counts(page)
+
+    page.click("#resume")
+
+    seen = [before]
+    deadline = time.monotonic() + STUDY_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        seen.append(counts(page))
+        if seen[-1][0] >= 4 and seen[-1][1] == 4:
+            break
+        page.wait_for_timeout(100)
+    page.screenshot(path=tmp_path / "study-live.png", full_page=True)
+    rows, points = seen[-1]
+    assert rows >= 4 and points == 4, f"the table/history reached {seen[-1]}; seen {sorted(set(seen))}"
+    assert before[1] == 0 and rows > before[0]
+    assert all(a[1] <= b[1] for a, b in zip(seen, seen[1:])), "history points must only grow"
+    assert page.evaluate("window.__noReload") == "still here"
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    assert page.url.endswith(f"/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+
+
+def test_invalid_field_is_named_next_to_it(server, page, tmp_path):
+    page.goto(f"{server.url}/new")
+    page.fill("#f-name", "browser-invalid")
+    page.fill("#f-cv-folds", "1")
+
+    page.click("#submit")
+
+    error = page.locator('[data-field="cv.folds"] .field-error')
+    error.wait_for()
+    assert "cv.folds" in error.text_content()
+    assert page.locator('[data-field="cv.folds"]').get_attribute("class").count("has-error") == 1
+    assert page.url.endswith("/new")
+    page.screenshot(path=tmp_path / "new-invalid.png", full_page=True)
+
+
+def test_cancel_a_running_study(server, page, api, tmp_path):
+    spec = tiny_spec("browser-cancel", training={"max_epochs": 30, "patience": None}, budget={"n_trials": 50})
+    study = api.post("/studies", json=spec).json()
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.running", timeout=STUDY_TIMEOUT_MS)
+
+    page.click("#cancel")
+
+    page.wait_for_selector("#study-state .badge.cancelled")
+    page.wait_for_selector("#resume:not(.hidden)")
+    assert page.is_hidden("#cancel")
+    assert api.get(f"/studies/{study['id']}").json()["state"] == "cancelled"
+    page.screenshot(path=tmp_path / "study-cancelled.png", full_page=True)

@@ -1,0 +1,179 @@
+"""Uploading datasets: good files are kept and usable by studies; bad ones leave nothing behind."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service_support import MAX_UPLOAD_BYTES, tiny_spec
+
+DATASETS = "/api/v1/datasets"
+STUDIES = "/api/v1/studies"
+
+
+def text_csv(rows: int = 24) -> bytes:
+    lines = ["text,label"]
+    for i in range(rows):
+        label = "spam" if i % 2 else "ham"
+        lines.append(f"\"{'win money now' if i % 2 else 'see you at lunch'} {i}\",{label}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def good_npz() -> bytes:
+    rng = np.random.default_rng(0)
+    return npz_bytes(X=rng.normal(size=(20, 6, 2)).astype(np.float32), y=np.arange(20) % 2)
+
+
+def stored_files(data_dir: Path) -> list[Path]:
+    """Every file kept under the data folder (empty folders do not count)."""
+    return [p for p in Path(data_dir).rglob("*") if p.is_file()] if Path(data_dir).exists() else []
+
+
+def dataset_dirs(data_dir: Path) -> list[Path]:
+    root = Path(data_dir) / "datasets"
+    return list(root.iterdir()) if root.exists() else []
+
+
+def upload(client, name: str, content: bytes, **form):
+    form.setdefault("task", "classification")
+    return client.post(DATASETS, files={"file": (name, content)}, data=form)
+
+
+def test_upload_list_get_delete(api, data_dir):
+    response = upload(api, "spam.csv", text_csv())
+
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["name"] == "spam.csv" and dataset["format"] == "csv" and dataset["task"] == "classification"
+    assert dataset["size_bytes"] == len(text_csv())
+    assert dataset["summary"]["n_samples"] == 24
+    assert response.headers["location"] == f"{DATASETS}/{dataset['id']}"
+    assert api.get(f"{DATASETS}/{dataset['id']}").json() == dataset
+    listed = api.get(DATASETS).json()
+    assert listed["total"] == 1 and listed["items"] == [dataset]
+    assert len(dataset_dirs(data_dir)) == 1
+
+    deleted = api.delete(f"{DATASETS}/{dataset['id']}")
+
+    assert deleted.status_code == 204
+    assert api.get(f"{DATASETS}/{dataset['id']}").status_code == 404
+    assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
+
+
+def test_upload_npz_with_options(api):
+    response = upload(api, "seq.bin", good_npz(), format="npz")
+    text = upload(api, "reviews.tsv", text_csv().replace(b",", b"\t"), max_length="16")
+
+    assert response.status_code == 201, response.text
+    assert response.json()["format"] == "npz" and response.json()["summary"]["n_features"] == 2
+    assert text.status_code == 201, text.text
+    assert text.json()["format"] == "tsv" and text.json()["options"] == {"max_length": 16}
+
+
+def test_study_on_an_uploaded_dataset(api):
+    dataset = upload(api, "spam.csv", text_csv()).json()
+
+    study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]}))
+    wrong_task = api.post(STUDIES, json=tiny_spec(
+        task="regression", dataset={"id": dataset["id"]}, cv={"folds": 2, "strategy": "kfold"},
+    ))
+
+    assert study.status_code == 201, study.text
+    assert study.json()["dataset_id"] == dataset["id"]
+    assert wrong_task.status_code == 422
+    assert [e["field"] for e in wrong_task.json()["detail"]] == ["task"]
+    assert "classification" in wrong_task.json()["detail"][0]["message"]
+
+
+def test_a_dataset_in_use_cannot_be_deleted(api, data_dir):
+    dataset = upload(api, "spam.csv", text_csv()).json()
+    study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]})).json()
+
+    refused = api.delete(f"{DATASETS}/{dataset['id']}")
+    api.post(f"{STUDIES}/{study['id']}/cancel")
+    allowed = api.delete(f"{DATASETS}/{dataset['id']}")
+
+    assert refused.status_code == 409
+    assert study["id"] in refused.json()["detail"][0]["message"]
+    assert allowed.status_code == 204
+    assert dataset_dirs(data_dir) == []
+
+
+def _object_npz() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, X=np.array([{"a": 1}, [1, 2]], dtype=object), y=np.array([0, 1]))
+    return buffer.getvalue()
+
+
+def _nan_npz() -> bytes:
+    x = np.ones((20, 6, 2), dtype=np.float32)
+    x[3, 2, 1] = np.nan
+    return npz_bytes(X=x, y=np.arange(20) % 2)
+
+
+BAD_UPLOADS = {
+    "nan-npz": ("nan.npz", _nan_npz(), 422),
+    "pickled-object-npz": ("objects.npz", _object_npz(), 422),
+    "raw-pickle-as-npz": ("evil.npz", pickle.dumps({"x": 1}), 422),
+    "non-utf8-csv": ("latin.csv", "text,label\ncafé crème,1\nthé,0\n".encode("latin-1") * 4, 422),
+    "empty-file": ("empty.csv", b"", 422),
+    "header-only-csv": ("header.csv", b"text,label\n", 422),
+    "unknown-format": ("data.xlsx", b"PK\x03\x04", 422),
+    "just-over-the-limit": ("big.csv", b"x" * (MAX_UPLOAD_BYTES + 1), 413),
+    "far-over-the-limit": ("huge.csv", b"x" * (MAX_UPLOAD_BYTES + 2 * 2**20), 413),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_are_refused_and_leave_nothing(shared_api, case):
+    filename, content, status = BAD_UPLOADS[case]
+    data_dir = Path(shared_api.app.state.settings.data_dir)
+
+    response = upload(shared_api, filename, content)
+
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["field"] in ("file", "body") and detail[0]["message"]
+    assert shared_api.get(DATASETS).json()["total"] == 0
+    assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [({"task": "astrology"}, "task"), ({"format": "xls"}, "format"), ({"max_length": "2"}, "max_length"),
+     ({"max_length": "long"}, "max_length")],
+)
+def test_bad_upload_fields_are_422(shared_api, form, field):
+    response = upload(shared_api, "spam.csv", text_csv(), **form)
+
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["detail"]] == [field]
+    assert shared_api.get(DATASETS).json()["total"] == 0
+
+
+def test_upload_needs_a_file_and_a_task(shared_api):
+    no_file = shared_api.post(DATASETS, data={"task": "classification"})
+    no_task = shared_api.post(DATASETS, files={"file": ("spam.csv", text_csv())})
+    not_multipart = shared_api.post(DATASETS, json={"task": "classification"})
+
+    assert no_file.status_code == 422 and [e["field"] for e in no_file.json()["detail"]] == ["file"]
+    assert no_task.status_code == 422 and [e["field"] for e in no_task.json()["detail"]] == ["task"]
+    assert not_multipart.status_code == 422
+
+
+def test_file_names_cannot_reach_outside_the_data_folder(shared_api, tmp_path):
+    response = upload(shared_api, "../../../../tmp/escape.csv", text_csv())
+
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "escape.csv"
+    assert shared_api.delete(f"{DATASETS}/{response.json()['id']}").status_code == 204

@@ -1,0 +1,186 @@
+"""End to end: ``python -m hpo serve`` and ``hpo worker`` processes, real HTTP, real training.
+
+These need the engine's worker and command line (``hpo.worker``, ``hpo.cli``,
+``hpo/__main__.py``); they are skipped, saying so, while those are missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from hpo.client import Client
+from hpo.storage import normalize_url
+from service_support import free_port, tiny_spec
+
+ENGINE_MODULES = ("hpo.worker", "hpo.cli", "hpo.__main__")
+MISSING = [m for m in ENGINE_MODULES if importlib.util.find_spec(m) is None]
+pytestmark = [
+    pytest.mark.service,
+    pytest.mark.skipif(bool(MISSING), reason=f"needs the engine's {', '.join(MISSING)} (not written yet)"),
+]
+REPO = Path(__file__).resolve().parents[2]
+STUDY_TIMEOUT_S = 300
+
+
+class Process:
+    """A child process in its own session, so that it and the workers it spawns end together."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM (workers fail their trial cleanly), then SIGKILL the whole group if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_group(signal.SIGKILL)  # the group: stragglers the parent did not reap
+        self.proc.wait()
+        self._log_file.close()
+
+
+def hpo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hpo", *args]
+
+
+@pytest.fixture
+def serve(database_url, tmp_path):
+    """Start ``hpo serve`` with N embedded workers; yields (url, data_dir)."""
+    started: list[Process] = []
+
+    def start(workers: int) -> str:
+        port = free_port()
+        process = Process(hpo("serve", "--host", "127.0.0.1", "--port", str(port), "--database", database_url,
+                              "--workers", str(workers), "--data-dir", str(tmp_path / "data")),
+                          tmp_path / "serve.log")
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert process.proc.poll() is None, f"hpo serve exited:\n{process.output()}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"hpo serve did not become ready:\n{process.output()}")
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def workers(database_url, tmp_path):
+    """Start ``hpo worker`` processes (fast heartbeats: a killed one is noticed within seconds)."""
+    started: list[Process] = []
+
+    def start(name: str) -> Process:
+        process = Process(hpo("worker", "--database", database_url, "--concurrency", "1",
+                              "--heartbeat-interval", "1", "--grace-period", "3",
+                              "--data-dir", str(tmp_path / "data")), tmp_path / f"{name}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def load_optuna_study(database_url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=normalize_url(database_url))
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and not t.user_attrs.get("surplus")]
+
+
+def test_serve_runs_a_study_end_to_end(serve, database_url):
+    url = serve(workers=1)
+    with Client(url, timeout=30) as client:
+        study = client.submit(tiny_spec())
+        final = client.wait(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)
+        best = client.best(study["id"])
+        trials = client.trials(study["id"])
+        metrics = httpx.get(f"{url}/metrics").text
+
+    assert final["state"] == "completed", final
+    assert final["trials"]["complete"] + final["trials"]["pruned"] == 3
+    expected = load_optuna_study(database_url, study["optuna_study_name"]).best_trial
+    assert best["number"] == expected.number
+    assert best["value"] == pytest.approx(expected.value)
+    assert best["params"] == expected.params
+    assert best["params"]["hidden_size"] == 16
+    assert len(best["fold_scores"]) == 2
+    assert trials["total"] >= 3
+    assert 'hpo_studies{state="completed"} 1' in metrics
+
+
+def test_many_workers_share_one_study(serve, workers, database_url):
+    url = serve(workers=0)
+    workers("worker-a")
+    workers("worker-b")
+    with Client(url, timeout=30) as client:
+        study = client.submit(tiny_spec(budget={"n_trials": 4}))
+        final = client.wait(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)
+
+    assert final["state"] == "completed", final
+    optuna_study = load_optuna_study(database_url, study["optuna_study_name"])
+    finished = finished_trials(optuna_study)
+    assert len(finished) == 4
+    assert len({t.number for t in finished}) == 4
+
+
+@pytest.mark.slow
+def test_a_killed_worker_trial_is_retried_and_the_study_finishes(serve, workers, database_url):
+    url = serve(workers=0)
+    doomed = workers("doomed")
+    spec = tiny_spec(budget={"n_trials": 2}, training={"max_epochs": 30, "patience": None},
+                     pruner={"name": "none"})
+    with Client(url, timeout=30) as client:
+        study = client.submit(spec)
+        deadline = time.monotonic() + 120
+        while not client.trials(study["id"], state="running")["items"]:
+            assert time.monotonic() < deadline, f"no trial started:\n{doomed.output()}"
+            time.sleep(0.1)
+        killed = client.trials(study["id"], state="running")["items"][0]["number"]
+        doomed.signal_group(signal.SIGKILL)  # the worker and the process running the trial, mid-epoch
+        doomed.proc.wait()
+        workers("rescuer")
+        final = client.wait(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)
+
+    assert final["state"] == "completed", final
+    optuna_study = load_optuna_study(database_url, study["optuna_study_name"])
+    trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
+    assert trials[killed].state == TrialState.FAIL
+    retries = [t for t in trials.values() if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert retries, "the killed trial was not queued again"
+    assert len(finished_trials(optuna_study)) == 2

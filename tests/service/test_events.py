@@ -1,0 +1,115 @@
+"""The Server-Sent Events stream of a study, over real HTTP (uvicorn in a thread)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import optuna
+
+from service_support import tiny_spec
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict]:
+    """Parse a text/event-stream into dicts (``event``, ``data``, ``id``, ``retry``, ``comment``)."""
+    event: dict = {}
+    for line in response.iter_lines():
+        if line == "":
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            event["comment"] = line[1:].strip()
+        else:
+            key, _, value = line.partition(":")
+            event[key] = value[1:] if value.startswith(" ") else value
+
+
+def read_until(events: Iterator[dict], done: Callable[[list[dict]], bool], timeout_s: float = 15) -> list[dict]:
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    for event in events:
+        seen.append(event)
+        if done(seen):
+            return seen
+        assert time.monotonic() < deadline, f"timed out; events so far: {seen}"
+    raise AssertionError(f"the stream ended; events so far: {seen}")
+
+
+def named(seen: list[dict], name: str) -> list[dict]:
+    return [json.loads(e["data"]) for e in seen if e.get("event") == name]
+
+
+def test_event_stream_follows_trials_resumes_and_ends_on_delete(live_server, storage):
+    with httpx.Client(base_url=live_server.url, timeout=10) as http:
+        study = http.post("/api/v1/studies", json=tiny_spec()).json()
+        optuna_study = optuna.load_study(study_name=study["optuna_study_name"], storage=storage)
+        url = study["links"]["events"]
+
+        with http.stream("GET", url) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(response)
+            opening = read_until(events, lambda seen: bool(named(seen, "study")))
+            assert opening[0].get("retry") == "2000"
+            assert named(opening, "study")[0]["state"] == "queued"
+
+            trial = optuna_study.ask()
+            trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            trial.report(0.4, 0)
+            running = read_until(events, lambda seen: bool(named(seen, "trial")))
+            assert named(running, "trial")[0]["state"] == "running"
+
+            optuna_study.tell(trial, 0.75)
+            finished = read_until(
+                events, lambda seen: any(t["state"] == "complete" for t in named(seen, "trial"))
+                and any(s["trials"]["complete"] == 1 for s in named(seen, "study"))
+            )
+            complete = [t for t in named(finished, "trial") if t["state"] == "complete"][0]
+            assert complete["value"] == 0.75 and complete["number"] == 0
+            assert complete["intermediate_values"] == [{"step": 0, "value": 0.4}]
+            assert named(finished, "study")[-1]["best_value"] == 0.75
+            last_id = [e["id"] for e in finished if "id" in e][-1]
+
+            quiet = read_until(events, lambda seen: any("comment" in e for e in seen), timeout_s=5)
+            assert any(e["comment"] == "heartbeat" for e in quiet if "comment" in e)
+
+        # Reconnecting with Last-Event-ID: the finished trial is not sent again, new ones are.
+        with http.stream("GET", url, headers={"Last-Event-ID": last_id}) as response:
+            events = sse_events(response)
+            resumed = read_until(events, lambda seen: bool(named(seen, "study")))
+            assert named(resumed, "trial") == []
+            second = optuna_study.ask()
+            second.suggest_float("lr", 1e-4, 1e-1, log=True)
+            fresh = read_until(events, lambda seen: bool(named(seen, "trial")))
+            assert [t["number"] for t in named(fresh, "trial")] == [1]
+
+            threading.Timer(0.3, lambda: httpx.delete(f"{live_server.url}{study['links']['self']}")).start()
+            ending = read_until(events, lambda seen: any(e.get("event") == "deleted" for e in seen))
+            assert ending[-1]["event"] == "deleted"
+            assert list(events) == []  # the server closed the stream
+
+
+def test_event_stream_of_an_unknown_study_is_404(live_server):
+    response = httpx.get(f"{live_server.url}/api/v1/studies/nope/events", timeout=10)
+
+    assert response.status_code == 404
+    assert response.json()["detail"][0]["field"] == "study_id"
+
+
+def test_streams_stop_when_their_clients_leave(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=10) as http:
+        study = http.post("/api/v1/studies", json=tiny_spec()).json()
+        for _ in range(10):
+            with http.stream("GET", study["links"]["events"]) as response:
+                next(response.iter_lines())
+        assert http.get("/healthz").status_code == 200
+
+    state = live_server.server.server_state
+    deadline = time.monotonic() + 5
+    while (state.connections or state.tasks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not state.connections and not state.tasks

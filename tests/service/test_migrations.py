@@ -1,0 +1,79 @@
+"""The service's tables come from Alembic migrations that live beside Optuna's tables."""
+
+from __future__ import annotations
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from hpo.storage import open_storage
+from service.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
+from service.models import Base
+
+SERVICE_TABLES = {"hpo_studies", "hpo_datasets", VERSION_TABLE}
+
+
+@pytest.fixture
+def postgres_template() -> None:
+    """Migrations start from an empty database here, not the prepared copy the other tests use."""
+    return None
+
+
+def table_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
+    storage = open_storage(database_url)  # Optuna first, as when `hpo worker` created the database
+    optuna_tables = table_names(database_url)
+    storage.engine.dispose()
+
+    upgrade(database_url)
+    upgrade(database_url)
+
+    tables = table_names(database_url)
+    assert SERVICE_TABLES <= tables
+    assert optuna_tables <= tables and "alembic_version" in optuna_tables  # Optuna's own version table
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    engine.dispose()
+    assert ours == ["0001"]
+    assert len(optunas) == 1 and optunas != ours
+    open_storage(database_url).engine.dispose()  # Optuna still accepts the database
+
+
+def test_models_match_the_migrations(database_url):
+    upgrade(database_url)
+    open_storage(database_url).engine.dispose()  # Optuna's tables present too: they must be ignored
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"include_name": include_name, "compare_type": True, "version_table": VERSION_TABLE}
+        )
+        differences = compare_metadata(context, Base.metadata)
+    engine.dispose()
+
+    assert differences == []
+
+
+def test_downgrade_removes_only_the_service_tables(database_url):
+    upgrade(database_url)
+    open_storage(database_url).engine.dispose()
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    engine.dispose()
+
+    tables = table_names(database_url)
+    assert not ({"hpo_studies", "hpo_datasets"} & tables)
+    assert {"studies", "trials"} <= tables

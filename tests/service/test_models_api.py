@@ -1,0 +1,194 @@
+"""The final model through the API: queue a fit, a worker runs it, download, predict."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import threading
+import zipfile
+from collections.abc import Iterator
+
+import numpy as np
+import optuna
+import pytest
+
+from fastapi.testclient import TestClient
+
+from hpo.data.builtins import _airline, _digits
+from hpo.export import MODEL_ATTR, load_model, model_path, run_pending_model_jobs
+from hpo.worker import WorkerOptions, worker_loop
+from service.app import create_app
+from service.config import Settings
+from service_support import tiny_spec
+
+STUDIES = "/api/v1/studies"
+
+
+@pytest.fixture
+def database_url(sqlite_url) -> str:
+    """SQLite only: these tests train real (tiny) models."""
+    return sqlite_url
+
+
+def _work(database_url: str, data_dir, study_name: str) -> None:
+    """One worker pass over the study, as ``hpo worker`` would run it, until nothing is left."""
+    worker_loop(WorkerOptions(database_url=database_url, data_dir=str(data_dir), study_name=study_name,
+                              until_idle=True, poll_interval_s=0.05), 0, threading.Event())
+
+
+def _digits_spec(name: str) -> dict:
+    return tiny_spec(name, search_space={"hidden_size": {"value": 16}, "lr": {"value": 0.01},
+                                         "batch_size": {"value": 64}},
+                     training={"max_epochs": 3, "patience": 1}, budget={"n_trials": 2})
+
+
+@pytest.fixture
+def digits_study(api, database_url, data_dir) -> dict:
+    """A digits study whose trials have run (no model yet)."""
+    study = api.post(STUDIES, json=_digits_spec("digits-model")).json()
+    _work(database_url, data_dir, study["optuna_study_name"])
+    return study
+
+
+@pytest.fixture(scope="module")
+def fitted_api(tmp_path_factory) -> Iterator[tuple[TestClient, dict]]:
+    """One app whose digits study has a ready model: for the tests that only read it."""
+    folder = tmp_path_factory.mktemp("fitted")
+    database_url = f"sqlite:///{folder / 'hpo.db'}"
+    with TestClient(create_app(Settings(database_url=database_url, data_dir=str(folder / "data")))) as client:
+        study = client.post(STUDIES, json=_digits_spec("digits-fitted")).json()
+        _work(database_url, folder / "data", study["optuna_study_name"])
+        assert client.post(f"{STUDIES}/{study['id']}/model").status_code == 202
+        _work(database_url, folder / "data", study["optuna_study_name"])
+        assert client.get(f"{STUDIES}/{study['id']}/model").json()["state"] == "ready"
+        yield client, study
+
+
+def test_model_is_fitted_by_a_worker_then_downloaded_and_used(api, storage, database_url, data_dir, digits_study):
+    study_id, name = digits_study["id"], digits_study["optuna_study_name"]
+    model_url = f"{STUDIES}/{study_id}/model"
+    assert api.get(model_url).json()["state"] == "none"
+    assert api.get(f"{model_url}/download").status_code == 409
+    assert api.post(f"{STUDIES}/{study_id}/predict", json={"x": [[[0.0] * 8] * 8]}).status_code == 409
+
+    queued = api.post(model_url)
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["state"] == "queued"
+    assert api.post(model_url).status_code == 409  # one fit at a time
+    _work(database_url, data_dir, name)
+    status = api.get(model_url).json()
+
+    best = optuna.load_study(study_name=name, storage=storage).best_trial
+    assert status["state"] == "ready", status
+    assert status["epoch"] == status["epochs"] == status["model"]["epochs"]
+    model = status["model"]
+    assert model["params"] == best.params
+    assert model["trial_number"] == best.number == status["trial_number"]
+    assert model["cv_score"] == pytest.approx(best.value)
+    assert model["epochs"] == max(1, int(np.ceil(statistics.median(best.user_attrs["fold_best_epochs"]))))
+    assert model["fold_best_epochs"] == best.user_attrs["fold_best_epochs"]
+    assert model["data_fingerprint"].startswith("sha256:")
+    assert {"torch", "optuna", "hpo"} <= set(model["versions"])
+    assert model_path(data_dir, name).is_file()
+
+    download = api.get(f"{model_url}/download")
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "application/zip"
+    assert zipfile.ZipFile(io.BytesIO(download.content)).namelist() == ["manifest.json", "model.safetensors"]
+    local = load_model(download.content)
+
+    x = _digits()[0][:20]
+    answer = api.post(f"{STUDIES}/{study_id}/predict", json={"x": x.tolist()})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["labels"] == local.predict(x).tolist()
+    np.testing.assert_allclose(body["probabilities"], local.predict_proba(x), rtol=1e-5, atol=1e-7)
+    assert body["classes"] == [str(d) for d in range(10)] and body["n"] == 20
+
+    npz = io.BytesIO()
+    np.savez(npz, X=x)
+    from_file = api.post(f"{STUDIES}/{study_id}/predict", files={"file": ("new.npz", npz.getvalue())})
+    assert from_file.status_code == 200, from_file.text
+    assert from_file.json()["labels"] == body["labels"]
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({"x": np.zeros((2, 8, 3)).tolist()}, "x", "3 features per step; the model was trained on 8"),
+    ({"x": np.zeros((2, 5, 8)).tolist()}, "x", "every sequence must have 8 steps"),
+    ({"texts": ["hello"]}, "texts", "unknown field; this model reads lengths and x"),
+    ({}, "x", "required"),
+    ([1, 2], "body", "must be a JSON object"),
+])
+def test_malformed_predict_inputs_are_422_naming_the_problem(fitted_api, body, field, message):
+    api, study = fitted_api
+    answer = api.post(f"{STUDIES}/{study['id']}/predict", json=body)
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["field"] == field and message in problem["message"]
+
+
+def test_predict_refuses_bad_files_and_bodies(fitted_api):
+    api, study = fitted_api
+    url = f"{STUDIES}/{study['id']}/predict"
+
+    wrong_format = api.post(url, files={"file": ("new.csv", b"a,b\n1,2\n")})
+    not_json = api.post(url, content=b"{nope", headers={"content-type": "application/json"})
+    no_type = api.post(url, content=b"x", headers={"content-type": "text/plain"})
+    no_file = api.post(url, files={"other": ("a.npz", b"")})
+
+    assert wrong_format.status_code == 422 and wrong_format.json()["detail"][0]["field"] == "file"
+    assert "reads npz files; got csv" in wrong_format.json()["detail"][0]["message"]
+    assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["detail"][0]["message"]
+    assert no_type.status_code == 415
+    assert no_file.status_code == 422 and no_file.json()["detail"][0]["field"] == "file"
+
+
+def test_a_failed_fit_says_why(api, storage, data_dir):
+    study = api.post(STUDIES, json=tiny_spec("fails")).json()
+    url = f"{STUDIES}/{study['id']}/model"
+    assert api.post(url, json={"holdout": 0.9}).json()["detail"][0]["field"] == "holdout"
+    assert api.post(url, json={"trial_number": 99}).json()["detail"][0]["field"] == "trial_number"
+    study_id = storage.get_study_id_from_name(study["optuna_study_name"])
+    # A queued job naming a trial that is not there (say, the trials were deleted since):
+    storage.set_study_user_attr(study_id, MODEL_ATTR, {"state": "queued", "trial_number": 99, "holdout": 0.0})
+
+    assert run_pending_model_jobs(storage, data_dir, claim_settle_s=0.0)
+
+    status = api.get(url).json()
+    assert status["state"] == "failed"
+    assert "trial 99" in status["reason"] and status["attempts"] == 1
+    assert not run_pending_model_jobs(storage, data_dir)  # nothing left to do
+
+
+def test_a_study_without_completed_trials_has_nothing_to_fit(api):
+    study = api.post(STUDIES, json=tiny_spec("nothing-yet")).json()
+    answer = api.post(f"{STUDIES}/{study['id']}/model")
+    assert answer.status_code == 409
+    assert "no completed trial" in answer.json()["detail"][0]["message"]
+
+
+def test_forecasting_model_predicts_the_next_values_in_passengers(api, database_url, data_dir):
+    spec = {"name": "airline-model", "task": "forecasting", "dataset": {"builtin": "airline"},
+            "search_space": {"hidden_size": {"value": 8}, "lr": {"value": 0.01}, "batch_size": {"value": 32}},
+            "cv": {"folds": 2}, "training": {"max_epochs": 3, "lookback": 6, "horizon": 2},
+            "budget": {"n_trials": 1}}
+    study = api.post(STUDIES, json=spec).json()
+    _work(database_url, data_dir, study["optuna_study_name"])
+    assert api.post(f"{STUDIES}/{study['id']}/model", json={"holdout": 0.1}).status_code == 202
+    _work(database_url, data_dir, study["optuna_study_name"])
+    status = api.get(f"{STUDIES}/{study['id']}/model").json()
+    assert status["state"] == "ready", status
+    assert status["model"]["training"]["holdout_samples"] > 0
+
+    series = _airline().values[:30]
+    answer = api.post(f"{STUDIES}/{study['id']}/predict", json={"series": series.tolist()})
+    local = load_model(api.get(f"{STUDIES}/{study['id']}/model/download").content)
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["target"] == "passengers" and body["horizon"] == 2
+    np.testing.assert_allclose(body["predictions"], local.predict(series), rtol=1e-6)
+    too_short = api.post(f"{STUDIES}/{study['id']}/predict", json={"series": series[:3].ravel().tolist()})
+    assert too_short.status_code == 422
+    assert too_short.json()["detail"][0] == {
+        "field": "series", "message": "series: has 3 rows; the model reads the last 6 (lookback)"}
