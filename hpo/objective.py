@@ -83,9 +83,14 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with {spec.training.metric} {value:.4g}")
 
+        if not per_fold:  # lockstep: small networks' folds train as one stacked computation
+            built.extend(FoldTrainer.lockstep(
+                [folds[i] for i in order], params, spec.model, spec.training.metric, spec.training.patience,
+                self.device, [seed + i for i in order],
+            ))
         try:
             run_folds(
-                (trainer(int(i)) for i in order) if per_fold else [trainer(i) for i in order],
+                (trainer(int(i)) for i in order) if per_fold else built,
                 spec.training.max_epochs,
                 per_fold=per_fold,
                 on_epoch=report,

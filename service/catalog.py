@@ -108,7 +108,7 @@ def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: st
 
 def load(session: Session, storage: BaseStorage, study_id: str) -> LoadedStudy:
     """Raises: StudyNotFound."""
-    record = records.get_study(session, study_id)
+    record = records.get_study(session, study_id) if records.is_valid_id(study_id) else None
     if record is None:
         raise StudyNotFound(study_id)
     return open_record(storage, record)

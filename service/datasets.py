@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from hpo.data import DatasetStore
 from service import catalog, records
 from service.models import DatasetRecord, utcnow
+from service.views import finite
 
 log = logging.getLogger("service")
 
@@ -48,7 +49,7 @@ def upload(session: Session, store: DatasetStore, filename: str | None, content:
     created = _parse_time(info.created_at)
     record = DatasetRecord(
         id=info.id, name=info.name, format=info.format, task=info.task, options=dict(info.options or {}),
-        size_bytes=info.size_bytes, summary=dict(info.summary or {}), owner=owner, created_at=created,
+        size_bytes=info.size_bytes, summary=finite(dict(info.summary or {})), owner=owner, created_at=created,
     )
     try:
         session.add(record)

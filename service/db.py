@@ -7,7 +7,6 @@ schemas evolve independently.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from hpo.storage import SQLITE_BUSY_TIMEOUT_S, normalize_url
+from hpo.storage import _prepare_sqlite as prepare_sqlite  # one place knows how to set SQLite up
 from service.models import TABLE_PREFIX
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -36,23 +36,13 @@ def make_engine(database_url: str) -> Engine:
     """
     url = normalize_url(database_url)
     if url.startswith("sqlite"):
-        _use_wal(url)
+        prepare_sqlite(url)  # WAL (readers never block the workers' writes), folder created
         return create_engine(
             url,
             pool_pre_ping=True,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
         )
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
-
-
-def _use_wal(url: str) -> None:
-    """WAL is a property of the file: set it once so readers never block the workers' writes."""
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    if not path or path == ":memory:" or path.startswith("file:"):
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def include_name(name: str | None, type_: str, parent_names: dict) -> bool:

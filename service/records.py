@@ -3,12 +3,22 @@ that speaks SQL for the service."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.models import DatasetRecord, StudyRecord
+
+
+# Every id the service hands out matches this; anything else cannot name a row (and a NUL
+# byte, say, must not reach PostgreSQL, which refuses it with an error rather than no row).
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
 
 
 def get_study(session: Session, study_id: str) -> StudyRecord | None:
@@ -34,7 +44,7 @@ def studies_using_dataset(session: Session, dataset_id: str) -> Sequence[StudyRe
 
 
 def get_dataset(session: Session, dataset_id: str) -> DatasetRecord | None:
-    return session.get(DatasetRecord, dataset_id)
+    return session.get(DatasetRecord, dataset_id) if is_valid_id(dataset_id) else None
 
 
 def page_of_datasets(session: Session, limit: int, offset: int) -> tuple[Sequence[DatasetRecord], int]:

@@ -11,6 +11,8 @@ from service.app import create_app
 from service.config import Settings
 from service.db import upgrade
 
+GRACEFUL_SHUTDOWN_S = 5
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -56,7 +58,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, database_url: str = "sqlite
     try:
         print(f"hpo: serving http://{host}:{port}/ (API docs at /docs) with {workers} worker(s) "
               f"on {config.database_url}", flush=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        # Open event streams never end by themselves; give them a few seconds, then close them.
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     finally:
         if procs:
             stop_worker_processes(procs)

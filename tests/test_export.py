@@ -17,6 +17,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 import hpo
+import hpo.export.jobs
 from hpo.data.base import Targets
 from hpo.data.builtins import _airline, _digits, _sms_spam, load_builtin
 from hpo.data.sequences import SequenceDataset
@@ -301,3 +302,29 @@ def test_model_commands_fit_from_a_storage_and_predict_offline(tmp_path, capsys)
         main(["model", "fit", "no-such-study", "--storage", storage_url])
     assert refused.value.code == 1
     assert "no study 'no-such-study'" in capsys.readouterr().err
+
+
+def test_a_job_whose_worker_died_is_taken_over_then_given_up(tmp_path):
+    from hpo.export import model_job, run_pending_model_jobs
+    from hpo.studies import create_study
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'jobs.db'}")
+    create_study(storage, _spec("digits"), study_name="orphaned")
+    study_id = storage.get_study_id_from_name("orphaned")
+    long_ago = "2020-01-01T00:00:00+00:00"
+    # A worker died mid-fit: its heartbeat is old. (Trial 99 does not exist, so the retry fails fast.)
+    dead = {"state": "running", "worker": "gone:1:x", "heartbeat_at": long_ago, "trial_number": 99, "attempts": 1}
+    storage.set_study_user_attr(study_id, MODEL_ATTR, dead)
+    fresh = {**dead, "heartbeat_at": hpo.export.jobs._iso(hpo.export.jobs._now())}
+    storage.set_study_user_attr(study_id, MODEL_ATTR, fresh)
+    assert not run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)  # still beating: left alone
+
+    storage.set_study_user_attr(study_id, MODEL_ATTR, dead)
+    assert run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)
+    job = model_job(storage, "orphaned")
+    assert job["state"] == "failed" and job["attempts"] == 2 and "trial 99" in job["reason"]
+
+    storage.set_study_user_attr(study_id, MODEL_ATTR, {**dead, "attempts": 3})
+    assert not run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)
+    job = model_job(storage, "orphaned")
+    assert job["state"] == "failed" and "interrupted 3 times" in job["reason"]

@@ -59,10 +59,12 @@ def prepare(preprocessing: Any, data: PredictInput) -> tuple[torch.Tensor, torch
         InputError: naming the field and the problem.
     """
     if data.lengths is not None and not isinstance(preprocessing, SequenceScaling):
-        raise InputError("lengths", f"only numeric sequence models take lengths; this one reads {input_field(preprocessing)}")
+        raise InputError("lengths", "only numeric sequence models take lengths; "
+                                    f"this one reads {input_field(preprocessing)}")
     if isinstance(preprocessing, SequenceScaling):
         x, lengths = _sequences(preprocessing, data.values, data.lengths)
-        return torch.from_numpy(preprocessing.transform(x, lengths)), None if lengths is None else torch.from_numpy(lengths)
+        scaled = torch.from_numpy(preprocessing.transform(x, lengths))
+        return scaled, None if lengths is None else torch.from_numpy(lengths)
     if isinstance(preprocessing, TextVocabulary):
         ids, lengths = preprocessing.encode([tokenize(t) for t in _texts(data.values)])
         return torch.from_numpy(ids), torch.from_numpy(lengths)
@@ -110,9 +112,11 @@ def _lengths(lengths: Any, n: int, steps: int) -> np.ndarray:
     except (ValueError, TypeError):
         raise InputError("lengths", "must be a list of integers") from None
     if array.shape != (n,) or array.dtype.kind not in "iu":
-        raise InputError("lengths", f"must be {n} integers (one per sequence); got {array.dtype} {list(array.shape)}")
+        raise InputError("lengths", f"must be {n} integers (one per sequence); "
+                                    f"got {array.dtype} {list(array.shape)}")
     if array.min() < 1 or array.max() > steps:
-        raise InputError("lengths", f"must lie in 1..{steps} (the padded steps); got {int(array.min())}..{int(array.max())}")
+        raise InputError("lengths", f"must lie in 1..{steps} (the padded steps); "
+                                    f"got {int(array.min())}..{int(array.max())}")
     return array.astype(np.int64)
 
 
@@ -140,7 +144,9 @@ def _ragged(scaling: SequenceScaling, sequences: list[Any]) -> tuple[np.ndarray,
     return _check_steps(scaling, x, lengths)
 
 
-def _check_steps(scaling: SequenceScaling, x: np.ndarray, lengths: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _check_steps(
+    scaling: SequenceScaling, x: np.ndarray, lengths: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A model trained on sequences of one length reads only that length."""
     if scaling.steps is not None and (lengths is not None or x.shape[1] != scaling.steps):
         got = f"{x.shape[1]} steps" if lengths is None else f"lengths {int(lengths.min())}..{int(lengths.max())}"
@@ -174,7 +180,8 @@ def _series(scaling: SeriesScaling, series: Any) -> np.ndarray:
     if values.ndim != 2:
         raise InputError("series", f"must be one series [rows, {len(columns)}]; got shape {list(values.shape)}")
     if values.shape[1] != len(columns):
-        raise InputError("series", f"rows have {values.shape[1]} values; the model reads {named}, one row per time step")
+        raise InputError("series", f"rows have {values.shape[1]} values; the model reads {named}, "
+                                   "one row per time step")
     if len(values) < scaling.lookback:
         raise InputError("series", f"has {len(values)} rows; the model reads the last {scaling.lookback} (lookback)")
     if not np.isfinite(values).all():

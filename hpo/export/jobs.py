@@ -211,31 +211,33 @@ class _ModelFit:
         beat = threading.Thread(target=self._beat, name="hpo-model-heartbeat", daemon=True)
         beat.start()
         log.info("fitting the model of study %s (trial %s)", self.study_name, self.job.get("trial_number"))
+        path = model_path(self.data_dir, self.study_name)
+        partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
         try:
-            model = fit_study_model(
-                self.storage, self.study_name, self.data_dir, trial_number=self.job.get("trial_number"),
-                holdout=float(self.job.get("holdout") or 0.0), on_epoch=self._on_epoch, should_stop=self._stopping,
-            )
-            path = model_path(self.data_dir, self.study_name)
-            partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-            archive = model.save(partial)
+            try:
+                model = fit_study_model(
+                    self.storage, self.study_name, self.data_dir, trial_number=self.job.get("trial_number"),
+                    holdout=float(self.job.get("holdout") or 0.0), on_epoch=self._on_epoch,
+                    should_stop=self._stopping,
+                )
+                archive = model.save(partial)
+            finally:
+                self.done.set()  # no heartbeat may land after the final state
+            self._write_if_ours(lambda job: self._ready(job, partial, path, archive, model), final=True)
         except Interrupted:
-            self._finish(lambda job: {**job, "state": "queued", "worker": None})
-            return
+            self._write_if_ours(lambda job: {**job, "state": "queued", "worker": None}, final=True)
         except Exception as exc:  # the job fails with the reason; the worker goes on
             log.warning("model fit of study %s failed: %s", self.study_name, exc)
-            self._finish(lambda job: {**job, "state": "failed", "finished_at": _iso(_now()),
-                                      "reason": f"{type(exc).__name__}: {exc}"[:2000]})
-            return
-        try:
-            def ready(job: dict[str, Any]) -> dict[str, Any]:
-                os.replace(partial, path)  # only once the job is known to still be ours
-                return {**job, "state": "ready", "finished_at": _iso(_now()), "epoch": job.get("epochs"),
-                        "archive": {"file": f"{MODELS_DIR}/{path.name}", **archive},
-                        "model": model_summary(model.manifest)}
-            self._finish(ready)
+            self._write_if_ours(lambda job: {**job, "state": "failed", "finished_at": _iso(_now()),
+                                             "reason": f"{type(exc).__name__}: {exc}"[:2000]}, final=True)
         finally:
             partial.unlink(missing_ok=True)
+
+    @staticmethod
+    def _ready(job: dict[str, Any], partial: Path, path: Path, archive: dict[str, Any], model: Any) -> dict[str, Any]:
+        os.replace(partial, path)  # only once the job is known to still be ours
+        return {**job, "state": "ready", "finished_at": _iso(_now()), "epoch": job.get("epochs"),
+                "archive": {"file": f"{MODELS_DIR}/{path.name}", **archive}, "model": model_summary(model.manifest)}
 
     def _stopping(self) -> bool:
         return self.lost or (self.should_stop is not None and self.should_stop())
@@ -251,13 +253,10 @@ class _ModelFit:
             except Exception as exc:  # a database hiccup: the next beat tries again
                 log.warning("model job heartbeat failed: %s", exc)
 
-    def _finish(self, final: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.done.set()
-        self._write_if_ours(final)
-
-    def _write_if_ours(self, update: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def _write_if_ours(self, update: Callable[[dict[str, Any]], dict[str, Any]], final: bool = False) -> None:
+        """Write ``update(job)`` unless another worker took the job over (or it was removed)."""
         with self.lock:
-            if self.lost:
+            if self.lost or (self.done.is_set() and not final):
                 return
             try:
                 current = self.storage.get_study_user_attrs(self.study_id).get(MODEL_ATTR)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
 from service import catalog, records
@@ -39,6 +40,25 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+MAX_FLOW_NESTING = 64
+
+
+def _refuse_deep_flow_nesting(text: str) -> None:
+    """PyYAML's scanner slows down quadratically with ``[[[[...`` nesting: 20 KB of brackets
+    cost it seconds. A spec nests a few levels; this linear count (brackets in quoted
+    strings included, hence the generous limit) refuses the rest before YAML sees them."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_FLOW_NESTING:
+        raise SpecError([{"field": "body", "message": f"the spec is nested too deeply (more than "
+                                                      f"{MAX_FLOW_NESTING} levels of brackets)"}])
+
+
 def _refuse_yaml_aliases(text: str) -> None:
     """Aliases (``*name``) can expand a small body into an enormous spec; a spec never needs them."""
     try:
@@ -59,6 +79,15 @@ async def spec_from_body(request: Request) -> StudySpec:
     if media and not (is_json or media in YAML_TYPES or media == "text/plain"):
         raise problem(415, f"send the spec as application/json or application/yaml; got {media}", field="body")
     raw = await request.body()
+    return await run_in_threadpool(parse_body, raw, is_json)  # parsing 1 MiB of YAML takes a while
+
+
+def parse_body(raw: bytes, is_json: bool) -> StudySpec:
+    """Decode, parse (JSON, or YAML without aliases) and validate a spec.
+
+    Raises:
+        SpecError, HTTPException: 422 naming the body or each bad field.
+    """
     if not raw.strip():
         raise problem(422, "the body is empty; send a study spec", field="body")
     try:
@@ -73,6 +102,7 @@ async def spec_from_body(request: Request) -> StudySpec:
                 raise problem(422, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
                               field="body") from None
             return parse_spec(data)
+        _refuse_deep_flow_nesting(text)
         _refuse_yaml_aliases(text)
         return parse_spec_text(text)
     except RecursionError:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from service.catalog import LoadedStudy, StudyNotFound
@@ -36,15 +37,19 @@ DASHBOARD_PREFIX = "/dashboard"
 _cache_lock = threading.Lock()
 
 
-def get_trial_cache(request: Request, storage: StorageDep) -> TrialCache:
+def trial_cache_of(app: FastAPI) -> TrialCache:
     """The app's trial cache (made on first use, over the app's Optuna storage)."""
-    state = request.app.state
+    state = app.state
     with _cache_lock:
         cache = getattr(state, "web_trial_cache", None)
-        if cache is None or cache.backend is not storage:
-            cache = state.web_trial_cache = TrialCache(storage)
+        if cache is None or cache.backend is not state.storage:
+            cache = state.web_trial_cache = TrialCache(state.storage)
             state.web_importance = ImportanceCache()
         return cache
+
+
+def get_trial_cache(request: Request) -> TrialCache:
+    return trial_cache_of(request.app)
 
 
 CacheDep = Annotated[TrialCache, Depends(get_trial_cache)]
@@ -66,11 +71,22 @@ def read_trials(cache: TrialCache, loaded: LoadedStudy) -> list[FrozenTrial]:
     return trials
 
 
-def dashboard_url(storage: StorageDep, loaded: LoadedStudy) -> str:
+def prefetch(app: FastAPI, study_id: str) -> None:
+    """Read a study into the cache (run while the browser loads the page's scripts, so that
+    the first read of a large study overlaps with them)."""
+    cache = trial_cache_of(app)
+    with app.state.sessions() as session:
+        try:
+            read_trials(cache, cache.load(session, study_id))
+        except StudyNotFound:
+            pass  # the page itself says so
+
+
+def dashboard_url(storage: BaseStorage, loaded: LoadedStudy) -> str:
     return f"{DASHBOARD_PREFIX}/studies/{storage.get_study_id_from_name(loaded.record.optuna_study_name)}"
 
 
-def summary_view(loaded: LoadedStudy, storage: StorageDep) -> dict[str, Any]:
+def summary_view(loaded: LoadedStudy, storage: BaseStorage) -> dict[str, Any]:
     """A study as the studies page lists it: state and counts, plus sampler and dataset."""
     spec = loaded.spec
     dataset = spec.dataset.builtin or spec.dataset.id or spec.dataset.path
@@ -111,13 +127,11 @@ def list_study_summaries(session: SessionDep, storage: StorageDep, cache: CacheD
 def study_overview(loaded: LoadedDep, storage: StorageDep, cache: CacheDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
     columns (history, parallel coordinates), its best trial, and the event id to stream from."""
-    trials = read_trials(cache, loaded)
     prog = loaded.progress()
+    trials = read_trials(cache, loaded)  # read after the progress: it holds every trial the progress saw
     space = search_space_view(loaded.spec)
-    best = None
-    if prog.best_trial is not None:
-        best_trial = next(t for t in trials if t.number == prog.best_trial)
-        best = best_view(loaded.record, loaded.spec, best_trial)
+    best_trial = next((t for t in trials if t.number == prog.best_trial), None)
+    best = best_view(loaded.record, loaded.spec, best_trial) if best_trial is not None else None
     study_id = loaded.record.id
     return {
         "study": {**study_view(loaded.record, loaded.spec, prog, with_spec=True),

@@ -13,10 +13,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import plotly
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.errors import problem
+from service.web.api import prefetch
 
 WEB_DIR = Path(__file__).parent
 TEMPLATES_DIR = WEB_DIR / "templates"
@@ -50,8 +51,10 @@ def new_study_page() -> HTMLResponse:
 
 
 @router.get("/studies/{study_id}")
-def study_page(study_id: str) -> HTMLResponse:
-    return page("study.html")  # the script reads the id from the address and asks the API
+def study_page(study_id: str, request: Request, background: BackgroundTasks) -> HTMLResponse:
+    # The script reads the id from the address and asks the API; meanwhile the study is read.
+    background.add_task(prefetch, request.app, study_id)
+    return page("study.html")
 
 
 @lru_cache(maxsize=1)

@@ -53,7 +53,7 @@ class TrialCache:
         Raises:
             StudyNotFound: no such study (or its Optuna study was deleted).
         """
-        record = records.get_study(session, study_id)
+        record = records.get_study(session, study_id) if records.is_valid_id(study_id) else None
         if record is None:
             raise StudyNotFound(study_id)
         return self.open(record)

@@ -4,6 +4,7 @@ on a fresh SQLite database, and Debian's Chromium driven by Playwright."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,9 +64,11 @@ class Server:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            self.process.terminate()  # uvicorn stops, then the worker pool
+            # SIGINT, not SIGTERM: uvicorn re-raises the signal it caught once it has stopped,
+            # and only KeyboardInterrupt lets `hpo serve` go on to stop its worker processes.
+            self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

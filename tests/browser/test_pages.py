@@ -94,7 +94,7 @@ def test_table_and_history_grow_without_a_reload(server, page, api, tmp_path):
         if seen[-1][0] >= 4 and seen[-1][1] == 4:
             break
         page.wait_for_timeout(100)
-    page.screenshot(path=tmp_path / "study-live.png", full_page=True)
+    page.screenshot(path=tmp_path / "study-growing.png", full_page=True)
     rows, points = seen[-1]
     assert rows >= 4 and points == 4, f"the table/history reached {seen[-1]}; seen {sorted(set(seen))}"
     assert before[1] == 0 and rows > before[0]
@@ -103,6 +103,9 @@ def test_table_and_history_grow_without_a_reload(server, page, api, tmp_path):
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
     assert page.url.endswith(f"/studies/{study['id']}")
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#trials tbody .badge')].every(b => b.textContent !== 'running')")
+    page.screenshot(path=tmp_path / "study-finished.png", full_page=True)
 
 
 def test_invalid_field_is_named_next_to_it(server, page, tmp_path):

@@ -53,12 +53,22 @@ def api(settings) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def shared_api(tmp_path_factory) -> Iterator[TestClient]:
-    """One app on SQLite for a whole module: for tests of refusals, which must leave nothing behind."""
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_api(request, tmp_path_factory) -> Iterator[TestClient]:
+    """One app per module and database: for tests of refusals, which must leave nothing behind."""
     folder = tmp_path_factory.mktemp("shared")
-    with TestClient(create_app(make_settings(f"sqlite:///{folder / 'hpo.db'}", folder / "data"))) as client:
-        yield client
+    database = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{folder / 'hpo.db'}"
+    else:
+        database = create_postgres_database(template=request.getfixturevalue("postgres_template"))
+        url = postgres_database_url(database)
+    try:
+        with TestClient(create_app(make_settings(url, folder / "data"))) as client:
+            yield client
+    finally:
+        if database:
+            drop_postgres_database(database)
 
 
 @pytest.fixture

@@ -1,16 +1,20 @@
 // The study page: header, plots, best parameters, per-fold scores and the trial table,
 // kept up to date by the study's event stream (no reload).
 import {
-  API, FINISHED_STATES, VIEWS, ApiError, api, badge, copyButton, el, fmtDuration, fmtTime, fmtValue,
-  markNav, progressBar, throttle, timingText,
+  API, VIEWS, ApiError, api, badge, copyButton, el, fmtDuration, fmtValue, markNav, progressBar, throttle,
+  timingText,
 } from "./common.js";
-import { curveTraces, foldTraces, historyTraces, importanceTraces, parallelTrace, plotLayout } from "./study_plots.js";
+import { TrialTable } from "./study_table.js";
+import {
+  curveTraces, foldTraces, historyTraces, importanceTraces, parallelTrace, placeholder, plot, webglAvailable,
+} from "./study_plots.js";
 
 const studyId = decodeURIComponent(location.pathname.split("/")[2] || "");
 const base = `${VIEWS}/studies/${encodeURIComponent(studyId)}`;
 const TOP_CURVES = 10;
 const RECENT_CURVES = 10;
-const TABLE_PAGE = 25;
+// Lines beyond a few hundred add little to the picture and cost seconds to draw without a GPU.
+const PARALLEL_MAX_LINES = 300;
 
 const page = {
   study: null,
@@ -21,33 +25,10 @@ const page = {
   selected: null, // trial view of the clicked trial
   curves: new Map(), // number -> {number, state, value, steps, values}
   importance: null,
-  table: { offset: 0, sort: "-number", state: "" },
   source: null,
 };
 
 const $ = (id) => document.getElementById(id);
-const plotConfig = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
-
-// ---- Plotly loads as a classic deferred script; wait for it --------------------------------
-const plotlyReady = new Promise((resolve) => {
-  const check = () => (window.Plotly ? resolve(window.Plotly) : setTimeout(check, 20));
-  check();
-});
-
-function placeholder(id, text) {
-  const node = $(id);
-  if (window.Plotly && node.classList.contains("js-plotly-plot")) window.Plotly.purge(node);
-  node.replaceChildren(el("div", { class: "placeholder" }, text));
-  node.dataset.points = "0";
-}
-
-async function plot(id, traces, layout) {
-  const Plotly = await plotlyReady;
-  const node = $(id);
-  if (!node.classList.contains("js-plotly-plot")) node.replaceChildren();
-  await Plotly.react(node, traces, plotLayout(layout), plotConfig);
-  return node;
-}
 
 // ---- Header --------------------------------------------------------------------------------
 function fact(label, value, title = "") {
@@ -135,13 +116,18 @@ async function renderHistory() {
   }
 }
 
-function webglAvailable() {
-  try {
-    const canvas = document.createElement("canvas");
-    return Boolean(canvas.getContext("webgl") || canvas.getContext("experimental-webgl"));
-  } catch {
-    return false;
-  }
+/** The `limit` best complete trials' columns (all of them when there are fewer). */
+function bestColumns(c, limit) {
+  if (c.number.length <= limit) return c;
+  const sign = page.study.direction === "maximize" ? -1 : 1;
+  const order = c.value.map((_, i) => i).filter((i) => c.value[i] !== null)
+    .sort((a, b) => sign * (c.value[a] - c.value[b])).slice(0, limit);
+  const pick = (column) => order.map((i) => column[i]);
+  return {
+    number: pick(c.number),
+    value: pick(c.value),
+    params: Object.fromEntries(Object.entries(c.params).map(([name, column]) => [name, pick(column)])),
+  };
 }
 
 async function renderParallel() {
@@ -163,9 +149,13 @@ async function renderParallel() {
     return;
   }
   const narrow = window.innerWidth < 640;
-  const node = await plot("parallel", [parallelTrace(c, page.space, page.study, narrow)],
-    { margin: narrow ? { l: 34, r: 34, t: 40, b: 20 } : { l: 60, r: 50, t: 40, b: 20 } });
-  node.dataset.points = String(c.number.length);
+  const shown = bestColumns(c, PARALLEL_MAX_LINES);
+  if (shown.number.length < c.number.length) {
+    $("parallel-hint").textContent = `best ${shown.number.length} of ${c.number.length} trials · ${$("parallel-hint").textContent}`;
+  }
+  const node = await plot("parallel", [parallelTrace(shown, page.space, page.study, narrow)],
+    { margin: narrow ? { l: 34, r: 34, t: 64, b: 20 } : { l: 60, r: 50, t: 40, b: 20 } });
+  node.dataset.points = String(shown.number.length);
 }
 
 const refreshComplete = throttle(() => {
@@ -207,7 +197,7 @@ async function loadCurves(extra = []) {
   try {
     const data = await api(`${base}/curves?${q}`);
     for (const c of data.curves) page.curves.set(c.number, c);
-    renderCurves();
+    await renderCurves();
   } catch (err) {
     placeholder("curves", `Could not load the learning curves: ${err.message}`);
   }
@@ -263,7 +253,8 @@ async function loadImportance() {
   $("importance-hint").textContent = `${evaluator} over ${imp.n_complete} complete trials`;
   await plot("importance", importanceTraces(imp.importances), {
     margin: { l: 90, r: 16, t: 10, b: 40 },
-    xaxis: { title: { text: "share of the score's variation" }, range: [0, 1] },
+    // room right of the longest bar for its percentage
+    xaxis: { title: { text: "share of the score's variation" }, range: [0, 1.18], tickvals: [0, 0.25, 0.5, 0.75, 1] },
   });
 }
 
@@ -354,9 +345,7 @@ async function selectTrial(number) {
     }
     upsertCurve(page.selected);
   }
-  for (const row of document.querySelectorAll("#trials tbody tr")) {
-    row.classList.toggle("selected", page.selected !== null && Number(row.dataset.number) === page.selected.number);
-  }
+  table.markSelected(page.selected ? page.selected.number : null);
   renderFolds();
   renderCurves();
   renderHistory();
@@ -374,101 +363,15 @@ async function updateBest(number) {
 }
 
 // ---- Trial table ---------------------------------------------------------------------------
-const SORTABLE = { number: "number", value: "value", duration_s: "duration_s", started_at: "started_at" };
-
-function tableColumns() {
-  const params = page.space.filter((p) => p.fixed === null).map((p) => ({ key: `param:${p.name}`, label: p.name, num: true }));
-  return [
-    { key: "number", label: "#", num: true, sort: "number" },
-    { key: "state", label: "State" },
-    { key: "value", label: page.study.metric, num: true, sort: "value" },
-    ...params,
-    { key: "folds", label: "Folds ± std", num: true },
-    { key: "last_step", label: "Epochs", num: true },
-    { key: "duration_s", label: "Duration", num: true, sort: "duration_s" },
-    { key: "started_at", label: "Started", sort: "started_at" },
-  ];
-}
-
-function cell(trial, column) {
-  if (column.key.startsWith("param:")) return fmtValue(trial.params[column.key.slice(6)], 4);
-  switch (column.key) {
-    case "number": return String(trial.number);
-    case "state": return badge(trial.state);
-    case "value": return fmtValue(trial.value);
-    case "folds": return trial.fold_scores ? `${trial.fold_scores.length} ± ${fmtValue(trial.fold_std, 2)}` : "—";
-    case "last_step": return trial.last_step === null ? "—" : String(trial.last_step + 1);
-    case "duration_s": return trial.state === "running" ? "running" : fmtDuration(trial.duration_s);
-    case "started_at": return fmtTime(trial.started_at);
-    default: return "";
-  }
-}
-
-function renderTableHead() {
-  const sortKey = page.table.sort.replace(/^-/, "");
-  const descending = page.table.sort.startsWith("-");
-  const row = el("tr", {}, ...tableColumns().map((c) => {
-    const th = el("th", { class: [c.num ? "num" : "", c.sort ? "sortable" : ""].join(" ").trim() || null }, c.label);
-    if (c.sort) {
-      th.setAttribute("aria-sort", sortKey === c.sort ? (descending ? "descending" : "ascending") : "none");
-      th.title = "sort";
-      th.addEventListener("click", () => {
-        page.table.sort = sortKey === c.sort && !descending ? `-${c.sort}` : c.sort;
-        page.table.offset = 0;
-        renderTableHead();
-        loadTable();
-      });
-    }
-    return th;
-  }));
-  $("trials").tHead.replaceChildren(row);
-}
-
-let tableRequest = 0;
-async function loadTable() {
-  const t = page.table;
-  const q = new URLSearchParams({ limit: String(TABLE_PAGE), offset: String(t.offset), sort: t.sort });
-  if (t.state) q.set("state", t.state);
-  const request = ++tableRequest;
-  let data;
-  try {
-    data = await api(`${base}/trials?${q}`);
-  } catch (err) {
-    $("trials-empty").textContent = `Could not load the trials: ${err.message}`;
-    $("trials-empty").classList.remove("hidden");
-    return;
-  }
-  if (request !== tableRequest) return; // a newer request is on its way
-  const columns = tableColumns();
-  const rows = data.items.map((trial) => el("tr", {
-    class: ["clickable", page.selected && page.selected.number === trial.number ? "selected" : ""].join(" ").trim(),
-    "data-number": trial.number,
-    onclick: () => selectTrial(trial.number),
-  }, ...columns.map((c) => el("td", { class: c.num ? "num" : null }, cell(trial, c)))));
-  $("trials").tBodies[0].replaceChildren(...rows);
-  $("trials").dataset.rows = String(rows.length);
-  const empty = $("trials-empty");
-  if (data.total === 0) {
-    empty.textContent = t.state ? `No ${t.state} trials.` : "No trials yet: a worker picks the study up within seconds.";
-    empty.classList.remove("hidden");
-  } else {
-    empty.classList.add("hidden");
-  }
-  const pager = $("trials-pager");
-  pager.replaceChildren();
-  if (data.total > data.limit) {
-    const first = data.offset + 1;
-    const last = Math.min(data.offset + data.limit, data.total);
-    const go = (offset) => () => { page.table.offset = Math.max(0, offset); loadTable(); };
-    pager.append(
-      el("span", {}, `${first}–${last} of ${data.total}`),
-      el("button", { type: "button", class: "small", disabled: data.offset === 0, onclick: go(0) }, "« First"),
-      el("button", { type: "button", class: "small", disabled: data.offset === 0, onclick: go(data.offset - data.limit) }, "‹ Prev"),
-      el("button", { type: "button", class: "small", disabled: last >= data.total, onclick: go(data.offset + data.limit) }, "Next ›"),
-    );
-  }
-}
-
+const table = new TrialTable({
+  url: `${base}/trials`,
+  table: $("trials"),
+  empty: $("trials-empty"),
+  pager: $("trials-pager"),
+  context: () => page,
+  onSelect: (number) => selectTrial(number),
+});
+const loadTable = () => table.load();
 const refreshTable = throttle(loadTable, 1000);
 
 // ---- Live events ---------------------------------------------------------------------------
@@ -496,6 +399,8 @@ function onStudyEvent(event) {
   if (settled(study)) {
     page.source.close();
     setLive(`${study.state}; no more updates`, "");
+    loadTable(); // the last word, now rather than at the next throttled refresh
+    loadImportance();
   }
 }
 
@@ -554,23 +459,20 @@ async function start() {
   if (overview.best) page.best = { ...overview.best, state: "complete" };
   $("spec").textContent = JSON.stringify(overview.study.spec, null, 2);
   renderHead();
-  renderTableHead();
+  table.renderHead();
   renderBest();
-  renderFolds();
-  renderHistory();
-  renderParallel();
-  loadCurves();
-  loadImportance();
-  loadTable();
   if (settled(page.study)) setLive(`${page.study.state}; no more updates`, "");
   else connect();
+  await Promise.all([renderFolds(), renderHistory(), loadCurves(), loadImportance(), loadTable()]);
+  performance.mark("hpo:ready");
+  document.body.dataset.ready = "true"; // all but the parallel coordinates drawn
+  // Last: without a GPU (software WebGL) its canvases take a second or more to draw.
+  await renderParallel();
+  performance.mark("hpo:loaded");
+  document.body.dataset.loaded = "true"; // every panel drawn once (tests and the benchmark wait for it)
 }
 
 $("cancel").addEventListener("click", () => studyAction("cancel"));
 $("resume").addEventListener("click", () => studyAction("resume"));
-$("trial-state").addEventListener("change", (event) => {
-  page.table.state = event.target.value;
-  page.table.offset = 0;
-  loadTable();
-});
+$("trial-state").addEventListener("change", (event) => table.filter(event.target.value));
 start();

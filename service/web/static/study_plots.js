@@ -1,4 +1,38 @@
-// Plotly traces and layouts of the study page, built from the compact arrays the API sends.
+// The study page's plots: drawing them, and their Plotly traces and layouts, built from the
+// compact arrays the API sends.
+import { el } from "./common.js";
+
+const plotConfig = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+
+// Plotly loads as a classic deferred script; wait for it.
+const plotlyReady = new Promise((resolve) => {
+  const check = () => (window.Plotly ? resolve(window.Plotly) : setTimeout(check, 20));
+  check();
+});
+
+export function placeholder(id, text) {
+  const node = document.getElementById(id);
+  if (window.Plotly && node.classList.contains("js-plotly-plot")) window.Plotly.purge(node);
+  node.replaceChildren(el("div", { class: "placeholder" }, text));
+  node.dataset.points = "0";
+}
+
+export async function plot(id, traces, layout) {
+  const Plotly = await plotlyReady;
+  const node = document.getElementById(id);
+  if (!node.classList.contains("js-plotly-plot")) node.replaceChildren();
+  await Plotly.react(node, traces, plotLayout(layout), plotConfig);
+  return node;
+}
+
+export function webglAvailable() {
+  try {
+    const canvas = document.createElement("canvas");
+    return Boolean(canvas.getContext("webgl") || canvas.getContext("experimental-webgl"));
+  } catch {
+    return false;
+  }
+}
 
 const COLORS = {
   value: "#2457c5",
@@ -169,7 +203,8 @@ export function parallelTrace(complete, space, study, narrow = false) {
       showscale: !narrow, // on a phone the axes need the room
       colorbar: { thickness: 10, len: 0.8 },
     },
-    labelfont: { size: 12 },
+    labelfont: { size: narrow ? 10 : 12 },
+    labelangle: narrow ? -30 : 0, // six axes on a phone: tilted names do not overlap
     tickfont: { size: 10 },
   };
 }

@@ -1,0 +1,133 @@
+// The study page's trial table: sorted, filtered and paged on the server; a click on a row
+// selects its trial.
+import { api, badge, el, fmtDuration, fmtTime, fmtValue } from "./common.js";
+
+const PAGE_SIZE = 25;
+
+function cell(trial, column) {
+  if (column.key.startsWith("param:")) return fmtValue(trial.params[column.key.slice(6)], 4);
+  switch (column.key) {
+    case "number": return String(trial.number);
+    case "state": return badge(trial.state);
+    case "value": return fmtValue(trial.value);
+    case "fold_std": return fmtValue(trial.fold_std, 2);
+    case "last_step": return trial.last_step === null ? "—" : String(trial.last_step + 1);
+    case "duration_s": return trial.state === "running" ? "running" : fmtDuration(trial.duration_s);
+    case "started_at": return fmtTime(trial.started_at);
+    default: return "";
+  }
+}
+
+export class TrialTable {
+  /**
+   * @param {object} options
+   * @param {string} options.url the views API's trials endpoint of the study
+   * @param {HTMLTableElement} options.table
+   * @param {HTMLElement} options.empty says why there are no rows
+   * @param {HTMLElement} options.pager
+   * @param {() => {study: object, space: object[], selected: object|null}} options.context
+   * @param {(number: number) => void} options.onSelect
+   */
+  constructor({ url, table, empty, pager, context, onSelect }) {
+    Object.assign(this, { url, table, empty, pager, context, onSelect });
+    this.offset = 0;
+    this.sort = "-number"; // the latest first: new trials appear on top
+    this.state = "";
+    this.request = 0;
+  }
+
+  columns() {
+    const { study, space } = this.context();
+    const params = space.filter((p) => p.fixed === null).map((p) => ({ key: `param:${p.name}`, label: p.name, num: true }));
+    return [
+      { key: "number", label: "#", num: true, sort: "number" },
+      { key: "state", label: "State" },
+      { key: "value", label: study.metric, num: true, sort: "value" },
+      ...params,
+      { key: "fold_std", label: "Fold std", num: true },
+      { key: "last_step", label: "Epochs", num: true },
+      { key: "duration_s", label: "Duration", num: true, sort: "duration_s" },
+      { key: "started_at", label: "Started", sort: "started_at" },
+    ];
+  }
+
+  renderHead() {
+    const sortKey = this.sort.replace(/^-/, "");
+    const descending = this.sort.startsWith("-");
+    const row = el("tr", {}, ...this.columns().map((c) => {
+      const th = el("th", { class: [c.num ? "num" : "", c.sort ? "sortable" : ""].join(" ").trim() || null }, c.label);
+      if (c.sort) {
+        th.setAttribute("aria-sort", sortKey === c.sort ? (descending ? "descending" : "ascending") : "none");
+        th.title = "sort";
+        th.addEventListener("click", () => {
+          this.sort = sortKey === c.sort && !descending ? `-${c.sort}` : c.sort;
+          this.offset = 0;
+          this.renderHead();
+          this.load();
+        });
+      }
+      return th;
+    }));
+    this.table.tHead.replaceChildren(row);
+  }
+
+  filter(state) {
+    this.state = state;
+    this.offset = 0;
+    return this.load();
+  }
+
+  markSelected(number) {
+    for (const row of this.table.tBodies[0].rows) {
+      row.classList.toggle("selected", number !== null && Number(row.dataset.number) === number);
+    }
+  }
+
+  async load() {
+    const q = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(this.offset), sort: this.sort });
+    if (this.state) q.set("state", this.state);
+    const request = ++this.request;
+    let data;
+    try {
+      data = await api(`${this.url}?${q}`);
+    } catch (err) {
+      this.empty.textContent = `Could not load the trials: ${err.message}`;
+      this.empty.classList.remove("hidden");
+      return;
+    }
+    if (request !== this.request) return; // a newer request is on its way
+    const columns = this.columns();
+    const selected = this.context().selected;
+    const rows = data.items.map((trial) => el("tr", {
+      class: ["clickable", selected && selected.number === trial.number ? "selected" : ""].join(" ").trim(),
+      "data-number": trial.number,
+      onclick: () => this.onSelect(trial.number),
+    }, ...columns.map((c) => el("td", { class: c.num ? "num" : null }, cell(trial, c)))));
+    this.table.tBodies[0].replaceChildren(...rows);
+    this.table.dataset.rows = String(rows.length);
+    if (data.total === 0) {
+      this.empty.textContent = this.state ? `No ${this.state} trials.` : "No trials yet: a worker picks the study up within seconds.";
+      this.empty.classList.remove("hidden");
+    } else {
+      this.empty.classList.add("hidden");
+    }
+    this.renderPager(data);
+  }
+
+  renderPager(data) {
+    this.pager.replaceChildren();
+    if (data.total <= data.limit) return;
+    const first = data.offset + 1;
+    const last = Math.min(data.offset + data.limit, data.total);
+    const go = (offset) => () => {
+      this.offset = Math.max(0, offset);
+      this.load();
+    };
+    this.pager.append(
+      el("span", {}, `${first}–${last} of ${data.total}`),
+      el("button", { type: "button", class: "small", disabled: data.offset === 0, onclick: go(0) }, "« First"),
+      el("button", { type: "button", class: "small", disabled: data.offset === 0, onclick: go(data.offset - data.limit) }, "‹ Prev"),
+      el("button", { type: "button", class: "small", disabled: last >= data.total, onclick: go(data.offset + data.limit) }, "Next ›"),
+    );
+  }
+}

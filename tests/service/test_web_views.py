@@ -1,0 +1,226 @@
+"""The browser pages' data (``/api/v1/views``), the pages and their assets, and the mounted
+optuna-dashboard, without a browser (``tests/browser`` drives the pages in Chromium)."""
+
+from __future__ import annotations
+
+import httpx
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.samplers import suggest_params
+from hpo.spec import parse_spec
+from service.web.plots import downsample
+from service_support import tiny_spec
+from test_events import named, read_until, sse_events
+
+STUDIES = "/api/v1/studies"
+VIEWS = "/api/v1/views/studies"
+
+
+def run_trial(storage, study: dict, *, state: str = "complete", value: float = 0.5, steps: int = 2,
+              folds: int = 2) -> int:
+    """One trial as a worker runs it: the spec's parameters, per-epoch reports, per-fold scores."""
+    optuna_study = optuna.load_study(study_name=study["optuna_study_name"], storage=storage)
+    trial = optuna_study.ask()
+    suggest_params(trial, parse_spec(study["spec"]).search_space)
+    for step in range(steps):
+        trial.report(value * (step + 1) / steps, step)
+    if state == "running":
+        return trial.number
+    trial.set_user_attr("fold_scores", [value] * folds)
+    trial.set_user_attr("fold_std", 0.0)
+    if state == "pruned":
+        optuna_study.tell(trial, state=TrialState.PRUNED)
+    else:
+        optuna_study.tell(trial, value)
+    return trial.number
+
+
+@pytest.fixture
+def study(api) -> dict:
+    return api.post(STUDIES, json=tiny_spec(budget={"n_trials": 10})).json()
+
+
+def test_overview_of_an_empty_study(api, study):
+    view = api.get(f"{VIEWS}/{study['id']}").json()
+
+    assert view["study"]["state"] == "queued" and view["study"]["spec"]["cv"]["folds"] == 2
+    assert view["study"]["dashboard_url"].startswith("/dashboard/studies/")
+    assert view["complete"] == {"number": [], "value": [],
+                                "params": {name: [] for name in ("lr", "batch_size", "hidden_size", "dropout",
+                                                                 "clip_norm", "weight_decay")}}
+    assert view["best"] is None and view["event_id"] == 0
+    space = {p["name"]: p for p in view["space"]}
+    assert [p["name"] for p in view["space"]][:5] == ["lr", "batch_size", "hidden_size", "dropout", "clip_norm"]
+    assert space["hidden_size"]["fixed"] == 16 and space["lr"]["log"] is True
+    assert space["batch_size"]["kind"] == "categorical" and space["batch_size"]["choices"] == [128, 256]
+
+
+def test_overview_columns_best_and_updates(api, storage, study):
+    for value in (0.3, 0.9, 0.6):
+        run_trial(storage, study, value=value)
+    run_trial(storage, study, state="pruned", value=0.1)
+    running = run_trial(storage, study, state="running")
+    url = f"{VIEWS}/{study['id']}"
+
+    view = api.get(url).json()
+
+    assert view["complete"]["number"] == [0, 1, 2] and view["complete"]["value"] == [0.3, 0.9, 0.6]
+    assert len(view["complete"]["params"]["lr"]) == 3
+    assert view["best"]["number"] == 1 and view["best"]["fold_scores"] == [0.9, 0.9]
+    assert view["study"]["trials"]["running"] == 1 and view["event_id"] > 0
+    # A running trial is read again; finished ones come from the cache.
+    optuna.load_study(study_name=study["optuna_study_name"], storage=storage).tell(running, 0.95)
+    view = api.get(url).json()
+    assert view["complete"]["number"] == [0, 1, 2, running] and view["best"]["number"] == running
+    assert view["study"]["trials"] == api.get(f"{STUDIES}/{study['id']}").json()["trials"]
+
+
+def test_curves_pick_the_best_the_latest_and_the_asked(api, storage, study):
+    for value in (0.1, 0.2, 0.9, 0.3, 0.4):
+        run_trial(storage, study, value=value, steps=5)
+    run_trial(storage, study, state="pruned", steps=2)
+
+    curves = api.get(f"{VIEWS}/{study['id']}/curves", params={"top": 1, "recent": 1, "trials": "0"}).json()
+
+    assert [c["number"] for c in curves["curves"]] == [0, 2, 5]
+    pruned = curves["curves"][-1]
+    assert pruned["state"] == "pruned" and pruned["steps"] == [0, 1] and pruned["value"] is None
+    assert curves["max_epochs"] == 2 and curves["metric"] == "accuracy"
+    thin = api.get(f"{VIEWS}/{study['id']}/curves", params={"top": 1, "recent": 0, "max_points": 3}).json()
+    assert thin["curves"][0]["steps"] == [0, 2, 4] and thin["curves"][0]["n_steps"] == 5
+    bad = api.get(f"{VIEWS}/{study['id']}/curves", params={"trials": "1;2"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "trials"
+
+
+def test_downsample_keeps_the_ends():
+    assert downsample([0, 1, 2], [1.0, 2.0, 3.0], 5) == ([0, 1, 2], [1.0, 2.0, 3.0])
+    steps, values = downsample(list(range(1000)), [float(v) for v in range(1000)], 200)
+    assert len(steps) == 200 and steps[0] == 0 and steps[-1] == 999 and values[-1] == 999.0
+
+
+def test_importance_needs_two_complete_trials(api, storage, study):
+    url = f"{VIEWS}/{study['id']}/importance"
+    run_trial(storage, study, value=0.4)
+
+    not_yet = api.get(url).json()
+
+    assert not_yet["status"] == "not_enough" and "2 complete trials; 1 so far" in not_yet["message"]
+    for value in (0.1, 0.7, 0.2):
+        run_trial(storage, study, value=value)
+    ready = api.get(url).json()
+    assert ready["status"] == "ok" and ready["n_complete"] == 4
+    # Fixed parameters (hidden_size here) are not searched, so they have no importance.
+    assert set(ready["importances"]) == {"lr", "batch_size", "dropout", "clip_norm"}
+    assert ready["fixed"]["hidden_size"] == 16
+    assert abs(sum(ready["importances"].values()) - 1) < 1e-6
+    assert api.get(url).json() == ready
+
+
+def test_trial_table_matches_the_rest_resource(api, storage, study):
+    for value in (0.3, 0.9, 0.6, 0.2):
+        run_trial(storage, study, value=value)
+    run_trial(storage, study, state="pruned")
+
+    for query in ({"sort": "-number", "limit": 2}, {"sort": "best", "limit": 3, "offset": 1},
+                  {"state": "pruned"}, {"sort": "-duration_s"}):
+        page = api.get(f"{VIEWS}/{study['id']}/trials", params=query).json()
+        assert page == api.get(f"{STUDIES}/{study['id']}/trials", params=query).json(), query
+    one = api.get(f"{VIEWS}/{study['id']}/trials/1").json()
+    assert one["value"] == 0.9 and [p["step"] for p in one["intermediate_values"]] == [0, 1]
+    assert api.get(f"{VIEWS}/{study['id']}/trials/99").status_code == 404
+
+
+def test_study_list_filters_by_state(api, storage):
+    done = api.post(STUDIES, json=tiny_spec(name="done", budget={"n_trials": 1})).json()
+    api.post(STUDIES, json=tiny_spec(name="waiting"))
+    run_trial(storage, done, value=0.5)
+
+    everything = api.get(VIEWS).json()
+    completed = api.get(VIEWS, params={"state": "completed"}).json()
+
+    assert [s["name"] for s in everything["items"]] == ["waiting", "done"] and everything["total"] == 2
+    assert [s["name"] for s in completed["items"]] == ["done"] and completed["total"] == 1
+    item = completed["items"][0]
+    assert (item["sampler"], item["cell"]) == ("tpe", "lstm")
+    assert (item["dataset"], item["dataset_kind"]) == ("digits", "builtin")
+    assert item["best_value"] == 0.5 and item["trials"]["complete"] == 1
+
+
+def test_unknown_study_is_404(api):
+    for path in ("", "/curves", "/importance", "/trials", "/events"):
+        response = api.get(f"{VIEWS}/nope{path}")
+        assert response.status_code == 404, path
+        assert response.json()["detail"][0]["field"] == "study_id"
+
+
+def test_deleted_study_is_forgotten(api, storage, study):
+    run_trial(storage, study)
+    assert api.get(f"{VIEWS}/{study['id']}").status_code == 200
+
+    api.delete(f"{STUDIES}/{study['id']}")
+
+    assert api.get(f"{VIEWS}/{study['id']}").status_code == 404
+
+
+def test_pages_and_assets(api, study):
+    for path, marker in (("/", "Studies"), ("/new", "New study"), (f"/studies/{study['id']}", "study.js")):
+        response = api.get(path)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        assert marker in response.text
+    assert "__PLOTLY_VERSION__" not in api.get(f"/studies/{study['id']}").text
+    assert api.get("/assets/app.css").headers["content-type"].startswith("text/css")
+    assert api.get("/assets/study.js").headers["content-type"].startswith("text/javascript")
+    for bad in ("/assets/nope.js", "/assets/.hidden.js", "/assets/..%2Fapi.py", "/assets/api.py"):
+        assert api.get(bad).status_code == 404, bad
+    plain = api.get("/assets/plotly.min.js", headers={"Accept-Encoding": "identity"})
+    zipped = api.get("/assets/plotly.min.js", headers={"Accept-Encoding": "gzip"})
+    assert plain.status_code == 200 and b"plotly" in plain.content[:2000].lower()
+    assert zipped.headers["content-encoding"] == "gzip" and "max-age" in zipped.headers["cache-control"]
+    assert zipped.content == plain.content  # httpx undid the gzip
+
+
+def test_optuna_dashboard_is_mounted(api, study):
+    meta = api.get("/api/meta")
+    summaries = api.get("/api/studies").json()["study_summaries"]
+    optuna_id = int(api.get(f"{VIEWS}/{study['id']}").json()["study"]["dashboard_url"].rsplit("/", 1)[1])
+
+    assert meta.status_code == 200 and "plotlypy_is_available" in meta.json()
+    assert {s["study_id"]: s["study_name"] for s in summaries}[optuna_id] == study["optuna_study_name"]
+    page = api.get(f"/dashboard/studies/{optuna_id}")
+    assert page.status_code == 200 and "/static/bundle.js" in page.text
+    assert api.get("/static/bundle.js").status_code == 200
+    assert api.get("/api/v1/nope").status_code == 404  # the API's own namespace is not the dashboard's
+
+
+def test_page_events_skip_what_the_overview_had(live_server, storage):
+    with httpx.Client(base_url=live_server.url, timeout=10) as http:
+        study = http.post(STUDIES, json=tiny_spec()).json()
+        run_trial(storage, study, value=0.4)
+        run_trial(storage, study, value=0.6)
+        running = run_trial(storage, study, state="running")
+        overview = http.get(f"{VIEWS}/{study['id']}").json()
+        url = f"{VIEWS}/{study['id']}/events"
+
+        with http.stream("GET", url, params={"last_event_id": overview["event_id"]}) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(response)
+            opening = read_until(events, lambda seen: bool(named(seen, "study")))
+            # Only the running trial: the finished ones are in the overview already.
+            assert [t["number"] for t in named(opening, "trial")] == [running]
+            optuna.load_study(study_name=study["optuna_study_name"], storage=storage).tell(running, 0.9)
+            later = read_until(events, lambda seen: bool(named(seen, "study")))
+            trial = named(later, "trial")[0]
+            assert (trial["number"], trial["state"], trial["value"]) == (running, "complete", 0.9)
+            assert named(later, "study")[0]["best_trial"] == running
+
+        with http.stream("GET", url) as response:  # no id: everything
+            opening = read_until(sse_events(response), lambda seen: bool(named(seen, "study")))
+            assert [t["number"] for t in named(opening, "trial")] == [0, 1, 2]
+
+
+def test_plotly_bundle_is_the_installed_one():
+    from service.web.pages import PLOTLY_JS
+
+    assert PLOTLY_JS.is_file() and PLOTLY_JS.stat().st_size > 1_000_000

@@ -1,0 +1,177 @@
+"""Stacked folds: k models computed as one must equal k models computed one by one."""
+
+import math
+
+import pytest
+import torch
+
+from hpo.cv import fold_indices, run_folds
+from hpo.data import FoldData, Split, load_dataset
+from hpo.model import SequenceModel, StackedSequenceModel
+from hpo.spec import ModelSpec, parse_spec
+from hpo.train import FoldTrainer, TrainingDiverged
+
+CPU = torch.device("cpu")
+PARAMS = {"lr": 1e-2, "batch_size": 64, "hidden_size": 24, "dropout": 0.0, "clip_norm": 1.0, "weight_decay": 0.0}
+
+
+def _models(cell, layers, tokens, slots=3):
+    models = []
+    for g in range(slots):
+        torch.manual_seed(g)
+        models.append(SequenceModel(
+            cell=cell, hidden_size=6, out_dim=3, n_features=None if tokens else 4,
+            vocab_size=20 + g if tokens else None, embedding_dim=5, num_layers=layers, dropout=0.3,
+        ).eval())
+    return models
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("tokens", [False, True])
+@pytest.mark.parametrize("variable_length", [False, True])
+def test_stacked_model_computes_what_each_model_computes(cell, layers, tokens, variable_length):
+    models = _models(cell, layers, tokens)
+    stacked = StackedSequenceModel(models).eval()
+    slots, n, steps = len(models), 5, 7
+    torch.manual_seed(10)
+    if tokens:
+        x = torch.stack([torch.randint(1, 20 + g, (n, steps)) for g in range(slots)])
+    else:
+        x = torch.randn(slots, n, steps, 4)
+    lengths = torch.randint(1, steps + 1, (slots, n)) if variable_length else None
+    if lengths is not None:
+        x[torch.arange(steps).view(1, 1, steps) >= lengths.unsqueeze(-1)] = 0
+    out = stacked(x, lengths)
+    one_by_one = [models[g](x[g], None if lengths is None else lengths[g]) for g in range(slots)]
+    torch.testing.assert_close(out, torch.stack(one_by_one), rtol=1e-5, atol=1e-6)
+
+    out.square().sum().backward()
+    sum(o.square().sum() for o in one_by_one).backward()
+    for name, param in models[0].named_parameters():
+        for g in range(slots):
+            expected = dict(models[g].named_parameters())[name].grad
+            torch.testing.assert_close(stacked.weight(name).grad[g, : len(expected)], expected, rtol=1e-4, atol=1e-6)
+    exported = stacked.export(1).eval()
+    torch.testing.assert_close(exported(x[1], None if lengths is None else lengths[1]), one_by_one[1])
+
+
+def test_stacking_refuses_bidirectional_models():
+    model = SequenceModel(cell="gru", hidden_size=4, out_dim=2, n_features=3, bidirectional=True)
+    with pytest.raises(ValueError, match="unidirectional"):
+        StackedSequenceModel([model, model])
+
+
+def _digits_folds(k=3):
+    spec = parse_spec({"name": "t", "dataset": {"builtin": "digits"}, "cv": {"folds": k}})
+    dataset = load_dataset(spec)
+    return [dataset.fold(train, val) for train, val in fold_indices(dataset, spec)]
+
+
+def _one_by_one(folds, params, patience, epochs, seeds):
+    trainers = [FoldTrainer(f, params, ModelSpec(), "accuracy", patience, CPU, s) for f, s in zip(folds, seeds)]
+    return run_folds(trainers, epochs)
+
+
+def test_lockstep_stacks_small_networks_and_trains_each_fold_as_alone():
+    folds = _digits_folds()
+    stacked = FoldTrainer.lockstep(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    assert all(hasattr(t, "stack") for t in stacked) and len({id(t.stack) for t in stacked}) == 1
+    run_folds(stacked, 3)
+    alone = _one_by_one(folds, PARAMS, None, 3, [0, 1, 2])
+    for s, a in zip(stacked, alone):
+        assert s.epochs == a.epochs == 3
+        assert s.last.loss == pytest.approx(a.last.loss, rel=2e-3)
+        assert abs(s.score - a.score) <= 0.01
+
+
+def _histories(trainers, epochs):
+    losses = [[] for _ in trainers]
+    for _ in range(epochs):
+        for trainer, history in zip(trainers, losses):
+            if not trainer.stopped:
+                trainer.step()
+                history.append(trainer.last.loss)
+    return losses
+
+
+def test_lockstep_early_stopping_retires_a_fold_without_disturbing_the_others():
+    folds = _digits_folds()
+    params = {**PARAMS, "lr": 0.05}
+    stopping = FoldTrainer.lockstep(folds, params, ModelSpec(), "accuracy", 1, CPU, [0, 1, 2])
+    with_stops = _histories(stopping, 40)
+    assert all(t.stopped for t in stopping)
+    assert len({t.epochs for t in stopping}) > 1  # folds stopped at different epochs
+    for trainer, history in zip(stopping, with_stops):
+        assert trainer.epochs - trainer.best_epoch == 1
+        assert min(history) == history[trainer.best_epoch - 1]
+    # The folds still training after another one stopped train exactly as if none had stopped.
+    never_stopping = FoldTrainer.lockstep(folds, params, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    without_stops = _histories(never_stopping, max(len(h) for h in with_stops))
+    for history, reference in zip(with_stops, without_stops):
+        assert history == pytest.approx(reference[: len(history)], rel=1e-5)
+    out = stopping[0].predict(stopping[0].val_split)  # a stopped fold still predicts with its own weights
+    assert float(torch.nn.functional.cross_entropy(out, folds[0].val.y)) == pytest.approx(with_stops[0][-1], rel=1e-5)
+
+
+def test_lockstep_clips_each_fold_on_its_own():
+    folds = _digits_folds()
+    clip = 0.05
+    stacked = FoldTrainer.lockstep(folds, {**PARAMS, "clip_norm": clip}, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    stack = stacked[0].stack
+    norms = []
+
+    def record(optimizer, *_):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        per_slot = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+        norms.append(torch.linalg.vector_norm(per_slot, dim=0))
+
+    stack.optimizer.register_step_pre_hook(record)
+    stacked[0].step()
+    norms = torch.stack(norms)
+    assert norms.max() <= clip * (1 + 1e-4) and norms.min() > clip * 0.99
+
+
+def _synthetic_fold(n_train, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + 20, 6, 3, generator=gen)
+    y = (x[:, -1, 0] > 0).long()
+    split = lambda rows: Split(x=x[rows], y=y[rows], lengths=None)  # noqa: E731
+    return FoldData(train=split(slice(0, n_train)), val=split(slice(n_train, None)), n_features=3,
+                    vocab_size=None, out_dim=2, target_scale=None)
+
+
+def test_lockstep_pads_uneven_last_batches_and_separates_other_batch_counts():
+    # 100 and 97 rows make 7 batches of 16 (the last has 4 or 1 rows); 120 rows make 8.
+    folds = [_synthetic_fold(100, 0), _synthetic_fold(97, 1), _synthetic_fold(120, 2)]
+    params = {**PARAMS, "batch_size": 16}
+    trainers = FoldTrainer.lockstep(folds, params, ModelSpec(), "loss", None, CPU, [0, 1, 2])
+    assert hasattr(trainers[0], "stack") and trainers[0].stack is trainers[1].stack
+    assert not hasattr(trainers[2], "stack")
+    run_folds(trainers, 3)
+    alone = _one_by_one(folds, params, None, 3, [0, 1, 2])
+    for s, a in zip(trainers, alone):
+        assert s.last.loss == pytest.approx(a.last.loss, rel=1e-4)
+
+
+def test_large_or_bidirectional_networks_train_fold_by_fold():
+    folds = _digits_folds()
+    big = FoldTrainer.lockstep(folds, {**PARAMS, "hidden_size": 512}, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    both_ways = FoldTrainer.lockstep(folds, PARAMS, ModelSpec(bidirectional=True), "accuracy", None, CPU, [0, 1, 2])
+    assert not any(hasattr(t, "stack") for t in big + both_ways)
+
+
+def test_stacked_divergence_names_the_epoch():
+    fold = _synthetic_fold(64, 0)
+    fold.train.x[3, 2, 1] = math.nan
+    trainers = FoldTrainer.lockstep([fold, _synthetic_fold(64, 1)], PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        trainers[0].step()
+
+
+def test_stacked_folds_refuse_to_advance_out_of_lockstep():
+    folds = [_synthetic_fold(64, 0), _synthetic_fold(64, 1)]
+    trainers = FoldTrainer.lockstep(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
+    trainers[0].step()
+    with pytest.raises(RuntimeError, match="together"):
+        trainers[0].step()
