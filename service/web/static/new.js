@@ -25,7 +25,10 @@ function paramRow(p) {
     el("label", {}, "high ", el("input", { id: id("high"), type: "text", inputmode: "decimal", value: p.high || "" })),
     el("label", {}, el("input", { id: id("log"), type: "checkbox", checked: Boolean(p.log) }), " log scale"));
   const choices = el("span", { class: "pinputs", "data-mode": "choices" },
-    el("input", { id: id("choices"), type: "text", class: "wide", value: p.choices || "", placeholder: "e.g. 32, 64, 128", "aria-label": `${p.name} choices` }));
+    el("input", {
+      id: id("choices"), type: "text", class: "wide", value: p.choices || "",
+      placeholder: "e.g. 32, 64, 128", "aria-label": `${p.name} choices`,
+    }));
   const fixed = el("span", { class: "pinputs", "data-mode": "fixed" },
     el("input", { id: id("value"), type: "text", inputmode: "decimal", placeholder: "value", "aria-label": `${p.name} value` }));
   const inputs = el("div", {}, range, choices, fixed);
@@ -166,8 +169,9 @@ function showFormErrors(detail) {
   const form = $("spec-form");
   clearErrors(form);
   const unplaced = placeErrors(form, detail, "data-field");
-  $("form-errors").replaceChildren(...(unplaced.length
-    ? [el("div", {}, "The spec was refused:"), el("ul", { class: "errors-list" }, ...unplaced.map((d) => el("li", {}, d.field ? `${d.field}: ${d.message}` : d.message)))]
+  const items = unplaced.map((d) => el("li", {}, d.field ? `${d.field}: ${d.message}` : d.message));
+  $("form-errors").replaceChildren(...(items.length
+    ? [el("div", {}, "The spec was refused:"), el("ul", { class: "errors-list" }, ...items)]
     : []));
   const first = form.querySelector(".has-error, #form-errors:not(:empty)");
   if (first) {

@@ -444,11 +444,10 @@ async function start() {
   } catch (err) {
     const notFound = err instanceof ApiError && err.status === 404;
     $("study-name").textContent = notFound ? "No such study" : "Could not load the study";
-    $("head-message").textContent = notFound ? `There is no study with id ${studyId}. ` : err.message;
+    const why = notFound ? `There is no study with id ${studyId} (it may have been deleted). ` : `${err.message}. `;
+    $("head-message").replaceChildren(why, el("a", { href: "/" }, "All studies"));
     setLive("not connected", "off");
-    for (const id of ["history", "curves", "importance", "parallel", "folds"]) placeholder(id, "—");
-    $("best").replaceChildren();
-    $("trials-empty").textContent = "—";
+    for (const section of document.querySelectorAll("main > :not(#head)")) section.classList.add("hidden");
     return;
   }
   page.study = overview.study;
