@@ -113,6 +113,25 @@ def cmd_db_upgrade(args: argparse.Namespace) -> None:
     print("database is up to date", file=sys.stderr)
 
 
+def cmd_keys(args: argparse.Namespace) -> None:
+    from service import keys  # API keys live in the service's tables
+
+    if args.action == "create":
+        if not args.name:
+            raise UsageError("keys create needs --name NAME (the owner of what the key creates)")
+        record, token = keys.create_key(_database(args), args.name, admin=args.admin)
+        print(token)  # the only time the token is shown
+        print(f"created {'admin ' if record.admin else ''}key {record.id} for {record.name}; "
+              "keep the line above secret, it cannot be shown again", file=sys.stderr)
+    elif args.action == "list":
+        _print_json([keys.key_view(k) for k in keys.list_keys(_database(args))])
+    else:
+        if not args.key_id:
+            raise UsageError("keys revoke needs the key's id (hpo keys list shows them)")
+        record = keys.revoke_key(_database(args), args.key_id)
+        print(f"revoked key {record.id} ({record.name})", file=sys.stderr)
+
+
 # ---- remote ------------------------------------------------------------------------------
 
 
@@ -201,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("db", cmd_db_upgrade, "Database maintenance.")
     p.add_argument("action", choices=["upgrade"], help="upgrade: apply migrations")
+    database(p)
+
+    p = add("keys", cmd_keys, "API keys: create (printed once), list, revoke.")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("key_id", nargs="?", help="revoke: the key's id")
+    p.add_argument("--name", help="create: the owner of the studies and datasets the key creates")
+    p.add_argument("--admin", action="store_true", help="create: the key sees and manages everything")
     database(p)
 
     for name, func, help in (

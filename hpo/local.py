@@ -1,7 +1,8 @@
 """Tuning on this machine: ``hpo run`` and ``hpo best --storage``.
 
 ``hpo run`` is the same worker loop the service uses, pointed at one study: trials run
-in ``jobs`` processes (one per core by default) that coordinate through the storage.
+in ``jobs`` workers (one per core by default; the first one in this process, the others in
+processes of their own) that coordinate through the storage.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
     Args:
         spec: the study spec (``spec.name`` names the study: running it again resumes it).
         storage_url: Optuna storage URL.
-        jobs: parallel trial processes; by default one per CPU core.
+        jobs: trials in parallel (this process and ``jobs - 1`` worker processes); by
+            default one per CPU core.
         data_dir: where uploaded datasets live.
         show_progress: draw the live progress bar and the final table.
 
@@ -81,24 +83,21 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
         threads=max(1, (os.cpu_count() or 1) // jobs),
     )
 
-    if jobs == 1:
-        stop = threading.Event()
-        thread = threading.Thread(target=worker_loop, args=(options, 0, stop), daemon=True)
-        thread.start()
-        alive = thread.is_alive
+    # Worker 0 runs in this process, which has paid its imports already; the others get
+    # their own processes (spawned first, so that their start-up overlaps worker 0's trial).
+    procs = start_worker_processes(jobs - 1, storage_url, data_dir=data_dir, study_name=spec.name,
+                                   until_idle=True, threads=options.threads, first_index=1) if jobs > 1 else []
+    stop = threading.Event()
+    thread = threading.Thread(target=worker_loop, args=(options, 0, stop), daemon=True)
+    thread.start()
 
-        def shutdown() -> None:
-            stop.set()
-            thread.join()
-    else:
-        procs = start_worker_processes(jobs, storage_url, data_dir=data_dir, study_name=spec.name,
-                                       until_idle=True, threads=options.threads)
+    def alive() -> bool:
+        return thread.is_alive() or any(p.is_alive() for p in procs)
 
-        def alive() -> bool:
-            return any(p.is_alive() for p in procs)
-
-        def shutdown() -> None:
-            stop_worker_processes(procs)
+    def shutdown() -> None:
+        stop.set()
+        stop_worker_processes(procs)
+        thread.join()
     try:
         follow(lambda: progress(study, spec).as_dict(), keep_going=alive, enabled=show_progress)
     finally:

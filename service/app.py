@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from hpo.data import DatasetStore
 from hpo.spec import StudySpec
 from hpo.storage import open_storage
-from service import web
+from service import auth, web
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
@@ -32,6 +32,7 @@ DESCRIPTION = """Hyperparameter optimization of recurrent networks, as a service
 
 Submit a study spec, watch its trials arrive (`/events` streams them), then ask for the
 best parameters. Every error answers `{"detail": [{"field": ..., "message": ...}]}`.
+Once API keys exist (`hpo keys create`), send one as `Authorization: Bearer <key>`.
 """
 
 
@@ -66,6 +67,8 @@ def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(spec_schema.pop("$defs", {}))
         components["StudySpec"] = spec_schema
+        schema["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"apiKey": []}, {}]  # {}: no key while the service runs open
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -92,10 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(auth.AuthMiddleware)  # outermost: a request without a valid key goes no further
     for module in (studies, trials, datasets):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(model_routes.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(auth.router)  # /login, /logout: the browser pages' way to send a key
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
     web.install(app, API_PREFIX)  # the browser pages (`/` lists the studies) and /dashboard
     return app

@@ -25,6 +25,18 @@ ID_LENGTH = 10
 FINISHED_STATES = ("completed", "failed", "cancelled")
 
 
+class TooManyQueued(Exception):
+    """The owner already has as many unfinished studies as the server allows."""
+
+    def __init__(self, owner: str | None, limit: int):
+        self.limit = limit
+        who = f"owner {owner!r} has" if owner else "there are"
+        super().__init__(
+            f"{who} {limit} unfinished (queued or running) studies, this server's limit "
+            "(HPO_MAX_QUEUED_STUDIES_PER_OWNER); wait for one to finish, or cancel one, then try again"
+        )
+
+
 class StudyNotFound(LookupError):
     """No study has this id (or its Optuna study was removed behind the service's back)."""
 
@@ -133,6 +145,33 @@ def with_progress(storage: BaseStorage, rows: Sequence[StudyRecord]) -> list[tup
             continue
         out.append((loaded, loaded.progress()))
     return out
+
+
+# Studies seen completed or failed: those states are final, so their trials need not be read
+# again to count an owner's unfinished studies (cancelled ones may be resumed: not kept).
+_finished_for_good: set[str] = set()
+
+
+def check_queue(session: Session, storage: BaseStorage, owner: str | None, limit: int) -> None:
+    """Refuse one more unfinished study for ``owner`` when it has ``limit`` already.
+
+    Raises:
+        TooManyQueued: when the owner is at the limit.
+    """
+    unfinished = 0
+    for record in records.studies_of_owner(session, owner):
+        if record.optuna_study_name in _finished_for_good:
+            continue
+        try:
+            state = open_record(storage, record).progress().state
+        except StudyNotFound:
+            continue
+        if state in ("completed", "failed"):
+            _finished_for_good.add(record.optuna_study_name)
+        elif state != "cancelled":
+            unfinished += 1
+            if unfinished >= limit:
+                raise TooManyQueued(owner, limit)
 
 
 def cancel(storage: BaseStorage, loaded: LoadedStudy) -> None:

@@ -12,7 +12,7 @@ MiB = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    """Where the data lives and how much a request may carry.
+    """Where the data lives, how much a request may carry, and how much one study may ask for.
 
     Every field can be set from the environment, e.g. ``HPO_DATABASE_URL=postgresql://...``.
     """
@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     data_dir: str = Field(default="hpo-data", description="Folder of uploaded datasets.")
     max_upload_bytes: int = Field(default=100 * MiB, ge=1, description="Largest dataset file accepted.")
     max_body_bytes: int = Field(default=1 * MiB, ge=1, description="Largest JSON/YAML request body accepted.")
+    max_n_trials: int = Field(default=1000, ge=1, description="Largest trial budget of one study (the "
+                              "spec's `budget.n_trials`, or its grid's size).")
+    max_folds: int = Field(default=10, ge=2, description="Largest `cv.folds` of one study.")
+    max_epochs: int = Field(default=200, ge=1, description="Largest `training.max_epochs` of one study.")
+    max_queued_studies_per_owner: int = Field(
+        default=20, ge=1, description="Unfinished (queued or running) studies one owner (API key name) may "
+                                      "have at once; one more is refused with 429.")
     default_page_size: int = Field(default=50, ge=1, description="Items per page when `limit` is not given.")
     max_page_size: int = Field(default=500, ge=1, description="Largest `limit` accepted.")
     events_poll_s: float = Field(default=0.5, gt=0, description="How often an event stream reads the database.")

@@ -1,5 +1,5 @@
-"""What routes receive through ``Depends``: settings, a DB session, the Optuna storage, the
-dataset store, a page window."""
+"""What routes receive through ``Depends``: settings, the caller, a DB session (showing only
+the caller's rows), the Optuna storage, the dataset store, a page window."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from hpo.data import DatasetStore
+from service import records
+from service.auth import PrincipalDep
 from service.config import Settings
 from service.errors import problem
 
@@ -20,8 +22,10 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+def get_session(request: Request, principal: PrincipalDep) -> Iterator[Session]:
     with request.app.state.sessions() as session:
+        if not principal.admin:
+            records.restrict_to_owner(session, principal.name)
         yield session
 
 

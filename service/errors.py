@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from hpo.spec import SpecError
@@ -72,6 +74,15 @@ async def _spec_error(request: Request, exc: SpecError) -> JSONResponse:
     return JSONResponse({"detail": error_items(exc.errors)}, status_code=422)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database is restarting, unreachable or locked: a retryable 503, not a 500."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(
+        {"detail": [{"field": None, "message": "the database is unavailable; try again in a moment"}]},
+        status_code=503, headers={"Retry-After": "5"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(
@@ -85,4 +96,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(StorageInternalError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)

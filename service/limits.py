@@ -1,11 +1,21 @@
-"""Request body limits, enforced while the body streams in (nothing unbounded is buffered)."""
+"""What one request may ask of the server: body sizes (enforced while the body streams in,
+so nothing unbounded is buffered) and a study's size (trials, folds, epochs), each a
+per-server cap (``Settings``) below what a spec itself allows."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hpo.spec import SpecError
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from hpo.spec import StudySpec
+    from service.config import Settings
 
 # Room for multipart boundaries, part headers and the small form fields next to the file.
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
@@ -67,3 +77,28 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, receive_limited, send)
+
+
+def check_study_size(spec: StudySpec, settings: Settings) -> None:
+    """Refuse a study larger than this server runs: trials, folds, epochs, queued trials.
+
+    Raises:
+        SpecError: 422, one item per field over its cap, naming the cap and its setting.
+    """
+    errors = []
+    n_trials = spec.n_trials
+    if n_trials > settings.max_n_trials:
+        where = "" if spec.budget.n_trials is not None else f" (the grid's {n_trials} points)"
+        errors.append(("budget.n_trials", f"{n_trials} trials{where} exceed this server's limit of "
+                                          f"{settings.max_n_trials} (HPO_MAX_N_TRIALS)"))
+    if len(spec.enqueue_trials) > settings.max_n_trials:
+        errors.append(("enqueue_trials", f"{len(spec.enqueue_trials)} queued trials exceed this server's limit "
+                                         f"of {settings.max_n_trials} (HPO_MAX_N_TRIALS)"))
+    if spec.cv.folds > settings.max_folds:
+        errors.append(("cv.folds", f"{spec.cv.folds} folds exceed this server's limit of {settings.max_folds} "
+                                   "(HPO_MAX_FOLDS)"))
+    if spec.training.max_epochs > settings.max_epochs:
+        errors.append(("training.max_epochs", f"{spec.training.max_epochs} epochs exceed this server's limit "
+                                              f"of {settings.max_epochs} (HPO_MAX_EPOCHS)"))
+    if errors:
+        raise SpecError([{"field": field, "message": message} for field, message in errors])

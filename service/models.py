@@ -1,12 +1,12 @@
 """The service's own tables. Optuna keeps its tables (studies, trials, ...) in the same database;
-these only add what Optuna does not know: public ids, owners, uploaded datasets."""
+these only add what Optuna does not know: public ids, owners, uploaded datasets, API keys."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TABLE_PREFIX = "hpo_"
@@ -50,3 +50,21 @@ class DatasetRecord(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     owner: Mapped[str | None] = mapped_column(String(128), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class ApiKeyRecord(Base):
+    """An API key: only the SHA-256 of the token is kept (the token is shown once, on creation).
+
+    ``name`` is the owner the key's studies and datasets are recorded under, so keys of the
+    same name share them (create the new key, then revoke the old one, to rotate). A revoked
+    key keeps its row: once any key was ever created, the service never falls back to open.
+    """
+
+    __tablename__ = "hpo_api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

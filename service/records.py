@@ -1,13 +1,19 @@
 """Reading and writing the service's rows (``hpo_studies``, ``hpo_datasets``): the one place
-that speaks SQL for the service."""
+that speaks SQL for the service.
+
+A session can be restricted to one owner's rows (:func:`restrict_to_owner`, done per request
+for a non-admin API key): every ORM query on it, in any route, then sees that owner's
+studies and datasets only (SQLAlchemy's ``with_loader_criteria``), so another owner's row
+is simply not found (404, its existence not leaked) and never listed or counted.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from service.models import DatasetRecord, StudyRecord
 
@@ -15,6 +21,29 @@ from service.models import DatasetRecord, StudyRecord
 # Every id the service hands out matches this; anything else cannot name a row (and a NUL
 # byte, say, must not reach PostgreSQL, which refuses it with an error rather than no row).
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+_VISIBLE_OWNER = "hpo_visible_owner"
+# A query that must see every owner's rows (is a dataset still used by anybody's study?).
+ALL_OWNERS = {"hpo_all_owners": True}
+
+
+def restrict_to_owner(session: Session, owner: str) -> None:
+    """From now on ``session`` sees only the studies and datasets that ``owner`` created."""
+    session.info[_VISIBLE_OWNER] = owner
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _only_visible_rows(state: ORMExecuteState) -> None:
+    if _VISIBLE_OWNER not in state.session.info or not state.is_select:
+        return
+    if state.execution_options.get("hpo_all_owners"):
+        return
+    owner = state.session.info[_VISIBLE_OWNER]
+    state.statement = state.statement.options(
+        with_loader_criteria(StudyRecord, StudyRecord.owner == owner, include_aliases=True),
+        with_loader_criteria(DatasetRecord, DatasetRecord.owner == owner, include_aliases=True),
+    )
 
 
 def is_valid_id(value: str) -> bool:
@@ -40,7 +69,15 @@ def page_of_studies(session: Session, limit: int, offset: int) -> tuple[Sequence
 
 
 def studies_using_dataset(session: Session, dataset_id: str) -> Sequence[StudyRecord]:
-    return session.scalars(select(StudyRecord).where(StudyRecord.dataset_id == dataset_id)).all()
+    """Every owner's studies reading the dataset (an admin may have used someone's dataset)."""
+    statement = select(StudyRecord).where(StudyRecord.dataset_id == dataset_id).execution_options(**ALL_OWNERS)
+    return session.scalars(statement).all()
+
+
+def studies_of_owner(session: Session, owner: str | None) -> Sequence[StudyRecord]:
+    """The studies ``owner`` created (``None``: those created while the service ran open)."""
+    condition = StudyRecord.owner.is_(None) if owner is None else StudyRecord.owner == owner
+    return session.scalars(select(StudyRecord).where(condition).order_by(StudyRecord.created_at.desc())).all()
 
 
 def get_dataset(session: Session, dataset_id: str) -> DatasetRecord | None:

@@ -10,6 +10,7 @@ import uvicorn
 from service.app import create_app
 from service.config import Settings
 from service.db import upgrade
+from service.keys import active_key_count
 
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -33,19 +34,23 @@ def serve(host: str = "127.0.0.1", port: int = 8000, database_url: str = "sqlite
         database_url: the database shared by the API and the workers.
         workers: embedded worker processes (0: API only; run ``hpo worker`` elsewhere).
         data_dir: where uploaded datasets are kept (the workers read them from there).
-        insecure: allow a non-loopback ``host`` although the API has no authentication yet.
+        insecure: allow a non-loopback ``host`` although the database holds no API key (the
+            service then runs open: anyone who can reach it can use it).
         log_level: uvicorn's log level.
         **settings: further :class:`service.config.Settings` fields (limits, page sizes).
 
     Raises:
-        ValueError: for a non-loopback host without ``insecure``, or a negative ``workers``.
+        ValueError: for a non-loopback host without an API key nor ``insecure``, or a negative
+            ``workers``.
     """
     if workers < 0:
         raise ValueError(f"--workers must be >= 0; got {workers}")
-    if not is_loopback(host) and not insecure:
+    n_keys = active_key_count(database_url)  # reads only: nothing is created before the checks pass
+    if not is_loopback(host) and not insecure and n_keys == 0:
         raise ValueError(
-            f"refusing to serve on {host}: the API has no authentication yet, so anyone who can reach "
-            "it could submit or delete studies; pass --insecure to serve anyway"
+            f"refusing to serve on {host} without API keys: anyone who can reach it could submit or delete "
+            f"studies. Create a key first (hpo keys create --name NAME --admin --database URL), "
+            "or pass --insecure to serve open anyway"
         )
     config = Settings(database_url=database_url, data_dir=data_dir, **settings)
     upgrade(config.database_url)
@@ -56,8 +61,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, database_url: str = "sqlite
 
         procs = start_worker_processes(workers, config.database_url, data_dir=config.data_dir)
     try:
+        access = f"API keys required ({n_keys} active)" if n_keys else "no active API key (open if none was ever made)"
         print(f"hpo: serving http://{host}:{port}/ (API docs at /docs) with {workers} worker(s) "
-              f"on {config.database_url}", flush=True)
+              f"on {config.database_url}; {access}", flush=True)
         # Open event streams never end by themselves; give them a few seconds, then close them.
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     finally:

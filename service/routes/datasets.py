@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from hpo.data import DataError
 from hpo.spec import Task
 from service import datasets, records
+from service.auth import PrincipalDep
 from service.deps import DatasetStoreDep, PageDep, SessionDep, SettingsDep, StorageDep
 from service.errors import problem
 from service.limits import too_large_message
@@ -17,7 +18,7 @@ from service.schemas import DatasetOut, DatasetPage, ErrorResponse
 from service.views import dataset_view
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)}
 
 
 def _get_record(session: SessionDep, dataset_id: str) -> DatasetRecord:
@@ -32,6 +33,7 @@ def upload_dataset(
     session: SessionDep,
     store: DatasetStoreDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     response: Response,
     file: Annotated[UploadFile, File(description="An .npz, .csv or .tsv file.")],
     task: Annotated[Task, Form(description="What the data is for.")],
@@ -50,7 +52,8 @@ def upload_dataset(
     options = {k: v for k, v in {"target_column": target_column, "text_column": text_column,
                                  "label_column": label_column, "max_length": max_length}.items() if v is not None}
     try:
-        record = datasets.upload(session, store, file.filename, content, task=task, format=format, options=options)
+        record = datasets.upload(session, store, file.filename, content, task=task, format=format, options=options,
+                                 owner=principal.name)
     except DataError as exc:
         raise problem(422, str(exc), field=getattr(exc, "field", None) or "file") from None
     view = dataset_view(record)

@@ -12,10 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
 from service import catalog, records
-from service.catalog import LoadedStudy, StudyNotFound
+from service.auth import PrincipalDep
+from service.catalog import LoadedStudy, StudyNotFound, TooManyQueued
 from service.deps import PageDep, SessionDep, SettingsDep, StorageDep
 from service.errors import problem
 from service.events import snapshot_reader, study_events
+from service.limits import check_study_size
 from service.schemas import BestTrial, ErrorResponse, StudyDetail, StudyPage, StudyState
 from service.views import best_view, study_view
 
@@ -23,7 +25,8 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 415, 422)}
+SUBMIT_ERRORS = {**ERRORS, 429: {"model": ErrorResponse, "description": "Too many unfinished studies."}}
 _SPEC_BODY = {
     "requestBody": {
         "required": True,
@@ -123,12 +126,23 @@ def _detail(loaded: LoadedStudy) -> dict[str, Any]:
     return study_view(loaded.record, loaded.spec, loaded.progress(), with_spec=True)
 
 
-@router.post("", status_code=201, response_model=StudyDetail, responses=ERRORS, openapi_extra=_SPEC_BODY,
+def _check_queue(session: SessionDep, storage: StorageDep, settings: SettingsDep, owner: str | None) -> None:
+    try:
+        catalog.check_queue(session, storage, owner, settings.max_queued_studies_per_owner)
+    except TooManyQueued as exc:
+        raise problem(429, str(exc)) from None
+
+
+@router.post("", status_code=201, response_model=StudyDetail, responses=SUBMIT_ERRORS, openapi_extra=_SPEC_BODY,
              summary="Submit a study")
-def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: SessionDep,
-                 storage: StorageDep, response: Response) -> dict[str, Any]:
-    """Validate a spec and queue its study; workers start on it at once."""
-    loaded = catalog.submit(session, storage, spec)
+def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: SessionDep, storage: StorageDep,
+                 settings: SettingsDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
+    """Validate a spec and queue its study; workers start on it at once. Refused with 422
+    past the server's caps on trials, folds and epochs, and with 429 while the caller has
+    too many unfinished studies."""
+    check_study_size(spec, settings)
+    _check_queue(session, storage, settings, principal.name)
+    loaded = catalog.submit(session, storage, spec, owner=principal.name)
     view = _detail(loaded)
     response.headers["Location"] = view["links"]["self"]
     return view
@@ -165,9 +179,12 @@ def cancel_study(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
     return _detail(loaded)
 
 
-@router.post("/{study_id}/resume", response_model=StudyDetail, responses=ERRORS, summary="Resume a study")
-def resume_study(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
-    """Let workers run a cancelled study's remaining trials."""
+@router.post("/{study_id}/resume", response_model=StudyDetail, responses=SUBMIT_ERRORS, summary="Resume a study")
+def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
+    """Let workers run a cancelled study's remaining trials (429 while its owner has too
+    many unfinished studies)."""
+    if loaded.progress().state == "cancelled":
+        _check_queue(session, storage, settings, loaded.record.owner)
     catalog.resume(storage, loaded)
     return _detail(loaded)
 

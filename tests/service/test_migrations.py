@@ -12,7 +12,7 @@ from hpo.storage import open_storage
 from service.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
 from service.models import Base
 
-SERVICE_TABLES = {"hpo_studies", "hpo_datasets", VERSION_TABLE}
+SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", VERSION_TABLE}
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
-    assert ours == ["0001"]
+    assert ours == ["0002"]
     assert len(optunas) == 1 and optunas != ours
     open_storage(database_url).engine.dispose()  # Optuna still accepts the database
 
@@ -75,5 +75,21 @@ def test_downgrade_removes_only_the_service_tables(database_url):
     engine.dispose()
 
     tables = table_names(database_url)
-    assert not ({"hpo_studies", "hpo_datasets"} & tables)
+    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys"} & tables)
     assert {"studies", "trials"} <= tables
+
+
+def test_upgrade_from_0001_keeps_the_rows_and_adds_the_keys(database_url):
+    upgrade(database_url, "0001")
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO hpo_studies (id, optuna_study_name, name, spec, created_at) "
+            "VALUES ('old1', 'old-old1', 'old', '{}', CURRENT_TIMESTAMP)"
+        ))
+    upgrade(database_url)
+
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM hpo_studies")).scalars().all() == ["old1"]
+        assert connection.execute(text("SELECT count(*) FROM hpo_api_keys")).scalar() == 0
+    engine.dispose()

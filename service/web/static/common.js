@@ -22,6 +22,10 @@ export async function api(path, options = {}) {
   } catch (err) {
     throw new ApiError(0, [{ field: null, message: `the service did not answer (${err.message})` }]);
   }
+  if (response.status === 401 && !path.startsWith("/login")) {
+    // The service has API keys and this browser has not signed in (or its key was revoked).
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   if (response.status === 204) return null;
   let body = null;
   try {

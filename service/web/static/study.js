@@ -154,7 +154,7 @@ async function renderParallel() {
     $("parallel-hint").textContent = `best ${shown.number.length} of ${c.number.length} trials · ${$("parallel-hint").textContent}`;
   }
   const node = await plot("parallel", [parallelTrace(shown, page.space, page.study, narrow)],
-    { margin: narrow ? { l: 34, r: 34, t: 64, b: 20 } : { l: 60, r: 50, t: 40, b: 20 } });
+    { margin: narrow ? { l: 34, r: 48, t: 64, b: 20 } : { l: 60, r: 50, t: 40, b: 20 } });
   node.dataset.points = String(shown.number.length);
 }
 
@@ -287,7 +287,9 @@ function renderBest() {
     $("best-hint").textContent = "";
     children.push(el("div", { class: "placeholder" }, "No complete trial yet: the best parameters appear here as soon as one completes."));
   }
-  children.push(codeBlock("Fetch them with curl", code.curl, "snippet-curl"), codeBlock("… or from Python", code.python, "snippet-python"));
+  children.push(codeBlock("Fetch them with curl", code.curl, "snippet-curl"), codeBlock("… or from Python", code.python, "snippet-python"),
+    el("div", { class: "hint" }, "Where the service has API keys, add ", el("code", {}, '-H "Authorization: Bearer $KEY"'),
+      " to curl, or ", el("code", {}, "api_key=KEY"), " to Client."));
   $("best").replaceChildren(...children);
 }
 

@@ -150,16 +150,24 @@ export function importanceTraces(importances) {
   }];
 }
 
-function decadeTicks(low, high) {
-  const ticks = [];
-  for (let e = Math.ceil(Math.log10(low) - 1e-9); e <= Math.floor(Math.log10(high) + 1e-9); e++) ticks.push(e);
-  if (ticks.length < 2) ticks.splice(0, ticks.length, Math.log10(low), Math.log10(high));
-  return ticks;
+/** log10 positions of round values (1, 2, 5 x 10^k) within [low, high]; decades only when
+ * that would crowd the axis. */
+function logTicks(low, high) {
+  const round = [];
+  for (let e = Math.floor(Math.log10(low)); e <= Math.ceil(Math.log10(high)); e++) {
+    for (const m of [1, 2, 5]) {
+      const v = m * 10 ** e;
+      if (v >= low * (1 - 1e-9) && v <= high * (1 + 1e-9)) round.push(v);
+    }
+  }
+  const decades = round.filter((v) => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9);
+  const ticks = round.length > 7 && decades.length >= 2 ? decades : round;
+  return (ticks.length >= 2 ? ticks : [low, high]).map(Math.log10);
 }
 
 function tickLabel(v) {
   const x = 10 ** v;
-  return x >= 1000 || x < 1e-2 ? x.toExponential(0) : String(Number(x.toPrecision(2)));
+  return x >= 1e4 || x < 1e-2 ? x.toExponential(0) : String(Number(x.toPrecision(3)));
 }
 
 /** Parallel coordinates over the searched parameters (log ones on a log axis, choices by
@@ -180,7 +188,7 @@ export function parallelTrace(complete, space, study, narrow = false) {
         ticktext: choices.map(String),
       });
     } else if (p.log) {
-      const ticks = decadeTicks(p.low, p.high);
+      const ticks = logTicks(p.low, p.high);
       dimensions.push({
         label: p.name,
         values: raw.map((v) => (v > 0 ? Math.log10(v) : null)),

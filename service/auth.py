@@ -1,0 +1,235 @@
+"""Who is asking: API keys on every request, once any key exists.
+
+- No key was ever created (``hpo keys create``): the service is open, as ``make serve`` on
+  the loopback address runs it; everything belongs to nobody and everyone sees it all.
+- Otherwise every request needs a valid key, except the probes (``/healthz``, ``/readyz``),
+  the API docs, the pages' static assets and ``/login``. A key comes as
+  ``Authorization: Bearer <token>`` (scripts, ``hpo``, :class:`hpo.client.Client`) or as the
+  HttpOnly, SameSite=Strict cookie that ``/login`` sets (the browser pages: their ``fetch``
+  and ``EventSource`` calls send it without knowing about keys).
+- A key sees and manages what keys of its name created (another owner's study answers 404,
+  not 403, so its existence is not leaked); an admin key sees everything, and only an admin
+  key opens optuna-dashboard (which shows every study in the database).
+
+:class:`AuthMiddleware` decides, for every path; :data:`PrincipalDep` gives routes the
+caller; ``service.deps.get_session`` restricts a non-admin caller's session to its rows.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service import keys
+from service.errors import problem
+
+log = logging.getLogger("service")
+
+COOKIE = "hpo_api_key"
+COOKIE_MAX_AGE_S = 7 * 24 * 3600
+LOGIN_PATH = "/login"
+# Open to anyone even when keys exist: probes, the API's own docs, the pages' static files.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", LOGIN_PATH, "/logout", "/docs", "/docs/oauth2-redirect",
+                          "/redoc", "/openapi.json"})
+PUBLIC_PREFIXES = ("/assets/",)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: a key's owner name and rights, or everyone while the service is open.
+
+    Attributes:
+        name: recorded as ``owner`` on what the caller creates (``None`` while open).
+        admin: sees and manages every owner's studies and datasets.
+        key_id: the key's public id (``None`` while open).
+    """
+
+    name: str | None
+    admin: bool
+    key_id: str | None = None
+
+
+OPEN = Principal(name=None, admin=True)
+
+
+class AuthError(Exception):
+    """401 (no or bad key), 403 (not an admin key) or 503 (the keys could not be read)."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def needs_admin(path: str) -> bool:
+    from service.web.dashboard import DASHBOARD_PATHS  # here: service.web imports the routes' deps
+
+    return any(path == p or path.startswith(p + "/") for p in DASHBOARD_PATHS)
+
+
+def credentials(request: Request) -> str | None:
+    """The token of a request: its ``Authorization: Bearer`` header, else its login cookie."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.cookies.get(COOKIE) or None
+
+
+def authenticate(request: Request) -> Principal:
+    """Who sent ``request`` (blocking: reads the keys table).
+
+    Raises:
+        AuthError: 401 without a valid key once keys exist; 503 when the database is down.
+    """
+    state = request.app.state
+    token = credentials(request)
+    try:
+        with state.sessions() as session:
+            if not getattr(state, "keys_exist", False):
+                if not keys.keys_exist(session):
+                    return OPEN
+                state.keys_exist = True  # keys are revoked, never deleted: this stays true
+            if token is None:
+                raise AuthError(401, "this service needs an API key: send `Authorization: Bearer <key>` "
+                                     "(an admin creates keys with `hpo keys create`), or sign in at /login")
+            record = keys.find_key(session, token)
+    except SQLAlchemyError as exc:
+        log.warning("cannot read the API keys: %s", type(exc).__name__)
+        raise AuthError(503, "the database is unavailable; try again in a moment") from None
+    if record is None:
+        raise AuthError(401, "the API key is not valid (unknown, mistyped or revoked)")
+    return Principal(name=record.name, admin=record.admin, key_id=record.id)
+
+
+def _wants_html(request: Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("accept", "") \
+        and not request.url.path.startswith("/api/")
+
+
+class AuthMiddleware:
+    """Authenticate every request that is not public; keep the caller in ``request.state``.
+
+    Refusals answer ``{"detail": [{"field": "Authorization", "message": ...}]}`` (with
+    ``WWW-Authenticate: Bearer`` on a 401); a browser opening a page is sent to ``/login``.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            principal = await run_in_threadpool(authenticate, request)
+            if needs_admin(scope["path"]) and not principal.admin:
+                raise AuthError(403, "optuna-dashboard shows every study in the database; it needs an admin key")
+        except AuthError as exc:
+            await _refusal(request, exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def _refusal(request: Request, exc: AuthError) -> Response:
+    if exc.status == 401 and _wants_html(request):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{LOGIN_PATH}?next={quote(target, safe='')}", status_code=303)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.status == 503:
+        headers["Retry-After"] = "5"
+    return JSONResponse({"detail": [{"field": "Authorization", "message": exc.message}]},
+                        status_code=exc.status, headers=headers)
+
+
+def get_principal(request: Request) -> Principal:
+    """The caller, as the middleware found it (or found here, when an app runs without it)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        try:
+            principal = authenticate(request)
+        except AuthError as exc:
+            raise problem(exc.status, exc.message, field="Authorization") from None
+        request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+# ---- signing in from a browser -------------------------------------------------------------
+
+router = APIRouter(include_in_schema=False)
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in · hpo</title><link rel="stylesheet" href="/assets/app.css"></head>
+<body><header class="topbar"><a class="brand" href="/">hpo</a></header>
+<main><div class="card" style="max-width:32rem;margin:2rem auto;padding:1.5rem">
+<h1>Sign in</h1>
+<p>This service needs an API key. Ask its administrator for one (<code>hpo keys create</code>).</p>
+{error}
+<form method="post" action="/login">
+<input type="hidden" name="next" value="{next}">
+<label for="key">API key</label>
+<input id="key" name="key" type="password" autocomplete="current-password" required style="width:100%">
+<p><button class="button primary" type="submit">Sign in</button></p>
+</form></div></main></body></html>
+"""
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this server (never ``//evil.example``): no open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _login_page(next_path: str, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    error_html = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    body = _LOGIN_PAGE.format(error=error_html, next=html.escape(_safe_next(next_path), quote=True))
+    return HTMLResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
+
+
+@router.get(LOGIN_PATH)
+def login_page(next: str = "/") -> HTMLResponse:
+    return _login_page(next)
+
+
+@router.post(LOGIN_PATH)
+def login(request: Request, key: Annotated[str, Form(max_length=256)] = "",
+          next: Annotated[str, Form(max_length=2048)] = "/") -> Response:
+    """Check the key; keep it in an HttpOnly, SameSite=Strict cookie; go back to the page."""
+    try:
+        with request.app.state.sessions() as session:
+            record = keys.find_key(session, key.strip())
+    except SQLAlchemyError:
+        return _login_page(next, "the database is unavailable; try again in a moment", 503)
+    if record is None:
+        return _login_page(next, "that API key is not valid (unknown, mistyped or revoked)", 401)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(COOKIE, key.strip(), max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse(LOGIN_PATH, status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
