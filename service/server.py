@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
+import sys
 from typing import Any
 
 import uvicorn
@@ -64,6 +66,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, database_url: str = "sqlite
         access = f"API keys required ({n_keys} active)" if n_keys else "no active API key (open if none was ever made)"
         print(f"hpo: serving http://{host}:{port}/ (API docs at /docs) with {workers} worker(s) "
               f"on {config.database_url}; {access}", flush=True)
+        # uvicorn re-raises SIGTERM once it has stopped; make that an exit so the workers are stopped below.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         # Open event streams never end by themselves; give them a few seconds, then close them.
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     finally:
