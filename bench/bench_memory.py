@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
 
     header("Benchmark 5: peak RSS of a worker running one trial of each built-in dataset")
     imports = measure(["-", "-"])["peak_mib"]
-    print(f"{'imports only':24s} {imports:7.0f} MiB")
+    print(f"{'imports only':36s} {imports:7.0f} MiB")
     worst = imports
     with tempfile.TemporaryDirectory(prefix="hpo-bench-memory-") as tmp:
         for dataset, filename in STUDIES.items():
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
             result = measure([str(spec_path), f"sqlite:///{Path(tmp) / f'{dataset}.db'}"])
             worst = max(worst, result["peak_mib"])
             shown = {k: v for k, v in result["params"].items() if k in ("hidden_size", "batch_size")}
-            print(f"{dataset:12s} ({filename}) {result['peak_mib']:7.0f} MiB   trial {result['state'].lower()}, "
+            print(f"{f'{dataset} ({filename})':36s} {result['peak_mib']:7.0f} MiB   trial {result['state'].lower()}, "
                   f"{shown}", flush=True)
     print(f"\nworst worker: {worst:.0f} MiB   goal <= {GOAL_MIB} MiB: {verdict(worst <= GOAL_MIB)}")
     footer("bench_memory.py", argv)

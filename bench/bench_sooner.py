@@ -15,7 +15,7 @@ as the cap, a lower bound).
 Goal: hpo reaches the target >= 4x sooner (median of 3 seeds).
 
 Run: .venv/bin/python bench/bench_sooner.py [--seeds 0 1 2] [--cap 150] [--quick]
-     [--spec studies/digits-tpe.yaml] [--pruner median|hyperband|wilcoxon|none]
+     [--spec studies/digits-tpe.yaml] [--pruner median|hyperband|wilcoxon|none] [--reference-epochs N]
 """
 
 from __future__ import annotations
@@ -165,6 +165,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the recommended spec hpo runs")
     parser.add_argument("--pruner", choices=["median", "hyperband", "successive_halving", "wilcoxon", "none"],
                         help="replace the spec's pruner (defaults for its settings)")
+    parser.add_argument("--reference-epochs", type=int,
+                        help="epochs of every reference trial (default: the spec's max_epochs; the baseline's own is 5)")
     parser.add_argument("--reference-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
@@ -179,10 +181,11 @@ def main(argv: list[str]) -> None:
 
     parsed = parse_spec(spec)
     space = {name: p.model_dump(exclude_none=True) for name, p in parsed.search_space.items()}
-    epochs = parsed.training.max_epochs
+    epochs = args.reference_epochs or parsed.training.max_epochs
     header(f"Benchmark 2: time to a 5-fold CV accuracy of {TARGET} on digits, plain Optuna loop over the "
            f"baseline vs `hpo run` {args.spec.name}" + (f" (pruner {args.pruner})" if args.pruner else ""))
-    print(f"hpo: pruner {parsed.pruner.name}, patience {parsed.training.patience}, max_epochs {epochs}; "
+    print(f"hpo: pruner {parsed.pruner.name}, patience {parsed.training.patience}, "
+          f"max_epochs {parsed.training.max_epochs}; "
           f"reference: {epochs} epochs every trial, no pruning; cap {cap:.0f} s per side and seed", flush=True)
     ref_times, hpo_times = [], []
     with tempfile.TemporaryDirectory(prefix="hpo-bench-sooner-") as tmp:

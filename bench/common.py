@@ -18,12 +18,18 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Optuna flags heartbeats and its stale-trial callback as experimental; the worker uses both.
+warnings.filterwarnings("ignore", message=r".*experimental")
+
 REPO = Path(__file__).resolve().parents[1]
+# Measure this checkout, whichever copy of the package the environment would import.
+sys.path.insert(0, str(REPO))
 PYTHON = sys.executable
 # CI clones the repository with the shared folder beside it.
 BASELINE = REPO.parent / "shared" / "bench" / "baseline_digits.py"
@@ -125,10 +131,9 @@ def hpo_command(*args: str) -> list[str]:
 
 
 def repo_env() -> dict[str, str]:
-    """Environment that imports this checkout's ``hpo`` from any working directory (after
-    whatever PYTHONPATH already names)."""
+    """Environment that imports this checkout's ``hpo`` from any working directory."""
     path = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": (path + os.pathsep if path else "") + str(REPO)}
+    return {"PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 def write_spec(folder: Path, spec: dict[str, Any]) -> Path:

@@ -84,7 +84,8 @@ class SequenceModel(nn.Module):
 
 
 class StackedSequenceModel(nn.Module):
-    """``k`` independent unidirectional :class:`SequenceModel` s run as one batched computation.
+    """``k`` independent unidirectional :class:`SequenceModel` s over numeric fixed-length
+    sequences, run as one batched computation.
 
     Every weight is stacked along a leading slot dimension, so slot ``g`` computes exactly
     what model ``g`` computes (same equations, same weights; only the rounding of the
@@ -92,39 +93,30 @@ class StackedSequenceModel(nn.Module):
     slot-wise optimizer (Adam is elementwise) trains the ``k`` models independently.
 
     Args:
-        models: the models, one per slot: the same cell, sizes and layers; token
-            vocabularies may differ (each slot's table is padded with rows it never reads).
+        models: the models, one per slot, all of one architecture.
 
     Raises:
-        ValueError: for bidirectional models or models of different shapes.
+        ValueError: for bidirectional or token-input models, or models of different shapes.
     """
 
     def __init__(self, models: list[SequenceModel]):
         super().__init__()
         first = models[0]
-        if first.rnn.bidirectional:
-            raise ValueError("only unidirectional models can be stacked")
+        if first.rnn.bidirectional or first.embedding is not None:
+            raise ValueError("only unidirectional models over numeric inputs can be stacked")
         self.cell = next(name for name, cls in CELLS.items() if type(first.rnn) is cls)
         self.num_layers = first.rnn.num_layers
         self.hidden_size = first.rnn.hidden_size
         self.dropout = first.dropout.p
-        self.vocab_sizes = [m.embedding.num_embeddings for m in models] if first.embedding is not None else None
         self._arguments: dict[str, Any] = {
             "cell": self.cell, "hidden_size": self.hidden_size, "out_dim": first.head.out_features,
-            "num_layers": self.num_layers, "dropout": self.dropout,
+            "n_features": first.rnn.input_size, "num_layers": self.num_layers, "dropout": self.dropout,
         }
-        if first.embedding is None:
-            self._arguments["n_features"] = first.rnn.input_size
-        else:
-            self._arguments["embedding_dim"] = first.embedding.embedding_dim
         states = [m.state_dict() for m in models]
         self.weights = nn.ParameterDict()
         for name in states[0]:
             tensors = [s[name] for s in states]
-            if name == "embedding.weight":
-                rows = max(t.shape[0] for t in tensors)
-                tensors = [F.pad(t, (0, 0, 0, rows - t.shape[0])) for t in tensors]
-            elif any(t.shape != tensors[0].shape for t in tensors):
+            if any(t.shape != tensors[0].shape for t in tensors):
                 raise ValueError(f"the models differ in {name}: {[tuple(t.shape) for t in tensors]}")
             self.weights[_key(name)] = nn.Parameter(torch.stack(tensors))
 
@@ -137,27 +129,16 @@ class StackedSequenceModel(nn.Module):
         """The stacked ``[slots, ...]`` tensor of the ``SequenceModel`` weight ``name``."""
         return self.weights[_key(name)]
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Map ``[slots, n, T, F]`` (or token ids ``[slots, n, T]``) to outputs ``[slots, n, out_dim]``.
-
-        With ``lengths`` ``[slots, n]``, each sequence's state is taken at its own last step.
-        """
-        slots, _, steps = x.shape[:3]
-        if self.vocab_sizes is not None:
-            table = self.weight("embedding.weight")
-            offsets = torch.arange(slots, device=x.device).view(slots, 1, 1) * table.shape[1]
-            x = F.embedding(x + offsets, table.flatten(0, 1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[slots, n, T, F]`` to outputs ``[slots, n, out_dim]``."""
         seq = x.transpose(1, 2)  # time-major [slots, T, n, F]: each step's rows are contiguous
-        valid = None
-        if lengths is not None:
-            valid = (torch.arange(steps, device=x.device).view(1, steps, 1) < lengths.unsqueeze(1)).unsqueeze(-1)
         for layer in range(self.num_layers - 1):
-            seq = F.dropout(torch.stack(self._layer(layer, seq, valid), 1), self.dropout, self.training)
-        last = self._layer(self.num_layers - 1, seq, valid)[-1]
+            seq = F.dropout(torch.stack(self._layer(layer, seq), 1), self.dropout, self.training)
+        last = self._layer(self.num_layers - 1, seq)[-1]
         head = self.weight("head.weight").transpose(1, 2)
         return torch.baddbmm(self.weight("head.bias").unsqueeze(1), F.dropout(last, self.dropout, self.training), head)
 
-    def _layer(self, layer: int, seq: torch.Tensor, valid: torch.Tensor | None) -> list[torch.Tensor]:
+    def _layer(self, layer: int, seq: torch.Tensor) -> list[torch.Tensor]:
         """One recurrent layer over ``seq`` ``[slots, T, n, F]``: its state after each step."""
         slots, steps, n, width = seq.shape
         w_ih = self.weight(f"rnn.weight_ih_l{layer}").transpose(1, 2)
@@ -171,39 +152,28 @@ class StackedSequenceModel(nn.Module):
         h: torch.Tensor | None = None
         c: torch.Tensor | None = None
         states = []
-        for t, xp in enumerate(projected.unbind(1)):
+        for xp in projected.unbind(1):
             if self.cell == "lstm":
                 gates = xp if h is None else torch.baddbmm(xp, h, w_hh)
                 i, f, _, o = torch.sigmoid(gates).chunk(4, 2)
                 g = torch.tanh(gates[..., 2 * size : 3 * size])
-                c_new = i * g if c is None else torch.addcmul(i * g, f, c)
-                h_new = o * torch.tanh(c_new)
+                c = i * g if c is None else torch.addcmul(i * g, f, c)
+                h = o * torch.tanh(c)
             elif self.cell == "gru":
                 hp = b_hh.expand(slots, n, -1) if h is None else torch.baddbmm(b_hh, h, w_hh)
                 r, z = torch.sigmoid(xp[..., : 2 * size] + hp[..., : 2 * size]).chunk(2, 2)
                 candidate = torch.tanh(torch.addcmul(xp[..., 2 * size :], r, hp[..., 2 * size :]))
-                h_new = candidate * (1 - z) if h is None else torch.lerp(candidate, h, z)
+                h = candidate * (1 - z) if h is None else torch.lerp(candidate, h, z)
             else:
-                h_new = torch.tanh(xp if h is None else torch.baddbmm(xp, h, w_hh))
-            if valid is not None and h is not None:  # past its length a sequence keeps its state
-                h_new = torch.where(valid[:, t], h_new, h)
-                if c is not None:
-                    c_new = torch.where(valid[:, t], c_new, c)
-            h = h_new
-            if self.cell == "lstm":
-                c = c_new
+                h = torch.tanh(xp if h is None else torch.baddbmm(xp, h, w_hh))
             states.append(h)
         return states
 
     def export(self, slot: int) -> SequenceModel:
         """Slot ``slot``'s model as a standalone ``SequenceModel`` (weights copied)."""
-        vocab = {} if self.vocab_sizes is None else {"vocab_size": self.vocab_sizes[slot]}
         with torch.random.fork_rng(devices=[]):  # its random initial weights are overwritten: leave the RNG as it was
-            model = SequenceModel(**self._arguments, **vocab).to(next(iter(self.weights.values())).device)
-        state = {}
-        for name, tensor in model.state_dict().items():
-            state[name] = self.weight(name)[slot, : len(tensor)].detach().clone()
-        model.load_state_dict(state)
+            model = SequenceModel(**self._arguments).to(next(iter(self.weights.values())).device)
+        model.load_state_dict({name: self.weight(name)[slot].detach().clone() for name in model.state_dict()})
         return model
 
     def keep_slots(self, keep: list[int]) -> None:
@@ -212,8 +182,6 @@ class StackedSequenceModel(nn.Module):
         index = torch.tensor(keep, device=next(iter(self.weights.values())).device)
         for key, tensor in list(self.weights.items()):
             self.weights[key] = nn.Parameter(tensor.detach().index_select(0, index))
-        if self.vocab_sizes is not None:
-            self.vocab_sizes = [self.vocab_sizes[i] for i in keep]
 
 
 def _key(name: str) -> str:

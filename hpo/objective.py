@@ -11,6 +11,7 @@ import torch
 
 from hpo.cv import fold_indices, run_folds
 from hpo.data import Dataset, FoldData
+from hpo.lockstep import lockstep_trainers
 from hpo.samplers import suggest_params
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR
@@ -84,7 +85,7 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at step {step} with {spec.training.metric} {value:.4g}")
 
         if not per_fold:  # lockstep: small networks' folds train as one stacked computation
-            built.extend(FoldTrainer.lockstep(
+            built.extend(lockstep_trainers(
                 [folds[i] for i in order], params, spec.model, spec.training.metric, spec.training.patience,
                 self.device, [seed + i for i in order],
             ))

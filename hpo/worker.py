@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import optuna
 import torch
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +39,20 @@ DEFAULT_HEARTBEAT_S = 10
 DEFAULT_GRACE_S = 30
 MAX_OUTAGE_WAIT_S = 30.0
 COUNTED_STATES = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+OUTAGE_REASON = "the database became unreachable while the trial ran (its result could not be stored)"
+
+
+def database_error(exc: BaseException) -> BaseException | None:
+    """The database error ``exc`` is, or was raised while handling (Optuna can mask a failed
+    ``tell`` with an ``UnboundLocalError`` when it cannot read the trial back); else ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (SQLAlchemyError, StorageInternalError)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @dataclass
@@ -82,6 +97,9 @@ class StudyRunner:
         )
         self._load_error: Exception | None = None
         self.objective: Objective | None = None
+        self._trial_number: int | None = None
+        # Trials left RUNNING by a database outage, failed as soon as the database answers.
+        self.orphaned: list[int] = []
         study_id = self.study._study_id
         try:
             dataset = load_dataset(spec, options.data_dir)
@@ -92,10 +110,36 @@ class StudyRunner:
             self._load_error = exc
 
     def run_one(self) -> None:
-        """Run one trial of the study (failures are stored on the trial, not raised)."""
-        self.study.optimize(self._budgeted_objective, n_trials=1, catch=(Exception,))
+        """Run one trial of the study (failures are stored on the trial, not raised).
+
+        Raises:
+            Exception: a database outage (see :func:`database_error`); the trial it
+                interrupted is kept in ``orphaned`` for :meth:`fail_orphaned`.
+        """
+        self._trial_number = None
+        try:
+            self.study.optimize(self._budgeted_objective, n_trials=1, catch=(Exception,))
+        except Exception as exc:
+            if database_error(exc) is not None and self._trial_number is not None:
+                self.orphaned.append(self._trial_number)
+            raise
+
+    def fail_orphaned(self) -> None:
+        """Fail the trials an outage left RUNNING (at once, rather than after the heartbeat's
+        grace period: a RUNNING trial holds a slot of the budget). Raises database errors."""
+        storage, study_id = self.study._storage, self.study._study_id
+        while self.orphaned:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.orphaned[0])
+            if storage.get_trial(trial_id).state == TrialState.RUNNING:
+                try:
+                    storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, OUTAGE_REASON)
+                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                except UpdateFinishedTrialError:
+                    pass  # another worker's stale-trial check failed it first
+            self.orphaned.pop(0)
 
     def _budgeted_objective(self, trial: optuna.Trial) -> float:
+        self._trial_number = trial.number
         earlier = self.study.get_trials(deepcopy=False, states=COUNTED_STATES)
         taken = sum(1 for t in earlier if t.number < trial.number and not is_surplus(t))
         if taken >= self.spec.n_trials:
@@ -155,6 +199,8 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     outage_s = 0.0
     while not stop.is_set():
         try:
+            for runner in runners.values():
+                runner.fail_orphaned()
             if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name, should_stop=stop.is_set):
                 continue  # a final model fit ran (a job the API queued); look for work again
             name = _pick_study(storage, options, finished, runners)
@@ -167,9 +213,12 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
                 runners[name] = StudyRunner(storage, name, options, worker_index, stop)
             runners[name].run_one()
             outage_s = 0.0
-        except SQLAlchemyError as exc:  # database restarting or unreachable: wait, then go on
+        except Exception as exc:  # database restarting or unreachable: wait, then go on
+            cause = database_error(exc)
+            if cause is None:
+                raise
             outage_s = min(MAX_OUTAGE_WAIT_S, max(1.0, outage_s * 2))
-            log.warning("database unavailable (%s); retrying in %.0f s", type(exc).__name__, outage_s)
+            log.warning("database unavailable (%s); retrying in %.0f s", type(cause).__name__, outage_s)
             stop.wait(outage_s)
 
 

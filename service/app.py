@@ -41,7 +41,8 @@ def _open_resources(app: FastAPI, settings: Settings) -> None:
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.storage = open_storage(settings.database_url)
-    app.state.dataset_store = DatasetStore(settings.data_dir, max_bytes=settings.max_upload_bytes)
+    app.state.dataset_store = DatasetStore(settings.data_dir, max_bytes=settings.max_upload_bytes,
+                                           max_uncompressed=settings.max_unpacked_bytes)
 
 
 def _close_resources(app: FastAPI) -> None:

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     data_dir: str = Field(default="hpo-data", description="Folder of uploaded datasets.")
     max_upload_bytes: int = Field(default=100 * MiB, ge=1, description="Largest dataset file accepted.")
     max_body_bytes: int = Field(default=1 * MiB, ge=1, description="Largest JSON/YAML request body accepted.")
+    max_unpacked_bytes: int = Field(default=1024 * MiB, ge=1, description="Most bytes an uploaded NPZ archive may "
+                                    "unpack to (a small zip of zeros can claim gigabytes).")
     max_n_trials: int = Field(default=1000, ge=1, description="Largest trial budget of one study (the "
                               "spec's `budget.n_trials`, or its grid's size).")
     max_folds: int = Field(default=10, ge=2, description="Largest `cv.folds` of one study.")

@@ -43,6 +43,10 @@ StorageDep = Annotated[BaseStorage, Depends(get_storage)]
 DatasetStoreDep = Annotated[DatasetStore, Depends(get_dataset_store)]
 
 
+# Both databases keep offsets in 64-bit integers; past this no page exists anyway.
+MAX_OFFSET = 2**31 - 1
+
+
 @dataclass
 class Page:
     limit: int
@@ -55,7 +59,7 @@ class Page:
 def get_page(
     settings: SettingsDep,
     limit: Annotated[int | None, Query(ge=1, description="Items per page (default and maximum: see settings).")] = None,
-    offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
 ) -> Page:
     if limit is None:
         limit = settings.default_page_size

@@ -24,8 +24,8 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request) -> JSONResponse | dict[str, str]:
     """200 when the database answers, 503 when it does not (open to probes: no API key)."""
     try:
-        with request.app.state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        with request.app.state.sessions() as session:
+            session.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         return JSONResponse({"status": f"database unreachable: {type(exc).__name__}"}, status_code=503)
     return {"status": "ready"}

@@ -26,12 +26,13 @@ def data_dir(tmp_path) -> Path:
 
 
 def make_settings(database_url: str, data_dir: Path) -> Settings:
-    """Small limits (so 413s are cheap to provoke) and fast event polling."""
+    """Small limits (so 413s and zip bombs are cheap to provoke) and fast event polling."""
     return Settings(
         database_url=database_url,
         data_dir=str(data_dir),
         max_upload_bytes=MAX_UPLOAD_BYTES,
         max_body_bytes=MAX_BODY_BYTES,
+        max_unpacked_bytes=16 * MAX_UPLOAD_BYTES,
         max_page_size=100,
         events_poll_s=0.1,
         events_heartbeat_s=0.5,

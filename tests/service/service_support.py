@@ -1,10 +1,16 @@
-"""Helpers for the service tests: tiny specs, trials written through Optuna's own API, a live server."""
+"""Helpers for the service tests: tiny specs, trials written through Optuna's own API, a live
+server, ``hpo`` child processes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -101,3 +107,42 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hpo(*args: str) -> list[str]:
+    """The command line of ``hpo ARGS`` run by this interpreter."""
+    return [sys.executable, "-m", "hpo", *args]
+
+
+class Process:
+    """A child process in its own session, so that it and the workers it spawns end together."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM (workers fail their trial cleanly), then SIGKILL the whole group if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_group(signal.SIGKILL)  # the group: stragglers the parent did not reap
+        self.proc.wait()
+        self._log_file.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,37 @@ def _nan_npz() -> bytes:
     return npz_bytes(X=x, y=np.arange(20) % 2)
 
 
+def _inf_npz() -> bytes:
+    x = np.ones((20, 6, 2), dtype=np.float32)
+    x[5, 0, 0] = np.inf
+    return npz_bytes(X=x, y=np.arange(20) % 2)
+
+
+def _lying_header_npz() -> bytes:
+    """An .npy header declaring 10^12 x 10^6 floats over a few bytes of data: absurd dimensions."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (10**12, 10**6, 1)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("X.npy", header.getvalue() + bytes(64))
+        zf.writestr("y.npy", npz_member(np.arange(20) % 2))
+    return buffer.getvalue()
+
+
+def npz_member(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _zip_bomb_npz() -> bytes:
+    """A few KB that would unpack to 64 MiB of zeros (well over the test app's upload limit)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, X=np.zeros((1024, 1024, 16), dtype=np.float32), y=np.arange(1024) % 2)
+    return buffer.getvalue()
+
+
 BAD_UPLOADS = {
     "nan-npz": ("nan.npz", _nan_npz(), 422),
     "pickled-object-npz": ("objects.npz", _object_npz(), 422),
@@ -129,6 +161,18 @@ BAD_UPLOADS = {
     "empty-file": ("empty.csv", b"", 422),
     "header-only-csv": ("header.csv", b"text,label\n", 422),
     "unknown-format": ("data.xlsx", b"PK\x03\x04", 422),
+    "inf-npz": ("inf.npz", _inf_npz(), 422),
+    "rows-mismatch-npz": ("mismatch.npz", npz_bytes(X=np.ones((20, 6, 2)), y=np.arange(19) % 2), 422),
+    "ragged-object-npz": ("ragged.npz", npz_bytes(X=np.array([np.ones(3), np.ones(5)], dtype=object),
+                                                  y=np.array([0, 1])), 422),
+    "missing-y-npz": ("no-y.npz", npz_bytes(X=np.ones((20, 6, 2))), 422),
+    "absurd-dimensions-npz": ("liar.npz", _lying_header_npz(), 422),
+    "zip-bomb-npz": ("bomb.npz", _zip_bomb_npz(), 422),
+    "single-class-npz": ("one.npz", npz_bytes(X=np.ones((20, 6, 2)), y=np.zeros(20, dtype=int)), 422),
+    "single-class-csv": ("one.csv", b"text,label\n" + b"".join(b"msg %d,ham\n" % i for i in range(24)), 422),
+    "ragged-csv": ("ragged.csv", b"text,label\nhello,ham\nbye,spam,extra,cells\n" * 8, 422),
+    "binary-junk-csv": ("junk.csv", bytes(range(256)) * 16, 422),
+    "non-numeric-series": ("series.csv", b"t,v\n1,2\n2,three\n3,4\n" * 8, 422, {"task": "forecasting"}),
     "just-over-the-limit": ("big.csv", b"x" * (MAX_UPLOAD_BYTES + 1), 413),
     "far-over-the-limit": ("huge.csv", b"x" * (MAX_UPLOAD_BYTES + 2 * 2**20), 413),
 }
@@ -136,10 +180,10 @@ BAD_UPLOADS = {
 
 @pytest.mark.parametrize("case", list(BAD_UPLOADS))
 def test_bad_uploads_are_refused_and_leave_nothing(shared_api, case):
-    filename, content, status = BAD_UPLOADS[case]
+    filename, content, status, *form = BAD_UPLOADS[case]
     data_dir = Path(shared_api.app.state.settings.data_dir)
 
-    response = upload(shared_api, filename, content)
+    response = upload(shared_api, filename, content, **(form[0] if form else {}))
 
     assert response.status_code == status, response.text
     detail = response.json()["detail"]

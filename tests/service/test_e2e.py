@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import optuna
@@ -17,46 +13,10 @@ from optuna.trial import TrialState
 
 from hpo.client import Client
 from hpo.storage import normalize_url
-from service_support import free_port, tiny_spec
+from service_support import Process, free_port, hpo, tiny_spec
 
 pytestmark = pytest.mark.service
-REPO = Path(__file__).resolve().parents[2]
 STUDY_TIMEOUT_S = 300
-
-
-class Process:
-    """A child process in its own session, so that it and the workers it spawns end together."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        self._log_file = log.open("wb")
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM (workers fail their trial cleanly), then SIGKILL the whole group if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        self.signal_group(signal.SIGKILL)  # the group: stragglers the parent did not reap
-        self.proc.wait()
-        self._log_file.close()
-
-
-def hpo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hpo", *args]
 
 
 @pytest.fixture

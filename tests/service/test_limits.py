@@ -74,3 +74,12 @@ def test_the_queue_cap_is_per_owner(capped):
 
     assert capped.post(STUDIES, json=tiny_spec(), headers=alice).status_code == 429
     assert capped.post(STUDIES, json=tiny_spec(), headers=bob).status_code == 201
+
+
+@pytest.mark.parametrize("path", [STUDIES, "/api/v1/datasets", "/api/v1/views/studies"])
+def test_absurd_offsets_are_422_not_a_database_overflow(shared_api, path):
+    """Found by Schemathesis: an offset past 64 bits overflowed SQLite and PostgreSQL (500)."""
+    response = shared_api.get(path, params={"offset": 10**30})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "offset"

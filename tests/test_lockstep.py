@@ -1,4 +1,4 @@
-"""Stacked folds: k models computed as one must equal k models computed one by one."""
+"""Folds in lockstep: k models computed as one must equal k models computed one by one."""
 
 import math
 
@@ -7,6 +7,7 @@ import torch
 
 from hpo.cv import fold_indices, run_folds
 from hpo.data import FoldData, Split, load_dataset
+from hpo.lockstep import lockstep_trainers
 from hpo.model import SequenceModel, StackedSequenceModel
 from hpo.spec import ModelSpec, parse_spec
 from hpo.train import FoldTrainer, TrainingDiverged
@@ -15,51 +16,40 @@ CPU = torch.device("cpu")
 PARAMS = {"lr": 1e-2, "batch_size": 64, "hidden_size": 24, "dropout": 0.0, "clip_norm": 1.0, "weight_decay": 0.0}
 
 
-def _models(cell, layers, tokens, slots=3):
+def _models(cell, layers, slots=3):
     models = []
     for g in range(slots):
         torch.manual_seed(g)
-        models.append(SequenceModel(
-            cell=cell, hidden_size=6, out_dim=3, n_features=None if tokens else 4,
-            vocab_size=20 + g if tokens else None, embedding_dim=5, num_layers=layers, dropout=0.3,
-        ).eval())
+        models.append(SequenceModel(cell=cell, hidden_size=6, out_dim=3, n_features=4, num_layers=layers,
+                                    dropout=0.3).eval())
     return models
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("tokens", [False, True])
-@pytest.mark.parametrize("variable_length", [False, True])
-def test_stacked_model_computes_what_each_model_computes(cell, layers, tokens, variable_length):
-    models = _models(cell, layers, tokens)
+def test_stacked_model_computes_what_each_model_computes(cell, layers):
+    models = _models(cell, layers)
     stacked = StackedSequenceModel(models).eval()
-    slots, n, steps = len(models), 5, 7
-    torch.manual_seed(10)
-    if tokens:
-        x = torch.stack([torch.randint(1, 20 + g, (n, steps)) for g in range(slots)])
-    else:
-        x = torch.randn(slots, n, steps, 4)
-    lengths = torch.randint(1, steps + 1, (slots, n)) if variable_length else None
-    if lengths is not None:
-        x[torch.arange(steps).view(1, 1, steps) >= lengths.unsqueeze(-1)] = 0
-    out = stacked(x, lengths)
-    one_by_one = [models[g](x[g], None if lengths is None else lengths[g]) for g in range(slots)]
+    x = torch.randn(len(models), 5, 7, 4, generator=torch.Generator().manual_seed(10))
+    out = stacked(x)
+    one_by_one = [model(x[g]) for g, model in enumerate(models)]
     torch.testing.assert_close(out, torch.stack(one_by_one), rtol=1e-5, atol=1e-6)
 
     out.square().sum().backward()
     sum(o.square().sum() for o in one_by_one).backward()
-    for name, param in models[0].named_parameters():
-        for g in range(slots):
-            expected = dict(models[g].named_parameters())[name].grad
-            torch.testing.assert_close(stacked.weight(name).grad[g, : len(expected)], expected, rtol=1e-4, atol=1e-6)
-    exported = stacked.export(1).eval()
-    torch.testing.assert_close(exported(x[1], None if lengths is None else lengths[1]), one_by_one[1])
+    for name, _ in models[0].named_parameters():
+        for g, model in enumerate(models):
+            expected = dict(model.named_parameters())[name].grad
+            torch.testing.assert_close(stacked.weight(name).grad[g], expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(stacked.export(1).eval()(x[1]), one_by_one[1])
 
 
-def test_stacking_refuses_bidirectional_models():
-    model = SequenceModel(cell="gru", hidden_size=4, out_dim=2, n_features=3, bidirectional=True)
-    with pytest.raises(ValueError, match="unidirectional"):
-        StackedSequenceModel([model, model])
+def test_stacking_refuses_bidirectional_and_token_models():
+    both_ways = SequenceModel(cell="gru", hidden_size=4, out_dim=2, n_features=3, bidirectional=True)
+    tokens = SequenceModel(cell="gru", hidden_size=4, out_dim=2, vocab_size=10)
+    for model in (both_ways, tokens):
+        with pytest.raises(ValueError, match="unidirectional models over numeric inputs"):
+            StackedSequenceModel([model, model])
 
 
 def _digits_folds(k=3):
@@ -75,7 +65,7 @@ def _one_by_one(folds, params, patience, epochs, seeds):
 
 def test_lockstep_stacks_small_networks_and_trains_each_fold_as_alone():
     folds = _digits_folds()
-    stacked = FoldTrainer.lockstep(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    stacked = lockstep_trainers(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
     assert all(hasattr(t, "stack") for t in stacked) and len({id(t.stack) for t in stacked}) == 1
     run_folds(stacked, 3)
     alone = _one_by_one(folds, PARAMS, None, 3, [0, 1, 2])
@@ -98,7 +88,7 @@ def _histories(trainers, epochs):
 def test_lockstep_early_stopping_retires_a_fold_without_disturbing_the_others():
     folds = _digits_folds()
     params = {**PARAMS, "lr": 0.05}
-    stopping = FoldTrainer.lockstep(folds, params, ModelSpec(), "accuracy", 1, CPU, [0, 1, 2])
+    stopping = lockstep_trainers(folds, params, ModelSpec(), "accuracy", 1, CPU, [0, 1, 2])
     with_stops = _histories(stopping, 40)
     assert all(t.stopped for t in stopping)
     assert len({t.epochs for t in stopping}) > 1  # folds stopped at different epochs
@@ -106,7 +96,7 @@ def test_lockstep_early_stopping_retires_a_fold_without_disturbing_the_others():
         assert trainer.epochs - trainer.best_epoch == 1
         assert min(history) == history[trainer.best_epoch - 1]
     # The folds still training after another one stopped train exactly as if none had stopped.
-    never_stopping = FoldTrainer.lockstep(folds, params, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    never_stopping = lockstep_trainers(folds, params, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
     without_stops = _histories(never_stopping, max(len(h) for h in with_stops))
     for history, reference in zip(with_stops, without_stops):
         assert history == pytest.approx(reference[: len(history)], rel=1e-5)
@@ -117,7 +107,7 @@ def test_lockstep_early_stopping_retires_a_fold_without_disturbing_the_others():
 def test_lockstep_clips_each_fold_on_its_own():
     folds = _digits_folds()
     clip = 0.05
-    stacked = FoldTrainer.lockstep(folds, {**PARAMS, "clip_norm": clip}, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    stacked = lockstep_trainers(folds, {**PARAMS, "clip_norm": clip}, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
     stack = stacked[0].stack
     norms = []
 
@@ -145,7 +135,7 @@ def test_lockstep_pads_uneven_last_batches_and_separates_other_batch_counts():
     # 100 and 97 rows make 7 batches of 16 (the last has 4 or 1 rows); 120 rows make 8.
     folds = [_synthetic_fold(100, 0), _synthetic_fold(97, 1), _synthetic_fold(120, 2)]
     params = {**PARAMS, "batch_size": 16}
-    trainers = FoldTrainer.lockstep(folds, params, ModelSpec(), "loss", None, CPU, [0, 1, 2])
+    trainers = lockstep_trainers(folds, params, ModelSpec(), "loss", None, CPU, [0, 1, 2])
     assert hasattr(trainers[0], "stack") and trainers[0].stack is trainers[1].stack
     assert not hasattr(trainers[2], "stack")
     run_folds(trainers, 3)
@@ -154,24 +144,33 @@ def test_lockstep_pads_uneven_last_batches_and_separates_other_batch_counts():
         assert s.last.loss == pytest.approx(a.last.loss, rel=1e-4)
 
 
-def test_large_or_bidirectional_networks_train_fold_by_fold():
+def test_large_bidirectional_or_variable_length_networks_train_fold_by_fold():
     folds = _digits_folds()
-    big = FoldTrainer.lockstep(folds, {**PARAMS, "hidden_size": 512}, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
-    both_ways = FoldTrainer.lockstep(folds, PARAMS, ModelSpec(bidirectional=True), "accuracy", None, CPU, [0, 1, 2])
-    assert not any(hasattr(t, "stack") for t in big + both_ways)
+    big = lockstep_trainers(folds, {**PARAMS, "hidden_size": 512}, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    both_ways = lockstep_trainers(folds, PARAMS, ModelSpec(bidirectional=True), "accuracy", None, CPU, [0, 1, 2])
+    ragged = []
+    for fold in folds:
+        n_train, n_val = len(fold.train.y), len(fold.val.y)
+        ragged.append(FoldData(
+            train=Split(fold.train.x, fold.train.y, torch.full((n_train,), 8)),
+            val=Split(fold.val.x, fold.val.y, torch.full((n_val,), 8)),
+            n_features=fold.n_features, vocab_size=None, out_dim=fold.out_dim, target_scale=None,
+        ))
+    packed = lockstep_trainers(ragged, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
+    assert not any(hasattr(t, "stack") for t in big + both_ways + packed)
 
 
 def test_stacked_divergence_names_the_epoch():
     fold = _synthetic_fold(64, 0)
     fold.train.x[3, 2, 1] = math.nan
-    trainers = FoldTrainer.lockstep([fold, _synthetic_fold(64, 1)], PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
+    trainers = lockstep_trainers([fold, _synthetic_fold(64, 1)], PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
     with pytest.raises(TrainingDiverged, match="epoch 1"):
         trainers[0].step()
 
 
 def test_stacked_folds_refuse_to_advance_out_of_lockstep():
     folds = [_synthetic_fold(64, 0), _synthetic_fold(64, 1)]
-    trainers = FoldTrainer.lockstep(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
+    trainers = lockstep_trainers(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
     trainers[0].step()
     with pytest.raises(RuntimeError, match="together"):
         trainers[0].step()
