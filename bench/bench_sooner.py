@@ -21,6 +21,7 @@ Run: .venv/bin/python bench/bench_sooner.py [--seeds 0 1 2] [--cap 150] [--quick
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -72,15 +73,16 @@ def reference_child(seed: int, epochs: int, space: dict[str, Any]) -> None:
     study.optimize(objective, callbacks=[lambda s, t: s.stop() if (t.value or 0) >= TARGET else None])
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C the process (``hpo run`` then stops its workers), then kill its group if it lingers."""
-    if proc.poll() is None:
+def _stop(proc: subprocess.Popen, graceful: bool) -> None:
+    """End the process: Ctrl-C first when ``graceful`` (``hpo run`` then stops its workers),
+    then kill its process group if it lingers."""
+    if proc.poll() is None and graceful:
         proc.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run_reference(seed: int, epochs: int, space: dict[str, Any], cap_s: float) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def run_reference(seed: int, epochs: int, space: dict[str, Any], cap_s: float) -
         time.sleep(0.2)
         hits = [e["t"] for e in list(events) if e["value"] >= TARGET]
         reached = min(hits) - start if hits else None
-    _stop(proc)
+    _stop(proc, graceful=False)
     reader.join(5)
     if reached is None:  # it may have got there while we slept
         hits = [e["t"] - start for e in events if e["value"] >= TARGET and e["t"] - start <= cap_s]
@@ -120,7 +122,7 @@ def run_hpo(folder: Path, spec: dict[str, Any], seed: int, cap_s: float) -> dict
     while reached is None and time.time() - start < cap_s and proc.poll() is None:
         time.sleep(0.5)
         reached = _first_hit(storage, spec["name"], launched)
-    _stop(proc)
+    _stop(proc, graceful=True)
     if reached is None:  # it may have got there while we slept
         reached = _first_hit(storage, spec["name"], launched)
     trials = optuna.load_study(study_name=spec["name"], storage=storage).get_trials(deepcopy=False)
