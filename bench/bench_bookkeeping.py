@@ -91,6 +91,16 @@ def run_worker(url: str, n_trials: int, profile: bool) -> float:
     return elapsed
 
 
+def growth(url: str, name: str) -> str:
+    """Milliseconds between consecutive trials' ends, first tenth vs last tenth of the study."""
+    import optuna
+
+    ends = sorted(t.datetime_complete for t in optuna.load_study(study_name=name, storage=url).trials)
+    gaps = [(b - a).total_seconds() * 1000 for a, b in zip(ends, ends[1:])]
+    tenth = max(1, len(gaps) // 10)
+    return f"{median(gaps[:tenth]):.1f} ms/trial in the first tenth, {median(gaps[-tenth:]):.1f} in the last"
+
+
 def compare(kind: str, urls: list[str], n_trials: int, profile: bool) -> dict[str, float]:
     """Bare then worker, each on its own fresh database; per-trial milliseconds."""
     bare_s = run_bare(urls[0], n_trials)
@@ -98,6 +108,7 @@ def compare(kind: str, urls: list[str], n_trials: int, profile: bool) -> dict[st
     bare_ms, worker_ms = 1000 * bare_s / n_trials, 1000 * worker_s / n_trials
     print(f"{kind:10s} bare {bare_ms:7.2f} ms/trial   worker {worker_ms:7.2f} ms/trial   "
           f"ratio {worker_ms / bare_ms:.2f}x", flush=True)
+    print(f"{'':10s} bare: {growth(urls[0], 'bare')}; worker: {growth(urls[1], 'bookkeeping')}", flush=True)
     return {"bare_ms": bare_ms, "worker_ms": worker_ms}
 
 

@@ -64,7 +64,7 @@ def run_arm(folder: Path, arm: str, round_no: int, n_trials: int) -> dict[str, f
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--trials", type=int, default=12, help="trials per run (default 12)")
+    parser.add_argument("--trials", type=int, default=20, help="trials per run (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each arm, alternating (default 2)")
     parser.add_argument("--quick", action="store_true", help="one round of 6 trials")
     args = parser.parse_args(argv)

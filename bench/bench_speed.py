@@ -5,7 +5,10 @@ one thread), run as a subprocess. The same six configurations (5 stratified fold
 5 epochs, no pruning, no early stopping) are queued as the trials of a study and run by
 ``hpo run`` with its default settings (one worker process per core). Both sides are timed
 as whole processes, start-up included, in alternating order (ABBA...) so that the load of
-a shared machine falls on both; the figure is the median ratio.
+a shared machine falls on both; the figure is the median ratio. A third side, the same
+study run by one worker process with one thread (``hpo.worker.worker_loop``), separates the
+engine's own speed (the same one core as the baseline, per configuration) from what the
+second core adds.
 
 Goal: ``hpo run`` >= 2.0x faster, mean CV accuracy equal or better (within 0.01).
 
@@ -38,11 +41,15 @@ def run_baseline() -> tuple[Timed, list[dict[str, Any]]]:
     return timed, [r for r in rows if "config" in r]
 
 
-def run_hpo(folder: Path, spec_path: Path, round_no: int, study: str) -> tuple[Timed, list[dict[str, Any]]]:
+def run_hpo(folder: Path, spec_path: Path, name: str, study: str, one_worker: bool) -> tuple[Timed, list[dict[str, Any]]]:
     import optuna
 
-    storage = f"sqlite:///{folder / f'speed-{round_no}.db'}"
-    timed = run_timed(hpo_command("run", str(spec_path), "--storage", storage, "--quiet"), cwd=folder, env=repo_env())
+    storage = f"sqlite:///{folder / f'{name}.db'}"
+    if one_worker:
+        cmd = [PYTHON, str(Path(__file__).resolve()), "--one-worker", str(spec_path), storage]
+    else:
+        cmd = hpo_command("run", str(spec_path), "--storage", storage, "--quiet")
+    timed = run_timed(cmd, cwd=folder, env=repo_env())
     trials = optuna.load_study(study_name=study, storage=storage).trials
     return timed, [
         {"params": t.params, "cv_accuracy": t.value,
@@ -51,60 +58,84 @@ def run_hpo(folder: Path, spec_path: Path, round_no: int, study: str) -> tuple[T
     ]
 
 
+def one_worker(spec_path: str, storage: str) -> None:
+    """Run the study with one worker, one thread, in this process (the third side)."""
+    from hpo.spec import load_spec
+    from hpo.storage import open_storage
+    from hpo.studies import create_study
+    from hpo.worker import WorkerOptions, worker_loop
+
+    spec = load_spec(spec_path)
+    create_study(open_storage(storage), spec)
+    worker_loop(WorkerOptions(database_url=storage, study_name=spec.name, until_idle=True, threads=1))
+
+
 def same_config(params: dict[str, Any], config: dict[str, Any]) -> bool:
     return all(params.get(k) == v for k, v in config.items())
 
 
+SIDES = ("baseline", "hpo run", "hpo 1 worker")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=2, help="baseline/hpo pairs, alternating order (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three sides, order alternating (default 2)")
     parser.add_argument("--quick", action="store_true", help="one round")
+    parser.add_argument("--one-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one_worker:
+        one_worker(*args.one_worker)
+        return
     rounds = 1 if args.quick else max(1, args.rounds)
     header("Benchmark 1: the baseline's six configurations, baseline script vs `hpo run` (defaults)")
     configs = load_baseline().FIXED_CONFIGS
     spec = digits_spec("bench-speed", configs)
 
-    base_runs: list[tuple[Timed, list[dict[str, Any]]]] = []
-    hpo_runs: list[tuple[Timed, list[dict[str, Any]]]] = []
+    runs: dict[str, list[tuple[Timed, list[dict[str, Any]]]]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="hpo-bench-speed-") as tmp:
         folder = Path(tmp)
         spec_path = write_spec(folder, spec)
         for r in range(rounds):
-            sides = ("baseline", "hpo") if r % 2 == 0 else ("hpo", "baseline")
-            for side in sides:
+            for side in SIDES if r % 2 == 0 else tuple(reversed(SIDES)):
                 if side == "baseline":
-                    base_runs.append(run_baseline())
+                    runs[side].append(run_baseline())
                 else:
-                    hpo_runs.append(run_hpo(folder, spec_path, r, spec["name"]))
-                timed = (base_runs if side == "baseline" else hpo_runs)[-1][0]
-                print(f"round {r + 1}: {side:8s} wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s", flush=True)
+                    runs[side].append(run_hpo(folder, spec_path, f"{side.replace(' ', '-')}-{r}", spec["name"],
+                                              one_worker=side == "hpo 1 worker"))
+                timed = runs[side][-1][0]
+                print(f"round {r + 1}: {side:12s} wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s", flush=True)
 
-    print("\nper configuration (median over rounds; hpo trials run two at a time, one per core):")
-    print(f"{'batch':>5} {'hidden':>6} {'lr':>7} | {'baseline s':>10} {'hpo trial s':>11} {'ratio':>6} |"
+    def seconds(side: str, cfg: dict[str, Any]) -> float:
+        if side == "baseline":
+            return median([next(r["seconds"] for r in rows if r["config"] == cfg) for _, rows in runs[side]])
+        return median([next(t["seconds"] for t in trials if same_config(t["params"], cfg)) for _, trials in runs[side]])
+
+    def accuracy(side: str, cfg: dict[str, Any]) -> float:
+        if side == "baseline":
+            return next(r["cv_accuracy"] for r in runs[side][0][1] if r["config"] == cfg)
+        return median([next(t["cv_accuracy"] for t in trials if same_config(t["params"], cfg)) for _, trials in runs[side]])
+
+    print("\nper configuration, seconds (median over rounds); `hpo 1 worker` uses one core like the baseline,"
+          "\n`hpo run` trials run two at a time, one per core:")
+    print(f"{'batch':>5} {'hidden':>6} {'lr':>7} | {'baseline':>8} {'1 worker':>8} {'ratio':>6} {'hpo run':>8} |"
           f" {'baseline acc':>12} {'hpo acc':>8}")
-    base_accs, hpo_accs = [], []
     for cfg in configs:
-        b_secs = [next(r["seconds"] for r in rows if r["config"] == cfg) for _, rows in base_runs]
-        h_secs = [next(t["seconds"] for t in trials if same_config(t["params"], cfg)) for _, trials in hpo_runs]
-        b_acc = next(r["cv_accuracy"] for r in base_runs[0][1] if r["config"] == cfg)
-        h_acc = float(np.median([next(t["cv_accuracy"] for t in trials if same_config(t["params"], cfg))
-                                 for _, trials in hpo_runs]))
-        base_accs.append(b_acc)
-        hpo_accs.append(h_acc)
-        print(f"{cfg['batch_size']:>5} {cfg['hidden_size']:>6} {cfg['lr']:>7g} | {median(b_secs):>10.2f} "
-              f"{median(h_secs):>11.2f} {ratio(median(b_secs), median(h_secs)):>6} | {b_acc:>12.4f} {h_acc:>8.4f}")
+        base, one, run = seconds("baseline", cfg), seconds("hpo 1 worker", cfg), seconds("hpo run", cfg)
+        print(f"{cfg['batch_size']:>5} {cfg['hidden_size']:>6} {cfg['lr']:>7g} | {base:>8.2f} {one:>8.2f} "
+              f"{ratio(base, one):>6} {run:>8.2f} | {accuracy('baseline', cfg):>12.4f} {accuracy('hpo run', cfg):>8.4f}")
 
-    wall_ratios = [b.wall_s / h.wall_s for (b, _), (h, _) in zip(base_runs, hpo_runs)]
-    cpu_ratio = median([b.cpu_s for b, _ in base_runs]) / median([h.cpu_s for h, _ in hpo_runs])
-    speedup = median(wall_ratios)
-    base_mean, hpo_mean = float(np.mean(base_accs)), float(np.mean(hpo_accs))
-    print("\nwhole runs (process start included):")
-    print(f"  baseline wall {median([b.wall_s for b, _ in base_runs]):.1f} s, hpo run wall "
-          f"{median([h.wall_s for h, _ in hpo_runs]):.1f} s; per-round ratios "
-          f"{', '.join(f'{x:.2f}x' for x in wall_ratios)}")
+    walls = {side: [t.wall_s for t, _ in runs[side]] for side in SIDES}
+    speedup = median([b / h for b, h in zip(walls["baseline"], walls["hpo run"])])
+    single = median([b / h for b, h in zip(walls["baseline"], walls["hpo 1 worker"])])
+    cpu = {side: median([t.cpu_s for t, _ in runs[side]]) for side in SIDES}
+    base_mean = float(np.mean([accuracy("baseline", cfg) for cfg in configs]))
+    hpo_mean = float(np.mean([accuracy("hpo run", cfg) for cfg in configs]))
+    print("\nwhole runs (process start included), median wall / CPU seconds:")
+    for side in SIDES:
+        print(f"  {side:12s} {median(walls[side]):6.1f} s wall  {cpu[side]:6.1f} s CPU")
+    print(f"  hpo 1 worker vs baseline (one core each): {single:.2f}x")
+    print(f"  hpo run vs baseline, per round: {', '.join(f'{b / h:.2f}x' for b, h in zip(walls['baseline'], walls['hpo run']))}")
     print(f"  speed-up (median): {speedup:.2f}x   goal >= {GOAL_SPEEDUP}x: {verdict(speedup >= GOAL_SPEEDUP)}")
-    print(f"  CPU-seconds ratio baseline/hpo: {cpu_ratio:.2f}x (work done, whatever the core count)")
     print(f"  mean CV accuracy: baseline {base_mean:.4f}, hpo {hpo_mean:.4f} (difference {hpo_mean - base_mean:+.4f})"
           f"   goal equal or better within {ACCURACY_TOLERANCE}: {verdict(hpo_mean >= base_mean - ACCURACY_TOLERANCE)}")
     footer("bench_speed.py", argv)
