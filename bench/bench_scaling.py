@@ -10,7 +10,7 @@ A third arm, one process with two intra-op threads (what ``--jobs 1`` gets by de
 
 Goal: 2 workers >= 1.8x the trials per hour of 1 worker.
 
-Run: .venv/bin/python bench/bench_scaling.py [--trials N] [--rounds N] [--quick]
+Run: .venv/bin/python bench/bench_scaling.py [--trials N] [--rounds N] [--quick] [--postgres]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import footer, header, median, verdict
+from common import footer, header, median, postgres_database, verdict
 
 GOAL_SCALING = 1.8
 ARMS = {"1 worker x 1 thread": (1, 1), "2 workers x 1 thread": (2, 1), "1 worker x 2 threads": (1, 2)}
@@ -39,7 +39,17 @@ def _spec(name: str, n_trials: int):
     })
 
 
-def run_arm(folder: Path, arm: str, round_no: int, n_trials: int) -> dict[str, float]:
+def run_arm(folder: Path, arm: str, round_no: int, n_trials: int, postgres: bool) -> dict[str, float]:
+    if postgres:
+        with postgres_database() as url:
+            if url is None:
+                raise SystemExit("--postgres needs PostgreSQL at 127.0.0.1:5432")
+            return _run_arm(folder, url, arm, n_trials)
+    workers, threads = ARMS[arm]
+    return _run_arm(folder, f"sqlite:///{folder / f'scaling-{round_no}-{workers}-{threads}.db'}", arm, n_trials)
+
+
+def _run_arm(folder: Path, url: str, arm: str, n_trials: int) -> dict[str, float]:
     import optuna
 
     from hpo.storage import open_storage
@@ -47,7 +57,6 @@ def run_arm(folder: Path, arm: str, round_no: int, n_trials: int) -> dict[str, f
     from hpo.worker import start_worker_processes
 
     workers, threads = ARMS[arm]
-    url = f"sqlite:///{folder / f'scaling-{round_no}-{workers}-{threads}.db'}"
     spec = _spec("scaling", n_trials)
     create_study(open_storage(url), spec)
     start = time.perf_counter()
@@ -67,9 +76,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--trials", type=int, default=20, help="trials per run (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each arm, alternating (default 2)")
     parser.add_argument("--quick", action="store_true", help="one round of 6 trials")
+    parser.add_argument("--postgres", action="store_true", help="a temporary PostgreSQL database instead of SQLite")
     args = parser.parse_args(argv)
     rounds, n_trials = (1, 6) if args.quick else (max(1, args.rounds), args.trials)
-    header(f"Benchmark 4: trials per hour on one study, {n_trials} equal trials per run, {rounds} round(s)")
+    header(f"Benchmark 4: trials per hour on one study, {n_trials} equal trials per run, {rounds} round(s), "
+           f"{'PostgreSQL' if args.postgres else 'SQLite'}")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -78,7 +89,7 @@ def main(argv: list[str]) -> None:
         for r in range(rounds):
             order = list(ARMS) if r % 2 == 0 else list(reversed(ARMS))
             for arm in order:
-                res = run_arm(Path(tmp), arm, r, n_trials)
+                res = run_arm(Path(tmp), arm, r, n_trials, args.postgres)
                 results[arm].append(res)
                 print(f"round {r + 1}: {arm:22s} {res['per_hour']:7.0f} trials/h   wall {res['wall']:5.1f} s "
                       f"({res['trials']} trials)", flush=True)

@@ -19,8 +19,8 @@ POSTGRES_HOST = "127.0.0.1:5432"
 def _postgres_unavailable(reason: str) -> None:
     """Skip, unless the run promised PostgreSQL (``HPO_REQUIRE_SERVICES=1``): then fail."""
     if os.environ.get("HPO_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"PostgreSQL is required (HPO_REQUIRE_SERVICES=1) but not reachable at {POSTGRES_HOST}: {reason}")
-    pytest.skip(f"PostgreSQL not reachable at {POSTGRES_HOST}")
+        pytest.fail(f"PostgreSQL is required (HPO_REQUIRE_SERVICES=1) but unavailable: {reason}")
+    pytest.skip(f"PostgreSQL unavailable: {reason}")
 
 
 def postgres_admin():
@@ -66,7 +66,7 @@ class PrivatePostgres:
     def __init__(self, port: int):
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
         if not found or not found[-1]:
-            pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
+            _postgres_unavailable("initdb and pg_ctl are not installed")
         self.bin = os.path.dirname(found[-1])
         self.port = port
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -77,9 +77,9 @@ class PrivatePostgres:
             try:
                 pwd.getpwnam("postgres")
             except KeyError:
-                pytest.skip("running as root without a postgres user: cannot start a private PostgreSQL")
+                _postgres_unavailable("running as root without a postgres user: cannot start a private server")
             if not shutil.which("runuser"):
-                pytest.skip("running as root without runuser: cannot start a private PostgreSQL")
+                _postgres_unavailable("running as root without runuser: cannot start a private server")
             self._as_postgres = ["runuser", "-u", "postgres", "--"]
         self.root = tempfile.mkdtemp(prefix="hpo-pg-")  # not under pytest's root-only tmp folder
         if self._as_postgres:
