@@ -16,6 +16,7 @@ import signal
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -32,6 +33,9 @@ from hpo.storage import open_storage
 from hpo.studies import (
     FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, CANCELLED_ATTR, is_cancelled, is_surplus, progress, study_spec,
 )
+
+if TYPE_CHECKING:  # Optuna 5 does not re-export FrozenStudy
+    from optuna.study._frozen import FrozenStudy
 
 log = logging.getLogger("hpo.worker")
 
@@ -153,11 +157,11 @@ class StudyRunner:
         return self.objective(trial)
 
 
-def _pick_study(storage: BaseStorage, options: WorkerOptions, finished: set[str],
+def _pick_study(storage: BaseStorage, studies: list[FrozenStudy], options: WorkerOptions, finished: set[str],
                 runners: dict[str, StudyRunner]) -> str | None:
     """The runnable study with the fewest running trials (the oldest first on ties)."""
     candidates = []
-    for frozen in storage.get_all_studies():
+    for frozen in studies:
         name = frozen.study_name
         if name in finished or SPEC_ATTR not in frozen.user_attrs or frozen.user_attrs.get(CANCELLED_ATTR):
             continue
@@ -201,9 +205,11 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
         try:
             for runner in runners.values():
                 runner.fail_orphaned()
-            if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name, should_stop=stop.is_set):
+            studies = storage.get_all_studies()  # one listing serves the model-job hook and the picker
+            if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name, studies=studies,
+                                      should_stop=stop.is_set):
                 continue  # a final model fit ran (a job the API queued); look for work again
-            name = _pick_study(storage, options, finished, runners)
+            name = _pick_study(storage, studies, options, finished, runners)
             if name is None:
                 if options.until_idle:
                     return

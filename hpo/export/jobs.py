@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -35,6 +35,9 @@ from hpo.cv import Interrupted
 from hpo.export.archive import ARCHIVE_SUFFIX, Manifest
 from hpo.export.fit import MAX_HOLDOUT, fit_study_model, pick_trial
 from hpo.studies import study_spec
+
+if TYPE_CHECKING:  # Optuna 5 does not re-export FrozenStudy
+    from optuna.study._frozen import FrozenStudy
 
 log = logging.getLogger("hpo.export")
 
@@ -138,6 +141,7 @@ def run_pending_model_jobs(
     data_dir: str | Path,
     *,
     study_name: str | None = None,
+    studies: list[FrozenStudy] | None = None,
     should_stop: Callable[[], bool] | None = None,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     stale_after_s: float = DEFAULT_STALE_AFTER_S,
@@ -149,6 +153,7 @@ def run_pending_model_jobs(
         storage: the Optuna storage.
         data_dir: the data folder shared with the API (datasets in, archives out).
         study_name: only look at this study (``hpo run``); None: every study.
+        studies: the storage's study listing, when the caller already has it.
         should_stop: polled every epoch; when true the job goes back to ``queued``.
         heartbeat_s: seconds between heartbeats of the running job.
         stale_after_s: a running job without a heartbeat for this long is taken over.
@@ -157,7 +162,7 @@ def run_pending_model_jobs(
     Returns:
         True when a job was claimed (whatever its outcome), False when none was pending.
     """
-    for frozen in storage.get_all_studies():
+    for frozen in storage.get_all_studies() if studies is None else studies:
         name = frozen.study_name
         job = frozen.user_attrs.get(MODEL_ATTR)
         if (study_name is not None and name != study_name) or not isinstance(job, dict):
