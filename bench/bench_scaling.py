@@ -5,8 +5,9 @@ fixed), so trials per hour measure the workers, not the sampler's luck. Workers 
 ``hpo.worker.start_worker_processes(n, study_name=..., until_idle=True, threads=t)``;
 throughput is counted from the first trial's start to the last trial's end (process
 start-up excluded; the whole wall time is printed too). Arms run in alternating order.
-A third arm, one process with two intra-op threads (what ``--jobs 1`` gets by default on
-2 cores), shows the other way to use the second core.
+A third arm, one process with two intra-op threads (what ``--jobs 1`` and
+``--concurrency 1`` gave a worker on 2 cores before every worker got one thread), shows
+the other way to use the second core.
 
 Goal: 2 workers >= 1.8x the trials per hour of 1 worker.
 
@@ -16,6 +17,7 @@ Run: .venv/bin/python bench/bench_scaling.py [--trials N] [--rounds N] [--quick]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -74,7 +76,7 @@ def _run_arm(folder: Path, url: str, arm: str, n_trials: int) -> dict[str, float
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per run (default 20)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each arm, alternating (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each arm, alternating (default 3)")
     parser.add_argument("--quick", action="store_true", help="one round of 6 trials")
     parser.add_argument("--postgres", action="store_true", help="a temporary PostgreSQL database instead of SQLite")
     args = parser.parse_args(argv)
@@ -89,17 +91,21 @@ def main(argv: list[str]) -> None:
         for r in range(rounds):
             order = list(ARMS) if r % 2 == 0 else list(reversed(ARMS))
             for arm in order:
+                load = os.getloadavg()[0]
                 res = run_arm(Path(tmp), arm, r, n_trials, args.postgres)
                 results[arm].append(res)
                 print(f"round {r + 1}: {arm:22s} {res['per_hour']:7.0f} trials/h   wall {res['wall']:5.1f} s "
-                      f"({res['trials']} trials)", flush=True)
+                      f"({res['trials']} trials; load {load:.1f} before)", flush=True)
     per_hour = {arm: median([r["per_hour"] for r in runs]) for arm, runs in results.items()}
     one = per_hour["1 worker x 1 thread"]
     print()
     for arm, value in per_hour.items():
         print(f"{arm:22s} {value:7.0f} trials/h   {value / one:.2f}x of 1 worker x 1 thread")
     scaling = per_hour["2 workers x 1 thread"] / one
-    print(f"\nscaling 1 -> 2 workers: {scaling:.2f}x   goal >= {GOAL_SCALING}x: {verdict(scaling >= GOAL_SCALING)}")
+    each = [two["per_hour"] / single["per_hour"]
+            for two, single in zip(results["2 workers x 1 thread"], results["1 worker x 1 thread"])]
+    print(f"\nscaling 1 -> 2 workers: {scaling:.2f}x (medians; per round {', '.join(f'{x:.2f}x' for x in each)})"
+          f"   goal >= {GOAL_SCALING}x: {verdict(scaling >= GOAL_SCALING)}")
     footer("bench_scaling.py", argv)
 
 

@@ -3,9 +3,11 @@
 The reference is ../shared/bench/baseline_digits.py (DataLoader, nn.LSTM, one process,
 one thread), run as a subprocess. The same six configurations (5 stratified folds, seed 0,
 5 epochs, no pruning, no early stopping) are queued as the trials of a study and run by
-``hpo run`` with its default settings (one worker process per core). Both sides are timed
-as whole processes, start-up included, in alternating order (ABBA...) so that the load of
-a shared machine falls on both; the figure is the median ratio. A third side, the same
+``hpo run`` with its default settings (one worker process per core, one PyTorch thread each;
+the queued trials start costliest first). Both sides are timed as whole processes,
+start-up included, in alternating order (ABBA...) so that the load of a shared machine
+falls on both; the figure is the median ratio. Each ``hpo run`` prints its timeline (when
+each worker's first trial started, when the last one ended). A third side, the same
 study run by one worker process with one thread (``hpo.worker.worker_loop``), separates the
 engine's own speed (the same one core as the baseline, per configuration) from what the
 second core adds.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +46,7 @@ def run_baseline() -> tuple[Timed, list[dict[str, Any]]]:
 
 def run_hpo(folder: Path, spec_path: Path, name: str, study: str, one_worker: bool) -> tuple[Timed, list[dict[str, Any]]]:
     import optuna
+    from optuna.trial import TrialState
 
     storage = f"sqlite:///{folder / f'{name}.db'}"
     if one_worker:
@@ -50,12 +54,25 @@ def run_hpo(folder: Path, spec_path: Path, name: str, study: str, one_worker: bo
     else:
         cmd = hpo_command("run", str(spec_path), "--storage", storage, "--quiet")
     timed = run_timed(cmd, cwd=folder, env=repo_env())
-    trials = optuna.load_study(study_name=study, storage=storage).trials
+    # Only the trials that ran: two workers racing for the last slot can leave a surplus one.
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(states=(TrialState.COMPLETE,))
     return timed, [
         {"params": t.params, "cv_accuracy": t.value,
-         "seconds": (t.datetime_complete - t.datetime_start).total_seconds()}
+         "seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
+         "started_s": (t.datetime_start - timed.launched_at).total_seconds(),
+         "ended_s": (t.datetime_complete - timed.launched_at).total_seconds()}
         for t in trials
     ]
+
+
+def timeline(timed: Timed, trials: list[dict[str, Any]]) -> str:
+    """When, after the launch, the first two trials started (one per worker), the last one
+    ended and the process exited; and the order the configurations ran in."""
+    starts = sorted(t["started_s"] for t in trials)
+    ran = sorted(trials, key=lambda t: t["started_s"])
+    return (f"trials started at {', '.join(f'{s:.1f}' for s in starts[:2])} s, last ended at "
+            f"{max(t['ended_s'] for t in trials):.1f} s, exit at {timed.wall_s:.1f} s; order "
+            + " ".join(f"b{t['params']['batch_size']}/h{t['params']['hidden_size']}" for t in ran))
 
 
 def one_worker(spec_path: str, storage: str) -> None:
@@ -97,13 +114,17 @@ def main(argv: list[str]) -> None:
         spec_path = write_spec(folder, spec)
         for r in range(rounds):
             for side in SIDES if r % 2 == 0 else tuple(reversed(SIDES)):
+                load = os.getloadavg()[0]
                 if side == "baseline":
                     runs[side].append(run_baseline())
                 else:
                     runs[side].append(run_hpo(folder, spec_path, f"{side.replace(' ', '-')}-{r}", spec["name"],
                                               one_worker=side == "hpo 1 worker"))
-                timed = runs[side][-1][0]
-                print(f"round {r + 1}: {side:12s} wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s", flush=True)
+                timed, trials = runs[side][-1]
+                print(f"round {r + 1}: {side:12s} wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s"
+                      f"  (load {load:.1f} before)", flush=True)
+                if side != "baseline":
+                    print(f"           {timeline(timed, trials)}", flush=True)
 
     def seconds(side: str, cfg: dict[str, Any]) -> float:
         if side == "baseline":

@@ -8,6 +8,7 @@ and prints the ratio. Every benchmark ends with the command that reproduces it.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
@@ -98,12 +99,14 @@ def footer(script: str, argv: Sequence[str]) -> None:
 
 @dataclass
 class Timed:
-    """A finished subprocess: wall-clock seconds, CPU seconds of it and its children, output."""
+    """A finished subprocess: wall-clock seconds, CPU seconds of it and its children, output,
+    and the local time it was launched at (to place its trials' timestamps)."""
 
     wall_s: float
     cpu_s: float
     stdout: str
     stderr: str
+    launched_at: dt.datetime
 
 
 def run_timed(cmd: Sequence[str], cwd: Path | str | None = None, timeout_s: float | None = None,
@@ -114,6 +117,7 @@ def run_timed(cmd: Sequence[str], cwd: Path | str | None = None, timeout_s: floa
         RuntimeError: when it exits non-zero (with the end of its stderr).
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    launched_at = dt.datetime.now()
     start = time.perf_counter()
     proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
                           env={**os.environ, **(env or {})})
@@ -122,7 +126,7 @@ def run_timed(cmd: Sequence[str], cwd: Path | str | None = None, timeout_s: floa
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return Timed(wall, cpu, proc.stdout, proc.stderr)
+    return Timed(wall, cpu, proc.stdout, proc.stderr, launched_at)
 
 
 def hpo_command(*args: str) -> list[str]:

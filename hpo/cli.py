@@ -100,7 +100,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         raise UsageError(f"--concurrency must be >= 1; got {args.concurrency}")
     options = WorkerOptions(
         database_url=_database(args), data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period, threads=max(1, (os.cpu_count() or 1) // args.concurrency),
+        grace_period=args.grace_period,
     )
     print(f"hpo worker: {args.concurrency} process(es) on {options.database_url}", file=sys.stderr)
     run_worker(options, concurrency=args.concurrency)

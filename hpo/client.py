@@ -8,6 +8,9 @@ Example::
     study = client.submit("studies/digits.yaml")
     client.wait(study["id"], progress=True)
     print(client.best(study["id"])["params"])
+    client.fit_model(study["id"])                   # a worker fits the best trial on all the data
+    client.wait_model(study["id"], progress=True)
+    client.download_model(study["id"], "model.hpo.zip")  # hpo.load_model("model.hpo.zip")
 
 Every refusal raises :class:`APIError` carrying the HTTP status and the server's
 ``[{"field": ..., "message": ...}]`` list.
@@ -15,6 +18,8 @@ Every refusal raises :class:`APIError` carrying the HTTP status and the server's
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +30,7 @@ import httpx
 from hpo.spec import StudySpec
 
 FINISHED_STATES = ("completed", "failed", "cancelled")
+MODEL_ACTIVE_STATES = ("queued", "running")
 API = "/api/v1"
 
 
@@ -229,3 +235,126 @@ class Client:
     def delete_dataset(self, dataset_id: str) -> None:
         """Delete an uploaded dataset (refused while an unfinished study uses it)."""
         self._request("DELETE", f"{API}/datasets/{dataset_id}")
+
+    # ---- the final model -------------------------------------------------------------
+
+    def fit_model(self, study_id: str, trial_number: int | None = None, holdout: float = 0.0) -> dict[str, Any]:
+        """Queue a final fit of the best trial's parameters on all the study's data; a
+        worker runs it (follow it with :meth:`model` or :meth:`wait_model`).
+
+        Args:
+            study_id: the study.
+            trial_number: fit this complete trial instead of the best one.
+            holdout: share of rows held out and scored each epoch (0 to 0.5; 0: train on every row).
+
+        Returns:
+            The model's state: ``queued``, with the trial number and CV score it comes from.
+
+        Raises:
+            APIError: 409 while a fit is queued or running, or no trial has completed; 422
+                naming ``trial_number`` or ``holdout``.
+        """
+        body: dict[str, Any] = {"holdout": holdout}
+        if trial_number is not None:
+            body["trial_number"] = trial_number
+        return self._request("POST", f"{API}/studies/{study_id}/model", json=body)
+
+    def model(self, study_id: str) -> dict[str, Any]:
+        """The model's state: ``state`` (none | queued | running | ready | failed), ``epoch``
+        / ``epochs`` while it trains, ``model`` (parameters, epochs, CV score, data
+        fingerprint, versions) once ready, ``reason`` when it failed."""
+        return self._request("GET", f"{API}/studies/{study_id}/model")
+
+    def wait_model(self, study_id: str, progress: bool = False, poll_s: float = 2.0,
+                   timeout_s: float | None = None) -> dict[str, Any]:
+        """Wait until the model's fit is over: ready or failed (or none, when no fit was
+        asked for or it was cancelled).
+
+        Args:
+            study_id: the study.
+            progress: write "epoch 3/10" lines on stderr as the fit goes.
+            poll_s: seconds between polls.
+            timeout_s: give up after this many seconds (``None``: wait for ever).
+
+        Returns:
+            The model's state as the fit ended; check ``state`` (a failed fit says why in ``reason``).
+
+        Raises:
+            TimeoutError: when ``timeout_s`` passed first.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        shown = None
+        while (status := self.model(study_id))["state"] in MODEL_ACTIVE_STATES:
+            if progress and status.get("epochs") and status.get("epoch") != shown:
+                shown = status.get("epoch")
+                print(f"epoch {shown}/{status['epochs']}", file=sys.stderr)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the model of study {study_id} is still {status['state']} after {timeout_s:g} s")
+            time.sleep(poll_s)
+        return status
+
+    def download_model(self, study_id: str, path: str | Path | None = None) -> Path:
+        """Download the study's model archive (open it with ``hpo.load_model``).
+
+        Args:
+            study_id: the study.
+            path: the file to write, or a folder to write it into under the server's name
+                for it (``<study>.hpo.zip``); ``None``: that name in the current folder.
+
+        Returns:
+            The file written (a failed download leaves no file behind).
+
+        Raises:
+            APIError: 409 until the model is ready.
+        """
+        with self.http.stream("GET", f"{API}/studies/{study_id}/model/download") as response:
+            if response.is_error:
+                response.read()
+                raise APIError.from_response(response)
+            target = Path(path) if path is not None else Path()
+            if target.is_dir():
+                target /= _attachment_name(response) or f"{study_id}.hpo.zip"
+            partial = target.with_name(f".{target.name}.partial")
+            try:
+                with partial.open("wb") as file:
+                    for chunk in response.iter_bytes():
+                        file.write(chunk)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
+        return target
+
+    def predict(self, study_id: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Predict for new data with the study's ready model (the server applies the
+        training-time preprocessing).
+
+        Args:
+            study_id: the study.
+            inputs: ``{"x": [[[...]]]}`` (numeric sequences), ``{"texts": [...]}`` (text)
+                or ``{"series": [[...]]}`` (forecasting); NumPy arrays are sent as lists.
+
+        Returns:
+            ``labels`` and ``probabilities`` with ``classes`` (classification), or
+            ``predictions`` in the target's units.
+
+        Raises:
+            APIError: 409 until the model is ready; 422 naming the input that does not fit.
+        """
+        body = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()}
+        return self._request("POST", f"{API}/studies/{study_id}/predict", json=body)
+
+    def delete_model(self, study_id: str) -> None:
+        """Cancel the study's queued or running fit (a running one stops at the end of its
+        epoch), or delete its ready or failed model.
+
+        Raises:
+            APIError: 404 when the study has no model.
+        """
+        self._request("DELETE", f"{API}/studies/{study_id}/model")
+
+
+def _attachment_name(response: httpx.Response) -> str | None:
+    """The file name a ``Content-Disposition`` header suggests (a plain name, no folders)."""
+    name = response.headers.get("content-disposition", "").partition("filename=")[2].strip().strip('"')
+    name = Path(name).name
+    return name if name and not name.startswith(".") else None

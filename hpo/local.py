@@ -67,8 +67,8 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
     Args:
         spec: the study spec (``spec.name`` names the study: running it again resumes it).
         storage_url: Optuna storage URL.
-        jobs: trials in parallel (this process and ``jobs - 1`` worker processes); by
-            default one per CPU core.
+        jobs: trials in parallel (this process and ``jobs - 1`` worker processes, one
+            PyTorch thread each); by default one per CPU core.
         data_dir: where uploaded datasets live.
         show_progress: draw the live progress bar and the final table.
 
@@ -78,13 +78,11 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
     storage = open_storage(storage_url, heartbeat_interval=DEFAULT_HEARTBEAT_S, grace_period=DEFAULT_GRACE_S)
     study = create_study(storage, spec)
     jobs = jobs or os.cpu_count() or 1
-    options = WorkerOptions(
-        database_url=storage_url, data_dir=data_dir, study_name=spec.name, until_idle=True,
-        threads=max(1, (os.cpu_count() or 1) // jobs),
-    )
+    options = WorkerOptions(database_url=storage_url, data_dir=data_dir, study_name=spec.name, until_idle=True)
 
-    # Worker 0 runs in this process, which has paid its imports already; the others get
-    # their own processes (spawned first, so that their start-up overlaps worker 0's trial).
+    # Worker 0 runs in this process; the others get processes of their own, started before
+    # this one imports PyTorch and the data libraries (in worker_loop), so that their
+    # interpreters' start-up overlaps its own.
     procs = start_worker_processes(jobs - 1, storage_url, data_dir=data_dir, study_name=spec.name,
                                    until_idle=True, threads=options.threads, first_index=1) if jobs > 1 else []
     stop = threading.Event()
@@ -99,7 +97,12 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
         stop_worker_processes(procs)
         thread.join()
     try:
-        follow(lambda: progress(study, spec).as_dict(), keep_going=alive, enabled=show_progress)
+        if show_progress:
+            follow(lambda: progress(study, spec).as_dict(), keep_going=alive)
+        else:  # nothing to draw: wait for the workers, which return once the study has no work left
+            thread.join()
+            for p in procs:
+                p.join()
     finally:
         shutdown()
     found = best_trial(study, spec)

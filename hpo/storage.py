@@ -1,12 +1,24 @@
-"""Optuna RDB storage from a URL: SQLite tuned for several processes, PostgreSQL via psycopg 3."""
+"""Optuna RDB storage from a URL: SQLite tuned for several processes, PostgreSQL via psycopg 3,
+a bulk trial read that does not build ORM objects, and stale-trial detection that also
+catches trials whose worker died before their first heartbeat."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import sqlite3
+from collections import defaultdict
+from collections.abc import Container, Iterable
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import optuna
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -31,13 +43,139 @@ def _prepare_sqlite(url: str) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
+@lru_cache(maxsize=4096)
+def _distribution(distribution_json: str) -> BaseDistribution:
+    return json_to_distribution(distribution_json)
+
+
+def _local_time(utc: dt.datetime | None) -> dt.datetime | None:
+    """Optuna's stored naive UTC as naive local time (what ``RDBStorage`` hands out)."""
+    return None if utc is None else utc.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+class BulkReadRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose bulk trial read (``_get_trials``, behind
+    ``get_all_trials`` and Optuna's ``_CachedStorage``) runs six plain SQL selects and builds
+    the trials from rows, instead of loading ORM objects with their relationships.
+
+    Same trials, same order: on a study of 5,000 trials with 20 epochs each the ORM read
+    takes seconds, most of it building and then expiring ~100,000 ORM instances and
+    parsing every parameter's distribution JSON again. Everything else is Optuna's own.
+    ``tests/test_storage.py`` compares both reads trial by trial on SQLite and PostgreSQL.
+
+    Its stale trials (see :meth:`_get_stale_trial_ids`) also include those that never beat.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # study id -> {trial id: database time it was first seen RUNNING without a heartbeat}
+        self._silent_since: dict[int, dict[int, dt.datetime]] = {}
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Running trials whose worker died: their last heartbeat is older than the grace
+        period (Optuna's rule), or they have none and this storage has seen them without one
+        for longer than the grace period. Optuna skips the latter for ever, yet a worker
+        killed between creating a trial and its first beat leaves one, holding a slot of the
+        budget. Both are timed on the database's clock, as Optuna's heartbeats are."""
+        assert self.heartbeat_interval is not None
+        grace = dt.timedelta(seconds=2 * self.heartbeat_interval if self.grace_period is None else self.grace_period)
+        trials_t, beats_t = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+        with self.engine.connect() as connection:
+            now = connection.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+            running = connection.execute(
+                sa.select(trials_t.c.trial_id, beats_t.c.heartbeat)
+                .select_from(trials_t.outerjoin(beats_t, beats_t.c.trial_id == trials_t.c.trial_id))
+                .where(trials_t.c.study_id == study_id, trials_t.c.state == TrialState.RUNNING)
+            ).all()
+        seen = self._silent_since.get(study_id, {})
+        silent = {trial_id: seen.get(trial_id, now) for trial_id, beat in running if beat is None}
+        self._silent_since[study_id] = silent
+        return [trial_id for trial_id, beat in running if now - (silent[trial_id] if beat is None else beat) > grace]
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        trials_t = models.TrialModel.__table__
+        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
+        where = trials_t.c.study_id == study_id
+        if states is not None:
+            assert isinstance(states, Iterable)
+            where = sa.and_(where, trials_t.c.state.in_(list(states)))
+        if trial_id_greater_than > -1:
+            newer = trials_t.c.trial_id > trial_id_greater_than
+            where = sa.and_(where, sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer)
+        chosen = sa.select(trials_t.c.trial_id).where(where).scalar_subquery()
+
+        def rows_of(model: Any, *columns: str) -> Any:
+            table = model.__table__
+            return connection.execute(
+                sa.select(table.c.trial_id, *(table.c[c] for c in columns)).where(table.c.trial_id.in_(chosen))
+            )
+
+        with self.engine.connect() as connection:
+            studies_t = models.StudyModel.__table__
+            if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            rows = connection.execute(
+                sa.select(trials_t.c.trial_id, trials_t.c.number, trials_t.c.state, trials_t.c.datetime_start,
+                          trials_t.c.datetime_complete).where(where).order_by(trials_t.c.trial_id)
+            ).all()
+            if not rows:  # nothing new: what Optuna's cache asks before most trials
+                return []
+            params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
+            for trial_id, param_id, name, value, distribution in rows_of(
+                models.TrialParamModel, "param_id", "param_name", "param_value", "distribution_json"
+            ):
+                params[trial_id].append((param_id, name, value, distribution))
+            values: dict[int, dict[int, float]] = defaultdict(dict)
+            for trial_id, objective, value, kind in rows_of(models.TrialValueModel, "objective", "value", "value_type"):
+                values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+            user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+            for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json"):
+                user_attrs[trial_id][key] = json.loads(value_json)
+            system_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+            for trial_id, key, value_json in rows_of(models.TrialSystemAttributeModel, "key", "value_json"):
+                system_attrs[trial_id][key] = json.loads(value_json)
+            intermediate: dict[int, dict[int, float]] = defaultdict(dict)
+            to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+            for trial_id, step, value, kind in rows_of(
+                models.TrialIntermediateValueModel, "step", "intermediate_value", "intermediate_value_type"
+            ):
+                intermediate[trial_id][step] = to_float(value, kind)
+
+        trials = []
+        for trial_id, number, state, start, complete in rows:
+            ordered = sorted(params.get(trial_id, ()))
+            distributions = {name: _distribution(d) for _, name, _, d in ordered}
+            objective_values = values.get(trial_id)
+            trials.append(FrozenTrial(
+                number=number,
+                state=state,
+                value=None,
+                values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
+                datetime_start=_local_time(start),
+                datetime_complete=_local_time(complete),
+                params={name: distributions[name].to_external_repr(value) for _, name, value, _ in ordered},
+                distributions=distributions,
+                user_attrs=user_attrs.get(trial_id, {}),
+                system_attrs=system_attrs.get(trial_id, {}),
+                intermediate_values=intermediate.get(trial_id, {}),
+                trial_id=trial_id,
+            ))
+        return trials
+
+
 def open_storage(
     url: str = DEFAULT_STORAGE,
     *,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int = 3,
-) -> RDBStorage:
+) -> BulkReadRDBStorage:
     """Open (and create the tables of) an Optuna RDB storage.
 
     Args:
@@ -64,4 +202,4 @@ def open_storage(
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    return BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)

@@ -8,7 +8,10 @@ any number of workers share.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import statistics
+from collections import Counter
+from operator import attrgetter
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,12 +29,19 @@ SURPLUS_ATTR = "surplus"
 STATES = ("queued", "running", "completed", "cancelled", "failed")
 # A study whose first trials all fail stops after this many (a broken dataset, say).
 FAILURES_BEFORE_GIVING_UP = 3
+# Cost model of a trial (see trial_cost): gate matrices per recurrent cell, and a training
+# step's fixed cost (Python, kernel launches) in multiply-adds, fitted to the engine's
+# times of bench_speed.py's six configurations on one CPU core (docs/performance.md).
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+STEP_OVERHEAD_MACS = 5e5
 
 
 def create_study(storage: BaseStorage, spec: StudySpec, study_name: str | None = None) -> optuna.Study:
     """Create the study of ``spec``, or load it when one of that name exists (resume).
 
-    The spec is stored with the study; ``enqueue_trials`` are queued once, on creation.
+    The spec is stored with the study; ``enqueue_trials`` are queued once, on creation, the
+    costliest first (see :func:`trial_cost`): workers take queued trials in order, so the
+    longest ones start first and several workers finish together.
 
     Args:
         storage: the Optuna storage.
@@ -52,10 +62,43 @@ def create_study(storage: BaseStorage, spec: StudySpec, study_name: str | None =
         )
     study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
     if not study.user_attrs.get(ENQUEUED_ATTR):
-        for params in spec.enqueue_trials:
+        for params in sorted(spec.enqueue_trials, key=lambda params: -trial_cost(params, spec)):
             study.enqueue_trial(params)
         study.set_user_attr(ENQUEUED_ATTR, True)
     return study
+
+
+def trial_cost(params: dict[str, Any], spec: StudySpec) -> float:
+    """A trial's training cost relative to the other trials of its study (arbitrary units).
+
+    A trial trains ``folds x epochs x rows / batch_size`` steps; a step costs a fixed
+    overhead plus its recurrent matrix products, ``batch_size x gates x hidden_size^2``
+    multiply-adds per layer and direction. Per row and epoch of a fold that is
+    ``layers x directions x (STEP_OVERHEAD_MACS / batch_size + gates x hidden_size^2)``.
+    The dataset's rows, the folds and the epochs multiply every trial of a study alike, so
+    they are left out. A parameter that ``params`` leaves to the sampler counts at the
+    middle of its search range (or its fixed value).
+
+    Args:
+        params: an entry of ``enqueue_trials`` (parameter name -> value).
+        spec: the study's spec.
+    """
+    def value(name: str, default: Any) -> Any:
+        if name in params:
+            return params[name]
+        param = getattr(spec.search_space, name)
+        if param is None:
+            return default
+        if param.value is not None:
+            return param.value
+        if param.choices is not None:
+            return sorted(param.choices)[len(param.choices) // 2]
+        return math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+
+    batch, hidden = float(value("batch_size", None)), float(value("hidden_size", None))
+    layers, cell = float(value("num_layers", spec.model.num_layers)), value("cell", spec.model.cell)
+    directions = 2 if spec.model.bidirectional else 1
+    return layers * directions * (STEP_OVERHEAD_MACS / batch + GATES[cell] * hidden**2)
 
 
 def study_spec(study: optuna.Study) -> StudySpec:
@@ -124,58 +167,80 @@ class Progress:
         }
 
 
-def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = None) -> Progress:
-    """Derive a study's state from its trials (nothing else is consulted).
+def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = None, *,
+             trials: list[FrozenTrial] | None = None, cancelled: bool | None = None,
+             details: bool = True) -> Progress:
+    """Derive a study's state from its trials (and its cancel flag; nothing else is consulted).
 
     ``failed`` trials exclude surplus ones (started past the budget by a racing worker).
+
+    Args:
+        study: the study.
+        spec: its spec.
+        now: the moment ``budget.timeout_s`` is measured to (default: now).
+        trials: the study's trials, when the caller has just read them (a worker's one read
+            per trial serves its study pick, this and its budget check); read here otherwise.
+        cancelled: the study's cancel flag, when the caller has it (from a study listing);
+            read from the study otherwise.
+        details: also the best trial, the start and finish times and the ETA (what a person
+            reads). Without them only the state, its reason and the counts are derived: what
+            a worker needs before each trial, at a fraction of the cost on a large study.
     """
-    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
-    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    if cancelled is None:
+        cancelled = bool(study.user_attrs.get(CANCELLED_ATTR))
+    # Surplus trials have all failed: only failed trials need their attributes looked at.
+    failed = TrialState.FAIL
+    kept = [t for t in trials if t.state is not failed or not is_surplus(t)]
+    counts = Counter(map(attrgetter("state"), kept))
     prog = Progress(
         state="queued",
         n_trials=spec.n_trials,
-        complete=len(by_state[TrialState.COMPLETE]),
-        pruned=len(by_state[TrialState.PRUNED]),
-        failed=len(by_state[TrialState.FAIL]),
-        running=len(by_state[TrialState.RUNNING]),
-        waiting=len(by_state[TrialState.WAITING]),
+        complete=counts[TrialState.COMPLETE],
+        pruned=counts[TrialState.PRUNED],
+        failed=counts[TrialState.FAIL],
+        running=counts[TrialState.RUNNING],
+        waiting=counts[TrialState.WAITING],
     )
-    complete = by_state[TrialState.COMPLETE]
+    started_at = None
+    if details or spec.budget.timeout_s:
+        started_at = min((t.datetime_start for t in kept if t.datetime_start), default=None)
+    now = now or dt.datetime.now()
+
+    timed_out = bool(
+        spec.budget.timeout_s and started_at and (now - started_at).total_seconds() > spec.budget.timeout_s
+    )
+    gave_up = prog.finished == 0 and prog.failed >= min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
+    if cancelled:
+        prog.state = "cancelled"
+    elif prog.finished >= prog.n_trials or (timed_out and prog.finished > 0):
+        prog.state = "completed"
+        prog.reason = None if prog.finished >= prog.n_trials else f"budget.timeout_s ({spec.budget.timeout_s:g}) reached"
+    elif gave_up or (timed_out and prog.finished == 0):
+        prog.state = "failed"
+        last_failure = max((t for t in kept if t.state == TrialState.FAIL), key=lambda t: t.number, default=None)
+        prog.reason = (last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None) or "timed out"
+    elif kept:
+        prog.state = "running"
+    if not details:
+        return prog
+
+    prog.started_at = started_at
+    complete = [t for t in kept if t.state == TrialState.COMPLETE]
     if complete:
         pick = max if spec.direction == "maximize" else min
         best = pick(complete, key=lambda t: t.value)
         prog.best_value, prog.best_trial = best.value, best.number
-    starts = [t.datetime_start for t in trials if t.datetime_start]
-    prog.started_at = min(starts) if starts else None
-    now = now or dt.datetime.now()
-
-    timed_out = bool(
-        spec.budget.timeout_s and prog.started_at
-        and (now - prog.started_at).total_seconds() > spec.budget.timeout_s
-    )
-    last_failure = max(by_state[TrialState.FAIL], key=lambda t: t.number, default=None)
-    gave_up = prog.finished == 0 and prog.failed >= min(spec.n_trials, FAILURES_BEFORE_GIVING_UP)
-    if study.user_attrs.get(CANCELLED_ATTR):
-        prog.state = "cancelled"
-    elif prog.finished >= spec.n_trials or (timed_out and prog.finished > 0):
-        prog.state = "completed"
-        prog.reason = None if prog.finished >= spec.n_trials else f"budget.timeout_s ({spec.budget.timeout_s:g}) reached"
-    elif gave_up or (timed_out and prog.finished == 0):
-        prog.state = "failed"
-        prog.reason = (last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None) or "timed out"
-    elif trials:
-        prog.state = "running"
-
     if prog.state in ("completed", "failed", "cancelled") and not prog.running:
-        ends = [t.datetime_complete for t in trials if t.datetime_complete]
-        prog.finished_at = max(ends) if ends else None
+        prog.finished_at = max((t.datetime_complete for t in kept if t.datetime_complete), default=None)
     elif prog.state in ("queued", "running"):
         durations = [
             (t.datetime_complete - t.datetime_start).total_seconds()
-            for t in complete + by_state[TrialState.PRUNED]
-            if t.datetime_start and t.datetime_complete
+            for t in kept
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start and t.datetime_complete
         ]
         if durations:
-            remaining = spec.n_trials - prog.finished
+            remaining = prog.n_trials - prog.finished
             prog.eta_s = statistics.mean(durations) * remaining / max(1, prog.running)
     return prog

@@ -5,37 +5,43 @@ storage, asks Optuna for a trial, trains it, tells the result, and goes back for
 Heartbeats mark its running trial alive; a trial whose worker died is failed once its
 heartbeat is older than the grace period, and Optuna's retry callback queues a copy of
 it, so the study still ends with exactly ``n_trials`` complete-or-pruned trials.
+
+Bookkeeping per trial is one read of the current study's trials (and of its cancel flag):
+it decides whether the study is still runnable, gives its progress, and bounds its budget
+check. The other studies (new ones, resumed ones, model jobs) are looked at every
+``poll_interval_s``, and whenever the current study stops being runnable. PyTorch, the datasets and the model jobs
+are imported when a worker starts working, not when this module is imported, so that
+``hpo run`` can start its worker processes before it pays for those imports itself.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
-import torch
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, fail_stale_trials
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.data import load_dataset
-from hpo.export.jobs import run_pending_model_jobs
-from hpo.objective import Objective
 from hpo.samplers import make_pruner, make_sampler
+from hpo.spec import SpecError, StudySpec, parse_spec
 from hpo.storage import open_storage
 from hpo.studies import (
-    FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, CANCELLED_ATTR, is_cancelled, is_surplus, progress, study_spec,
+    CANCELLED_ATTR, FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, Progress, is_cancelled, is_surplus, progress,
 )
 
 if TYPE_CHECKING:  # Optuna 5 does not re-export FrozenStudy
     from optuna.study._frozen import FrozenStudy
+
+    from hpo.objective import Objective
 
 log = logging.getLogger("hpo.worker")
 
@@ -43,6 +49,7 @@ DEFAULT_HEARTBEAT_S = 10
 DEFAULT_GRACE_S = 30
 MAX_OUTAGE_WAIT_S = 30.0
 COUNTED_STATES = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+TERMINAL_STATES = ("completed", "failed")
 OUTAGE_REASON = "the database became unreachable while the trial ran (its result could not be stored)"
 
 
@@ -70,8 +77,11 @@ class WorkerOptions:
         grace_period: seconds without a heartbeat before a trial counts as dead.
         study_name: only run this study (``hpo run``); ``None`` serves every study.
         until_idle: exit when no study has work instead of polling for more.
-        poll_interval_s: how long an idle worker waits before looking again.
-        threads: PyTorch intra-op threads per process; ``None`` leaves PyTorch's default.
+        poll_interval_s: how long an idle worker waits before looking again; a busy one
+            looks at the other studies (new, cancelled, resumed, model jobs) this often
+            between the trials of its current study.
+        threads: PyTorch intra-op threads per process (one: see :func:`start_worker_processes`);
+            ``None`` leaves PyTorch's default.
     """
 
     database_url: str
@@ -81,37 +91,64 @@ class WorkerOptions:
     study_name: str | None = None
     until_idle: bool = False
     poll_interval_s: float = 1.0
-    threads: int | None = None
+    threads: int | None = 1
 
 
 class _BudgetReached(RuntimeError):
     """Another worker started the study's last trial first."""
 
 
-class StudyRunner:
-    """One process's handle on one study: sampler, pruner, dataset and folds, built once."""
+def counted_at_most(number: int, trials: list[FrozenTrial]) -> int:
+    """An upper bound on the trials numbered below ``number`` that count against the
+    budget, from a read of the study's ``trials`` taken at any earlier moment.
 
-    def __init__(self, storage: BaseStorage, study_name: str, options: WorkerOptions,
+    Every trial numbered below ``number`` may count except the failed ones (surplus trials
+    included), and a failed trial stays failed; so the bound holds however the trials
+    moved on since the read, and whichever trials were created after it.
+    """
+    failed = TrialState.FAIL
+    return number - sum(1 for t in trials if t.state is failed and t.number < number)
+
+
+class StudyRunner:
+    """One process's handle on one study: spec, sampler and pruner, and the dataset and
+    folds (built at its first trial, once)."""
+
+    def __init__(self, storage: BaseStorage, frozen: FrozenStudy, spec: StudySpec, options: WorkerOptions,
                  seed_offset: int, stop: threading.Event):
-        spec = study_spec(optuna.load_study(study_name=study_name, storage=storage))
         self.spec = spec
+        self.stored_spec = frozen.user_attrs[SPEC_ATTR]  # as listed: a changed spec replaces the runner
         self.study = optuna.load_study(
-            study_name=study_name, storage=storage,
+            study_name=frozen.study_name, storage=storage,
             sampler=make_sampler(spec, seed_offset), pruner=make_pruner(spec),
         )
+        self.trials: list[FrozenTrial] = []  # the latest read (see refresh)
+        self._options = options
+        self._stop = stop
+        self._objective: Objective | None = None
         self._load_error: Exception | None = None
-        self.objective: Objective | None = None
         self._trial_number: int | None = None
         # Trials left RUNNING by a database outage, failed as soon as the database answers.
         self.orphaned: list[int] = []
-        study_id = self.study._study_id
-        try:
-            dataset = load_dataset(spec, options.data_dir)
-            self.objective = Objective(
-                spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id)
-            )
-        except Exception as exc:  # the study's trials fail with this reason; the worker goes on
-            self._load_error = exc
+
+    def refresh(self, cancelled: bool) -> Progress:
+        """Read the study's trials (the one read per trial) and derive its progress.
+
+        When running trials hold the budget's last slots, the stale ones (their worker
+        died) are failed first, so that their retries can run.
+
+        Args:
+            cancelled: the study's cancel flag (as listed, or as just read).
+        """
+        self.trials = self.study.get_trials(deepcopy=False)
+        prog = progress(self.study, self.spec, trials=self.trials, cancelled=cancelled, details=False)
+        if prog.state in ("queued", "running") and not prog.runnable:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(self.study)
+            self.trials = self.study.get_trials(deepcopy=False)
+            prog = progress(self.study, self.spec, trials=self.trials, cancelled=cancelled, details=False)
+        return prog
 
     def run_one(self) -> None:
         """Run one trial of the study (failures are stored on the trial, not raised).
@@ -142,46 +179,120 @@ class StudyRunner:
                     pass  # another worker's stale-trial check failed it first
             self.orphaned.pop(0)
 
+    def _objective_or_error(self) -> Objective:
+        """The study's objective, its dataset loaded at the first trial (a dataset that
+        cannot be loaded fails every trial of the study with the reason; the worker goes on)."""
+        if self._objective is None and self._load_error is None:
+            from hpo.data import load_dataset
+            from hpo.objective import Objective
+
+            storage, study_id, stop = self.study._storage, self.study._study_id, self._stop
+            try:
+                dataset = load_dataset(self.spec, self._options.data_dir)
+                self._objective = Objective(
+                    self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id)
+                )
+            except Exception as exc:
+                self._load_error = exc
+        if self._load_error is not None:
+            raise self._load_error
+        assert self._objective is not None
+        return self._objective
+
     def _budgeted_objective(self, trial: optuna.Trial) -> float:
         self._trial_number = trial.number
-        earlier = self.study.get_trials(deepcopy=False, states=COUNTED_STATES)
-        taken = sum(1 for t in earlier if t.number < trial.number and not is_surplus(t))
-        if taken >= self.spec.n_trials:
-            trial.set_user_attr(SURPLUS_ATTR, True)
-            trial.set_user_attr(FAIL_REASON_ATTR, "budget already used up by other workers")
-            raise _BudgetReached("budget already used up by other workers")
-        if self._load_error is not None:
-            trial.set_user_attr(FAIL_REASON_ATTR, f"cannot load the dataset: {self._load_error}")
-            raise self._load_error
-        assert self.objective is not None
-        return self.objective(trial)
-
-
-def _pick_study(storage: BaseStorage, studies: list[FrozenStudy], options: WorkerOptions, finished: set[str],
-                runners: dict[str, StudyRunner]) -> str | None:
-    """The runnable study with the fewest running trials (the oldest first on ties)."""
-    candidates = []
-    for frozen in studies:
-        name = frozen.study_name
-        if name in finished or SPEC_ATTR not in frozen.user_attrs or frozen.user_attrs.get(CANCELLED_ATTR):
-            continue
-        if options.study_name is not None and name != options.study_name:
-            continue
-        study = runners[name].study if name in runners else optuna.load_study(study_name=name, storage=storage)
-        if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fail_stale_trials(study)  # a dead worker's trial frees its slot for a retry
+        # The pre-trial read bounds what counts below this trial; read again only when the
+        # bound leaves the budget in doubt (racing workers, or many failed trials).
+        if counted_at_most(trial.number, self.trials) >= self.spec.n_trials:
+            earlier = self.study.get_trials(deepcopy=False, states=COUNTED_STATES)
+            taken = sum(1 for t in earlier if t.number < trial.number and not is_surplus(t))
+            if taken >= self.spec.n_trials:
+                trial.set_user_attr(SURPLUS_ATTR, True)
+                trial.set_user_attr(FAIL_REASON_ATTR, "budget already used up by other workers")
+                raise _BudgetReached("budget already used up by other workers")
         try:
-            prog = progress(study, study_spec(study))
-        except Exception:  # a study whose stored spec no longer parses is not ours to run
-            finished.add(name)
-            continue
-        if prog.state in ("completed", "failed"):
-            finished.add(name)
-        elif prog.runnable:
-            candidates.append((prog.running, frozen._study_id, name))
-    return min(candidates)[2] if candidates else None
+            objective = self._objective_or_error()
+        except Exception as exc:
+            trial.set_user_attr(FAIL_REASON_ATTR, f"cannot load the dataset: {exc}")
+            raise
+        return objective(trial)
+
+
+class StudyPicker:
+    """Which study a worker runs next: its current one while that stays runnable, else the
+    runnable study with the fewest running trials (the oldest first on ties).
+
+    Studies seen completed or failed are remembered with the spec they ended under and
+    not read again (a changed spec, e.g. a larger budget, makes them candidates again).
+    """
+
+    def __init__(self, storage: BaseStorage, options: WorkerOptions, worker_index: int, stop: threading.Event):
+        self.storage = storage
+        self.options = options
+        self.worker_index = worker_index
+        self.stop = stop
+        self.runners: dict[int, StudyRunner] = {}  # by Optuna study id
+        self.ended: dict[int, object] = {}  # study id -> the stored spec it ended (or failed to parse) under
+        self.current: StudyRunner | None = None
+        self._next_listing = 0.0
+
+    def keep_current(self) -> StudyRunner | None:
+        """The current study when no listing is due and it is still runnable (and not
+        cancelled); else None: the caller lists the studies and calls :meth:`pick`."""
+        if self.current is None or time.monotonic() >= self._next_listing:
+            return None
+        study = self.current.study
+        if self.current.refresh(cancelled=is_cancelled(study._storage, study._study_id)).runnable:
+            return self.current
+        return None
+
+    def pick(self, studies: list[FrozenStudy]) -> StudyRunner | None:
+        """Pick from a fresh listing of the studies (each candidate's trials read once)."""
+        self._next_listing = time.monotonic() + self.options.poll_interval_s
+        listed = {frozen._study_id for frozen in studies}
+        candidates = []
+        for frozen in studies:
+            stored = frozen.user_attrs.get(SPEC_ATTR)
+            study_id = frozen._study_id
+            if (stored is None or frozen.user_attrs.get(CANCELLED_ATTR)
+                    or self.options.study_name not in (None, frozen.study_name)
+                    or (study_id in self.ended and self.ended[study_id] == stored)):
+                continue
+            runner = self._runner(frozen, stored)
+            if runner is None:
+                continue
+            prog = runner.refresh(cancelled=False)
+            if prog.state in TERMINAL_STATES:
+                self.ended[study_id] = stored
+                del self.runners[study_id]
+            elif prog.runnable:
+                candidates.append((prog.running, study_id, runner))
+        # Forget deleted studies (their trials went with them; orphans are failed before a pick).
+        self.runners = {i: r for i, r in self.runners.items() if i in listed}
+        self.ended = {i: stored for i, stored in self.ended.items() if i in listed}
+        self.current = min(candidates, key=lambda c: c[:2])[2] if candidates else None
+        return self.current
+
+    def _runner(self, frozen: FrozenStudy, stored: object) -> StudyRunner | None:
+        """The study's runner, built (or rebuilt, when its stored spec changed) as needed;
+        None for a spec that does not parse (not ours to run)."""
+        runner = self.runners.get(frozen._study_id)
+        if runner is not None and runner.stored_spec == stored:
+            return runner
+        self.runners.pop(frozen._study_id, None)
+        try:
+            spec = parse_spec(stored)
+        except SpecError:
+            self.ended[frozen._study_id] = stored
+            return None
+        runner = StudyRunner(self.storage, frozen, spec, self.options, self.worker_index, self.stop)
+        self.runners[frozen._study_id] = runner
+        return runner
+
+    def fail_orphaned(self) -> None:
+        """Fail every runner's outage-orphaned trials (see :meth:`StudyRunner.fail_orphaned`)."""
+        for runner in self.runners.values():
+            runner.fail_orphaned()
 
 
 def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.Event | None = None) -> None:
@@ -192,32 +303,37 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
         worker_index: offsets the sampler seed so workers draw different configurations.
         stop: set it to stop after the current epoch's check.
     """
+    import torch
+    # torch.optim imports this at a process's first optimizer (~2 s): done here, at start-up,
+    # so that the first trial is timed (and holds its slot of the budget) for its own work.
+    import torch._dynamo  # noqa: F401
+
+    from hpo.export.jobs import run_pending_model_jobs
+
     stop = stop or threading.Event()
     if options.threads:
         torch.set_num_threads(options.threads)
     storage = open_storage(
         options.database_url, heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period
     )
-    runners: dict[str, StudyRunner] = {}
-    finished: set[str] = set()
+    picker = StudyPicker(storage, options, worker_index, stop)
     outage_s = 0.0
     while not stop.is_set():
         try:
-            for runner in runners.values():
-                runner.fail_orphaned()
-            studies = storage.get_all_studies()  # one listing serves the model-job hook and the picker
-            if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name, studies=studies,
-                                      should_stop=stop.is_set):
-                continue  # a final model fit ran (a job the API queued); look for work again
-            name = _pick_study(storage, studies, options, finished, runners)
-            if name is None:
+            picker.fail_orphaned()
+            runner = picker.keep_current()
+            if runner is None:
+                studies = storage.get_all_studies()  # one listing serves the model-job hook and the picker
+                if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name,
+                                          studies=studies, should_stop=stop.is_set):
+                    continue  # a final model fit ran (a job the API queued); look for work again
+                runner = picker.pick(studies)
+            if runner is None:
                 if options.until_idle:
                     return
                 stop.wait(options.poll_interval_s)
                 continue
-            if name not in runners:
-                runners[name] = StudyRunner(storage, name, options, worker_index, stop)
-            runners[name].run_one()
+            runner.run_one()
             outage_s = 0.0
         except Exception as exc:  # database restarting or unreachable: wait, then go on
             cause = database_error(exc)
@@ -239,11 +355,14 @@ def _process_main(options: WorkerOptions, worker_index: int) -> None:
 def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-data",
                            heartbeat_interval: int = DEFAULT_HEARTBEAT_S, grace_period: int = DEFAULT_GRACE_S,
                            study_name: str | None = None, until_idle: bool = False,
-                           threads: int | None = None, first_index: int = 0) -> list[mp.Process]:
+                           threads: int | None = 1, first_index: int = 0) -> list[mp.Process]:
     """Start ``n`` worker processes (spawned: fresh interpreters, one PyTorch pool each).
 
     Args:
-        threads: intra-op threads per process; by default the cores are shared out evenly.
+        threads: intra-op threads per process. One by default, whatever the worker count:
+            these small networks gain little from a second thread, and lose 3-12x when
+            another process takes a core the thread pool waits on (docs/performance.md).
+            ``None`` leaves PyTorch's default (every core).
         first_index: worker index of the first process (seeds differ per index).
 
     Returns:
@@ -251,8 +370,7 @@ def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-da
     """
     options = WorkerOptions(
         database_url=database_url, data_dir=str(data_dir), heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period, study_name=study_name, until_idle=until_idle,
-        threads=threads or max(1, (os.cpu_count() or 1) // max(1, n)),
+        grace_period=grace_period, study_name=study_name, until_idle=until_idle, threads=threads,
     )
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_process_main, args=(options, first_index + i), name=f"hpo-worker-{i}")

@@ -1,12 +1,14 @@
 """The FastAPI application: ``create_app(settings)``.
 
 On start it brings the service's tables up to date (Alembic), opens Optuna's storage once
-(kept on ``app.state`` and shared by all requests) and the dataset store.
+(kept on ``app.state`` and shared by all requests), the trial cache that every route reads
+studies through (warmed in a background thread), and the dataset store.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +27,7 @@ from service.errors import install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.routes import datasets, health, studies, trials
 from service.routes import models as model_routes
+from service.trial_cache import TrialCache
 
 log = logging.getLogger("service")
 API_PREFIX = "/api/v1"
@@ -41,6 +44,7 @@ def _open_resources(app: FastAPI, settings: Settings) -> None:
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.storage = open_storage(settings.database_url)
+    app.state.trial_cache = TrialCache(app.state.storage, max_cached_trials=settings.trial_cache_trials)
     app.state.dataset_store = DatasetStore(settings.data_dir, max_bytes=settings.max_upload_bytes,
                                            max_uncompressed=settings.max_unpacked_bytes)
 
@@ -51,9 +55,17 @@ def _close_resources(app: FastAPI) -> None:
     app.state.storage.engine.dispose()
 
 
+def _warm_trial_cache(app: FastAPI) -> None:
+    try:
+        app.state.trial_cache.warm(app.state.sessions)
+    except Exception as exc:  # noqa: BLE001 - a cold cache is only slower; requests read the database
+        log.warning("trial cache not warmed: %s", exc)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(_open_resources, app, app.state.settings)
+    threading.Thread(target=_warm_trial_cache, args=(app,), name="warm-trial-cache", daemon=True).start()
     try:
         yield
     finally:

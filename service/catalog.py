@@ -10,15 +10,21 @@ import secrets
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
-from hpo.spec import SpecError, StudySpec, parse_spec
+from hpo.export import remove_model
+from hpo.spec import SpecError, StudySpec
 from hpo.studies import Progress, create_study, progress, set_cancelled
 from service import records
 from service.models import StudyRecord
+
+if TYPE_CHECKING:
+    from service.trial_cache import TrialCache
 
 ID_ALPHABET = string.ascii_lowercase + string.digits  # url-safe and never mistaken for a CLI flag
 ID_LENGTH = 10
@@ -118,29 +124,20 @@ def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: st
     return LoadedStudy(record, spec, study)
 
 
-def load(session: Session, storage: BaseStorage, study_id: str) -> LoadedStudy:
+def load(session: Session, cache: TrialCache, study_id: str) -> LoadedStudy:
     """Raises: StudyNotFound."""
     record = records.get_study(session, study_id) if records.is_valid_id(study_id) else None
     if record is None:
         raise StudyNotFound(study_id)
-    return open_record(storage, record)
+    return cache.open(record)
 
 
-def open_record(storage: BaseStorage, record: StudyRecord) -> LoadedStudy:
-    """Raises: StudyNotFound when the Optuna study is gone."""
-    try:
-        study = optuna.load_study(study_name=record.optuna_study_name, storage=storage)
-    except KeyError:
-        raise StudyNotFound(record.id) from None
-    return LoadedStudy(record, parse_spec(record.spec), study)
-
-
-def with_progress(storage: BaseStorage, rows: Sequence[StudyRecord]) -> list[tuple[LoadedStudy, Progress]]:
+def with_progress(cache: TrialCache, rows: Sequence[StudyRecord]) -> list[tuple[LoadedStudy, Progress]]:
     """Each study with its current progress (studies whose Optuna study is gone are left out)."""
     out = []
     for record in rows:
         try:
-            loaded = open_record(storage, record)
+            loaded = cache.open(record)
         except StudyNotFound:
             continue
         out.append((loaded, loaded.progress()))
@@ -152,7 +149,7 @@ def with_progress(storage: BaseStorage, rows: Sequence[StudyRecord]) -> list[tup
 _finished_for_good: set[str] = set()
 
 
-def check_queue(session: Session, storage: BaseStorage, owner: str | None, limit: int) -> None:
+def check_queue(session: Session, cache: TrialCache, owner: str | None, limit: int) -> None:
     """Refuse one more unfinished study for ``owner`` when it has ``limit`` already.
 
     Raises:
@@ -163,7 +160,7 @@ def check_queue(session: Session, storage: BaseStorage, owner: str | None, limit
         if record.optuna_study_name in _finished_for_good:
             continue
         try:
-            state = open_record(storage, record).progress().state
+            state = cache.open(record).progress().state
         except StudyNotFound:
             continue
         if state in ("completed", "failed"):
@@ -182,13 +179,16 @@ def resume(storage: BaseStorage, loaded: LoadedStudy) -> None:
     set_cancelled(storage, loaded.record.optuna_study_name, False)
 
 
-def delete(session: Session, storage: BaseStorage, loaded: LoadedStudy) -> None:
-    """Delete the study's row and its Optuna study (cancelled first, so running trials stop)."""
+def delete(session: Session, cache: TrialCache, loaded: LoadedStudy, data_dir: str | Path) -> None:
+    """Delete the study's row, its Optuna study (cancelled first, so running trials stop)
+    and its model archive, if one was fitted."""
     name = loaded.record.optuna_study_name
     try:
-        set_cancelled(storage, name, True)
-        optuna.delete_study(study_name=name, storage=storage)
+        set_cancelled(cache.backend, name, True)
+        optuna.delete_study(study_name=name, storage=cache.backend)
     except KeyError:
         pass  # already gone from Optuna's tables
+    cache.forget(name)
+    remove_model(data_dir, name)
     session.delete(loaded.record)
     session.commit()

@@ -37,5 +37,9 @@ class Settings(BaseSettings):
                                       "have at once; one more is refused with 429.")
     default_page_size: int = Field(default=50, ge=1, description="Items per page when `limit` is not given.")
     max_page_size: int = Field(default=500, ge=1, description="Largest `limit` accepted.")
+    trial_cache_trials: int = Field(
+        default=100_000, ge=0, description="Finished trials the API process keeps in memory, over all studies "
+                                           "(about 3 KiB each with 10-20 epochs): past it, the least recently "
+                                           "read studies are read from the database again when asked for.")
     events_poll_s: float = Field(default=0.5, gt=0, description="How often an event stream reads the database.")
     events_heartbeat_s: float = Field(default=15.0, gt=0, description="Seconds between keep-alive comments.")

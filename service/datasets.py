@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
-from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from hpo.data import DatasetStore
 from service import catalog, records
 from service.models import DatasetRecord, utcnow
+from service.trial_cache import TrialCache
 from service.views import finite
 
 log = logging.getLogger("service")
@@ -70,13 +70,13 @@ def _parse_time(value: Any) -> dt.datetime:
         return utcnow()
 
 
-def delete(session: Session, storage: BaseStorage, store: DatasetStore, record: DatasetRecord) -> None:
+def delete(session: Session, cache: TrialCache, store: DatasetStore, record: DatasetRecord) -> None:
     """Delete a dataset's row and file.
 
     Raises:
         DatasetInUse: when a queued or running study reads it.
     """
-    users = catalog.with_progress(storage, records.studies_using_dataset(session, record.id))
+    users = catalog.with_progress(cache, records.studies_using_dataset(session, record.id))
     unfinished = [loaded.record.id for loaded, prog in users if prog.state not in catalog.FINISHED_STATES]
     if unfinished:
         raise DatasetInUse(record.id, unfinished)

@@ -1,5 +1,6 @@
 """What routes receive through ``Depends``: settings, the caller, a DB session (showing only
-the caller's rows), the Optuna storage, the dataset store, a page window."""
+the caller's rows), the Optuna storage, the trial cache that studies are read through, the
+dataset store, a page window."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from service import records
 from service.auth import PrincipalDep
 from service.config import Settings
 from service.errors import problem
+from service.trial_cache import TrialCache
 
 
 def get_settings(request: Request) -> Settings:
@@ -33,6 +35,10 @@ def get_storage(request: Request) -> BaseStorage:
     return request.app.state.storage
 
 
+def get_trial_cache(request: Request) -> TrialCache:
+    return request.app.state.trial_cache
+
+
 def get_dataset_store(request: Request) -> DatasetStore:
     return request.app.state.dataset_store
 
@@ -40,6 +46,7 @@ def get_dataset_store(request: Request) -> DatasetStore:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[BaseStorage, Depends(get_storage)]
+TrialCacheDep = Annotated[TrialCache, Depends(get_trial_cache)]
 DatasetStoreDep = Annotated[DatasetStore, Depends(get_dataset_store)]
 
 

@@ -34,7 +34,8 @@ log = logging.getLogger("service")
 RETRY_MS = 2000
 
 
-def _ms(trial: FrozenTrial) -> int:
+def event_id_of(trial: FrozenTrial) -> int:
+    """The id of a trial's latest event: when it last started or finished, in epoch ms."""
     moments = [m for m in (trial.datetime_start, trial.datetime_complete) if m is not None]
     return int(max(moments).timestamp() * 1000) if moments else 0
 
@@ -65,7 +66,7 @@ class ChangeTracker:
         out: list[bytes] = []
         first = self.study_view is None
         for trial in sorted(snapshot.trials, key=lambda t: t.number):
-            self.watermark_ms = max(self.watermark_ms, _ms(trial))
+            self.watermark_ms = max(self.watermark_ms, event_id_of(trial))
         for trial in sorted(snapshot.trials, key=lambda t: t.number):
             key = (trial.state, trial.value, len(trial.intermediate_values))
             if self.trial_keys.get(trial.number) == key:
@@ -73,7 +74,7 @@ class ChangeTracker:
             self.trial_keys[trial.number] = key
             already_seen = (
                 first and self.resume_after_ms is not None and trial.state.is_finished()
-                and _ms(trial) <= self.resume_after_ms
+                and event_id_of(trial) <= self.resume_after_ms
             )
             if not already_seen:
                 out.append(_event("trial", trial_view(trial, intermediate=True), self.watermark_ms))

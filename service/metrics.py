@@ -10,12 +10,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-import optuna
-from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from hpo.spec import parse_spec
 from hpo.studies import SPEC_ATTR, STATES, progress
+from service.trial_cache import TrialCache
 from service.views import TRIAL_STATE_NAMES, trial_duration_s
 
 log = logging.getLogger("service")
@@ -30,17 +29,18 @@ class Totals:
     duration_sum_s: float = 0.0
     duration_count: int = 0
     queue_depth: int = 0
+    cached_trials: int = 0
 
 
-def collect(storage: BaseStorage) -> Totals:
+def collect(cache: TrialCache) -> Totals:
     """Count trials by state, finished trials' durations, studies by state and the work queued."""
     totals = Totals()
-    for frozen in storage.get_all_studies():
+    for frozen in cache.backend.get_all_studies():
         if SPEC_ATTR not in frozen.user_attrs:
             continue
         try:
             spec = parse_spec(frozen.user_attrs[SPEC_ATTR])
-            study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+            study = cache.study(frozen.study_name)
             trials = study.get_trials(deepcopy=False)
             prog = progress(study, spec)
         except (KeyError, ValueError):  # deleted meanwhile, or a spec this version cannot read
@@ -54,6 +54,7 @@ def collect(storage: BaseStorage) -> Totals:
         totals.studies[prog.state] += 1
         if prog.runnable:
             totals.queue_depth += prog.n_trials - prog.finished - prog.running
+    totals.cached_trials = cache.size
     return totals
 
 
@@ -72,5 +73,8 @@ def render(totals: Totals) -> str:
         "# HELP hpo_queue_depth Trials still to run in queued or running studies.",
         "# TYPE hpo_queue_depth gauge",
         f"hpo_queue_depth {totals.queue_depth}",
+        "# HELP hpo_trial_cache_trials Trials this API process holds in its trial cache.",
+        "# TYPE hpo_trial_cache_trials gauge",
+        f"hpo_trial_cache_trials {totals.cached_trials}",
     ]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hpo.storage import open_storage
 from postgres_support import create_postgres_database, drop_postgres_database, postgres_database_url
 
 
@@ -38,3 +39,13 @@ def sqlite_url(tmp_path) -> str:
 def database_url(request) -> str:
     """A fresh database, once on SQLite and once on PostgreSQL."""
     return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def storage(database_url):
+    """Optuna's storage (``hpo.storage.open_storage``) on the test's database, for writing
+    trials the way a worker does."""
+    storage = open_storage(database_url)
+    yield storage
+    storage.remove_session()
+    storage.engine.dispose()

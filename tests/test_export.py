@@ -328,3 +328,30 @@ def test_a_job_whose_worker_died_is_taken_over_then_given_up(tmp_path):
     assert not run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)
     job = model_job(storage, "orphaned")
     assert job["state"] == "failed" and "interrupted 3 times" in job["reason"]
+
+
+def test_a_write_racing_the_deletion_does_not_bring_the_job_back(tmp_path):
+    from hpo.export import delete_model, model_job, model_path, run_pending_model_jobs
+    from hpo.studies import create_study
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'jobs.db'}")
+    create_study(storage, _spec("digits"), study_name="raced")
+    study_id = storage.get_study_id_from_name("raced")
+    # A fit whose worker died long ago: any worker would take it over.
+    job = {"state": "running", "worker": "gone:1:x", "heartbeat_at": "2020-01-01T00:00:00+00:00",
+           "requested_at": "2020-01-01T00:00:00+00:00", "trial_number": 0, "attempts": 1}
+    storage.set_study_user_attr(study_id, MODEL_ATTR, job)
+    archive = model_path(tmp_path, "raced")
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"an older model")
+
+    assert delete_model(storage, tmp_path, "raced") == job
+    assert model_job(storage, "raced") is None and not archive.exists()
+    assert delete_model(storage, tmp_path, "raced") is None  # nothing left to delete
+
+    # The worker's write that read the job just before the deletion lands just after it.
+    storage.set_study_user_attr(study_id, MODEL_ATTR, job)
+
+    assert model_job(storage, "raced") is None
+    assert not run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)  # nobody takes it over
+    assert storage.get_study_user_attrs(study_id)[MODEL_ATTR] == job

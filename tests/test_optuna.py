@@ -2,6 +2,7 @@
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from hpo import local
@@ -49,6 +50,18 @@ def test_enqueued_configurations_run_first_exactly(storage):
     trials = optuna.load_study(study_name="warm", storage=storage).trials
     for trial, config in zip(trials[:2], configs):
         assert {k: trial.params[k] for k in config} == config
+
+
+def test_enqueued_configurations_run_costliest_first(storage):
+    small, large, medium = ({"batch_size": 128, "lr": 0.01}, {"batch_size": 16, "lr": 0.02},
+                            {"batch_size": 32, "lr": 0.03})
+    spec = tiny_spec("longest-first", search_space={**TINY_SPACE, "batch_size": {"choices": [16, 32, 128]}},
+                     budget={"n_trials": 4}, enqueue_trials=[small, large, medium, {**small, "lr": 0.005}])
+    local.run(spec, storage, jobs=1, show_progress=False)
+    trials = optuna.load_study(study_name="longest-first", storage=storage).trials
+    ran = [{k: t.params[k] for k in ("batch_size", "lr")} for t in trials[:4]]
+    assert ran == [large, medium, small, {**small, "lr": 0.005}]  # equal costs keep the list's order
+    assert torch.get_num_threads() == 1  # one intra-op thread per worker, whatever the worker count
 
 
 def test_running_a_study_again_resumes_it(storage):

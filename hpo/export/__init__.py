@@ -5,7 +5,7 @@
 - ``archive.py``: the ``.hpo.zip`` archive (``manifest.json`` + safetensors weights) and
   ``Model`` / ``load_model``, which predict from raw inputs.
 - ``inputs.py``: new data (arrays, JSON bodies, uploaded files) checked and preprocessed.
-- ``jobs.py``: final fits as jobs the workers run (``request_model``,
+- ``jobs.py``: final fits as jobs the workers run (``request_model``, ``delete_model``,
   ``run_pending_model_jobs``), coordinated through the study's ``hpo:model`` attribute.
 - ``commands.py``: ``hpo model fit | download | predict``.
 
@@ -23,15 +23,16 @@ if TYPE_CHECKING:
     from hpo.export.fit import fit_model, fit_study_model
     from hpo.export.inputs import InputError, PredictInput, inputs_from_file, inputs_from_json
     from hpo.export.jobs import (
-        MODEL_ATTR, ModelJobConflict, model_job, model_path, remove_model, request_model, run_pending_model_jobs,
+        MODEL_ATTR, ModelJobConflict, delete_model, model_job, model_path, remove_model, request_model,
+        run_pending_model_jobs,
     )
 
 _HOMES = {
     "archive": ("Manifest", "Model", "load_model"),
     "fit": ("fit_model", "fit_study_model"),
     "inputs": ("InputError", "PredictInput", "inputs_from_file", "inputs_from_json"),
-    "jobs": ("MODEL_ATTR", "ModelJobConflict", "model_job", "model_path", "remove_model", "request_model",
-             "run_pending_model_jobs"),
+    "jobs": ("MODEL_ATTR", "ModelJobConflict", "delete_model", "model_job", "model_path", "remove_model",
+             "request_model", "run_pending_model_jobs"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -28,7 +28,7 @@ from safetensors.torch import save as save_safetensors
 from hpo.data.forecast import SeriesScaling
 from hpo.data.sequences import SequenceScaling
 from hpo.data.text import TextVocabulary
-from hpo.export.inputs import InputError, PredictInput, prepare
+from hpo.export.inputs import PredictInput, prepare
 from hpo.model import SequenceModel
 
 FORMAT = "hpo-model"

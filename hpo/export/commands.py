@@ -10,12 +10,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-API = "/api/v1"
-WAIT_POLL_S = 2.0
+if TYPE_CHECKING:
+    from hpo.client import Client
 
 
 def add_model_commands(sub: Any) -> None:
@@ -60,27 +59,18 @@ def _remote(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--api-key", default=os.environ.get("HPO_API_KEY"), help="API key (default: $HPO_API_KEY)")
 
 
-def _http(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    """One request to the server; a refusal raises the client's ``APIError``."""
-    from hpo.client import APIError, Client
+def _client(args: argparse.Namespace) -> Client:
+    from hpo.client import Client
 
-    with Client(args.url, api_key=args.api_key) as client:
-        response = client.http.request(method, path, **kwargs)
-        if response.is_error:
-            raise APIError.from_response(response)
-        return response
+    return Client(args.url, api_key=args.api_key)
 
 
 def cmd_model_fit(args: argparse.Namespace) -> None:
     if args.url:
-        response = _http(args, "POST", f"{API}/studies/{args.study}/model",
-                         json={"trial_number": args.trial, "holdout": args.holdout})
-        status = response.json()
-        while args.wait and status["state"] in ("queued", "running"):
-            time.sleep(WAIT_POLL_S)
-            status = _http(args, "GET", f"{API}/studies/{args.study}/model").json()
-            if status["state"] == "running" and status.get("epochs"):
-                print(f"epoch {status.get('epoch')}/{status['epochs']}", file=sys.stderr)
+        with _client(args) as client:
+            status = client.fit_model(args.study, trial_number=args.trial, holdout=args.holdout)
+            if args.wait:
+                status = client.wait_model(args.study, progress=True)
         print(json.dumps(status, indent=2))
         if status["state"] == "failed":
             raise ValueError(f"the fit failed: {status.get('reason')}")
@@ -104,12 +94,8 @@ def cmd_model_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_model_download(args: argparse.Namespace) -> None:
-    response = _http(args, "GET", f"{API}/studies/{args.study}/model/download")
-    disposition = response.headers.get("content-disposition", "")
-    suggested = disposition.split("filename=", 1)[1].strip('"') if "filename=" in disposition else None
-    out = Path(args.out or Path(suggested or f"{args.study}.hpo.zip").name)
-    out.write_bytes(response.content)
-    print(out)
+    with _client(args) as client:
+        print(client.download_model(args.study, args.out))
 
 
 def cmd_model_predict(args: argparse.Namespace) -> None:

@@ -11,6 +11,10 @@ next worker that looks, at most ``MAX_ATTEMPTS`` times.
 
 States: ``queued -> running -> ready | failed``; ``running -> queued`` when the worker
 stops politely. A request while ``ready`` or ``failed`` starts a new fit.
+:func:`delete_model` removes the job in any state, and the archive with it; it also writes
+the job's ``requested_at`` to ``hpo:model:cancelled``, which no worker ever writes, so a
+worker's write racing the deletion cannot bring the job back: that job reads as no job, is
+never claimed, and its worker drops the fit at its next write (each epoch, each heartbeat).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ if TYPE_CHECKING:  # Optuna 5 does not re-export FrozenStudy
 log = logging.getLogger("hpo.export")
 
 MODEL_ATTR = "hpo:model"
+CANCELLED_ATTR = "hpo:model:cancelled"  # the requested_at of the last job deleted
 MODELS_DIR = "models"
 JOB_STATES = ("queued", "running", "ready", "failed")
 ACTIVE_STATES = ("queued", "running")
@@ -73,7 +78,7 @@ def model_path(data_dir: str | Path, study_name: str) -> Path:
 
 
 def remove_model(data_dir: str | Path, study_name: str) -> None:
-    """Delete a study's archive, if any (for when the study is deleted)."""
+    """Delete a study's archive, if any."""
     model_path(data_dir, study_name).unlink(missing_ok=True)
 
 
@@ -83,8 +88,17 @@ def model_job(storage: BaseStorage, study_name: str) -> dict[str, Any] | None:
     Raises:
         KeyError: no such study.
     """
-    job = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name)).get(MODEL_ATTR)
-    return job if isinstance(job, dict) and job.get("state") in JOB_STATES else None
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))
+    job = attrs.get(MODEL_ATTR)
+    if not isinstance(job, dict) or job.get("state") not in JOB_STATES or _cancelled(job, attrs):
+        return None
+    return job
+
+
+def _cancelled(job: dict[str, Any], attrs: dict[str, Any]) -> bool:
+    """Whether ``job`` is one that :func:`delete_model` removed (``attrs``: the study's user attributes)."""
+    requested_at = job.get("requested_at")
+    return requested_at is not None and attrs.get(CANCELLED_ATTR) == requested_at
 
 
 def request_model(storage: BaseStorage, study_name: str, *, trial_number: int | None = None,
@@ -122,6 +136,40 @@ def request_model(storage: BaseStorage, study_name: str, *, trial_number: int | 
         "attempts": 0,
     }
     study.set_user_attr(MODEL_ATTR, job)
+    return job
+
+
+def delete_model(storage: BaseStorage, data_dir: str | Path, study_name: str) -> dict[str, Any] | None:
+    """Cancel a study's fit or delete its model: the job goes (:func:`model_job` says None
+    again) and so does the archive.
+
+    A queued job is removed before any worker starts it. A running fit is cancelled: its
+    worker reads the job before each of its writes, finds it gone (or marked cancelled, if
+    a write of its own raced the deletion) at the end of the epoch in progress or at its
+    next heartbeat, and stops without writing an archive. A fit finishing in that very
+    instant may leave its archive file behind; it is never served (the state is ``none``)
+    and the next fit replaces it.
+
+    Args:
+        storage: the Optuna storage.
+        data_dir: the data folder the archives are in.
+        study_name: the Optuna study.
+
+    Returns:
+        The job as it was, or None when there was none (nothing is changed then).
+
+    Raises:
+        KeyError: no such study.
+    """
+    job = model_job(storage, study_name)
+    if job is None:
+        return None
+    study_id = storage.get_study_id_from_name(study_name)
+    if job.get("requested_at") is not None:
+        storage.set_study_user_attr(study_id, CANCELLED_ATTR, job["requested_at"])
+    # Optuna's storages cannot delete a user attribute: null reads as "no job" everywhere.
+    storage.set_study_user_attr(study_id, MODEL_ATTR, None)
+    remove_model(data_dir, study_name)
     return job
 
 
@@ -165,7 +213,8 @@ def run_pending_model_jobs(
     for frozen in storage.get_all_studies() if studies is None else studies:
         name = frozen.study_name
         job = frozen.user_attrs.get(MODEL_ATTR)
-        if (study_name is not None and name != study_name) or not isinstance(job, dict):
+        if (study_name is not None and name != study_name) or not isinstance(job, dict) \
+                or _cancelled(job, frozen.user_attrs):
             continue
         if job.get("state") != "queued" and not _stale(job, stale_after_s):
             continue
@@ -188,7 +237,14 @@ def run_pending_model_jobs(
 
 
 def _claim(storage: BaseStorage, study_id: int, job: dict[str, Any], settle_s: float) -> dict[str, Any] | None:
-    """Write ``running`` with a fresh worker id, wait, read back: the job is ours if our id stayed."""
+    """Write ``running`` with a fresh worker id, wait, read back: the job is ours if our id stayed.
+
+    Nothing is written unless the job is still as listed (not deleted, requested again or
+    claimed since).
+    """
+    attrs = storage.get_study_user_attrs(study_id)
+    if attrs.get(MODEL_ATTR) != job or _cancelled(job, attrs):
+        return None
     now = _iso(_now())
     worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     running = {**job, "state": "running", "worker": worker, "started_at": now, "heartbeat_at": now,
@@ -196,8 +252,10 @@ def _claim(storage: BaseStorage, study_id: int, job: dict[str, Any], settle_s: f
     running.pop("reason", None)
     storage.set_study_user_attr(study_id, MODEL_ATTR, running)
     time.sleep(settle_s)
-    current = storage.get_study_user_attrs(study_id).get(MODEL_ATTR)
-    return running if isinstance(current, dict) and current.get("worker") == worker else None
+    attrs = storage.get_study_user_attrs(study_id)
+    current = attrs.get(MODEL_ATTR)
+    ours = isinstance(current, dict) and current.get("worker") == worker and not _cancelled(current, attrs)
+    return running if ours else None
 
 
 class _ModelFit:
@@ -264,10 +322,12 @@ class _ModelFit:
             if self.lost or (self.done.is_set() and not final):
                 return
             try:
-                current = self.storage.get_study_user_attrs(self.study_id).get(MODEL_ATTR)
+                attrs = self.storage.get_study_user_attrs(self.study_id)
             except KeyError:  # the study was deleted
-                current = None
-            if not isinstance(current, dict) or current.get("worker") != self.job["worker"]:
+                attrs = {}
+            current = attrs.get(MODEL_ATTR)
+            if not isinstance(current, dict) or current.get("worker") != self.job["worker"] \
+                    or _cancelled(current, attrs):
                 self.lost = True
                 log.warning("model job of study %s was taken over or removed; dropping this fit", self.study_name)
                 return

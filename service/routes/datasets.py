@@ -10,7 +10,7 @@ from hpo.data import DataError
 from hpo.spec import Task
 from service import datasets, records
 from service.auth import PrincipalDep
-from service.deps import DatasetStoreDep, PageDep, SessionDep, SettingsDep, StorageDep
+from service.deps import DatasetStoreDep, PageDep, SessionDep, SettingsDep, TrialCacheDep
 from service.errors import problem
 from service.limits import too_large_message
 from service.models import DatasetRecord
@@ -73,11 +73,11 @@ def get_dataset(session: SessionDep, dataset_id: str) -> dict[str, Any]:
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=ERRORS, summary="Delete a dataset")
-def delete_dataset(session: SessionDep, storage: StorageDep, store: DatasetStoreDep, dataset_id: str) -> Response:
+def delete_dataset(session: SessionDep, cache: TrialCacheDep, store: DatasetStoreDep, dataset_id: str) -> Response:
     """Delete a dataset; refused (409) while a queued or running study reads it."""
     record = _get_record(session, dataset_id)
     try:
-        datasets.delete(session, storage, store, record)
+        datasets.delete(session, cache, store, record)
     except datasets.DatasetInUse as exc:
         raise problem(409, str(exc), field="dataset_id") from None
     return Response(status_code=204)

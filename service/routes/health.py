@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import metrics
-from service.deps import StorageDep
+from service.deps import TrialCacheDep
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -32,6 +32,6 @@ def readyz(request: Request) -> JSONResponse | dict[str, str]:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-def prometheus_metrics(storage: StorageDep) -> PlainTextResponse:
+def prometheus_metrics(cache: TrialCacheDep) -> PlainTextResponse:
     """Trials and studies by state, trial durations, and the queue of trials still to run."""
-    return PlainTextResponse(metrics.render(metrics.collect(storage)), media_type=metrics.CONTENT_TYPE)
+    return PlainTextResponse(metrics.render(metrics.collect(cache)), media_type=metrics.CONTENT_TYPE)

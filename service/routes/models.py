@@ -1,8 +1,9 @@
 """``/api/v1/studies/{id}/model`` and ``/predict``: fit the best configuration, download it, predict.
 
-The fit is a job the workers run (``hpo.export.jobs``): this API only queues it and reads
-its state from the database. Predictions load the archive the workers wrote to the shared
-data folder (cached per file version) and apply the training-time preprocessing.
+The fit is a job the workers run (``hpo.export.jobs``): this API only queues it, reads its
+state from the database and removes it (cancel / delete). Predictions load the archive the
+workers wrote to the shared data folder (cached per file version) and apply the
+training-time preprocessing.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from hpo.export import (
-    InputError, Model, ModelJobConflict, PredictInput, inputs_from_file, inputs_from_json, load_model, model_job,
-    model_path, request_model,
+    InputError, Model, ModelJobConflict, PredictInput, delete_model, inputs_from_file, inputs_from_json, load_model,
+    model_job, model_path, request_model,
 )
 from hpo.export.fit import MAX_HOLDOUT
 from service.deps import SettingsDep, StorageDep
@@ -154,6 +155,17 @@ def get_model(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
     """`none`, `queued`, `running` (with epoch / epochs), `ready` (with the model's
     metadata) or `failed` (with the reason)."""
     return model_view(loaded.record.id, _job(storage, loaded))
+
+
+@router.delete("/{study_id}/model", status_code=204, response_class=Response, responses=ERRORS,
+               summary="Cancel the fit or delete the model")
+def cancel_or_delete_model(loaded: LoadedDep, storage: StorageDep, settings: SettingsDep) -> Response:
+    """Cancel a queued or running fit, or delete a ready or failed model with its archive;
+    `GET .../model` says `none` again. A running fit's worker stops at the end of the epoch
+    in progress. 404 when there is no model."""
+    if delete_model(storage, settings.data_dir, loaded.record.optuna_study_name) is None:
+        raise problem(404, f"study {loaded.record.id!r} has no model to cancel or delete (model state: none)")
+    return Response(status_code=204)
 
 
 @router.get("/{study_id}/model/download", response_class=FileResponse, responses={

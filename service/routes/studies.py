@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -14,7 +14,7 @@ from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
 from service import catalog, records
 from service.auth import PrincipalDep
 from service.catalog import LoadedStudy, StudyNotFound, TooManyQueued
-from service.deps import PageDep, SessionDep, SettingsDep, StorageDep
+from service.deps import PageDep, SessionDep, SettingsDep, StorageDep, TrialCacheDep
 from service.errors import problem
 from service.events import snapshot_reader, study_events
 from service.limits import check_study_size
@@ -112,9 +112,9 @@ def parse_body(raw: bytes, is_json: bool) -> StudySpec:
         raise problem(422, "the spec is nested too deeply", field="body") from None
 
 
-def get_loaded_study(study_id: str, session: SessionDep, storage: StorageDep) -> LoadedStudy:
+def get_loaded_study(study_id: str, session: SessionDep, cache: TrialCacheDep) -> LoadedStudy:
     try:
-        return catalog.load(session, storage, study_id)
+        return catalog.load(session, cache, study_id)
     except StudyNotFound as exc:
         raise problem(404, str(exc), field="study_id") from None
 
@@ -126,9 +126,9 @@ def _detail(loaded: LoadedStudy) -> dict[str, Any]:
     return study_view(loaded.record, loaded.spec, loaded.progress(), with_spec=True)
 
 
-def _check_queue(session: SessionDep, storage: StorageDep, settings: SettingsDep, owner: str | None) -> None:
+def _check_queue(session: SessionDep, cache: TrialCacheDep, settings: SettingsDep, owner: str | None) -> None:
     try:
-        catalog.check_queue(session, storage, owner, settings.max_queued_studies_per_owner)
+        catalog.check_queue(session, cache, owner, settings.max_queued_studies_per_owner)
     except TooManyQueued as exc:
         raise problem(429, str(exc)) from None
 
@@ -136,12 +136,13 @@ def _check_queue(session: SessionDep, storage: StorageDep, settings: SettingsDep
 @router.post("", status_code=201, response_model=StudyDetail, responses=SUBMIT_ERRORS, openapi_extra=_SPEC_BODY,
              summary="Submit a study")
 def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: SessionDep, storage: StorageDep,
-                 settings: SettingsDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
+                 cache: TrialCacheDep, settings: SettingsDep, principal: PrincipalDep,
+                 response: Response) -> dict[str, Any]:
     """Validate a spec and queue its study; workers start on it at once. Refused with 422
     past the server's caps on trials, folds and epochs, and with 429 while the caller has
     too many unfinished studies."""
     check_study_size(spec, settings)
-    _check_queue(session, storage, settings, principal.name)
+    _check_queue(session, cache, settings, principal.name)
     loaded = catalog.submit(session, storage, spec, owner=principal.name)
     view = _detail(loaded)
     response.headers["Location"] = view["links"]["self"]
@@ -149,14 +150,14 @@ def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: S
 
 
 @router.get("", response_model=StudyPage, responses=ERRORS, summary="List studies")
-def list_studies(session: SessionDep, storage: StorageDep, page: PageDep,
+def list_studies(session: SessionDep, cache: TrialCacheDep, page: PageDep,
                  state: StudyState | None = None) -> dict[str, Any]:
     """Studies, newest first, optionally only those in one state."""
     if state is None:
         rows, total = records.page_of_studies(session, page.limit, page.offset)
-        studies = catalog.with_progress(storage, rows)
+        studies = catalog.with_progress(cache, rows)
     else:
-        matching = [(loaded, prog) for loaded, prog in catalog.with_progress(storage, records.all_studies(session))
+        matching = [(loaded, prog) for loaded, prog in catalog.with_progress(cache, records.all_studies(session))
                     if prog.state == state]
         total, studies = len(matching), page.window(matching)
     items = [study_view(loaded.record, loaded.spec, prog) for loaded, prog in studies]
@@ -180,19 +181,20 @@ def cancel_study(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
 
 
 @router.post("/{study_id}/resume", response_model=StudyDetail, responses=SUBMIT_ERRORS, summary="Resume a study")
-def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
+def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, cache: TrialCacheDep,
+                 settings: SettingsDep) -> dict[str, Any]:
     """Let workers run a cancelled study's remaining trials (429 while its owner has too
     many unfinished studies)."""
     if loaded.progress().state == "cancelled":
-        _check_queue(session, storage, settings, loaded.record.owner)
+        _check_queue(session, cache, settings, loaded.record.owner)
     catalog.resume(storage, loaded)
     return _detail(loaded)
 
 
 @router.delete("/{study_id}", status_code=204, responses=ERRORS, summary="Delete a study")
-def delete_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep) -> Response:
-    """Delete a study with all its trials (from Optuna's tables too)."""
-    catalog.delete(session, storage, loaded)
+def delete_study(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep, settings: SettingsDep) -> Response:
+    """Delete a study with all its trials (from Optuna's tables too) and its model."""
+    catalog.delete(session, cache, loaded, settings.data_dir)
     return Response(status_code=204)
 
 
@@ -218,19 +220,24 @@ def best_trial(loaded: LoadedDep) -> dict[str, Any]:
 def study_event_stream(
     request: Request,
     loaded: LoadedDep,
-    storage: StorageDep,
+    cache: TrialCacheDep,
     settings: SettingsDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Query(description="Skip trials finished by this event id, like "
+                                                          "the `Last-Event-ID` header (which wins when both "
+                                                          "are sent): a browser's `EventSource` cannot send "
+                                                          "the header on its first connection, so a page "
+                                                          "passes the `event_id` of the data it drew.")] = None,
 ) -> StreamingResponse:
     """A Server-Sent Events stream of trial and study changes, until the client leaves."""
     study_id, sessions = loaded.record.id, request.app.state.sessions
 
     def load() -> LoadedStudy:
         with sessions() as session:
-            return catalog.load(session, storage, study_id)
+            return catalog.load(session, cache, study_id)
 
     read = snapshot_reader(load, lambda s: study_view(s.record, s.spec, s.progress()))
     stream = study_events(request, read, poll_s=settings.events_poll_s, heartbeat_s=settings.events_heartbeat_s,
-                          last_event_id=last_event_id)
+                          last_event_id=last_event_id_header or last_event_id)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -34,9 +34,12 @@ _gzip_lock = threading.Lock()
 
 
 def page(name: str) -> HTMLResponse:
-    """A page of ``templates/``; ``__PLOTLY_VERSION__`` there names the bundle's version
-    (a new plotly gets a new address, past browsers' week-long cache)."""
-    html = (TEMPLATES_DIR / name).read_text(encoding="utf-8").replace("__PLOTLY_VERSION__", plotly.__version__)
+    """A page of ``templates/``: ``__TOPBAR__`` there becomes the navigation bar every page
+    shares (``_topbar.html``), ``__PLOTLY_VERSION__`` the bundle's version (a new plotly gets
+    a new address, past browsers' week-long cache)."""
+    html = (TEMPLATES_DIR / name).read_text(encoding="utf-8")
+    topbar = (TEMPLATES_DIR / "_topbar.html").read_text(encoding="utf-8").rstrip()
+    html = html.replace("__TOPBAR__", topbar).replace("__PLOTLY_VERSION__", plotly.__version__)
     return HTMLResponse(html, headers={"Cache-Control": REVALIDATE})
 
 

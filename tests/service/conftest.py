@@ -17,26 +17,12 @@ from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.db import upgrade  # noqa: E402
 from postgres_support import create_postgres_database, drop_postgres_database, postgres_database_url  # noqa: E402
-from service_support import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, LiveServer  # noqa: E402
+from service_support import LiveServer, make_settings  # noqa: E402
 
 
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     return tmp_path / "data"
-
-
-def make_settings(database_url: str, data_dir: Path) -> Settings:
-    """Small limits (so 413s and zip bombs are cheap to provoke) and fast event polling."""
-    return Settings(
-        database_url=database_url,
-        data_dir=str(data_dir),
-        max_upload_bytes=MAX_UPLOAD_BYTES,
-        max_body_bytes=MAX_BODY_BYTES,
-        max_unpacked_bytes=16 * MAX_UPLOAD_BYTES,
-        max_page_size=100,
-        events_poll_s=0.1,
-        events_heartbeat_s=0.5,
-    )
 
 
 @pytest.fixture
@@ -55,30 +41,25 @@ def api(settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def shared_api(request, tmp_path_factory) -> Iterator[TestClient]:
-    """One app per module and database: for tests of refusals, which must leave nothing behind."""
+def module_database(request, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A fresh database (URL) and folder per test module, once on SQLite and once on PostgreSQL."""
     folder = tmp_path_factory.mktemp("shared")
-    database = None
     if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'hpo.db'}"
-    else:
-        database = create_postgres_database(template=request.getfixturevalue("postgres_template"))
-        url = postgres_database_url(database)
+        yield f"sqlite:///{folder / 'hpo.db'}", folder
+        return
+    database = create_postgres_database(template=request.getfixturevalue("postgres_template"))
     try:
-        with TestClient(create_app(make_settings(url, folder / "data"))) as client:
-            yield client
+        yield postgres_database_url(database), folder
     finally:
-        if database:
-            drop_postgres_database(database)
+        drop_postgres_database(database)
 
 
-@pytest.fixture
-def storage(database_url):
-    """Optuna's storage on the app's database, for writing trials the way a worker does."""
-    storage = open_storage(database_url)
-    yield storage
-    storage.remove_session()
-    storage.engine.dispose()
+@pytest.fixture(scope="module")
+def shared_api(module_database) -> Iterator[TestClient]:
+    """One app per module and database: for tests of refusals, which must leave nothing behind."""
+    url, folder = module_database
+    with TestClient(create_app(make_settings(url, folder / "data"))) as client:
+        yield client
 
 
 @pytest.fixture

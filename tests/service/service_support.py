@@ -1,13 +1,8 @@
-"""Helpers for the service tests: tiny specs, trials written through Optuna's own API, a live
-server, ``hpo`` child processes."""
+"""Helpers for the service tests: tiny specs, trials written through Optuna's own API, an app
+served in a thread (``hpo`` child processes: ``process_support``)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +14,26 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from hpo.studies import FAIL_REASON_ATTR
+from process_support import free_port
+from service.config import Settings
 
 MAX_UPLOAD_BYTES = 256 * 1024  # the test apps' limits: small, so 413s are cheap to provoke
 MAX_BODY_BYTES = 32 * 1024
+
+
+def make_settings(database_url: str, data_dir: Path) -> Settings:
+    """The test apps' settings: small limits (so 413s and zip bombs are cheap to provoke) and
+    fast event polling."""
+    return Settings(
+        database_url=database_url,
+        data_dir=str(data_dir),
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_unpacked_bytes=16 * MAX_UPLOAD_BYTES,
+        max_page_size=100,
+        events_poll_s=0.1,
+        events_heartbeat_s=0.5,
+    )
 
 
 def tiny_spec(name: str = "digits-tiny", **overrides: Any) -> dict[str, Any]:
@@ -80,12 +92,6 @@ def add_trial(
     return trial.number
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class LiveServer:
     """An app served by uvicorn on a free port in a thread: real HTTP, no worker processes."""
 
@@ -107,42 +113,3 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def hpo(*args: str) -> list[str]:
-    """The command line of ``hpo ARGS`` run by this interpreter."""
-    return [sys.executable, "-m", "hpo", *args]
-
-
-class Process:
-    """A child process in its own session, so that it and the workers it spawns end together."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        self._log_file = log.open("wb")
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM (workers fail their trial cleanly), then SIGKILL the whole group if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        self.signal_group(signal.SIGKILL)  # the group: stragglers the parent did not reap
-        self.proc.wait()
-        self._log_file.close()

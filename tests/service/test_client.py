@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
+from hpo.cli import main
 from hpo.client import APIError, Client
+from hpo.data.builtins import _digits
+from hpo.export import load_model
 from hpo.spec import parse_spec
+from hpo.worker import WorkerOptions, worker_loop
 from service_support import add_trial, tiny_spec
 
 
@@ -18,6 +25,18 @@ from service_support import add_trial, tiny_spec
 def client(live_server):
     with Client(live_server.url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def worker(settings) -> Iterator[None]:
+    """A worker next to the live server, as ``hpo worker`` runs one (in a thread)."""
+    stop = threading.Event()
+    options = WorkerOptions(database_url=settings.database_url, data_dir=settings.data_dir, poll_interval_s=0.05)
+    thread = threading.Thread(target=worker_loop, args=(options, 0, stop))
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=60)
 
 
 def test_submit_in_every_form(client, tmp_path):
@@ -123,3 +142,56 @@ def test_answers_that_are_not_the_apis_json_still_give_api_errors():
     assert APIError.from_response(proxy).detail == [{"field": None, "message": "<html>Bad Gateway</html>"}]
     assert APIError.from_response(proxy).status == 502
     assert APIError.from_response(legacy).detail == [{"field": None, "message": "Not Found"}]
+
+
+def test_model_fit_wait_download_predict_delete(client, worker, live_server, tmp_path, capsys):
+    spec = tiny_spec("client-model", search_space={"hidden_size": {"value": 16}, "lr": {"value": 0.01},
+                                                   "batch_size": {"value": 64}}, budget={"n_trials": 1})
+    study = client.submit(spec)
+    study_id = study["id"]
+    assert client.model(study_id)["state"] == "none"
+    assert client.wait_model(study_id, timeout_s=5)["state"] == "none"  # nothing asked for: nothing to wait for
+    client.wait(study_id, poll_s=0.1, timeout_s=120)
+
+    queued = client.fit_model(study_id, holdout=0.2)
+    with pytest.raises(APIError) as bad_holdout:
+        client.fit_model(study_id, holdout=0.9)
+    ready = client.wait_model(study_id, poll_s=0.1, timeout_s=120)
+
+    assert queued["state"] == "queued" and queued["trial_number"] == 0 and queued["holdout"] == 0.2
+    assert bad_holdout.value.status == 422 and bad_holdout.value.detail[0]["field"] == "holdout"
+    assert ready["state"] == "ready", ready.get("reason")
+    assert ready["model"]["trial_number"] == 0 and ready["model"]["training"]["holdout_samples"] > 0
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    path = client.download_model(study_id, downloads)  # a folder: the file gets the server's name for it
+    assert path == downloads / f"{study['optuna_study_name']}.hpo.zip"
+    assert list(downloads.iterdir()) == [path]  # no partial file left over
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ready["archive"]["sha256"]
+    model = load_model(path)
+
+    x = _digits()[0][:5]
+    answer = client.predict(study_id, {"x": x})  # a NumPy array goes as lists
+    with pytest.raises(APIError) as bad_input:
+        client.predict(study_id, {"x": x[:, :, :3]})
+
+    assert answer["labels"] == model.predict(x).tolist()
+    np.testing.assert_allclose(answer["probabilities"], model.predict_proba(x), rtol=1e-5, atol=1e-7)
+    assert bad_input.value.status == 422 and bad_input.value.detail[0]["field"] == "x"
+
+    # `hpo model download|fit --url` go through the same client.
+    main(["model", "download", study_id, "--url", live_server.url, "--out", str(tmp_path / "cli.hpo.zip")])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cli.hpo.zip")
+    assert (tmp_path / "cli.hpo.zip").read_bytes() == path.read_bytes()
+    main(["model", "fit", study_id, "--url", live_server.url, "--wait"])
+    assert json.loads(capsys.readouterr().out)["state"] == "ready"
+
+    client.delete_model(study_id)
+    assert client.model(study_id)["state"] == "none"
+    with pytest.raises(APIError) as not_ready:
+        client.download_model(study_id, tmp_path / "gone.hpo.zip")
+    with pytest.raises(APIError) as nothing_left:
+        client.delete_model(study_id)
+    assert not_ready.value.status == 409 and "model state: none" in str(not_ready.value)
+    assert not (tmp_path / "gone.hpo.zip").exists()
+    assert nothing_left.value.status == 404

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from hpo.client import Client
 from hpo.storage import normalize_url
-from service_support import Process, free_port, hpo, tiny_spec
+from process_support import Process, ServeProcess, hpo
+from service_support import tiny_spec
 
 pytestmark = pytest.mark.service
 STUDY_TIMEOUT_S = 300
@@ -21,26 +22,12 @@ STUDY_TIMEOUT_S = 300
 
 @pytest.fixture
 def serve(database_url, tmp_path):
-    """Start ``hpo serve`` with N embedded workers; yields (url, data_dir)."""
-    started: list[Process] = []
+    """Start ``hpo serve`` with N embedded workers; returns its URL."""
+    started: list[ServeProcess] = []
 
     def start(workers: int) -> str:
-        port = free_port()
-        process = Process(hpo("serve", "--host", "127.0.0.1", "--port", str(port), "--database", database_url,
-                              "--workers", str(workers), "--data-dir", str(tmp_path / "data")),
-                          tmp_path / "serve.log")
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert process.proc.poll() is None, f"hpo serve exited:\n{process.output()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"hpo serve did not become ready:\n{process.output()}")
+        started.append(ServeProcess(database_url, tmp_path / "data", tmp_path / "serve.log", workers=workers))
+        return started[-1].url
 
     yield start
     for process in started:

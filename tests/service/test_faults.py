@@ -20,7 +20,8 @@ from hpo.spec import parse_spec
 from hpo.storage import open_storage
 from hpo.studies import FAIL_REASON_ATTR, create_study
 from postgres_support import PrivatePostgres
-from service_support import Process, free_port, hpo, tiny_spec
+from process_support import Process, ServeProcess, free_port, hpo
+from service_support import tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 API = "/api/v1"
@@ -74,25 +75,10 @@ def slow_spec(name: str, n_trials: int, epochs: int = 200) -> dict[str, Any]:
                      pruner={"name": "none"})
 
 
-class Service:
-    """``hpo serve`` on a free port, until stopped."""
-
-    def __init__(self, database_url: str, tmp_path, workers: int, log_name: str = "serve.log"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = Process(hpo("serve", "--port", str(self.port), "--database", database_url,
-                                   "--workers", str(workers), "--data-dir", str(tmp_path / "data")),
-                               tmp_path / log_name)
-        wait_for(lambda: self._ready(), 90, f"hpo serve to answer:\n{self.process.output()}")
-
-    def _ready(self) -> bool:
-        assert self.process.proc.poll() is None, f"hpo serve exited:\n{self.process.output()}"
-        return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-
-    def study(self, study_id: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}{API}/studies/{study_id}", timeout=10)
-        response.raise_for_status()
-        return response.json()
+def study_of(service: ServeProcess, study_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{service.url}{API}/studies/{study_id}", timeout=10)
+    response.raise_for_status()
+    return response.json()
 
 
 @pytest.fixture
@@ -132,7 +118,7 @@ def test_sigterm_fails_the_running_trial_and_the_worker_exits(database_url, tmp_
     storage.engine.dispose()
 
 
-def poll_study(service: Service, study_id: str, answers: list[int | None], done: threading.Event) -> None:
+def poll_study(service: ServeProcess, study_id: str, answers: list[int | None], done: threading.Event) -> None:
     """Ask for a study every 0.1 s until ``done``, noting each answer's status (None: no answer)."""
     while not done.is_set():
         try:
@@ -154,8 +140,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 @pytest.mark.postgres
 def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, processes):
     url = private_postgres.url
-    service = Service(url, tmp_path, workers=1)
-    processes.append(service.process)
+    service = ServeProcess(url, tmp_path / "data", tmp_path / "serve.log", workers=1)
+    processes.append(service)
     study = httpx.post(f"{service.url}{API}/studies", json=slow_spec("pg-restart", n_trials=6, epochs=20)).json()
     name = study["optuna_study_name"]
 
@@ -170,32 +156,32 @@ def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, 
     finally:
         polling.set()
         poller.join()
-    final = wait_for(lambda: (s := service.study(study["id"]))["state"] in ("completed", "failed") and s, 150,
-                     f"the study to finish after the restart:\n{service.process.output()}")
+    final = wait_for(lambda: (s := study_of(service, study["id"]))["state"] in ("completed", "failed") and s, 150,
+                     f"the study to finish after the restart:\n{service.output()}")
 
     trials = trials_of(url, name)
     assert final["state"] == "completed", final
     assert_exact_budget(trials, 6)
     after = {t.number: (t.state, t.value, t.params) for t in trials}
     assert all(after[number] == kept for number, kept in before.items())  # no finished trial lost or redone
-    assert service.process.proc.poll() is None
-    assert "database unavailable" in service.process.log.read_text(errors="replace")  # the worker met the outage
+    assert service.proc.poll() is None
+    assert "database unavailable" in service.log.read_text(errors="replace")  # the worker met the outage
     assert 503 in answers and 500 not in answers, answers  # the API said "try again", never "broken"
 
 
 def test_an_api_restart_mid_study_loses_nothing(database_url, tmp_path, processes):
-    first = Service(database_url, tmp_path, workers=0, log_name="serve-1.log")
-    processes.append(first.process)
+    first = ServeProcess(database_url, tmp_path / "data", tmp_path / "serve-1.log")
+    processes.append(first)
     start_worker(database_url, tmp_path, "worker", processes)
     study = httpx.post(f"{first.url}{API}/studies", json=slow_spec("api-restart", n_trials=4, epochs=10)).json()
     name = study["optuna_study_name"]
     wait_for(lambda: finished(trials_of(database_url, name)), 120, "a finished trial")
 
-    first.process.signal_group(signal.SIGKILL)  # no goodbye: the API only ever read the database
-    first.process.proc.wait()
-    second = Service(database_url, tmp_path, workers=0, log_name="serve-2.log")
-    processes.append(second.process)
-    final = wait_for(lambda: (s := second.study(study["id"]))["state"] in ("completed", "failed") and s, 150,
+    first.signal_group(signal.SIGKILL)  # no goodbye: the API only ever read the database
+    first.proc.wait()
+    second = ServeProcess(database_url, tmp_path / "data", tmp_path / "serve-2.log")
+    processes.append(second)
+    final = wait_for(lambda: (s := study_of(second, study["id"]))["state"] in ("completed", "failed") and s, 150,
                      "the study to finish")
 
     assert final["state"] == "completed", final

@@ -16,36 +16,22 @@ from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from postgres_support import create_postgres_database, drop_postgres_database, postgres_database_url  # noqa: E402
 from service.app import create_app  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service_support import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, LiveServer, add_trial, tiny_spec  # noqa: E402
+from service_support import LiveServer, add_trial, make_settings, tiny_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow
 API = "/api/v1"
 EXAMPLES_PER_OPERATION = 15
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def fuzzed_server(request, tmp_path_factory) -> Iterator[LiveServer]:
+@pytest.fixture(scope="module")
+def fuzzed_server(module_database) -> Iterator[LiveServer]:
     """A live server (no workers) on a fresh database, shared by every generated request."""
-    folder = tmp_path_factory.mktemp("fuzz")
-    database = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'hpo.db'}"
-    else:
-        database = create_postgres_database()
-        url = postgres_database_url(database)
-    settings = Settings(database_url=url, data_dir=str(folder / "data"), max_upload_bytes=MAX_UPLOAD_BYTES,
-                        max_body_bytes=MAX_BODY_BYTES, events_poll_s=0.1, events_heartbeat_s=0.5)
-    try:
-        with LiveServer(create_app(settings)) as server:
-            server.known_ids = known_ids(server.url, url)
-            yield server
-    finally:
-        if database:
-            drop_postgres_database(database)
+    url, folder = module_database
+    with LiveServer(create_app(make_settings(url, folder / "data"))) as server:
+        server.known_ids = known_ids(server.url, url)
+        yield server
 
 
 def known_ids(server_url: str, database_url: str) -> dict[str, str]:

@@ -65,6 +65,7 @@ def test_metrics(api, storage):
     assert metric(text, 'hpo_studies{state="cancelled"}') == 1
     assert metric(text, 'hpo_studies{state="queued"}') == 0
     assert metric(text, "hpo_queue_depth") == 5 - 1 - 1  # first study: 1 finished, 1 running
+    assert metric(text, "hpo_trial_cache_trials") == 5
     assert "# TYPE hpo_trial_duration_seconds summary" in text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import statistics
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 
@@ -16,6 +17,8 @@ from fastapi.testclient import TestClient
 
 from hpo.data.builtins import _airline, _digits
 from hpo.export import MODEL_ATTR, load_model, model_path, run_pending_model_jobs
+from hpo.samplers import suggest_params
+from hpo.studies import study_spec
 from hpo.worker import WorkerOptions, worker_loop
 from service.app import create_app
 from service.config import Settings
@@ -192,3 +195,72 @@ def test_forecasting_model_predicts_the_next_values_in_passengers(api, database_
     assert too_short.status_code == 422
     assert too_short.json()["detail"][0] == {
         "field": "series", "message": "series: has 3 rows; the model reads the last 6 (lookback)"}
+
+
+def test_delete_cancels_a_queued_fit_then_deletes_a_ready_model(api, storage, database_url, data_dir, digits_study):
+    study_id, name = digits_study["id"], digits_study["optuna_study_name"]
+    url = f"{STUDIES}/{study_id}/model"
+    assert api.delete(url).status_code == 404  # nothing to cancel yet
+    listing = storage.get_all_studies()  # a worker's view of the studies, before the cancel
+    assert api.post(url).status_code == 202
+    listing = storage.get_all_studies()
+
+    cancelled = api.delete(url)
+
+    assert cancelled.status_code == 204 and cancelled.content == b""
+    assert api.get(url).json()["state"] == "none"
+    # A worker still holding the listing in which the job was queued does not start it.
+    assert not run_pending_model_jobs(storage, data_dir, studies=listing, claim_settle_s=0.0)
+    assert api.get(url).json()["state"] == "none"
+    gone = api.delete(url)
+    assert gone.status_code == 404 and "no model to cancel or delete" in gone.json()["detail"][0]["message"]
+
+    assert api.post(url).status_code == 202
+    _work(database_url, data_dir, name)
+    assert api.get(url).json()["state"] == "ready" and model_path(data_dir, name).is_file()
+
+    assert api.delete(url).status_code == 204
+
+    assert api.get(url).json()["state"] == "none"
+    assert not model_path(data_dir, name).exists()
+    assert api.get(f"{url}/download").status_code == 409
+    assert api.post(f"{STUDIES}/{study_id}/predict", json={"x": [[[0.0] * 8] * 8]}).status_code == 409
+    assert api.post(url).status_code == 202  # and a new fit can be asked for
+
+
+def test_delete_cancels_a_running_fit_at_its_next_epoch(api, storage, data_dir):
+    study = api.post(STUDIES, json=tiny_spec("long-fit", training={"max_epochs": 200})).json()
+    name = study["optuna_study_name"]
+    # A complete trial as a worker records it, less its fold_best_epochs: the fit trains for
+    # training.max_epochs, far longer than the test waits.
+    optuna_study = optuna.load_study(study_name=name, storage=storage)
+    trial = optuna_study.ask()
+    suggest_params(trial, study_spec(optuna_study).search_space)
+    optuna_study.tell(trial, 0.9)
+    url = f"{STUDIES}/{study['id']}/model"
+    assert api.post(url).status_code == 202
+    epochs_started: list[float] = []
+
+    def should_stop() -> bool:  # the fit polls it before each epoch
+        epochs_started.append(time.monotonic())
+        return False
+
+    worker = threading.Thread(target=run_pending_model_jobs, args=(storage, data_dir),
+                              kwargs={"claim_settle_s": 0.0, "should_stop": should_stop})
+    worker.start()
+    deadline = time.monotonic() + 60
+    while (status := api.get(url).json())["state"] in ("queued", "running") and status.get("epoch", 0) < 1 \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status["state"] == "running" and status["epochs"] == 200, status.get("reason")
+
+    assert api.delete(url).status_code == 204
+    cancelled_at = time.monotonic()
+
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the worker went on fitting a cancelled model"
+    # The epoch in progress ends, the worker finds the job gone and starts no other.
+    assert len([t for t in epochs_started if t > cancelled_at]) <= 1, f"{len(epochs_started)} epochs of 200"
+    assert api.get(url).json()["state"] == "none"  # the worker wrote nothing after the cancel
+    assert not model_path(data_dir, name).exists()
+    assert not any(model_path(data_dir, name).parent.glob("*.partial"))

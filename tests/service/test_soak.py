@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from service_support import REPO
+from process_support import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import yaml
 
+from hpo.export import model_path
 from hpo.studies import SPEC_ATTR
 from service_support import MAX_BODY_BYTES, add_trial, tiny_spec
 
@@ -261,3 +262,17 @@ def test_delete_removes_the_optuna_study(api, storage):
     assert api.get(f"{STUDIES}/{created['id']}").status_code == 404
     assert created["optuna_study_name"] not in optuna.get_all_study_names(storage)
     assert api.get(STUDIES).json()["total"] == 0
+
+
+def test_delete_removes_the_model_archive(api, storage, data_dir):
+    created = api.post(STUDIES, json=tiny_spec()).json()
+    other = api.post(STUDIES, json=tiny_spec()).json()
+    archives = [model_path(data_dir, study["optuna_study_name"]) for study in (created, other)]
+    for archive in archives:  # what a worker's fit leaves in the data folder
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        archive.write_bytes(b"an archive")
+
+    assert api.delete(f"{STUDIES}/{created['id']}").status_code == 204
+
+    assert not archives[0].exists()
+    assert archives[1].exists()  # another study's model stays

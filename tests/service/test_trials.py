@@ -143,3 +143,13 @@ def test_trial_number_must_be_an_integer(api, study):
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "number"
+
+
+def test_unknown_trial_number_is_404(api, storage, study):
+    add_trial(storage, study["optuna_study_name"])
+
+    response = api.get(f"{STUDIES}/{study['id']}/trials/99")
+
+    assert response.status_code == 404
+    assert response.json()["detail"][0]["field"] == "number"
+    assert api.get(f"{STUDIES}/{study['id']}/trials/0").status_code == 200

@@ -1,16 +1,18 @@
-// The study page: header, plots, best parameters, per-fold scores and the trial table,
-// kept up to date by the study's event stream (no reload).
+// The study page: header, model panel, plots, best parameters, per-fold scores and the trial
+// table, kept up to date by the study's event stream (no reload).
 import {
   API, VIEWS, ApiError, api, badge, copyButton, el, fmtDuration, fmtValue, markNav, progressBar, throttle,
   timingText,
 } from "./common.js";
+import { ModelPanel } from "./study_model.js";
 import { TrialTable } from "./study_table.js";
 import {
   curveTraces, foldTraces, historyTraces, importanceTraces, parallelTrace, placeholder, plot, webglAvailable,
 } from "./study_plots.js";
 
 const studyId = decodeURIComponent(location.pathname.split("/")[2] || "");
-const base = `${VIEWS}/studies/${encodeURIComponent(studyId)}`;
+const base = `${VIEWS}/studies/${encodeURIComponent(studyId)}`; // what the page draws, aggregated
+const rest = `${API}/studies/${encodeURIComponent(studyId)}`; // trials, events, cancel and resume: the REST resources
 const TOP_CURVES = 10;
 const RECENT_CURVES = 10;
 // Lines beyond a few hundred add little to the picture and cost seconds to draw without a GPU.
@@ -61,16 +63,17 @@ function renderHead() {
     $("dashboard-link").href = s.dashboard_url;
     $("dashboard-link").classList.remove("hidden");
   }
-  $("json-link").href = `${API}/studies/${encodeURIComponent(s.id)}`;
+  $("json-link").href = rest;
   $("json-link").classList.remove("hidden");
   $("head-message").textContent = s.state === "failed" && s.reason ? `The study failed: ${s.reason}` : "";
+  model.setStudy(s);
 }
 
 async function studyAction(action) {
   const button = $(action);
   button.disabled = true;
   try {
-    const study = await api(`${API}/studies/${encodeURIComponent(studyId)}/${action}`, { method: "POST" });
+    const study = await api(`${rest}/${action}`, { method: "POST" });
     page.study = { ...page.study, ...study };
     renderHead();
     connect(); // a resumed study streams again
@@ -332,7 +335,7 @@ function renderSelected() {
 }
 
 async function fetchTrial(number) {
-  return api(`${base}/trials/${number}`);
+  return api(`${rest}/trials/${number}`);
 }
 
 async function selectTrial(number) {
@@ -366,7 +369,7 @@ async function updateBest(number) {
 
 // ---- Trial table ---------------------------------------------------------------------------
 const table = new TrialTable({
-  url: `${base}/trials`,
+  url: `${rest}/trials`,
   table: $("trials"),
   empty: $("trials-empty"),
   pager: $("trials-pager"),
@@ -375,6 +378,9 @@ const table = new TrialTable({
 });
 const loadTable = () => table.load();
 const refreshTable = throttle(loadTable, 1000);
+
+// ---- Model ---------------------------------------------------------------------------------
+const model = new ModelPanel({ studyId, body: $("model"), state: $("model-state"), message: $("model-message") });
 
 // ---- Live events ---------------------------------------------------------------------------
 function setLive(text, cls) {
@@ -419,7 +425,7 @@ function onTrialEvent(event) {
 
 function connect() {
   if (page.source && page.source.readyState !== EventSource.CLOSED) return;
-  const source = new EventSource(`${base}/events?last_event_id=${encodeURIComponent(page.eventId || 0)}`);
+  const source = new EventSource(`${rest}/events?last_event_id=${encodeURIComponent(page.eventId || 0)}`);
   page.source = source;
   source.addEventListener("open", () => setLive("live", "on"));
   source.addEventListener("error", () => {
@@ -464,7 +470,7 @@ async function start() {
   renderBest();
   if (settled(page.study)) setLive(`${page.study.state}; no more updates`, "");
   else connect();
-  await Promise.all([renderFolds(), renderHistory(), loadCurves(), loadImportance(), loadTable()]);
+  await Promise.all([renderFolds(), renderHistory(), loadCurves(), loadImportance(), loadTable(), model.load()]);
   performance.mark("hpo:ready");
   document.body.dataset.ready = "true"; // all but the parallel coordinates drawn
   // Last: without a GPU (software WebGL) its canvases take a second or more to draw.

@@ -21,7 +21,7 @@ function cell(trial, column) {
 export class TrialTable {
   /**
    * @param {object} options
-   * @param {string} options.url the views API's trials endpoint of the study
+   * @param {string} options.url the study's trials resource (`/api/v1/studies/{id}/trials`)
    * @param {HTMLTableElement} options.table
    * @param {HTMLElement} options.empty says why there are no rows
    * @param {HTMLElement} options.pager

@@ -1,0 +1,146 @@
+"""Studies read through a per-process cache of their finished trials.
+
+``optuna.load_study`` on a plain ``RDBStorage`` reads every trial (with every per-epoch
+value) on each call: seconds for a study of thousands of trials. Every route of the
+service that reads a study (the REST resources, the pages' views, the event streams)
+loads it through Optuna's own ``_CachedStorage`` instead: a finished trial never changes,
+so after the first read only new and unfinished trials are fetched again. The database
+stays the only state; the cache only saves re-reading it. The service warms the cache in
+the background when it starts, so the first visitor of a large study does not pay for
+its first read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Container
+
+import optuna
+from optuna.storages import RDBStorage, _CachedStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session
+
+from hpo.spec import parse_spec
+from service import records
+from service.catalog import LoadedStudy, StudyNotFound
+from service.models import StudyRecord
+
+log = logging.getLogger("service")
+
+
+class TrialCache:
+    """Loads studies so that their finished trials are read from the database only once.
+
+    Each study gets its own ``_CachedStorage`` (keyed by its unique Optuna study name, so
+    a deleted study's trials can never be mistaken for a new study's). When the cached
+    studies hold more than ``max_cached_trials`` trials in all, the least recently used
+    studies are forgotten (they are read again in full if asked for). Writes (cancel,
+    resume, delete) go to :attr:`backend`; study attributes are never cached.
+
+    Args:
+        storage: the app's Optuna storage.
+        max_cached_trials: how many trials, over all studies, the cache may hold (the one
+            study read last is kept even past it).
+    """
+
+    def __init__(self, storage: RDBStorage, max_cached_trials: int):
+        self._backend = storage
+        self.max_cached_trials = max_cached_trials
+        self._entries: OrderedDict[str, tuple[_CachedStorage, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> RDBStorage:
+        return self._backend
+
+    def study(self, optuna_study_name: str) -> optuna.Study:
+        """An Optuna study whose trials come from the cache.
+
+        Raises:
+            KeyError: no study of that name.
+        """
+        try:
+            return optuna.load_study(study_name=optuna_study_name, storage=self._storage_for(optuna_study_name))
+        except KeyError:
+            self.forget(optuna_study_name)
+            raise
+
+    def open(self, record: StudyRecord) -> LoadedStudy:
+        """The study of a row; its trials come from the cache.
+
+        Raises:
+            StudyNotFound: the Optuna study is gone.
+        """
+        try:
+            study = self.study(record.optuna_study_name)
+        except KeyError:
+            raise StudyNotFound(record.id) from None
+        return LoadedStudy(record, parse_spec(record.spec), study)
+
+    @property
+    def size(self) -> int:
+        """Trials held, over all studies (as of each study's last read)."""
+        with self._lock:
+            return sum(size for _, size in self._entries.values())
+
+    def forget(self, optuna_study_name: str) -> None:
+        with self._lock:
+            self._entries.pop(optuna_study_name, None)
+
+    def warm(self, sessions: Callable[[], Session]) -> None:
+        """Read every study into the cache, newest first, while it has room (run in the
+        background at start-up; a request for a study being read waits for that read)."""
+        started, cached = time.perf_counter(), 0
+        with sessions() as session:
+            rows = records.all_studies(session)
+        for record in rows:
+            try:
+                cached += len(self.open(record).study.get_trials(deepcopy=False))
+            except StudyNotFound:
+                continue
+            if cached >= self.max_cached_trials:
+                break
+        log.info("trial cache: read %d trials of %d studies in %.1f s", cached, len(rows),
+                 time.perf_counter() - started)
+
+    def _note_size(self, name: str, n_trials: int) -> None:
+        """Record how many trials a study holds, and forget old studies past the limit."""
+        with self._lock:
+            if name not in self._entries:
+                return
+            self._entries[name] = (self._entries[name][0], n_trials)
+            self._entries.move_to_end(name)
+            total = sum(size for _, size in self._entries.values())
+            while total > self.max_cached_trials and len(self._entries) > 1:
+                oldest, (_, size) = next(iter(self._entries.items()))
+                if oldest == name:
+                    break
+                del self._entries[oldest]
+                total -= size
+
+    def _storage_for(self, name: str) -> _CachedStorage:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                entry = (_StudyCache(self._backend, lambda n_trials: self._note_size(name, n_trials)), 0)
+                self._entries[name] = entry
+            self._entries.move_to_end(name)
+            return entry[0]
+
+
+class _StudyCache(_CachedStorage):
+    """Optuna's cache of one study, which reports how many trials it holds after each read."""
+
+    def __init__(self, backend: RDBStorage, on_read: Callable[[int], None]):
+        super().__init__(backend)
+        self._on_read = on_read
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        trials = super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        if states is None:
+            self._on_read(len(trials))
+        return trials

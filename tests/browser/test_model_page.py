@@ -1,0 +1,163 @@
+"""The study page's Model panel in a real browser against a real ``hpo serve``: fit the best
+trial, watch the fit reach ``ready`` without a reload, download the archive and open it,
+delete it, cancel a queued fit, see why a fit failed."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+
+import pytest
+
+from hpo.data.builtins import _digits
+from hpo.export import load_model
+from test_pages import STUDY_TIMEOUT_MS, tiny_spec
+
+pytestmark = pytest.mark.browser
+
+FIT_TIMEOUT_MS = 90_000
+PHONE = {"width": 390, "height": 844}
+
+
+def model_state(page) -> str:
+    return page.get_attribute("#model", "data-state")
+
+
+def wait_model_state(page, state: str, timeout_ms: int = FIT_TIMEOUT_MS) -> None:
+    page.wait_for_selector(f'#model[data-state="{state}"]', timeout=timeout_ms)
+
+
+def record_states(page) -> None:
+    """From now on, ``window.__modelStates`` lists the states the panel shows, in order (the
+    current one first)."""
+    page.evaluate("""() => {
+        const panel = document.querySelector('#model');
+        window.__modelStates = [panel.dataset.state];
+        new MutationObserver(() => {
+            const states = window.__modelStates;
+            if (states[states.length - 1] !== panel.dataset.state) states.push(panel.dataset.state);
+        }).observe(panel, {attributes: true, attributeFilter: ['data-state']});
+    }""")
+
+
+def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
+    spec = tiny_spec("browser-model", search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 128}},
+                     training={"max_epochs": 1}, budget={"n_trials": 2})
+    study = api.post("/studies", json=spec).json()
+    study_id = study["id"]
+    # Held back until the page is open, so that the page sees a study without a complete trial.
+    assert api.post(f"/studies/{study_id}/cancel").status_code == 200
+    page.goto(f"{server.url}/studies/{study_id}")
+    wait_model_state(page, "none", 10_000)
+    assert page.is_disabled("#model-fit")
+    assert "No complete trial yet" in page.text_content("#model-why")
+    page.screenshot(path=tmp_path / "model-unavailable.png", full_page=True)
+
+    page.click("#resume")
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+    page.wait_for_selector("#model-fit:enabled")
+    assert page.locator("#model-why").count() == 0
+    page.evaluate("window.__noReload = 'still here'")
+
+    # A refusal is said next to the button; nothing is queued.
+    page.fill("#model-holdout", "0.9")
+    page.click("#model-fit")
+    page.wait_for_selector("#model-message:not(:empty)")
+    assert "holdout" in page.text_content("#model-message")
+    assert "Traceback" not in page.text_content("#model-card")
+    assert model_state(page) == "none"
+    assert api.get(f"/studies/{study_id}/model").json()["state"] == "none"
+
+    record_states(page)
+    page.fill("#model-holdout", "0.2")
+    page.click("#model-fit")
+    page.wait_for_selector('#model:not([data-state="none"])')
+    page.screenshot(path=tmp_path / "model-fitting.png", full_page=True)
+    wait_model_state(page, "ready")
+    states = page.evaluate("window.__modelStates")
+    # A worker may claim the job before the panel's first poll: "running" can come first.
+    assert states[0] == "none" and states[1] in ("queued", "running") and states[-1] == "ready", states
+    assert set(states[1:]) <= {"queued", "running", "ready"}, states
+    assert page.text_content("#model-message") == ""
+    assert page.evaluate("window.__noReload") == "still here"  # followed by polling, not reloads
+    page.screenshot(path=tmp_path / "model-ready.png", full_page=True)
+
+    status = api.get(f"/studies/{study_id}/model").json()
+    best = api.get(f"/studies/{study_id}/best").json()
+    panel = page.text_content("#model")
+    assert status["state"] == "ready" and status["trial_number"] == best["number"]
+    assert f"#{best['number']}" in panel and "holdout" in panel
+    assert page.text_content("#model-state") == "ready"
+    assert page.get_attribute("#model-download", "href") == status["links"]["download"]
+
+    with page.expect_download() as started:
+        page.click("#model-download")
+    download = started.value
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    assert path.name == f"{study['optuna_study_name']}.hpo.zip"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == status["archive"]["sha256"]
+    assert zipfile.ZipFile(path).namelist() == ["manifest.json", "model.safetensors"]
+    model = load_model(path)
+    assert model.manifest.source["trial_number"] == best["number"]
+    assert model.manifest.params == best["params"]
+    assert len(model.predict(_digits()[0][:3])) == 3
+
+    # Phone width: the panel fits without scrolling sideways.
+    page.set_viewport_size(PHONE)
+    card = page.locator("#model-card")
+    card.screenshot(path=tmp_path / "model-ready-phone.png")
+    assert page.evaluate("(() => { const c = document.querySelector('#model-card'); "
+                         "return c.scrollWidth <= c.clientWidth && c.getBoundingClientRect().right <= innerWidth; })()")
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#model-delete")
+    wait_model_state(page, "none", 10_000)
+    assert api.get(f"/studies/{study_id}/model").json()["state"] == "none"
+    assert api.get(f"/studies/{study_id}/model/download").status_code == 409
+
+    # Cancel at once: queued still, or just claimed by the worker (then it stops at its next epoch).
+    page.fill("#model-holdout", "0")
+    page.click("#model-fit")
+    page.click("#model-cancel")
+    wait_model_state(page, "none", 10_000)
+    page.wait_for_timeout(2500)  # a worker's look at the jobs later, nothing came back
+    assert api.get(f"/studies/{study_id}/model").json()["state"] == "none"
+    assert model_state(page) == "none"
+    page.screenshot(path=tmp_path / "model-cancelled.png", full_page=True)
+
+
+def test_a_failed_fit_says_why_and_can_be_asked_for_again(server, page, api, tmp_path):
+    rows = "".join(f"{'buy now cheap pills' if i % 2 else 'see you at lunch'} {i},{'ab'[i % 2]}\n" for i in range(24))
+    dataset = api.post("/datasets", files={"file": ("notes.csv", ("text,label\n" + rows).encode())},
+                       data={"task": "classification"}).json()
+    spec = tiny_spec("browser-model-failed", dataset={"id": dataset["id"]}, training={"max_epochs": 1},
+                     search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 16}}, budget={"n_trials": 1})
+    study = api.post("/studies", json=spec).json()
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+    # Its data gone, the study's best trial cannot be fitted.
+    assert api.delete(f"/datasets/{dataset['id']}").status_code == 204
+    page.wait_for_selector("#model-fit:enabled")
+
+    page.click("#model-fit")
+
+    wait_model_state(page, "failed")
+    reason = api.get(f"/studies/{study['id']}/model").json()["reason"]
+    assert reason and reason in page.text_content("#model-reason")
+    assert page.text_content("#model-fit") == "Fit again"
+    page.screenshot(path=tmp_path / "model-failed.png", full_page=True)
+    page.set_viewport_size(PHONE)
+    page.locator("#model-card").screenshot(path=tmp_path / "model-failed-phone.png")
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    before = api.get(f"/studies/{study['id']}/model").json()
+    record_states(page)
+
+    page.click("#model-fit")
+
+    page.wait_for_function("window.__modelStates.length > 2 && window.__modelStates.slice(-1)[0] === 'failed'", timeout=FIT_TIMEOUT_MS)
+    assert page.evaluate("window.__modelStates")[1] in ("queued", "running")  # a new fit was started
+    after = api.get(f"/studies/{study['id']}/model").json()
+    assert after["state"] == "failed" and after["requested_at"] > before["requested_at"]  # a new fit

@@ -1,0 +1,144 @@
+"""hpo.storage: the bulk trial read gives exactly what Optuna's own ORM read gives; stale
+trials are found even when their worker died before its first heartbeat."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState, create_trial
+
+from hpo.storage import BulkReadRDBStorage, open_storage
+
+
+def orm_read(storage: RDBStorage, study_id: int, *args) -> list:
+    return comparable(RDBStorage._get_trials(storage, study_id, *args))
+
+
+def comparable(trials: list) -> list:
+    """The trials with NaN intermediate values made equal to themselves (NaN != NaN)."""
+    out = []
+    for trial in trials:
+        trial = copy.deepcopy(trial)
+        trial.intermediate_values = {k: "nan" if math.isnan(v) else v for k, v in trial.intermediate_values.items()}
+        out.append(trial)
+    return out
+
+
+def varied_study(storage: RDBStorage) -> optuna.Study:
+    """Trials in every state, with every kind of value the tables store specially."""
+    study = optuna.create_study(study_name="varied", storage=storage, direction="maximize")
+    distributions = {
+        "lr": FloatDistribution(1e-5, 1.0, log=True),
+        "hidden": IntDistribution(8, 256, step=8),
+        "cell": CategoricalDistribution(["lstm", "gru", None, True, 3.5]),
+    }
+    for number, (state, value) in enumerate([
+        (TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, math.inf), (TrialState.COMPLETE, -math.inf),
+        (TrialState.PRUNED, None), (TrialState.FAIL, None), (TrialState.COMPLETE, 0.25),
+    ]):
+        study.add_trial(create_trial(
+            state=state, value=value,
+            params={"lr": 10 ** -(number % 5), "hidden": 8 * (number + 1), "cell": [None, True, "gru", 3.5][number % 4]},
+            distributions=distributions,
+            intermediate_values={0: 0.1, 1: math.inf, 2: -math.inf, 3: math.nan}
+            if number % 2 else {e: 0.1 * e for e in range(number)},
+            user_attrs={"fold_scores": [0.1, 0.2], "note": f"trial {number}", "nested": {"a": [1, None]}},
+            system_attrs={"fixed_params": {"lr": 0.1}} if number == 3 else {},
+        ))
+    running = study.ask({"lr": distributions["lr"]})
+    running.report(0.3, 0)
+    study.enqueue_trial({"lr": 0.01, "hidden": 64, "cell": "gru"})
+    return study
+
+
+def test_open_storage_gives_the_bulk_reader(storage):
+    assert isinstance(storage, BulkReadRDBStorage)
+
+
+def test_bulk_read_equals_optunas_orm_read(storage):
+    study = varied_study(storage)
+    study_id = study._study_id
+    trials = storage._get_trials(study_id, None, set(), -1)
+    assert comparable(trials) == orm_read(storage, study_id, None, set(), -1)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED, TrialState.FAIL,
+                                                                      TrialState.COMPLETE, TrialState.RUNNING,
+                                                                      TrialState.WAITING]
+    assert trials[1].value == math.inf and trials[2].value == -math.inf
+    assert math.isnan(trials[1].intermediate_values[3])
+    assert trials[0].params["cell"] is None and trials[1].params["cell"] is True
+    assert trials[0].datetime_start == orm_read(storage, study_id, None, set(), -1)[0].datetime_start
+
+
+def test_filtered_reads_match(storage):
+    """The filters ``_CachedStorage`` uses to fetch only new and unfinished trials."""
+    study = varied_study(storage)
+    ids = [t._trial_id for t in study.get_trials()]
+    for states in (None, (TrialState.COMPLETE,), (TrialState.RUNNING, TrialState.WAITING)):
+        for included, greater_than in [(set(), -1), (set(), ids[3]), ({ids[1], ids[2]}, ids[3]),
+                                       ({ids[1], ids[7]}, ids[3]), ({ids[2]}, ids[-1] + 1)]:
+            ours = storage._get_trials(study._study_id, states, included, greater_than)
+            assert comparable(ours) == orm_read(storage, study._study_id, states, included, greater_than), \
+                (states, included, greater_than)
+
+
+def test_cached_storage_sees_new_and_finished_trials(storage):
+    """Through Optuna's cache (what workers and the service use): a running trial that
+    finishes, and trials added later, are read again."""
+    study = varied_study(storage)
+    cached = optuna.load_study(study_name="varied", storage=storage)
+    assert len(cached.get_trials()) == 8
+    running = next(t for t in study.get_trials() if t.state == TrialState.RUNNING)
+    study.tell(running.number, 0.9)
+    study.add_trial(create_trial(value=0.1, params={}, distributions={}))
+    trials = cached.get_trials()
+    assert len(trials) == 9 and trials[running.number].value == 0.9
+    assert comparable(trials) == orm_read(storage, study._study_id, None, set(), -1)
+
+
+def test_unknown_study_is_a_key_error(storage):
+    with pytest.raises(KeyError):
+        storage._get_trials(12345, None, set(), -1)
+
+
+def test_a_trial_that_never_beat_is_failed_and_retried_after_the_grace_period(database_url):
+    storage = open_storage(database_url, heartbeat_interval=1, grace_period=1)
+    try:
+        study = optuna.create_study(study_name="silent", storage=storage)
+        silent = study.ask()  # RUNNING, and no heartbeat: its worker died before the first beat
+        beating = study.ask()
+        storage.record_heartbeat(beating._trial_id)
+
+        fail_stale_trials(study)  # first seen silent now: not stale yet
+        assert study.trials[silent.number].state == TrialState.RUNNING
+        time.sleep(2.2)  # past the grace period (SQLite's clock counts whole seconds)
+        storage.record_heartbeat(beating._trial_id)
+        fail_stale_trials(study)
+
+        trials = study.trials
+        assert trials[silent.number].state == TrialState.FAIL
+        assert trials[beating.number].state == TrialState.RUNNING
+        retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == silent.number]
+        assert [t.state for t in retries] == [TrialState.WAITING]
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def test_a_stale_heartbeat_is_failed_as_optuna_does(database_url):
+    storage = open_storage(database_url, heartbeat_interval=1, grace_period=1)
+    try:
+        study = optuna.create_study(study_name="stale", storage=storage)
+        stale = study.ask()
+        storage.record_heartbeat(stale._trial_id)
+        time.sleep(2.2)
+        fail_stale_trials(study)
+        assert study.trials[stale.number].state == TrialState.FAIL
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
