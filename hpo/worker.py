@@ -16,6 +16,8 @@ are imported when a worker starts working, not when this module is imported, so 
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import multiprocessing as mp
 import signal
@@ -295,6 +297,30 @@ class StudyPicker:
             runner.fail_orphaned()
 
 
+@functools.cache
+def import_training_libraries() -> None:
+    """Import what trials and model fits run on (PyTorch, scikit-learn, the datasets, the
+    objective, the model jobs), once per process, with the cyclic garbage collector paused,
+    then freeze what the imports built.
+
+    The imports create a few hundred thousand objects that live as long as the process:
+    collecting while they are built is wasted work (~20 % of the imports' 3 s here), and
+    once frozen no later collection walks them again, neither during training nor at the
+    interpreter's exit (0.8 s -> 0.15 s). ``torch._dynamo`` is among them: ``torch.optim``
+    imports it at a process's first optimizer step, which would bill ~1 s to the first
+    trial (and hold a slot of the budget meanwhile).
+    """
+    gc.disable()
+    try:
+        import torch._dynamo  # noqa: F401
+
+        import hpo.export.jobs  # noqa: F401
+        import hpo.objective  # noqa: F401
+    finally:
+        gc.enable()
+    gc.freeze()
+
+
 def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.Event | None = None) -> None:
     """Claim and run trials until stopped (or, with ``until_idle``, until there is no work).
 
@@ -303,10 +329,8 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
         worker_index: offsets the sampler seed so workers draw different configurations.
         stop: set it to stop after the current epoch's check.
     """
+    import_training_libraries()
     import torch
-    # torch.optim imports this at a process's first optimizer (~2 s): done here, at start-up,
-    # so that the first trial is timed (and holds its slot of the budget) for its own work.
-    import torch._dynamo  # noqa: F401
 
     from hpo.export.jobs import run_pending_model_jobs
 
