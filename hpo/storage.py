@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,35 @@ class BulkReadRDBStorage(RDBStorage):
     parsing every parameter's distribution JSON again. Everything else is Optuna's own.
     ``tests/test_storage.py`` compares both reads trial by trial on SQLite and PostgreSQL.
 
-    Its stale trials (see :meth:`_get_stale_trial_ids`) also include those that never beat.
+    Two more departures, both for workers sharing a study: claiming a queued trial is one
+    atomic update (:meth:`set_trial_state_values`), and the stale trials
+    (:meth:`_get_stale_trial_ids`) include those that never beat.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # study id -> {trial id: database time it was first seen RUNNING without a heartbeat}
         self._silent_since: dict[int, dict[int, dt.datetime]] = {}
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """Optuna's, except that claiming a queued trial (WAITING -> RUNNING, what ``ask``
+        does to an enqueued or retried trial) is one conditional UPDATE, so exactly one of
+        several workers asking at the same moment gets it. Optuna guards that transition
+        with ``SELECT ... FOR UPDATE``, which SQLite ignores: there, racing workers could
+        all claim, and train, the same trial."""
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        trials_t = models.TrialModel.__table__
+        with self.engine.begin() as connection:
+            claimed = connection.execute(
+                sa.update(trials_t)
+                .where(trials_t.c.trial_id == trial_id, trials_t.c.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=dt.datetime.now())
+            ).rowcount
+        # Not waiting (any more): Optuna's own answer, False or its error for a finished or unknown trial.
+        return bool(claimed) or super().set_trial_state_values(trial_id, state)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Running trials whose worker died: their last heartbeat is older than the grace

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing as mp
 import time
 
 import optuna
@@ -106,6 +107,7 @@ def test_unknown_study_is_a_key_error(storage):
         storage._get_trials(12345, None, set(), -1)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() outside optimize, on purpose
 def test_a_trial_that_never_beat_is_failed_and_retried_after_the_grace_period(database_url):
     storage = open_storage(database_url, heartbeat_interval=1, grace_period=1)
     try:
@@ -130,6 +132,7 @@ def test_a_trial_that_never_beat_is_failed_and_retried_after_the_grace_period(da
         storage.engine.dispose()
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() outside optimize, on purpose
 def test_a_stale_heartbeat_is_failed_as_optuna_does(database_url):
     storage = open_storage(database_url, heartbeat_interval=1, grace_period=1)
     try:
@@ -142,3 +145,40 @@ def test_a_stale_heartbeat_is_failed_as_optuna_does(database_url):
     finally:
         storage.remove_session()
         storage.engine.dispose()
+
+
+def claim_queued(url: str, queued: int, start_at: float, claimed: mp.Queue) -> None:
+    """Ask for trials from the moment ``start_at`` until the ``queued`` enqueued ones (numbers
+    0 .. queued - 1) are gone; put the numbers this process got."""
+    numbers: list[int] | str = []
+    try:
+        study = optuna.load_study(study_name="queue", storage=open_storage(url))
+        time.sleep(max(0.0, start_at - time.time()))
+        while (trial := study.ask()).number < queued:
+            numbers.append(trial.number)
+        study.tell(trial, state=TrialState.FAIL)  # a new trial: the queue is empty
+    except Exception as exc:
+        numbers = repr(exc)
+    claimed.put(numbers)
+
+
+def test_racing_workers_never_claim_the_same_queued_trial(database_url):
+    storage = open_storage(database_url)
+    study = optuna.create_study(study_name="queue", storage=storage)
+    queued = 120
+    for x in range(queued):
+        study.enqueue_trial({"x": x})
+    storage.engine.dispose()
+    ctx = mp.get_context("spawn")
+    claimed = ctx.Queue()
+    start_at = time.time() + 3  # after the processes' start-up: they pop at the same moments
+    procs = [ctx.Process(target=claim_queued, args=(database_url, queued, start_at, claimed)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [claimed.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+
+    assert not [r for r in results if isinstance(r, str)], results
+    numbers = sorted(n for r in results for n in r)
+    assert numbers == list(range(queued)), "a queued trial was claimed twice (or not at all)"
