@@ -379,8 +379,9 @@ def _process_main(options: WorkerOptions, worker_index: int) -> None:
 def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-data",
                            heartbeat_interval: int = DEFAULT_HEARTBEAT_S, grace_period: int = DEFAULT_GRACE_S,
                            study_name: str | None = None, until_idle: bool = False,
-                           threads: int | None = 1, first_index: int = 0) -> list[mp.Process]:
-    """Start ``n`` worker processes (spawned: fresh interpreters, one PyTorch pool each).
+                           threads: int | None = 1, first_index: int = 0,
+                           start_method: str = "spawn") -> list[mp.Process]:
+    """Start ``n`` worker processes (one PyTorch pool each).
 
     Args:
         threads: intra-op threads per process. One by default, whatever the worker count:
@@ -388,6 +389,10 @@ def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-da
             another process takes a core the thread pool waits on (docs/performance.md).
             ``None`` leaves PyTorch's default (every core).
         first_index: worker index of the first process (seeds differ per index).
+        start_method: ``"spawn"`` (fresh interpreters) or ``"fork"`` (copies of this
+            process, spared the interpreter's start and the imports already made; only
+            for a caller that runs no other thread, holds no database connection and has
+            not imported PyTorch: see ``hpo.local``).
 
     Returns:
         The started processes.
@@ -396,7 +401,7 @@ def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-da
         database_url=database_url, data_dir=str(data_dir), heartbeat_interval=heartbeat_interval,
         grace_period=grace_period, study_name=study_name, until_idle=until_idle, threads=threads,
     )
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(start_method)
     procs = [ctx.Process(target=_process_main, args=(options, first_index + i), name=f"hpo-worker-{i}")
              for i in range(n)]
     for p in procs:

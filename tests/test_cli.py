@@ -8,6 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hpo.storage import normalize_url
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -46,3 +48,26 @@ def test_run_digits_example_then_read_it_back(tmp_path):
     assert len(study.trials) >= 3 and study.best_value == best["value"]
     shown = hpo("best", "digits-tpe", "--storage", storage, "--json")
     assert json.loads(shown.stdout)["params"] == study.best_params
+
+
+def test_run_with_two_workers_runs_every_trial_once(database_url, tmp_path):
+    """`hpo run -j 2`: a second worker process (forked on Linux) shares the study; both train
+    at the same time and no trial is run twice."""
+    spec = tmp_path / "two.yaml"
+    spec.write_text(json.dumps({
+        "name": "two-workers", "dataset": {"builtin": "digits"},
+        "search_space": {"hidden_size": {"value": 32}, "batch_size": {"value": 64},
+                         "lr": {"low": 3e-3, "high": 3e-2, "log": True}},
+        "cv": {"folds": 2}, "training": {"max_epochs": 4, "patience": None}, "pruner": {"name": "none"},
+        "budget": {"n_trials": 10},
+    }))
+    run = hpo("run", str(spec), "--jobs", "2", "--storage", database_url, "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+
+    trials = optuna.load_study(study_name="two-workers", storage=normalize_url(database_url)).trials
+    assert sorted(t.number for t in trials) == list(range(10))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    overlapping = [(a.number, b.number) for a in trials for b in trials
+                   if a.number < b.number and a.datetime_start < b.datetime_complete
+                   and b.datetime_start < a.datetime_complete]
+    assert overlapping, "the two workers never trained at the same time"
