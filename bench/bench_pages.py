@@ -20,13 +20,8 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +32,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+# First: common puts this checkout's hpo and the tests' process_support on sys.path.
+import common  # noqa: F401
 from hpo.storage import open_storage
+from process_support import ServeProcess
 
 GOAL_S = 2.0
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,36 +56,11 @@ DISTRIBUTIONS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, workdir: Path):
-        self.workdir, self.port = workdir, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        command = [sys.executable, "-m", "hpo", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--database", f"sqlite:///{self.workdir / 'hpo.db'}", "--workers", "0",
-                   "--data-dir", str(self.workdir)]
-        self.log = (self.workdir / "serve.log").open("a")
-        env = {**os.environ, "HPO_MAX_N_TRIALS": "100000"}  # the default limit (1,000) is below the study's size
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        for _ in range(300):
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("hpo serve did not start; see serve.log")
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.send_signal(signal.SIGINT)  # uvicorn's graceful stop
-        self.process.wait(timeout=30)
-        self.log.close()
+def serve(workdir: Path) -> ServeProcess:
+    """``hpo serve`` (no workers) on the study's database, once it is ready."""
+    # The default limit of trials a study may ask for (1,000) is below the study's size.
+    return ServeProcess(f"sqlite:///{workdir / 'hpo.db'}", workdir, workdir / "serve.log",
+                        env={"HPO_MAX_N_TRIALS": "100000"})
 
 
 def synthetic_trial(rng: random.Random, number: int, start: dt.datetime, max_epochs: int, folds: int):
@@ -124,7 +97,7 @@ def make_study(workdir: Path, n_trials: int) -> str:
             print(f"  reusing the study in {workdir} ({n_trials} trials)")
             return info["id"]
         raise SystemExit(f"{workdir} holds a study of {info['n_trials']} trials; pick another --keep folder")
-    with Server(workdir) as server:
+    with serve(workdir) as server:
         spec = {**SPEC, "budget": {"n_trials": n_trials}}
         study = httpx.post(f"{server.url}/api/v1/studies", json=spec, timeout=60).raise_for_status().json()
     started = time.perf_counter()
@@ -222,11 +195,11 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
-        workdir = args.keep or Path(tmp)
+        workdir = (args.keep or Path(tmp)).resolve()  # the server runs in the repository
         workdir.mkdir(parents=True, exist_ok=True)
         print(f"bench_pages: a study of {args.trials} trials on SQLite ({workdir / 'hpo.db'})")
         study_id = make_study(workdir, args.trials)
-        with Server(workdir) as server:
+        with serve(workdir) as server:
             cold = open_study_page(server.url, study_id)
             warm_runs = [open_study_page(server.url, study_id) for _ in range(args.repeat)]
             warm = sorted(warm_runs, key=lambda r: r["total"])[len(warm_runs) // 2]

@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,14 +36,14 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's hpo, from any folder
+import httpx
+import optuna
+from optuna.trial import TrialState
 
-import httpx  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-from common import REPO, footer, header, hpo_command, postgres_database, repo_env  # noqa: E402
-from hpo.storage import open_storage  # noqa: E402
+# First: common puts this checkout's hpo and the tests' process_support on sys.path.
+from common import footer, header, postgres_database, repo_env
+from hpo.storage import open_storage
+from process_support import Process, ServeProcess, hpo
 
 API = "/api/v1"
 LOCKED = "database is locked"
@@ -66,35 +62,6 @@ def soak_spec(n_trials: int) -> dict[str, Any]:
         "training": {"max_epochs": 1, "patience": None},
         "budget": {"n_trials": n_trials},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Child:
-    """A child process writing to a log file; stopped with SIGTERM (then SIGKILL)."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        self._file = log.open("wb")
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._file, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **repo_env()})
-
-    def stop(self, timeout_s: float = 30) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._file.close()
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def poll(url: str, headers: dict[str, str], study_id: str, done: threading.Event,
@@ -153,29 +120,15 @@ def soak(database_url: str, n_trials: int, n_pollers: int, n_workers: int, folde
         from service.keys import create_key
 
         headers["Authorization"] = f"Bearer {create_key(database_url, 'soak')[1]}"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = Child(hpo_command("serve", "--port", str(port), "--workers", "0", "--database", database_url,
-                            "--data-dir", str(folder / "data")), folder / "api.log")
-    workers: Child | None = None
+    api = ServeProcess(database_url, folder / "data", folder / "api.log", workers=0, env=repo_env())
+    url = api.url
+    workers: Process | None = None
     done = threading.Event()
     samples: dict[str, list[float]] = defaultdict(list)
     statuses: dict[int, int] = {}
     lock = threading.Lock()
     pollers: list[threading.Thread] = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if api.proc.poll() is not None:
-                raise RuntimeError(f"hpo serve exited:\n{api.text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"hpo serve did not start:\n{api.text()[-3000:]}")
-            time.sleep(0.2)
         response = httpx.post(f"{url}{API}/studies", json=soak_spec(n_trials), headers=headers, timeout=60)
         response.raise_for_status()
         study = response.json()
@@ -184,8 +137,8 @@ def soak(database_url: str, n_trials: int, n_pollers: int, n_workers: int, folde
         for thread in pollers:
             thread.start()
         started = time.perf_counter()
-        workers = Child(hpo_command("worker", "--concurrency", str(n_workers), "--database", database_url,
-                                    "--data-dir", str(folder / "data")), folder / "workers.log")
+        workers = Process(hpo("worker", "--concurrency", str(n_workers), "--database", database_url,
+                              "--data-dir", str(folder / "data")), folder / "workers.log", env=repo_env())
         state = "queued"
         end = time.monotonic() + timeout_s
         while state not in ("completed", "failed", "cancelled") and time.monotonic() < end:
@@ -195,7 +148,7 @@ def soak(database_url: str, n_trials: int, n_pollers: int, n_workers: int, folde
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             if workers.proc.poll() is not None:
-                raise RuntimeError(f"hpo worker exited:\n{workers.text()[-3000:]}")
+                raise RuntimeError(f"hpo worker exited:\n{workers.output(3000)}")
         wall_s = time.perf_counter() - started
     finally:
         done.set()
@@ -204,7 +157,7 @@ def soak(database_url: str, n_trials: int, n_pollers: int, n_workers: int, folde
         if workers is not None:
             workers.stop()
         api.stop()
-    logs = api.text() + (workers.text() if workers is not None else "")
+    logs = "".join(child.log.read_text(errors="replace") for child in (api, workers) if child is not None)
     counts = audit(database_url, study["optuna_study_name"], n_trials)
     return {
         "database": database_url.split("://", 1)[0],

@@ -29,8 +29,9 @@ from typing import Any
 warnings.filterwarnings("ignore", message=r".*experimental")
 
 REPO = Path(__file__).resolve().parents[1]
-# Measure this checkout, whichever copy of the package the environment would import.
-sys.path.insert(0, str(REPO))
+# Measure this checkout, whichever copy of the package the environment would import; then the
+# tests' folder, for ``process_support`` (``hpo`` child processes, ``hpo serve`` waited on until ready).
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 PYTHON = sys.executable
 # CI clones the repository with the shared folder beside it.
 BASELINE = REPO.parent / "shared" / "bench" / "baseline_digits.py"
