@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Measure this checkout, whichever copy of the package the environment would import; then the
 # tests' folder, for ``process_support`` (``hpo`` child processes, ``hpo serve`` waited on until ready).
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from process_support import hpo as hpo_command  # noqa: E402,F401  (``python -m hpo ARGS``, this interpreter)
+
 PYTHON = sys.executable
 # CI clones the repository with the shared folder beside it.
 BASELINE = REPO.parent / "shared" / "bench" / "baseline_digits.py"
@@ -128,11 +130,6 @@ def run_timed(cmd: Sequence[str], cwd: Path | str | None = None, timeout_s: floa
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return Timed(wall, cpu, proc.stdout, proc.stderr, launched_at)
-
-
-def hpo_command(*args: str) -> list[str]:
-    """``python -m hpo ARGS`` with this interpreter."""
-    return [PYTHON, "-m", "hpo", *args]
 
 
 def repo_env() -> dict[str, str]:
