@@ -103,16 +103,19 @@ class BulkReadRDBStorage(RDBStorage):
         grace = dt.timedelta(seconds=2 * self.heartbeat_interval if self.grace_period is None else self.grace_period)
         trials_t, beats_t = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
         with self.engine.connect() as connection:
-            now = connection.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
             running = connection.execute(
-                sa.select(trials_t.c.trial_id, beats_t.c.heartbeat)
+                sa.select(trials_t.c.trial_id, beats_t.c.heartbeat, sa.func.now())
                 .select_from(trials_t.outerjoin(beats_t, beats_t.c.trial_id == trials_t.c.trial_id))
                 .where(trials_t.c.study_id == study_id, trials_t.c.state == TrialState.RUNNING)
             ).all()
+        if not running:
+            self._silent_since.pop(study_id, None)
+            return []
+        now = running[0][2].replace(tzinfo=None)
         seen = self._silent_since.get(study_id, {})
-        silent = {trial_id: seen.get(trial_id, now) for trial_id, beat in running if beat is None}
+        silent = {trial_id: seen.get(trial_id, now) for trial_id, beat, _ in running if beat is None}
         self._silent_since[study_id] = silent
-        return [trial_id for trial_id, beat in running if now - (silent[trial_id] if beat is None else beat) > grace]
+        return [trial_id for trial_id, beat, _ in running if now - (silent[trial_id] if beat is None else beat) > grace]
 
     def _get_trials(
         self,
