@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import warnings
 from collections import defaultdict
 from collections.abc import Container, Iterable, Sequence
 from functools import lru_cache
@@ -219,12 +220,16 @@ def open_storage(
     if url.startswith("sqlite"):
         _prepare_sqlite(url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    heartbeat: dict = {}
-    if heartbeat_interval:
-        heartbeat = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": grace_period,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    # Heartbeats and the retry callback are flagged experimental since Optuna 2.8/2.9; the
+    # warning would greet every `hpo run` and worker start, once per process.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        heartbeat: dict = {}
+        if heartbeat_interval:
+            heartbeat = {
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            }
+        return BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)

@@ -63,6 +63,7 @@ def test_run_with_two_workers_runs_every_trial_once(database_url, tmp_path):
     }))
     run = hpo("run", str(spec), "--jobs", "2", "--storage", database_url, "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr, run.stderr  # e.g. Optuna's ExperimentalWarning for heartbeats
 
     trials = optuna.load_study(study_name="two-workers", storage=normalize_url(database_url)).trials
     assert sorted(t.number for t in trials) == list(range(10))
