@@ -135,8 +135,9 @@ def _first_hit(storage: str, name: str, launched: dt.datetime) -> float | None:
     """Seconds from launch until the first complete trial at or above the target, if any."""
     import optuna
 
-    try:
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    try:  # read only: creating the tables here would race `hpo run` creating them
+        reader = optuna.storages.RDBStorage(storage, skip_table_creation=True, skip_compatibility_check=True)
+        trials = optuna.load_study(study_name=name, storage=reader).get_trials(deepcopy=False)
     except Exception:  # the study is not created yet, or the database is busy: ask again later
         return None
     hits = [t.datetime_complete for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value >= TARGET]
