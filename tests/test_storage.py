@@ -107,44 +107,43 @@ def test_unknown_study_is_a_key_error(storage):
         storage._get_trials(12345, None, set(), -1)
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() outside optimize, on purpose
-def test_a_trial_that_never_beat_is_failed_and_retried_after_the_grace_period(database_url):
+@pytest.fixture
+def heartbeat_storage(database_url):
+    """The worker's storage with a 1 s heartbeat and a 1 s grace period."""
     storage = open_storage(database_url, heartbeat_interval=1, grace_period=1)
-    try:
-        study = optuna.create_study(study_name="silent", storage=storage)
-        silent = study.ask()  # RUNNING, and no heartbeat: its worker died before the first beat
-        beating = study.ask()
-        storage.record_heartbeat(beating._trial_id)
-
-        fail_stale_trials(study)  # first seen silent now: not stale yet
-        assert study.trials[silent.number].state == TrialState.RUNNING
-        time.sleep(2.2)  # past the grace period (SQLite's clock counts whole seconds)
-        storage.record_heartbeat(beating._trial_id)
-        fail_stale_trials(study)
-
-        trials = study.trials
-        assert trials[silent.number].state == TrialState.FAIL
-        assert trials[beating.number].state == TrialState.RUNNING
-        retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == silent.number]
-        assert [t.state for t in retries] == [TrialState.WAITING]
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
+    yield storage
+    storage.remove_session()
+    storage.engine.dispose()
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() outside optimize, on purpose
-def test_a_stale_heartbeat_is_failed_as_optuna_does(database_url):
-    storage = open_storage(database_url, heartbeat_interval=1, grace_period=1)
-    try:
-        study = optuna.create_study(study_name="stale", storage=storage)
-        stale = study.ask()
-        storage.record_heartbeat(stale._trial_id)
-        time.sleep(2.2)
-        fail_stale_trials(study)
-        assert study.trials[stale.number].state == TrialState.FAIL
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
+def test_a_trial_that_never_beat_is_failed_and_retried_after_the_grace_period(heartbeat_storage):
+    study = optuna.create_study(study_name="silent", storage=heartbeat_storage)
+    silent = study.ask()  # RUNNING, and no heartbeat: its worker died before the first beat
+    beating = study.ask()
+    heartbeat_storage.record_heartbeat(beating._trial_id)
+
+    fail_stale_trials(study)  # first seen silent now: not stale yet
+    assert study.trials[silent.number].state == TrialState.RUNNING
+    time.sleep(2.2)  # past the grace period (SQLite's clock counts whole seconds)
+    heartbeat_storage.record_heartbeat(beating._trial_id)
+    fail_stale_trials(study)
+
+    trials = study.trials
+    assert trials[silent.number].state == TrialState.FAIL
+    assert trials[beating.number].state == TrialState.RUNNING
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == silent.number]
+    assert [t.state for t in retries] == [TrialState.WAITING]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() outside optimize, on purpose
+def test_a_stale_heartbeat_is_failed_as_optuna_does(heartbeat_storage):
+    study = optuna.create_study(study_name="stale", storage=heartbeat_storage)
+    stale = study.ask()
+    heartbeat_storage.record_heartbeat(stale._trial_id)
+    time.sleep(2.2)
+    fail_stale_trials(study)
+    assert study.trials[stale.number].state == TrialState.FAIL
 
 
 def claim_queued(url: str, queued: int, start_at: float, claimed: mp.Queue) -> None:
