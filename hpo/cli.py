@@ -107,7 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> None:
-    from service.db import upgrade
+    from hpo.db import upgrade
 
     upgrade(_database(args))
     print("database is up to date", file=sys.stderr)

@@ -22,7 +22,7 @@ from hpo.spec import StudySpec
 from hpo.storage import open_storage
 from service import auth, web
 from service.config import Settings
-from service.db import make_engine, make_sessionmaker, upgrade
+from hpo.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.routes import datasets, health, studies, trials

@@ -21,7 +21,7 @@ from hpo.export import remove_model
 from hpo.spec import SpecError, StudySpec
 from hpo.studies import Progress, create_study, progress, set_cancelled
 from service import records
-from service.models import StudyRecord
+from hpo.db.models import StudyRecord
 
 if TYPE_CHECKING:
     from service.trial_cache import TrialCache

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from hpo.data import DatasetStore
 from service import catalog, records
-from service.models import DatasetRecord, utcnow
+from hpo.db.models import DatasetRecord, utcnow
 from service.trial_cache import TrialCache
 from service.views import finite
 

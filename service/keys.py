@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.orm import Session
 
 from hpo.storage import normalize_url
-from service.db import make_engine, make_sessionmaker, upgrade
-from service.models import ApiKeyRecord, utcnow
+from hpo.db import make_engine, make_sessionmaker, upgrade
+from hpo.db.models import ApiKeyRecord, utcnow
 from service.views import record_time
 
 TOKEN_PREFIX = "hpo"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
-from service.models import DatasetRecord, StudyRecord
+from hpo.db.models import DatasetRecord, StudyRecord
 
 
 # Every id the service hands out matches this; anything else cannot name a row (and a NUL

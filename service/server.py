@@ -11,7 +11,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
-from service.db import upgrade
+from hpo.db import upgrade
 from service.keys import active_key_count
 
 GRACEFUL_SHUTDOWN_S = 5

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from hpo.spec import parse_spec
 from service import records
 from service.catalog import LoadedStudy, StudyNotFound
-from service.models import StudyRecord
+from hpo.db.models import StudyRecord
 
 log = logging.getLogger("service")
 

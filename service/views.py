@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR, Progress, is_surplus
-from service.models import DatasetRecord, StudyRecord
+from hpo.db.models import DatasetRecord, StudyRecord
 
 API_PREFIX = "/api/v1"
 TRIAL_STATE_NAMES: dict[TrialState, str] = {

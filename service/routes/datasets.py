@@ -13,7 +13,7 @@ from service.auth import PrincipalDep
 from service.deps import DatasetStoreDep, PageDep, SessionDep, SettingsDep, TrialCacheDep
 from service.errors import problem
 from service.limits import too_large_message
-from service.models import DatasetRecord
+from hpo.db.models import DatasetRecord
 from service.schemas import DatasetOut, DatasetPage, ErrorResponse
 from service.views import dataset_view
 

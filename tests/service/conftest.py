@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.db import upgrade  # noqa: E402
+from hpo.db import upgrade  # noqa: E402
 from postgres_support import create_postgres_database, drop_postgres_database, postgres_database_url  # noqa: E402
 from service_support import LiveServer, make_settings  # noqa: E402
 

@@ -12,8 +12,8 @@ from hpo.client import APIError, Client
 from hpo.cli import main as hpo_main
 from service import keys
 from service.auth import COOKIE
-from service.db import make_engine, make_sessionmaker
-from service.models import ApiKeyRecord
+from hpo.db import make_engine, make_sessionmaker
+from hpo.db.models import ApiKeyRecord
 from service_support import tiny_spec
 
 STUDIES = "/api/v1/studies"

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from service.db import make_engine, make_sessionmaker
+from hpo.db import make_engine, make_sessionmaker
 from service_support import add_trial, tiny_spec
 
 STUDIES = "/api/v1/studies"

@@ -9,8 +9,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from hpo.storage import open_storage
-from service.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
-from service.models import Base
+from hpo.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
+from hpo.db.models import Base
 
 SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", VERSION_TABLE}
 

@@ -1,11 +1,11 @@
-"""Alembic environment for the service's tables (``hpo_*`` only; Optuna's are not ours)."""
+"""Alembic environment for the project's tables (``hpo_*`` only; Optuna's are not ours)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from service.db import VERSION_TABLE, include_name, make_engine
-from service.models import Base
+from hpo.db import VERSION_TABLE, include_name, make_engine
+from hpo.db.models import Base
 
 config = context.config
 

@@ -1,4 +1,4 @@
-"""The service's own tables. Optuna keeps its tables (studies, trials, ...) in the same database;
+"""The project's own tables. Optuna keeps its tables (studies, trials, ...) in the same database;
 these only add what Optuna does not know: public ids, owners, uploaded datasets, API keys."""
 
 from __future__ import annotations

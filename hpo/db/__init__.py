@@ -1,8 +1,10 @@
-"""The service's database: engine, sessions and migrations.
+"""The project's own tables: engine, sessions and migrations.
 
-The service's tables (``hpo_*``) share the database with Optuna's; Alembic keeps its own
+The ``hpo_*`` tables (studies submitted over HTTP, datasets, API keys, and whatever the
+engine's workers need next) share the database with Optuna's; Alembic keeps its own
 version table (``hpo_alembic_version``) and looks only at ``hpo_*`` tables, so the two
-schemas evolve independently.
+schemas evolve independently. They live in the engine package so that workers can use
+them without importing ``service``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hpo.storage import SQLITE_BUSY_TIMEOUT_S, normalize_url
 from hpo.storage import _prepare_sqlite as prepare_sqlite  # one place knows how to set SQLite up
-from service.models import TABLE_PREFIX
+from hpo.db.models import TABLE_PREFIX
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "hpo_alembic_version"
