@@ -22,7 +22,7 @@ are medians, the ratio the median of the per-round ratios.
 
 Goal: worker <= 1.2x bare, and <= 15 ms per trial on PostgreSQL.
 
-Run: .venv/bin/python bench/bench_bookkeeping.py [--trials N] [--rounds N] [--profile] [--skip-postgres]
+Run: .venv/bin/python -m bench.bench_bookkeeping [--trials N] [--rounds N] [--profile] [--skip-postgres]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import footer, header, median, postgres_database, verdict
+from bench.common import footer, header, median, postgres_database, verdict
 
 GOAL_RATIO = 1.2
 GOAL_POSTGRES_MS = 15.0
@@ -191,7 +191,7 @@ def main(argv: list[str]) -> None:
               f"{verdict(worker_ms <= GOAL_POSTGRES_MS)}")
     else:
         print("PostgreSQL: not measured")
-    footer("bench_bookkeeping.py", argv)
+    footer("bench_bookkeeping", argv)
 
 
 if __name__ == "__main__":

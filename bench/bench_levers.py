@@ -11,7 +11,7 @@ vs per-tensor clipping; loss kept on the device vs a host sync (``.item()``) per
 validation under ``inference_mode`` vs ``no_grad``; oneDNN's RNN kernels on vs off; the
 k folds stacked (lockstep) vs one by one; one intra-op thread vs two.
 
-Run: .venv/bin/python bench/bench_levers.py [--repeats N] [--quick]
+Run: .venv/bin/python -m bench.bench_levers [--repeats N] [--quick]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from common import footer, header
+from bench.common import footer, header
 
 warnings.filterwarnings("ignore", message="TF32 acceleration")
 
@@ -163,7 +163,7 @@ def main(argv: list[str]) -> None:
             _, r = _ratio(engine, other, repeats)
             cells.append(f"{r:9.2f}x")
         print(f"{name:46s}" + " ".join(cells), flush=True)
-    footer("bench_levers.py", argv)
+    footer("bench_levers", argv)
 
 
 if __name__ == "__main__":

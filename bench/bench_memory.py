@@ -9,7 +9,7 @@ a process that only imports the worker (torch, Optuna, scikit-learn: the fixed p
 
 Goal: <= 1 GiB per worker.
 
-Run: .venv/bin/python bench/bench_memory.py [--epochs N]
+Run: .venv/bin/python -m bench.bench_memory [--epochs N]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, REPO, footer, header, repo_env, run_timed, verdict
+from bench.common import PYTHON, REPO, footer, header, repo_env, run_timed, verdict
 
 GOAL_MIB = 1024
 STUDIES = {"digits": "digits-tpe.yaml", "sms_spam": "sms-spam-gru.yaml", "airline": "airline-forecast.yaml"}
@@ -78,7 +78,7 @@ def child(spec_path: str, storage: str) -> None:
 
 
 def measure(args: list[str]) -> dict[str, Any]:
-    out = run_timed([PYTHON, str(Path(__file__).resolve()), "--child", *args], env=repo_env())
+    out = run_timed([PYTHON, "-m", "bench.bench_memory", "--child", *args], env=repo_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
             print(f"{f'{dataset} ({filename})':36s} {result['peak_mib']:7.0f} MiB   trial {result['state'].lower()}, "
                   f"{shown}", flush=True)
     print(f"\nworst worker: {worst:.0f} MiB   goal <= {GOAL_MIB} MiB: {verdict(worst <= GOAL_MIB)}")
-    footer("bench_memory.py", argv)
+    footer("bench_memory", argv)
 
 
 if __name__ == "__main__":

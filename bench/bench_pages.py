@@ -10,8 +10,8 @@ page opened again (median of ``--repeat``). A script's view, ``GET /api/v1/studi
 plus the first page of ``.../trials``, is timed too. With Chromium installed, the page
 itself is also timed from navigation until every panel is drawn.
 
-    .venv/bin/python bench/bench_pages.py              # 5,000 trials (~2-3 min to write them)
-    .venv/bin/python bench/bench_pages.py --keep /tmp/bench-pages   # keep the database, reuse it next time
+    .venv/bin/python -m bench.bench_pages              # 5,000 trials (~2-3 min to write them)
+    .venv/bin/python -m bench.bench_pages --keep /tmp/bench-pages   # keep the database, reuse it next time
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-# First: common puts this checkout's hpo and the tests' process_support on sys.path.
-import common  # noqa: F401
 from hpo.storage import open_storage
-from process_support import ServeProcess
+from tests.support.databases import sqlite_url
+from tests.support.servers import ServeProcess
 
 GOAL_S = 2.0
 CHROMIUM = Path("/usr/bin/chromium")
@@ -59,7 +58,7 @@ DISTRIBUTIONS = {
 def serve(workdir: Path) -> ServeProcess:
     """``hpo serve`` (no workers) on the study's database, once it is ready."""
     # The default limit of trials a study may ask for (1,000) is below the study's size.
-    return ServeProcess(f"sqlite:///{workdir / 'hpo.db'}", workdir, workdir / "serve.log",
+    return ServeProcess(sqlite_url(workdir), workdir, workdir / "serve.log",
                         env={"HPO_MAX_N_TRIALS": "100000"})
 
 
@@ -101,7 +100,7 @@ def make_study(workdir: Path, n_trials: int) -> str:
         spec = {**SPEC, "budget": {"n_trials": n_trials}}
         study = httpx.post(f"{server.url}/api/v1/studies", json=spec, timeout=60).raise_for_status().json()
     started = time.perf_counter()
-    storage = open_storage(f"sqlite:///{workdir / 'hpo.db'}")
+    storage = open_storage(sqlite_url(workdir))
     optuna_study = optuna.load_study(study_name=study["optuna_study_name"], storage=storage)
     rng = random.Random(0)
     t0 = dt.datetime.now() - dt.timedelta(seconds=7 * n_trials)

@@ -11,7 +11,7 @@ the other way to use the second core.
 
 Goal: 2 workers >= 1.8x the trials per hour of 1 worker.
 
-Run: .venv/bin/python bench/bench_scaling.py [--trials N] [--rounds N] [--quick] [--postgres]
+Run: .venv/bin/python -m bench.bench_scaling [--trials N] [--rounds N] [--quick] [--postgres]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import footer, header, median, postgres_database, verdict
+from bench.common import footer, header, median, postgres_database, verdict
 
 GOAL_SCALING = 1.8
 ARMS = {"1 worker x 1 thread": (1, 1), "2 workers x 1 thread": (2, 1), "1 worker x 2 threads": (1, 2)}
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
             for two, single in zip(results["2 workers x 1 thread"], results["1 worker x 1 thread"])]
     print(f"\nscaling 1 -> 2 workers: {scaling:.2f}x (medians; per round {', '.join(f'{x:.2f}x' for x in each)})"
           f"   goal >= {GOAL_SCALING}x: {verdict(scaling >= GOAL_SCALING)}")
-    footer("bench_scaling.py", argv)
+    footer("bench_scaling", argv)
 
 
 if __name__ == "__main__":

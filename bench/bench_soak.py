@@ -16,10 +16,10 @@ and ``GET /api/v1/studies/{id}/trials`` in a loop until the study ends. Then it 
 With ``--with-key`` an API key is created first and every request carries it (the cost of
 checking a key on each request shows in the latency).
 
-    .venv/bin/python bench/bench_soak.py                           # 500 trials, 20 pollers, 2 workers, SQLite
-    .venv/bin/python bench/bench_soak.py --trials 40 --pollers 5   # the short version the test suite runs
-    .venv/bin/python bench/bench_soak.py --database postgres       # a fresh database at 127.0.0.1:5432, 4 workers
-    .venv/bin/python bench/bench_soak.py --database postgresql://user@host/db --workers 8
+    .venv/bin/python -m bench.bench_soak                           # 500 trials, 20 pollers, 2 workers, SQLite
+    .venv/bin/python -m bench.bench_soak --trials 40 --pollers 5   # the short version the test suite runs
+    .venv/bin/python -m bench.bench_soak --database postgres       # a fresh database at 127.0.0.1:5432, 4 workers
+    .venv/bin/python -m bench.bench_soak --database postgresql://user@host/db --workers 8
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ import httpx
 import optuna
 from optuna.trial import TrialState
 
-# First: common puts this checkout's hpo and the tests' process_support on sys.path.
-from common import footer, header, postgres_database, repo_env
+from bench.common import footer, header, postgres_database, repo_env
 from hpo.storage import open_storage
-from process_support import Process, ServeProcess, hpo
+from tests.support.databases import sqlite_url
+from tests.support.processes import Process, hpo
+from tests.support.servers import ServeProcess
 
 API = "/api/v1"
 LOCKED = "database is locked"
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hpo-soak-")))
         if args.database == "sqlite":
-            database_url = f"sqlite:///{folder / 'hpo.db'}"
+            database_url = sqlite_url(folder)
         elif args.database == "postgres":
             database_url = stack.enter_context(postgres_database())
             if database_url is None:
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    footer("bench_soak.py", sys.argv[1:] if argv is None else argv)
+    footer("bench_soak", sys.argv[1:] if argv is None else argv)
     return 0 if ok else 1
 
 

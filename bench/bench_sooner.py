@@ -14,7 +14,7 @@ as the cap, a lower bound).
 
 Goal: hpo reaches the target >= 4x sooner (median of 3 seeds).
 
-Run: .venv/bin/python bench/bench_sooner.py [--seeds 0 1 2] [--cap 150] [--quick]
+Run: .venv/bin/python -m bench.bench_sooner [--seeds 0 1 2] [--cap 150] [--quick]
      [--spec studies/digits-tpe.yaml] [--pruner median|hyperband|wilcoxon|none] [--reference-epochs N]
 """
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, REPO, footer, header, hpo_command, load_baseline, median, repo_env, verdict, write_spec
+from bench.common import PYTHON, REPO, footer, header, hpo_command, load_baseline, median, repo_env, verdict, write_spec
 
 TARGET = 0.97
 GOAL_SOONER = 4.0
@@ -86,10 +86,10 @@ def _stop(proc: subprocess.Popen, graceful: bool) -> None:
 
 
 def run_reference(seed: int, epochs: int, space: dict[str, Any], cap_s: float) -> dict[str, Any]:
-    cmd = [PYTHON, str(Path(__file__).resolve()), "--reference-child", "--seed", str(seed),
+    cmd = [PYTHON, "-m", "bench.bench_sooner", "--reference-child", "--seed", str(seed),
            "--epochs", str(epochs), "--space", json.dumps(space)]
     start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
     events: list[dict[str, Any]] = []
     reader = threading.Thread(target=lambda: events.extend(json.loads(line) for line in proc.stdout), daemon=True)
     reader.start()
@@ -207,7 +207,7 @@ def main(argv: list[str]) -> None:
     bound = " (at least: the reference hit the cap)" if ref_median >= cap else ""
     print(f"\nmedian time to {TARGET}: reference {ref_median:.1f} s, hpo {hpo_median:.1f} s")
     print(f"hpo is {sooner:.2f}x sooner{bound}   goal >= {GOAL_SOONER}x: {verdict(sooner >= GOAL_SOONER)}")
-    footer("bench_sooner.py", argv)
+    footer("bench_sooner", argv)
 
 
 if __name__ == "__main__":

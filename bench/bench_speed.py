@@ -14,7 +14,7 @@ second core adds.
 
 Goal: ``hpo run`` >= 2.0x faster, mean CV accuracy equal or better (within 0.01).
 
-Run: .venv/bin/python bench/bench_speed.py [--rounds N] [--quick]
+Run: .venv/bin/python -m bench.bench_speed [--rounds N] [--quick]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from common import (
+from bench.common import (
     PYTHON, Timed, baseline_path, digits_spec, footer, header, hpo_command, load_baseline, median, ratio, repo_env,
     run_timed, verdict, write_spec,
 )
@@ -50,7 +50,7 @@ def run_hpo(folder: Path, spec_path: Path, name: str, study: str, one_worker: bo
 
     storage = f"sqlite:///{folder / f'{name}.db'}"
     if one_worker:
-        cmd = [PYTHON, str(Path(__file__).resolve()), "--one-worker", str(spec_path), storage]
+        cmd = [PYTHON, "-m", "bench.bench_speed", "--one-worker", str(spec_path), storage]
     else:
         cmd = hpo_command("run", str(spec_path), "--storage", storage, "--quiet")
     timed = run_timed(cmd, cwd=folder, env=repo_env())
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> None:
     print(f"  speed-up (median): {speedup:.2f}x   goal >= {GOAL_SPEEDUP}x: {verdict(speedup >= GOAL_SPEEDUP)}")
     print(f"  mean CV accuracy: baseline {base_mean:.4f}, hpo {hpo_mean:.4f} (difference {hpo_mean - base_mean:+.4f})"
           f"   goal equal or better within {ACCURACY_TOLERANCE}: {verdict(hpo_mean >= base_mean - ACCURACY_TOLERANCE)}")
-    footer("bench_speed.py", argv)
+    footer("bench_speed", argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import shlex
 import statistics
 import subprocess
@@ -25,19 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support import databases
+from tests.support.databases import PostgresUnavailable
+from tests.support.processes import REPO
+from tests.support.processes import hpo as hpo_command  # noqa: F401  (``python -m hpo ARGS``, this interpreter)
+
 # Optuna flags heartbeats and its stale-trial callback as experimental; the worker uses both.
 warnings.filterwarnings("ignore", message=r".*experimental")
-
-REPO = Path(__file__).resolve().parents[1]
-# Measure this checkout, whichever copy of the package the environment would import; then the
-# tests' folder, for ``process_support`` (``hpo`` child processes, ``hpo serve`` waited on until ready).
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from process_support import hpo as hpo_command  # noqa: E402,F401  (``python -m hpo ARGS``, this interpreter)
 
 PYTHON = sys.executable
 # CI clones the repository with the shared folder beside it.
 BASELINE = REPO.parent / "shared" / "bench" / "baseline_digits.py"
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # Ranges that admit every configuration of the baseline's FIXED_CONFIGS (queued as trials).
 SEARCH_RANGES: dict[str, dict[str, Any]] = {
@@ -95,9 +92,14 @@ def header(title: str) -> None:
 
 
 def footer(script: str, argv: Sequence[str]) -> None:
-    """Print the command that reproduces this run (from the repository root)."""
+    """Print the command that reproduces this run (from the repository root).
+
+    Args:
+        script: the benchmark's module name in ``bench`` (``bench_speed``).
+        argv: its arguments.
+    """
     args = " ".join(shlex.quote(a) for a in argv)
-    print(f"\nreproduce: cd {REPO} && .venv/bin/python bench/{script}{' ' + args if args else ''}")
+    print(f"\nreproduce: cd {REPO} && .venv/bin/python -m bench.{script}{' ' + args if args else ''}")
 
 
 @dataclass
@@ -178,20 +180,11 @@ def verdict(ok: bool) -> str:
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str | None]:
     """A new, empty PostgreSQL database (dropped afterwards), or None when the server at
-    127.0.0.1:5432 cannot be reached."""
-    try:
-        import psycopg
-
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # no server, no driver: the caller reports it and goes on
-        print(f"PostgreSQL not reachable ({type(exc).__name__}: {str(exc).strip()[:120]})")
-        yield None
-        return
-    name = f"hpo_bench_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    127.0.0.1:5432 cannot be reached (the caller reports it and goes on)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(databases.postgres_database(prefix="hpo_bench"))
+        except PostgresUnavailable as exc:
+            print(f"PostgreSQL not reachable ({str(exc)[:120]})")
+            url = None
+        yield url

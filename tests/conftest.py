@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from hpo.storage import open_storage
-from postgres_support import create_postgres_database, drop_postgres_database, postgres_database_url
+from tests.support import databases
+from tests.support.databases import postgres_database, postgres_or_skip
 
 
 @pytest.fixture(scope="session")
@@ -22,17 +23,14 @@ def postgres_template() -> str | None:
 @pytest.fixture
 def postgres_url(postgres_template) -> Iterator[str]:
     """A new PostgreSQL database (dropped afterwards, connections and all)."""
-    name = create_postgres_database(template=postgres_template)
-    try:
-        yield postgres_database_url(name)
-    finally:
-        drop_postgres_database(name)
+    with postgres_or_skip(), postgres_database(template=postgres_template) as url:
+        yield url
 
 
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     """A new SQLite database file in the test's temporary folder."""
-    return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return databases.sqlite_url(tmp_path)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

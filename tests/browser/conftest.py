@@ -3,43 +3,37 @@ on a fresh SQLite database, and Debian's Chromium driven by Playwright."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from process_support import ServeProcess
+from tests.support.databases import sqlite_url
+from tests.support.servers import ServeProcess
+from tests.support.services import services_unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, unless the run promised every service (``HPO_REQUIRE_SERVICES=1``): then fail."""
-    if os.environ.get("HPO_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"the browser tests need {reason} (HPO_REQUIRE_SERVICES=1)")
-    pytest.skip(f"no {reason}")
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServeProcess]:
     """One service with one embedded worker for all browser tests (each test makes its own studies)."""
     workdir = tmp_path_factory.mktemp("hpo-serve")
-    with ServeProcess(f"sqlite:///{workdir / 'hpo.db'}", workdir, workdir / "serve.log", workers=1) as server:
+    with ServeProcess(sqlite_url(workdir), workdir, workdir / "serve.log", workers=1) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def browser():
     if not CHROMIUM.exists():
-        _unavailable(f"Chromium at {CHROMIUM} (apt-get install chromium)")
+        services_unavailable(f"Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("Playwright (pip install playwright)")
+        services_unavailable("Playwright (pip install playwright)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser

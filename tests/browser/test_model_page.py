@@ -11,7 +11,8 @@ import pytest
 
 from hpo.data.builtins import _digits
 from hpo.export import load_model
-from test_pages import STUDY_TIMEOUT_MS, tiny_spec
+from test_pages import STUDY_TIMEOUT_MS
+from tests.support.studies import tiny_spec
 
 pytestmark = pytest.mark.browser
 

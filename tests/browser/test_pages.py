@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 import pytest
+
+from tests.support.studies import tiny_spec
 
 pytestmark = pytest.mark.browser
 
 STUDY_TIMEOUT_MS = 90_000
-
-
-def tiny_spec(name: str, **overrides: Any) -> dict[str, Any]:
-    """Trains in about a second a trial: digits, 2 folds, 2 epochs, small fixed network."""
-    spec: dict[str, Any] = {
-        "name": name,
-        "task": "classification",
-        "dataset": {"builtin": "digits"},
-        "search_space": {"hidden_size": {"value": 16}, "batch_size": {"value": 128}},
-        "cv": {"folds": 2},
-        "training": {"max_epochs": 2},
-        "budget": {"n_trials": 4},
-    }
-    spec.update(overrides)
-    return spec
 
 
 def set_param_fixed(page, name: str, value: str) -> None:
@@ -76,7 +62,7 @@ def counts(page) -> tuple[int, int]:
 
 
 def test_table_and_history_grow_without_a_reload(server, page, api, tmp_path):
-    study = api.post("/studies", json=tiny_spec("browser-live")).json()
+    study = api.post("/studies", json=tiny_spec("browser-live", budget={"n_trials": 4})).json()
     # Held back until the page is open, so that the page sees every trial arrive.
     assert api.post(f"/studies/{study['id']}/cancel").status_code == 200
     page.goto(f"{server.url}/studies/{study['id']}")

@@ -16,8 +16,10 @@ from hpo.storage import open_storage  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
 from hpo.db import upgrade  # noqa: E402
-from postgres_support import create_postgres_database, drop_postgres_database, postgres_database_url  # noqa: E402
-from service_support import LiveServer, make_settings  # noqa: E402
+from tests.support.databases import (  # noqa: E402
+    create_postgres_database, drop_postgres_database, postgres_database, postgres_database_url, postgres_or_skip,
+    sqlite_url)
+from tests.support.servers import LiveServer, make_settings  # noqa: E402
 
 
 @pytest.fixture
@@ -45,13 +47,11 @@ def module_database(request, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """A fresh database (URL) and folder per test module, once on SQLite and once on PostgreSQL."""
     folder = tmp_path_factory.mktemp("shared")
     if request.param == "sqlite":
-        yield f"sqlite:///{folder / 'hpo.db'}", folder
+        yield sqlite_url(folder), folder
         return
-    database = create_postgres_database(template=request.getfixturevalue("postgres_template"))
-    try:
-        yield postgres_database_url(database), folder
-    finally:
-        drop_postgres_database(database)
+    template = request.getfixturevalue("postgres_template")
+    with postgres_or_skip(), postgres_database(template=template) as url:
+        yield url, folder
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def live_server(settings) -> Iterator[LiveServer]:
 def postgres_template() -> Iterator[str]:
     """A PostgreSQL database with Optuna's and the service's tables made once; each test's
     database is a copy (much faster than creating the tables every time)."""
-    name = create_postgres_database(prefix="hpo_test_template")
+    with postgres_or_skip():
+        name = create_postgres_database(prefix="hpo_test_template")
     try:
         url = postgres_database_url(name)
         upgrade(url)

@@ -14,7 +14,7 @@ from service import keys
 from service.auth import COOKIE
 from hpo.db import make_engine, make_sessionmaker
 from hpo.db.models import ApiKeyRecord
-from service_support import tiny_spec
+from tests.support.studies import tiny_spec
 
 STUDIES = "/api/v1/studies"
 DATASETS = "/api/v1/datasets"

@@ -18,7 +18,7 @@ from hpo.data.builtins import _digits
 from hpo.export import load_model
 from hpo.spec import parse_spec
 from hpo.worker import WorkerOptions, worker_loop
-from service_support import add_trial, tiny_spec
+from tests.support.studies import add_trial, tiny_spec
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service_support import MAX_UPLOAD_BYTES, tiny_spec
+from tests.support.servers import MAX_UPLOAD_BYTES
+from tests.support.studies import tiny_spec
 
 DATASETS = "/api/v1/datasets"
 STUDIES = "/api/v1/studies"

@@ -13,8 +13,9 @@ from optuna.trial import TrialState
 
 from hpo.client import Client
 from hpo.storage import normalize_url
-from process_support import Process, ServeProcess, hpo
-from service_support import tiny_spec
+from tests.support.processes import Process, hpo
+from tests.support.servers import ServeProcess
+from tests.support.studies import tiny_spec
 
 pytestmark = pytest.mark.service
 STUDY_TIMEOUT_S = 300

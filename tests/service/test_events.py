@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import optuna
 
-from service_support import tiny_spec
+from tests.support.studies import tiny_spec
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict]:

@@ -19,9 +19,10 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.spec import parse_spec
 from hpo.storage import open_storage
 from hpo.studies import FAIL_REASON_ATTR, create_study
-from postgres_support import PrivatePostgres
-from process_support import Process, ServeProcess, free_port, hpo
-from service_support import tiny_spec
+from tests.support.databases import PrivatePostgres
+from tests.support.processes import Process, free_port, hpo
+from tests.support.servers import ServeProcess
+from tests.support.studies import tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 API = "/api/v1"

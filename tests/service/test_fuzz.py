@@ -18,7 +18,8 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from service.app import create_app  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
-from service_support import LiveServer, add_trial, make_settings, tiny_spec  # noqa: E402
+from tests.support.servers import LiveServer, make_settings  # noqa: E402
+from tests.support.studies import add_trial, tiny_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow
 API = "/api/v1"

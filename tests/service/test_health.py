@@ -7,7 +7,7 @@ import re
 import pytest
 
 from hpo.db import make_engine, make_sessionmaker
-from service_support import add_trial, tiny_spec
+from tests.support.studies import add_trial, tiny_spec
 
 STUDIES = "/api/v1/studies"
 

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from service import keys
 from service.app import create_app
-from service_support import tiny_spec
+from tests.support.studies import tiny_spec
 
 STUDIES = "/api/v1/studies"
 

@@ -22,7 +22,7 @@ from hpo.studies import study_spec
 from hpo.worker import WorkerOptions, worker_loop
 from service.app import create_app
 from service.config import Settings
-from service_support import tiny_spec
+from tests.support.studies import tiny_spec
 
 STUDIES = "/api/v1/studies"
 

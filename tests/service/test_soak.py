@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from process_support import REPO
+from tests.support.processes import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
 
 def test_short_soak_on_sqlite(tmp_path):
     figures = tmp_path / "soak.json"
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "bench_soak.py"), "--trials", "40", "--pollers", "5",
+    run = subprocess.run([sys.executable, "-m", "bench.bench_soak", "--trials", "40", "--pollers", "5",
                           "--json", str(figures)], cwd=REPO, capture_output=True, text=True, timeout=300)
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -10,7 +10,8 @@ import yaml
 
 from hpo.export import model_path
 from hpo.studies import SPEC_ATTR
-from service_support import MAX_BODY_BYTES, add_trial, tiny_spec
+from tests.support.servers import MAX_BODY_BYTES
+from tests.support.studies import add_trial, tiny_spec
 
 STUDIES = "/api/v1/studies"
 

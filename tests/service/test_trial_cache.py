@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.trial_cache import TrialCache
-from service_support import add_trial, tiny_spec
+from tests.support.studies import add_trial, tiny_spec
 
 STUDIES = "/api/v1/studies"
 

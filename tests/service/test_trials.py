@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from service_support import add_trial, tiny_spec
+from tests.support.studies import add_trial, tiny_spec
 
 STUDIES = "/api/v1/studies"
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
 from service.web.plots import downsample
-from service_support import tiny_spec
+from tests.support.studies import tiny_spec
 from test_events import named, read_until, sse_events
 
 STUDIES = "/api/v1/studies"

@@ -1,39 +1,15 @@
-"""Helpers for the service tests: tiny specs, trials written through Optuna's own API, an app
-served in a thread (``hpo`` child processes: ``process_support``)."""
+"""Studies for the tests: a tiny spec that trains in seconds, and trials written by hand through
+Optuna's own API (ask / report / tell), as a worker would."""
 
 from __future__ import annotations
 
-import threading
-import time
-from pathlib import Path
 from typing import Any
 
 import optuna
-import uvicorn
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from hpo.studies import FAIL_REASON_ATTR
-from process_support import free_port
-from service.config import Settings
-
-MAX_UPLOAD_BYTES = 256 * 1024  # the test apps' limits: small, so 413s are cheap to provoke
-MAX_BODY_BYTES = 32 * 1024
-
-
-def make_settings(database_url: str, data_dir: Path) -> Settings:
-    """The test apps' settings: small limits (so 413s and zip bombs are cheap to provoke) and
-    fast event polling."""
-    return Settings(
-        database_url=database_url,
-        data_dir=str(data_dir),
-        max_upload_bytes=MAX_UPLOAD_BYTES,
-        max_body_bytes=MAX_BODY_BYTES,
-        max_unpacked_bytes=16 * MAX_UPLOAD_BYTES,
-        max_page_size=100,
-        events_poll_s=0.1,
-        events_heartbeat_s=0.5,
-    )
 
 
 def tiny_spec(name: str = "digits-tiny", **overrides: Any) -> dict[str, Any]:
@@ -90,26 +66,3 @@ def add_trial(
     else:
         study.tell(trial, value)
     return trial.number
-
-
-class LiveServer:
-    """An app served by uvicorn on a free port in a thread: real HTTP, no worker processes."""
-
-    def __init__(self, app: Any):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)

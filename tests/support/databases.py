@@ -1,7 +1,10 @@
-"""Throwaway PostgreSQL databases for tests (trust auth at 127.0.0.1:5432, user postgres)."""
+"""Databases for the tests and the benchmarks: a SQLite file in a folder, throwaway PostgreSQL
+databases with unique names (trust auth at 127.0.0.1:5432, user postgres; others create theirs at
+the same time), and a private PostgreSQL server for tests that stop it."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import secrets
@@ -9,36 +12,61 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest
+from tests.support.services import services_unavailable
 
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 POSTGRES_HOST = "127.0.0.1:5432"
+POSTGRES_ADMIN_URL = f"postgresql://postgres@{POSTGRES_HOST}/postgres"
 
 
-def _postgres_unavailable(reason: str) -> None:
-    """Skip, unless the run promised PostgreSQL (``HPO_REQUIRE_SERVICES=1``): then fail."""
-    if os.environ.get("HPO_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"PostgreSQL is required (HPO_REQUIRE_SERVICES=1) but unavailable: {reason}")
-    pytest.skip(f"PostgreSQL unavailable: {reason}")
+class PostgresUnavailable(RuntimeError):
+    """No PostgreSQL server answers at ``POSTGRES_HOST`` (or its driver is missing)."""
+
+
+@contextlib.contextmanager
+def postgres_or_skip() -> Iterator[None]:
+    """Turn a ``PostgresUnavailable`` raised inside into ``services_unavailable`` (for fixtures)."""
+    try:
+        yield
+    except PostgresUnavailable as exc:
+        services_unavailable(f"PostgreSQL: {exc}")
+
+
+def sqlite_url(folder: Path | str, name: str = "hpo.db") -> str:
+    """The URL of a SQLite database file ``name`` in ``folder`` (made on first use)."""
+    return f"sqlite:///{Path(folder) / name}"
 
 
 def postgres_admin():
-    """A connection to the server's maintenance database.
+    """A connection (autocommit) to the server's maintenance database.
 
-    Skips the calling test when there is no server, or fails it when the run promised one
-    (``HPO_REQUIRE_SERVICES=1``).
+    Raises:
+        PostgresUnavailable: no server, or no driver.
     """
-    import psycopg
-
     try:
+        import psycopg
+
         return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        _postgres_unavailable(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 (ImportError, OperationalError: either way there is none)
+        lines = str(exc).strip().splitlines()
+        raise PostgresUnavailable(lines[0] if lines else type(exc).__name__) from exc
 
 
 def create_postgres_database(prefix: str = "hpo_test", template: str | None = None) -> str:
-    """Create a database with a random name (a copy of ``template`` when given); returns the name."""
+    """Create a database with a unique name.
+
+    Args:
+        prefix: the name's start; a random suffix follows.
+        template: a database to copy (``None``: PostgreSQL's empty default).
+
+    Returns:
+        The new database's name.
+
+    Raises:
+        PostgresUnavailable: no server.
+    """
     name = f"{prefix}_{secrets.token_hex(6)}"
     with postgres_admin() as admin:
         admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
@@ -52,7 +80,29 @@ def drop_postgres_database(name: str) -> None:
 
 
 def postgres_database_url(name: str) -> str:
+    """The URL of database ``name`` on the server at ``POSTGRES_HOST``."""
     return f"postgresql://postgres@{POSTGRES_HOST}/{name}"
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "hpo_test", template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database for the ``with`` block, dropped afterwards (connections and all).
+
+    Args:
+        prefix: the name's start (``create_postgres_database``).
+        template: a database to copy.
+
+    Yields:
+        Its URL.
+
+    Raises:
+        PostgresUnavailable: no server.
+    """
+    name = create_postgres_database(prefix, template)
+    try:
+        yield postgres_database_url(name)
+    finally:
+        drop_postgres_database(name)
 
 
 class PrivatePostgres:
@@ -66,7 +116,7 @@ class PrivatePostgres:
     def __init__(self, port: int):
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
         if not found or not found[-1]:
-            _postgres_unavailable("initdb and pg_ctl are not installed")
+            services_unavailable("PostgreSQL's initdb and pg_ctl are not installed")
         self.bin = os.path.dirname(found[-1])
         self.port = port
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -77,9 +127,9 @@ class PrivatePostgres:
             try:
                 pwd.getpwnam("postgres")
             except KeyError:
-                _postgres_unavailable("running as root without a postgres user: cannot start a private server")
+                services_unavailable("PostgreSQL: running as root without a postgres user: cannot start a private server")
             if not shutil.which("runuser"):
-                _postgres_unavailable("running as root without runuser: cannot start a private server")
+                services_unavailable("PostgreSQL: running as root without runuser: cannot start a private server")
             self._as_postgres = ["runuser", "-u", "postgres", "--"]
         self.root = tempfile.mkdtemp(prefix="hpo-pg-")  # not under pytest's root-only tmp folder
         if self._as_postgres:
