@@ -1,52 +1,83 @@
-"""Optuna RDB storage from a URL: SQLite tuned for several processes, PostgreSQL via psycopg 3,
-a bulk trial read that does not build ORM objects, and stale-trial detection that also
-catches trials whose worker died before their first heartbeat."""
+"""Optuna RDB storage from a URL, and the ONE module that uses Optuna's private API.
+
+The rest of ``hpo`` and ``service`` call the public functions here. Each private use below
+says why it is needed; all were checked against Optuna 5.0.0 (``pyproject.toml`` pins
+``optuna>=5.0,<5.1``; check them again before widening the pin). Each override has a test
+of the public behaviour it preserves in ``tests/test_storage.py``:
+
+- ``RDBStorage._get_trials`` (override): a bulk read without ORM objects (seconds -> tens
+  of milliseconds on large studies); same trials as Optuna's read, checked trial by trial.
+- ``RDBStorage.set_trial_state_values`` (public, but its WAITING -> RUNNING claim relies on
+  ``SELECT ... FOR UPDATE``, which SQLite ignores): one conditional UPDATE.
+- ``RDBStorage._get_stale_trial_ids`` (override): also trials that never beat.
+- ``optuna.storages._rdb.models``: the table definitions the two reads above query.
+- ``optuna.storages._CachedStorage``: Optuna's cache of finished trials, used by the service.
+- ``optuna.study._frozen.FrozenStudy`` and its ``_study_id``; ``Study._storage`` and
+  ``Study._study_id``: a listed study's and a loaded study's storage id (Optuna has no
+  public accessor for either).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 import warnings
 from collections import defaultdict
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, json_to_distribution
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+
+# Private (checked against Optuna 5.0.0): not re-exported by Optuna; see the module docstring.
+from optuna.storages import _CachedStorage
 from optuna.storages._rdb import models
+from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepare_sqlite, schema_lock
+
+__all__ = ["DEFAULT_STORAGE", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "normalize_url",
+           "open_storage", "study_id_of", "study_storage"]
+
 DEFAULT_STORAGE = "sqlite:///hpo.db"
-SQLITE_BUSY_TIMEOUT_S = 60
 
 
-def normalize_url(url: str) -> str:
-    """Pick the psycopg 3 driver for plain ``postgresql://`` URLs (SQLAlchemy defaults to psycopg2)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
+def study_id_of(frozen: FrozenStudy) -> int:
+    """The storage's id of a study from ``storage.get_all_studies()``.
+
+    Args:
+        frozen: a listed study.
+
+    Returns:
+        Its id in the storage (``FrozenStudy`` has no public accessor; Optuna 5.0).
+    """
+    return frozen._study_id
 
 
-def _prepare_sqlite(url: str) -> None:
-    """Create the file's folder and switch it to WAL (persistent in the file) so readers
-    never block the writer."""
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    if not path or path == ":memory:":
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+def study_storage(study: optuna.Study) -> tuple[BaseStorage, int]:
+    """The storage a loaded study reads and writes, and the study's id in it.
+
+    Args:
+        study: a study from ``optuna.load_study`` / ``create_study``.
+
+    Returns:
+        ``(storage, study_id)`` (``Study`` has no public accessor for either; Optuna 5.0).
+    """
+    return study._storage, study._study_id
 
 
 @lru_cache(maxsize=4096)
 def _distribution(distribution_json: str) -> BaseDistribution:
     return json_to_distribution(distribution_json)
+
+
+def _utc_now() -> dt.datetime:
+    """Now as naive UTC: how Optuna's RDB models store trial times (whatever the process's TZ)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _local_time(utc: dt.datetime | None) -> dt.datetime | None:
@@ -89,7 +120,7 @@ class BulkReadRDBStorage(RDBStorage):
             claimed = connection.execute(
                 sa.update(trials_t)
                 .where(trials_t.c.trial_id == trial_id, trials_t.c.state == TrialState.WAITING)
-                .values(state=TrialState.RUNNING, datetime_start=dt.datetime.now())
+                .values(state=TrialState.RUNNING, datetime_start=_utc_now())
             ).rowcount
         # Not waiting (any more): Optuna's own answer, False or its error for a finished or unknown trial.
         return bool(claimed) or super().set_trial_state_values(trial_id, state)
@@ -99,7 +130,8 @@ class BulkReadRDBStorage(RDBStorage):
         period (Optuna's rule), or they have none and this storage has seen them without one
         for longer than the grace period. Optuna skips the latter for ever, yet a worker
         killed between creating a trial and its first beat leaves one, holding a slot of the
-        budget. Both are timed on the database's clock, as Optuna's heartbeats are."""
+        budget. Both are timed on the database's clock, as Optuna's heartbeats are.
+        Overrides Optuna's private hook behind ``fail_stale_trials`` (Optuna 5.0.0)."""
         assert self.heartbeat_interval is not None
         grace = dt.timedelta(seconds=2 * self.heartbeat_interval if self.grace_period is None else self.grace_period)
         trials_t, beats_t = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
@@ -125,6 +157,8 @@ class BulkReadRDBStorage(RDBStorage):
         included_trial_ids: set[int],
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
+        """Optuna's private hook behind ``get_all_trials`` and ``_CachedStorage`` (same
+        arguments and answer as Optuna 5.0.0's), read with plain selects: see the class."""
         trials_t = models.TrialModel.__table__
         included = [i for i in included_trial_ids if i <= trial_id_greater_than]
         where = trials_t.c.study_id == study_id
@@ -202,7 +236,8 @@ def open_storage(
     grace_period: int | None = None,
     max_retry: int = 3,
 ) -> BulkReadRDBStorage:
-    """Open (and create the tables of) an Optuna RDB storage.
+    """Open (and create the tables of) an Optuna RDB storage; any number of processes may
+    do so at once on a new database.
 
     Args:
         url: a SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user@host/db``.
@@ -218,8 +253,10 @@ def open_storage(
     url = normalize_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        _prepare_sqlite(url)
+        prepare_sqlite(url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    elif url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = PG_CONNECT_ARGS
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and the retry callback are flagged experimental since Optuna 2.8/2.9; the
     # warning would greet every `hpo run` and worker start, once per process.
@@ -232,4 +269,27 @@ def open_storage(
                 "grace_period": grace_period,
                 "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             }
-        return BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        with schema_lock(url):  # Optuna creates its tables check-then-create: one process at a time
+            return BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+
+class CachedStudyStorage(_CachedStorage):
+    """Optuna's cache of a study's finished trials over an RDB storage (``_CachedStorage``,
+    private, checked against Optuna 5.0.0: a finished trial is read from the database once),
+    which reports how many trials it holds after each full read.
+
+    Args:
+        backend: the RDB storage the cache reads through and writes to.
+        on_read: called with the number of trials after each read of all of them.
+    """
+
+    def __init__(self, backend: RDBStorage, on_read: Callable[[int], None]):
+        super().__init__(backend)
+        self._on_read = on_read
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        trials = super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        if states is None:
+            self._on_read(len(trials))
+        return trials

@@ -35,14 +35,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.samplers import make_pruner, make_sampler
 from hpo.spec import SpecError, StudySpec, parse_spec
-from hpo.storage import open_storage
+from hpo.storage import FrozenStudy, open_storage, study_id_of, study_storage
 from hpo.studies import (
     CANCELLED_ATTR, FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, Progress, is_cancelled, is_surplus, progress,
 )
 
-if TYPE_CHECKING:  # Optuna 5 does not re-export FrozenStudy
-    from optuna.study._frozen import FrozenStudy
-
+if TYPE_CHECKING:
     from hpo.objective import Objective
 
 log = logging.getLogger("hpo.worker")
@@ -170,7 +168,7 @@ class StudyRunner:
     def fail_orphaned(self) -> None:
         """Fail the trials an outage left RUNNING (at once, rather than after the heartbeat's
         grace period: a RUNNING trial holds a slot of the budget). Raises database errors."""
-        storage, study_id = self.study._storage, self.study._study_id
+        storage, study_id = study_storage(self.study)
         while self.orphaned:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.orphaned[0])
             if storage.get_trial(trial_id).state == TrialState.RUNNING:
@@ -188,7 +186,7 @@ class StudyRunner:
             from hpo.data import load_dataset
             from hpo.objective import Objective
 
-            storage, study_id, stop = self.study._storage, self.study._study_id, self._stop
+            (storage, study_id), stop = study_storage(self.study), self._stop
             try:
                 dataset = load_dataset(self.spec, self._options.data_dir)
                 self._objective = Objective(
@@ -244,18 +242,18 @@ class StudyPicker:
         if self.current is None or time.monotonic() >= self._next_listing:
             return None
         study = self.current.study
-        if self.current.refresh(cancelled=is_cancelled(study._storage, study._study_id)).runnable:
+        if self.current.refresh(cancelled=is_cancelled(*study_storage(study))).runnable:
             return self.current
         return None
 
     def pick(self, studies: list[FrozenStudy]) -> StudyRunner | None:
         """Pick from a fresh listing of the studies (each candidate's trials read once)."""
         self._next_listing = time.monotonic() + self.options.poll_interval_s
-        listed = {frozen._study_id for frozen in studies}
+        listed = {study_id_of(frozen) for frozen in studies}
         candidates = []
         for frozen in studies:
             stored = frozen.user_attrs.get(SPEC_ATTR)
-            study_id = frozen._study_id
+            study_id = study_id_of(frozen)
             if (stored is None or frozen.user_attrs.get(CANCELLED_ATTR)
                     or self.options.study_name not in (None, frozen.study_name)
                     or (study_id in self.ended and self.ended[study_id] == stored)):
@@ -278,17 +276,18 @@ class StudyPicker:
     def _runner(self, frozen: FrozenStudy, stored: object) -> StudyRunner | None:
         """The study's runner, built (or rebuilt, when its stored spec changed) as needed;
         None for a spec that does not parse (not ours to run)."""
-        runner = self.runners.get(frozen._study_id)
+        study_id = study_id_of(frozen)
+        runner = self.runners.get(study_id)
         if runner is not None and runner.stored_spec == stored:
             return runner
-        self.runners.pop(frozen._study_id, None)
+        self.runners.pop(study_id, None)
         try:
             spec = parse_spec(stored)
         except SpecError:
-            self.ended[frozen._study_id] = stored
+            self.ended[study_id] = stored
             return None
         runner = StudyRunner(self.storage, frozen, spec, self.options, self.worker_index, self.stop)
-        self.runners[frozen._study_id] = runner
+        self.runners[study_id] = runner
         return runner
 
     def fail_orphaned(self) -> None:

@@ -3,7 +3,7 @@
 ``optuna.load_study`` on a plain ``RDBStorage`` reads every trial (with every per-epoch
 value) on each call: seconds for a study of thousands of trials. Every route of the
 service that reads a study (the REST resources, the pages' views, the event streams)
-loads it through Optuna's own ``_CachedStorage`` instead: a finished trial never changes,
+loads it through Optuna's own cache (``hpo.storage.CachedStudyStorage``) instead: a finished trial never changes,
 so after the first read only new and unfinished trials are fetched again. The database
 stays the only state; the cache only saves re-reading it. The service warms the cache in
 the background when it starts, so the first visitor of a large study does not pay for
@@ -16,14 +16,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Callable
 
 import optuna
-from optuna.storages import RDBStorage, _CachedStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session
 
 from hpo.spec import parse_spec
+from hpo.storage import CachedStudyStorage
 from service import records
 from service.catalog import LoadedStudy, StudyNotFound
 from hpo.db.models import StudyRecord
@@ -34,7 +34,7 @@ log = logging.getLogger("service")
 class TrialCache:
     """Loads studies so that their finished trials are read from the database only once.
 
-    Each study gets its own ``_CachedStorage`` (keyed by its unique Optuna study name, so
+    Each study gets its own ``CachedStudyStorage`` (keyed by its unique Optuna study name, so
     a deleted study's trials can never be mistaken for a new study's). When the cached
     studies hold more than ``max_cached_trials`` trials in all, the least recently used
     studies are forgotten (they are read again in full if asked for). Writes (cancel,
@@ -49,7 +49,7 @@ class TrialCache:
     def __init__(self, storage: RDBStorage, max_cached_trials: int):
         self._backend = storage
         self.max_cached_trials = max_cached_trials
-        self._entries: OrderedDict[str, tuple[_CachedStorage, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[CachedStudyStorage, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -121,26 +121,12 @@ class TrialCache:
                 del self._entries[oldest]
                 total -= size
 
-    def _storage_for(self, name: str) -> _CachedStorage:
+    def _storage_for(self, name: str) -> CachedStudyStorage:
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
-                entry = (_StudyCache(self._backend, lambda n_trials: self._note_size(name, n_trials)), 0)
+                entry = (CachedStudyStorage(self._backend, lambda n_trials: self._note_size(name, n_trials)), 0)
                 self._entries[name] = entry
             self._entries.move_to_end(name)
             return entry[0]
 
-
-class _StudyCache(_CachedStorage):
-    """Optuna's cache of one study, which reports how many trials it holds after each read."""
-
-    def __init__(self, backend: RDBStorage, on_read: Callable[[int], None]):
-        super().__init__(backend)
-        self._on_read = on_read
-
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        trials = super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        if states is None:
-            self._on_read(len(trials))
-        return trials

@@ -1,20 +1,46 @@
 """hpo.storage: the bulk trial read gives exactly what Optuna's own ORM read gives; stale
-trials are found even when their worker died before its first heartbeat."""
+trials are found even when their worker died before its first heartbeat; claims are atomic
+and stored in UTC; any number of processes may start together on a new database.
+
+Every test here runs under ``TZ=Asia/Tokyo`` (the rest of the suite runs in the machine's
+zone, UTC in CI), so a time stored in local time instead of UTC shows as 9 hours off.
+"""
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import math
 import multiprocessing as mp
+import os
 import time
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState, create_trial
 
-from hpo.storage import BulkReadRDBStorage, open_storage
+from hpo.db import make_engine, upgrade
+from hpo.storage import BulkReadRDBStorage, CachedStudyStorage, open_storage, study_id_of, study_storage
+
+NON_UTC_ZONE = "Asia/Tokyo"  # UTC+9, no daylight saving time
+
+
+@pytest.fixture(autouse=True, scope="module")
+def non_utc_time_zone():
+    """This module's tests (and the processes they spawn) run 9 hours east of UTC."""
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = NON_UTC_ZONE
+    time.tzset()
+    assert time.localtime().tm_gmtoff == 9 * 3600
+    yield
+    if previous is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = previous
+    time.tzset()
 
 
 def orm_read(storage: RDBStorage, study_id: int, *args) -> list:
@@ -181,3 +207,76 @@ def test_racing_workers_never_claim_the_same_queued_trial(database_url):
     assert not [r for r in results if isinstance(r, str)], results
     numbers = sorted(n for r in results for n in r)
     assert numbers == list(range(queued)), "a queued trial was claimed twice (or not at all)"
+
+
+def test_a_claimed_queued_trial_starts_now_stored_in_utc(storage):
+    """The claim override writes ``datetime_start`` itself: as naive UTC, like Optuna's models."""
+    study = optuna.create_study(study_name="clock", storage=storage)
+    study.enqueue_trial({"x": 1.0})
+    trial = study.ask()  # claims the queued trial (WAITING -> RUNNING)
+    study.tell(trial, 1.0)
+    started = study.trials[0].datetime_start  # Optuna hands out naive local time
+    assert abs((started - dt.datetime.now()).total_seconds()) < 120, started
+    with storage.engine.connect() as connection:
+        stored = connection.execute(sa.text("SELECT datetime_start FROM trials")).scalar_one()
+    stored = dt.datetime.fromisoformat(stored) if isinstance(stored, str) else stored
+    utc_now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    assert abs((stored - utc_now).total_seconds()) < 120, stored
+    assert study.trials[0].duration >= dt.timedelta(0)
+
+
+def test_study_ids_through_the_public_helpers(storage):
+    study = optuna.create_study(study_name="ids", storage=storage)
+    held, study_id = study_storage(study)
+    assert held.get_study_id_from_name("ids") == study_id
+    assert [study_id_of(frozen) for frozen in storage.get_all_studies()] == [study_id]
+
+
+def test_cached_study_storage_reads_finished_trials_once_and_reports_its_size(storage):
+    study = optuna.create_study(study_name="cached", storage=storage)
+    for value in (0.1, 0.2):
+        study.add_trial(create_trial(value=value, params={}, distributions={}))
+    sizes = []
+    cached = optuna.load_study(study_name="cached", storage=CachedStudyStorage(storage, sizes.append))
+    assert [t.value for t in cached.get_trials()] == [0.1, 0.2]
+    study.add_trial(create_trial(value=0.3, params={}, distributions={}))
+    assert [t.value for t in cached.get_trials()] == [0.1, 0.2, 0.3]
+    assert sizes == [2, 3]
+
+
+def start_on_new_database(url: str, upgrade_first: bool, start: mp.Barrier, outcome: mp.Queue) -> None:
+    """What ``hpo serve`` (our tables, then Optuna's) or ``hpo worker`` / ``hpo run`` (Optuna's,
+    then ours via ``hpo keys`` or a server) do at start, released together by ``start``."""
+    try:
+        start.wait(120)
+        if upgrade_first:
+            upgrade(url)
+        storage = open_storage(url)
+        if not upgrade_first:
+            upgrade(url)
+        optuna.create_study(study_name=f"study-{os.getpid()}", storage=storage)
+        storage.engine.dispose()
+        outcome.put("ok")
+    except Exception as exc:
+        outcome.put(repr(exc))
+
+
+def test_processes_started_together_on_a_new_database(database_url):
+    ctx = mp.get_context("spawn")
+    n = 6
+    start, outcome = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=start_on_new_database, args=(database_url, i % 2 == 0, start, outcome))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    results = [outcome.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(30)
+
+    assert results == ["ok"] * n, results
+    assert len(open_storage(database_url).get_all_studies()) == n
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+        assert connection.execute(sa.text("SELECT count(*) FROM hpo_alembic_version")).scalar_one() == 1
+    engine.dispose()

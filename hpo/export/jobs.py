@@ -40,8 +40,8 @@ from hpo.export.archive import ARCHIVE_SUFFIX, Manifest
 from hpo.export.fit import MAX_HOLDOUT, fit_study_model, pick_trial
 from hpo.studies import study_spec
 
-if TYPE_CHECKING:  # Optuna 5 does not re-export FrozenStudy
-    from optuna.study._frozen import FrozenStudy
+if TYPE_CHECKING:
+    from hpo.storage import FrozenStudy
 
 log = logging.getLogger("hpo.export")
 
