@@ -16,11 +16,14 @@ are imported when a worker starts working, not when this module is imported, so 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
 import logging
 import multiprocessing as mp
+import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
     from hpo.objective import Objective
 
 log = logging.getLogger("hpo.worker")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0
 
 DEFAULT_HEARTBEAT_S = 10
 DEFAULT_GRACE_S = 30
@@ -367,10 +372,39 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
             stop.wait(outage_s)
 
 
-def _process_main(options: WorkerOptions, worker_index: int) -> None:
+def end_with_parent(parent_pid: int, stop: threading.Event, poll_s: float = PARENT_POLL_S) -> None:
+    """Set ``stop`` when the process that started this one dies, even by SIGKILL (which
+    gives it no chance to stop its children), so no worker trains on unsupervised.
+
+    Linux: the kernel sends SIGTERM at the parent's death (``PR_SET_PDEATHSIG``; it fires
+    when the parent *thread* that started this process ends, so start workers from a
+    thread that lives as long as the supervisor). Everywhere, and for a parent that died
+    before this ran: a thread that sees the parent pid change.
+
+    Args:
+        parent_pid: the supervisor's pid, as it saw it when starting this process.
+        stop: the worker's stop event (its SIGTERM handler sets it too).
+        poll_s: seconds between parent-pid checks.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); watching the parent pid only", ctypes.get_errno())
+
+    def watch() -> None:
+        while not stop.wait(poll_s):
+            if os.getppid() != parent_pid:
+                log.warning("the supervisor (pid %d) is gone; stopping", parent_pid)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _process_main(options: WorkerOptions, worker_index: int, parent_pid: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    end_with_parent(parent_pid, stop)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker_index} %(message)s")
     worker_loop(options, worker_index, stop)
 
@@ -401,7 +435,7 @@ def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-da
         grace_period=grace_period, study_name=study_name, until_idle=until_idle, threads=threads,
     )
     ctx = mp.get_context(start_method)
-    procs = [ctx.Process(target=_process_main, args=(options, first_index + i), name=f"hpo-worker-{i}")
+    procs = [ctx.Process(target=_process_main, args=(options, first_index + i, os.getpid()), name=f"hpo-worker-{i}")
              for i in range(n)]
     for p in procs:
         p.start()

@@ -23,7 +23,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState, create_trial
 
 from hpo.db import make_engine, upgrade
-from hpo.storage import BulkReadRDBStorage, CachedStudyStorage, open_storage, study_id_of, study_storage
+from hpo.storage import (
+    BulkReadRDBStorage, CachedStudyStorage, open_storage, study_id_of, study_storage,
+)
 
 NON_UTC_ZONE = "Asia/Tokyo"  # UTC+9, no daylight saving time
 

@@ -106,7 +106,8 @@ def schema_lock(database_url: str, timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> 
     engine = create_engine(url, poolclass=NullPool, connect_args=PG_CONNECT_ARGS)
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": f"{int(timeout_s * 1000)}"})
+            timeout_ms = f"{int(timeout_s * 1000)}"
+            connection.execute(text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": timeout_ms})
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
             try:
                 yield
