@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from process_support import Process, hpo
+from tests.support.processes import Process, hpo
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
 
