@@ -11,7 +11,7 @@ predict API and score it. Forecasting is one step ahead with the true history: f
 test row t of ``NAME_full.csv`` the model is sent rows 0..t-1. The test files are read
 only here, for scoring; their labels never reach the server.
 
-    .venv/bin/python bench/bench_quality.py --quick                    # one seed, ~25 min
+    .venv/bin/python bench/bench_quality.py --quick                    # one seed, all six datasets, ~25-30 min
     .venv/bin/python bench/bench_quality.py                            # 3 seeds, ~1 h 15
     .venv/bin/python bench/bench_quality.py --datasets Lynx --budget-s 60 --set pruner.name=none
 """
@@ -85,7 +85,7 @@ def study_spec(name: str, task: str, dataset_id: str, budget_s: float, seed: int
     return merge(spec, overlay)
 
 
-def test_inputs(folder: Path, name: str, entry: dict[str, Any]) -> tuple[Any, np.ndarray]:
+def classification_inputs(folder: Path, entry: dict[str, Any]) -> tuple[Any, np.ndarray]:
     """A classification test file as the predict API's ``x`` (ragged for variable lengths) and its labels."""
     with np.load(folder / entry["files"]["test"]["file"], allow_pickle=False) as npz:
         y = npz["y"]
@@ -97,9 +97,9 @@ def test_inputs(folder: Path, name: str, entry: dict[str, Any]) -> tuple[Any, np
     return x, y
 
 
-def score_classification(client: Client, study_id: str, folder: Path, name: str,
-                         entry: dict[str, Any]) -> dict[str, float]:
-    x, y = test_inputs(folder, name, entry)
+def score_classification(client: Client, study_id: str, folder: Path, entry: dict[str, Any]) -> dict[str, float]:
+    """Accuracy on the test file, its sequences sent as JSON ``x`` (the labels stay here)."""
+    x, y = classification_inputs(folder, entry)
     labels = client.predict(study_id, {"x": x})["labels"]
     # Labels may come back as strings ("3") or as the ints they were given.
     return {"accuracy": float(np.mean([str(label) == str(truth) for label, truth in zip(labels, y.tolist())]))}
@@ -149,7 +149,7 @@ def run_one(folder: Path, name: str, entry: dict[str, Any], seed: int, budget_s:
         if model["state"] != "ready":
             result["error"] = f"model {model['state']}: {model.get('reason')}"
             return finish(result, start)
-        result["test"] = (score_classification(client, study["id"], folder, name, entry) if task == "classification"
+        result["test"] = (score_classification(client, study["id"], folder, entry) if task == "classification"
                           else score_forecasting(client, study["id"], folder, entry))
         # The final trial's counts: trials still running when the budget ended have finished by now.
         result["trials"] = client.get(study["id"])["trials"]
@@ -260,9 +260,9 @@ def main(argv: list[str]) -> None:
 
     summaries = [summarize(n, manifest[n], [r for r in runs if r["dataset"] == n]) for n in names]
     print(f"\n{table(summaries)}")
-    print("\ngap: best CV score minus test accuracy, or test RMSE minus best CV RMSE (positive: CV flattered); "
-          f"load average {min(r.get('load_avg_start', 99) for r in runs):.1f}-"
-          f"{max(r.get('load_avg_end', 0) for r in runs):.1f} during the runs")
+    loads = [r[k] for r in runs for k in ("load_avg_start", "load_avg_end") if k in r]
+    print("\ngap: best CV score minus test accuracy, or test RMSE minus best CV RMSE (positive: CV flattered)"
+          + (f"; load average {min(loads):.1f}-{max(loads):.1f} at the runs' starts and ends" if loads else ""))
     for s in summaries:
         for error in s["errors"]:
             print(f"{s['dataset']}: {error}")
