@@ -11,9 +11,9 @@ predict API and score it. Forecasting is one step ahead with the true history: f
 test row t of ``NAME_full.csv`` the model is sent rows 0..t-1. The test files are read
 only here, for scoring; their labels never reach the server.
 
-    .venv/bin/python bench/bench_quality.py --quick                    # one seed, all six datasets, ~25-30 min
-    .venv/bin/python bench/bench_quality.py                            # 3 seeds, ~1 h 15
-    .venv/bin/python bench/bench_quality.py --datasets Lynx --budget-s 60 --set pruner.name=none
+    .venv/bin/python -m bench.bench_quality --quick                    # one seed, all six datasets, ~25-30 min
+    .venv/bin/python -m bench.bench_quality                            # 3 seeds, ~1 h 15
+    .venv/bin/python -m bench.bench_quality --datasets Lynx --budget-s 60 --set pruner.name=none
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-# First: common puts this checkout's hpo and the tests' process_support on sys.path.
-from common import REPO, footer, header, repo_env
+from bench.common import REPO, footer, header, repo_env
 from hpo.client import Client
 from hpo.data.forecast import parse_series
-from process_support import ServeProcess
+from tests.support.databases import sqlite_url
+from tests.support.servers import ServeProcess
 
 DATA = REPO.parent / "shared" / "data" / "quality"
 WORKERS = 2
@@ -126,7 +126,7 @@ def run_one(folder: Path, name: str, entry: dict[str, Any], seed: int, budget_s:
     train_file = folder / (entry["files"]["train"]["file"] if task == "classification" else entry["files"]["train"])
     result: dict[str, Any] = {"dataset": name, "seed": seed, "task": task, "load_avg_start": os.getloadavg()[0]}
     start = time.monotonic()
-    with ServeProcess(f"sqlite:///{workdir / 'hpo.db'}", workdir / "data", workdir / "serve.log",
+    with ServeProcess(sqlite_url(workdir), workdir / "data", workdir / "serve.log",
                       workers=WORKERS, env=repo_env()) as server, Client(server.url, timeout=120) as client:
         dataset = client.upload_dataset(train_file, task)
         spec = study_spec(f"quality-{name}-seed{seed}", task, dataset["id"], budget_s, seed, overlay)
@@ -270,7 +270,7 @@ def main(argv: list[str]) -> None:
         args.json.write_text(json.dumps({"started": started.isoformat(), "argv": argv, "budget_s": args.budget_s,
                                          "seeds": seeds, "overlay": overlay, "runs": runs, "summaries": summaries},
                                         indent=1, default=str))
-    footer("bench_quality.py", argv)
+    footer("bench_quality", argv)
 
 
 if __name__ == "__main__":
