@@ -47,6 +47,8 @@ DEFAULT_SEEDS = 3
 STUDY_GRACE_S = 1800
 MODEL_TIMEOUT_S = 1800
 DEEP_BASELINES = ("fcn", "resnet", "fcn_128", "resnet_128")
+# The API refuses JSON bodies over 1 MiB; a number takes about 20 bytes of JSON.
+PREDICT_VALUES_PER_CALL = 25_000
 
 
 def parse_overlay(items: list[str]) -> dict[str, Any]:
@@ -97,10 +99,26 @@ def classification_inputs(folder: Path, entry: dict[str, Any]) -> tuple[Any, np.
     return x, y
 
 
+def chunks(sequences: list[Any], max_values: int) -> list[list[Any]]:
+    """Consecutive runs of sequences holding at most ``max_values`` numbers each (at least one sequence)."""
+    runs: list[list[Any]] = [[]]
+    size = 0
+    for seq in sequences:
+        n = int(np.size(seq))
+        if runs[-1] and size + n > max_values:
+            runs.append([])
+            size = 0
+        runs[-1].append(seq)
+        size += n
+    return runs
+
+
 def score_classification(client: Client, study_id: str, folder: Path, entry: dict[str, Any]) -> dict[str, float]:
     """Accuracy on the test file, its sequences sent as JSON ``x`` (the labels stay here)."""
     x, y = classification_inputs(folder, entry)
-    labels = client.predict(study_id, {"x": x})["labels"]
+    labels: list[Any] = []
+    for chunk in chunks(x, PREDICT_VALUES_PER_CALL):
+        labels += client.predict(study_id, {"x": chunk})["labels"]
     # Labels may come back as strings ("3") or as the ints they were given.
     return {"accuracy": float(np.mean([str(label) == str(truth) for label, truth in zip(labels, y.tolist())]))}
 
@@ -119,12 +137,13 @@ def score_forecasting(client: Client, study_id: str, folder: Path, entry: dict[s
     return {"rmse": math.sqrt(mse), "mse": mse, "mae": float(np.mean(np.abs(errors_array)))}
 
 
-def run_one(folder: Path, name: str, entry: dict[str, Any], seed: int, budget_s: float,
+def run_one(result: dict[str, Any], folder: Path, entry: dict[str, Any], budget_s: float,
             overlay: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """One dataset, one seed, on a fresh server: the result record (``error`` when something refused)."""
-    task = entry["task"]
+    """One dataset, one seed, on a fresh server, recorded into ``result`` as it goes (``error``
+    when something refused; what was recorded before an exception stays)."""
+    name, seed, task = result["dataset"], result["seed"], entry["task"]
     train_file = folder / (entry["files"]["train"]["file"] if task == "classification" else entry["files"]["train"])
-    result: dict[str, Any] = {"dataset": name, "seed": seed, "task": task, "load_avg_start": os.getloadavg()[0]}
+    result.update(task=task, load_avg_start=os.getloadavg()[0])
     start = time.monotonic()
     with ServeProcess(sqlite_url(workdir), workdir / "data", workdir / "serve.log",
                       workers=WORKERS, env=repo_env()) as server, Client(server.url, timeout=120) as client:
@@ -248,11 +267,14 @@ def main(argv: list[str]) -> None:
     runs = []
     for seed in seeds:
         for name in names:
+            result: dict[str, Any] = {"dataset": name, "seed": seed}
+            start = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="bench-quality-") as workdir:
                 try:
-                    result = run_one(args.data, name, manifest[name], seed, args.budget_s, overlay, Path(workdir))
+                    run_one(result, args.data, manifest[name], args.budget_s, overlay, Path(workdir))
                 except Exception as exc:  # one dataset's refusal or timeout is a result; the others still run
-                    result = {"dataset": name, "seed": seed, "error": f"{type(exc).__name__}: {exc}", "wall_s": 0.0}
+                    result["error"] = f"{type(exc).__name__}: {exc}"
+                    finish(result, start)
             runs.append(result)
             score = result.get("test") or {"error": result.get("error")}
             print(f"{name} seed {seed}: {json.dumps(score)} cv {result.get('best', {}).get('value')} "
