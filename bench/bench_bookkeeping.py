@@ -70,7 +70,7 @@ def run_bare(url: str, n_trials: int, heartbeat: bool) -> float:
     import optuna
 
     from hpo.storage import open_storage
-    from hpo.worker import DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
+    from hpo.settings import DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
 
     storage = open_storage(url, heartbeat_interval=DEFAULT_HEARTBEAT_S, grace_period=DEFAULT_GRACE_S) if heartbeat \
         else open_storage(url)
@@ -85,6 +85,7 @@ def run_worker(url: str, n_trials: int, heartbeat: bool, profile: bool) -> float
     import torch._dynamo  # noqa: F401  (the worker's start-up imports it: start-up is not bookkeeping)
 
     import hpo.objective
+    import hpo.settings
     import hpo.worker
     from hpo.storage import open_storage
     from hpo.studies import create_study
@@ -93,7 +94,7 @@ def run_worker(url: str, n_trials: int, heartbeat: bool, profile: bool) -> float
     create_study(open_storage(url), spec)
     hpo.objective.Objective = TrivialObjective  # type: ignore[assignment, misc]  (built at the worker's first trial)
     options = hpo.worker.WorkerOptions(database_url=url, study_name=spec.name, until_idle=True,
-                                       heartbeat_interval=hpo.worker.DEFAULT_HEARTBEAT_S if heartbeat else 0)
+                                       heartbeat_interval=hpo.settings.DEFAULT_HEARTBEAT_S if heartbeat else 0)
     profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
     if profiler:

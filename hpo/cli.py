@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
+from hpo.export.commands import add_model_commands  # hpo model fit | download | predict
+from hpo.settings import add_database_flags, add_remote_flags, setting_default, settings_of
 from hpo.spec import SpecError, load_spec
-from hpo.storage import DEFAULT_STORAGE
-
-DATABASE_ENV = "HPO_DATABASE_URL"
 
 
 class UsageError(Exception):
@@ -22,7 +20,7 @@ class UsageError(Exception):
 
 
 def _database(args: argparse.Namespace) -> str:
-    return args.database or os.environ.get(DATABASE_ENV) or DEFAULT_STORAGE
+    return settings_of(args).database_url
 
 
 def _print_json(data: Any) -> None:
@@ -57,8 +55,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"n_trials": args.n_trials})})
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1; got {args.jobs}")
-    best = local.run(spec, storage_url=args.storage or _database(args), jobs=args.jobs,
-                     data_dir=args.data_dir, show_progress=not args.quiet)
+    settings = settings_of(args)
+    best = local.run(spec, storage_url=settings.database_url, jobs=args.jobs, data_dir=settings.data_dir,
+                     show_progress=not args.quiet)
     if best is None:
         raise UsageError("no trial completed; see the failed trials' fail_reason (hpo best --json shows them)")
     if args.json:
@@ -69,14 +68,12 @@ def cmd_best(args: argparse.Namespace) -> None:
     from hpo.console import best_table, console
 
     if args.url:
-        from hpo.client import Client
-
-        best = Client(args.url, api_key=args.api_key).best(args.study)
+        best = _client(args).best(args.study)
         metric = best.get("metric", "value")
     else:
         from hpo import local
 
-        best, metric = local.best(args.study, args.storage or _database(args))
+        best, metric = local.best(args.study, _database(args))
     if args.json:
         _print_json(best)
     else:
@@ -89,8 +86,7 @@ def cmd_best(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from service.server import serve  # the one place the engine's CLI starts the HTTP face
 
-    serve(host=args.host, port=args.port, database_url=_database(args), workers=args.workers,
-          data_dir=args.data_dir, insecure=args.insecure)
+    serve(settings_of(args), workers=args.workers, insecure=args.insecure)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -98,9 +94,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be >= 1; got {args.concurrency}")
+    settings = settings_of(args)
     options = WorkerOptions(
-        database_url=_database(args), data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period,
+        database_url=settings.database_url, data_dir=settings.data_dir,
+        heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
     )
     print(f"hpo worker: {args.concurrency} process(es) on {options.database_url}", file=sys.stderr)
     run_worker(options, concurrency=args.concurrency)
@@ -138,7 +135,8 @@ def cmd_keys(args: argparse.Namespace) -> None:
 def _client(args: argparse.Namespace):
     from hpo.client import Client
 
-    return Client(args.url, api_key=args.api_key)
+    settings = settings_of(args)
+    return Client(settings.url, api_key=settings.api_key)
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -148,7 +146,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
         _print_json(study)
     else:
         print(study["id"])
-        print(f"watch: hpo watch {study['id']} --url {args.url}", file=sys.stderr)
+        print(f"watch: hpo watch {study['id']} --url {settings_of(args).url}", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -177,17 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def database(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--database", help=f"storage URL (default: ${DATABASE_ENV} or {DEFAULT_STORAGE})")
-        p.add_argument("--data-dir", default="hpo-data", help="where uploaded datasets live (default: hpo-data)")
+        add_database_flags(p)
 
     def remote(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("HPO_URL", "http://127.0.0.1:8000"),
-                       help="the service's URL (default: $HPO_URL or http://127.0.0.1:8000)")
-        p.add_argument("--api-key", default=os.environ.get("HPO_API_KEY"), help="API key (default: $HPO_API_KEY)")
+        add_remote_flags(p)
 
     p = add("run", cmd_run, "Tune locally: run a spec's study to the end with a live progress bar.")
     p.add_argument("spec", help="study spec (YAML or JSON)")
-    p.add_argument("--storage", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--storage", help="Optuna storage URL (same as --database)")
     p.add_argument("--n-trials", type=int, help="override budget.n_trials")
     p.add_argument("--jobs", type=int, help="trials in parallel processes (default: one per CPU core)")
     p.add_argument("--json", action="store_true", help="print the best trial as JSON at the end")
@@ -199,23 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("best", cmd_best, "Print a study's best parameters (from a storage or a server).")
     p.add_argument("study", help="study name (with --storage) or id (with --url)")
-    p.add_argument("--storage", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--storage", help="Optuna storage URL (same as --database)")
     p.add_argument("--url", help="ask this server instead of a storage")
-    p.add_argument("--api-key", default=os.environ.get("HPO_API_KEY"))
+    p.add_argument("--api-key", help="API key (default: $HPO_API_KEY)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--database", help=argparse.SUPPRESS)
 
     p = add("serve", cmd_serve, "Serve the REST API and browser pages, with embedded workers.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", help=f"address to listen on (default: $HPO_HOST or {setting_default('host')})")
+    p.add_argument("--port", type=int, help=f"port to listen on (default: $HPO_PORT or {setting_default('port')})")
     p.add_argument("--workers", type=int, default=1, help="embedded worker processes (0: API only)")
     p.add_argument("--insecure", action="store_true", help="allow serving a non-loopback address without API keys")
     database(p)
 
     p = add("worker", cmd_worker, "Run trials of any runnable study in the database, until stopped.")
     p.add_argument("--concurrency", type=int, default=1, help="worker processes on this machine")
-    p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between heartbeats")
-    p.add_argument("--grace-period", type=int, default=30, help="seconds of silence before a trial is failed")
+    p.add_argument("--heartbeat-interval", type=int, help="seconds between heartbeats (default: "
+                   f"$HPO_HEARTBEAT_INTERVAL or {setting_default('heartbeat_interval')})")
+    p.add_argument("--grace-period", type=int, help="seconds of silence before a trial is failed (default: "
+                   f"$HPO_GRACE_PERIOD or {setting_default('grace_period')})")
     database(p)
 
     p = add("db", cmd_db_upgrade, "Database maintenance.")
@@ -240,8 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
         remote(p)
         if name == "submit":
             p.add_argument("--json", action="store_true")
-
-    from hpo.export.commands import add_model_commands  # hpo model fit | download | predict
 
     add_model_commands(sub)
     return parser

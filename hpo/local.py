@@ -15,12 +15,11 @@ from typing import Any
 import optuna
 
 from hpo.console import best_table, console, follow
+from hpo.settings import DEFAULT_DATA_DIR, DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
 from hpo.spec import StudySpec
 from hpo.storage import open_storage
 from hpo.studies import create_study, progress, study_spec
-from hpo.worker import (
-    DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S, WorkerOptions, start_worker_processes, stop_worker_processes, worker_loop,
-)
+from hpo.worker import WorkerOptions, start_worker_processes, stop_worker_processes, worker_loop
 
 
 def best_trial(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:
@@ -70,7 +69,7 @@ def _start_method() -> str:
     return "fork" if safe else "spawn"
 
 
-def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: str = "hpo-data",
+def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
         show_progress: bool = True) -> dict[str, Any] | None:
     """Run (or resume) the spec's study until its budget is spent; print the best trial.
 

@@ -39,11 +39,10 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepare_sqlite, schema_lock
+from hpo.settings import DEFAULT_DATABASE_URL
 
-__all__ = ["DEFAULT_STORAGE", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "normalize_url",
-           "open_storage", "study_id_of", "study_storage"]
-
-DEFAULT_STORAGE = "sqlite:///hpo.db"
+__all__ = ["BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "normalize_url", "open_storage", "study_id_of",
+           "study_storage"]
 
 
 def study_id_of(frozen: FrozenStudy) -> int:
@@ -230,7 +229,7 @@ class BulkReadRDBStorage(RDBStorage):
 
 
 def open_storage(
-    url: str = DEFAULT_STORAGE,
+    url: str = DEFAULT_DATABASE_URL,
     *,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,

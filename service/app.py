@@ -21,7 +21,7 @@ from hpo.data import DatasetStore
 from hpo.spec import StudySpec
 from hpo.storage import open_storage
 from service import auth, web
-from service.config import Settings
+from hpo.settings import Settings
 from hpo.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimitMiddleware

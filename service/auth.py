@@ -41,6 +41,12 @@ LOGIN_PATH = "/login"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", LOGIN_PATH, "/logout", "/docs", "/docs/oauth2-redirect",
                           "/redoc", "/openapi.json"})
 PUBLIC_PREFIXES = ("/assets/",)
+DASHBOARD_PREFIX = "/dashboard"
+# Admin only: the optuna-dashboard app (service.web.dashboard) and everything its page fetches.
+DASHBOARD_PATHS = (
+    DASHBOARD_PREFIX, "/static", "/csv", "/favicon.ico",
+    "/api/meta", "/api/studies", "/api/trials", "/api/artifacts", "/api/llm", "/api/compare-studies",
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,6 @@ def is_public(path: str) -> bool:
 
 
 def needs_admin(path: str) -> bool:
-    from service.web.dashboard import DASHBOARD_PATHS  # here: service.web imports the routes' deps
-
     return any(path == p or path.startswith(p + "/") for p in DASHBOARD_PATHS)
 
 

@@ -9,22 +9,18 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
+from hpo.db.models import StudyRecord
 from hpo.export import remove_model
 from hpo.spec import SpecError, StudySpec
-from hpo.studies import Progress, create_study, progress, set_cancelled
+from hpo.studies import Progress, create_study, set_cancelled
 from service import records
-from hpo.db.models import StudyRecord
-
-if TYPE_CHECKING:
-    from service.trial_cache import TrialCache
+from service.trial_cache import LoadedStudy, StudyNotFound, TrialCache
 
 ID_ALPHABET = string.ascii_lowercase + string.digits  # url-safe and never mistaken for a CLI flag
 ID_LENGTH = 10
@@ -41,26 +37,6 @@ class TooManyQueued(Exception):
             f"{who} {limit} unfinished (queued or running) studies, this server's limit "
             "(HPO_MAX_QUEUED_STUDIES_PER_OWNER); wait for one to finish, or cancel one, then try again"
         )
-
-
-class StudyNotFound(LookupError):
-    """No study has this id (or its Optuna study was removed behind the service's back)."""
-
-    def __init__(self, study_id: str):
-        self.study_id = study_id
-        super().__init__(f"no study with id {study_id!r}")
-
-
-@dataclass
-class LoadedStudy:
-    """A study's row, its validated spec and its Optuna study."""
-
-    record: StudyRecord
-    spec: StudySpec
-    study: optuna.Study
-
-    def progress(self) -> Progress:
-        return progress(self.study, self.spec)
 
 
 def new_id() -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from hpo.data import DatasetStore
 from service import records
 from service.auth import PrincipalDep
-from service.config import Settings
+from hpo.settings import Settings
 from service.errors import problem
 from service.trial_cache import TrialCache
 

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from hpo.spec import StudySpec
-    from service.config import Settings
+    from hpo.settings import Settings
 
 # Room for multipart boundaries, part headers and the small form fields next to the file.
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024

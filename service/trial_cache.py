@@ -17,18 +17,39 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import optuna
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session
 
-from hpo.spec import parse_spec
-from hpo.storage import CachedStudyStorage
-from service import records
-from service.catalog import LoadedStudy, StudyNotFound
 from hpo.db.models import StudyRecord
+from hpo.spec import StudySpec, parse_spec
+from hpo.storage import CachedStudyStorage
+from hpo.studies import Progress, progress
+from service import records
 
 log = logging.getLogger("service")
+
+
+class StudyNotFound(LookupError):
+    """No study has this id (or its Optuna study was removed behind the service's back)."""
+
+    def __init__(self, study_id: str):
+        self.study_id = study_id
+        super().__init__(f"no study with id {study_id!r}")
+
+
+@dataclass
+class LoadedStudy:
+    """A study's row, its validated spec and its Optuna study."""
+
+    record: StudyRecord
+    spec: StudySpec
+    study: optuna.Study
+
+    def progress(self) -> Progress:
+        return progress(self.study, self.spec)
 
 
 class TrialCache:

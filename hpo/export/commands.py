@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hpo.settings import add_database_flags, add_remote_flags, settings_of
 
 if TYPE_CHECKING:
     from hpo.client import Client
@@ -29,8 +30,8 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--trial", type=int, help="fit this complete trial instead of the best one")
     p.add_argument("--holdout", type=float, default=0.0, help="share of rows held out and scored (default 0)")
     p.add_argument("--out", help="archive to write (local; default: <study>.hpo.zip)")
-    p.add_argument("--storage", help="Optuna storage URL (default: $HPO_DATABASE_URL or sqlite:///hpo.db)")
-    p.add_argument("--data-dir", default="hpo-data", help="where uploaded datasets live (default: hpo-data)")
+    p.add_argument("--storage", help="Optuna storage URL (same as --database)")
+    add_database_flags(p)
     p.add_argument("--wait", action="store_true", help="with --url: wait until the model is ready or failed")
     _remote(p, required=False)
     p.set_defaults(func=cmd_model_fit)
@@ -51,18 +52,16 @@ def add_model_commands(sub: Any) -> None:
 
 
 def _remote(p: argparse.ArgumentParser, required: bool) -> None:
-    if required:
-        p.add_argument("--url", default=os.environ.get("HPO_URL", "http://127.0.0.1:8000"),
-                       help="the service's URL (default: $HPO_URL or http://127.0.0.1:8000)")
-    else:
+    if not required:
         p.add_argument("--url", help="ask this server's workers to fit it (the study is then its id)")
-    p.add_argument("--api-key", default=os.environ.get("HPO_API_KEY"), help="API key (default: $HPO_API_KEY)")
+    add_remote_flags(p, url=required)
 
 
 def _client(args: argparse.Namespace) -> Client:
     from hpo.client import Client
 
-    return Client(args.url, api_key=args.api_key)
+    settings = settings_of(args)
+    return Client(settings.url, api_key=settings.api_key)
 
 
 def cmd_model_fit(args: argparse.Namespace) -> None:
@@ -76,17 +75,17 @@ def cmd_model_fit(args: argparse.Namespace) -> None:
             raise ValueError(f"the fit failed: {status.get('reason')}")
         return
 
-    from hpo.cli import DATABASE_ENV
     from hpo.export.fit import fit_study_model
     from hpo.export.jobs import model_summary
-    from hpo.storage import DEFAULT_STORAGE, open_storage
+    from hpo.storage import open_storage
 
-    storage = open_storage(args.storage or os.environ.get(DATABASE_ENV) or DEFAULT_STORAGE)
+    settings = settings_of(args)
+    storage = open_storage(settings.database_url)
 
     def progress(epoch: int, epochs: int, score: float) -> None:
         print(f"epoch {epoch}/{epochs}: {score:.4g}", file=sys.stderr)
 
-    model = fit_study_model(storage, args.study, args.data_dir, trial_number=args.trial, holdout=args.holdout,
+    model = fit_study_model(storage, args.study, settings.data_dir, trial_number=args.trial, holdout=args.holdout,
                             on_epoch=progress)
     out = Path(args.out or f"{args.study}.hpo.zip")
     archive = model.save(out)

@@ -27,6 +27,7 @@ from hpo.cv import Interrupted
 from hpo.data import Dataset, load_dataset
 from hpo.data.base import MIN_SAMPLES
 from hpo.export.archive import Architecture, Manifest, Model, TargetInfo, now_iso, plain_state_dict
+from hpo.settings import DEFAULT_DATA_DIR
 from hpo.spec import StudySpec
 from hpo.studies import study_spec
 from hpo.train import FoldTrainer, pick_device
@@ -175,7 +176,7 @@ def fit_model(
 def fit_study_model(
     storage: str | BaseStorage,
     study_name: str,
-    data_dir: str | Path = "hpo-data",
+    data_dir: str | Path = DEFAULT_DATA_DIR,
     *,
     trial_number: int | None = None,
     holdout: float = 0.0,

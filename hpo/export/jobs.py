@@ -38,6 +38,7 @@ from optuna.storages import BaseStorage
 from hpo.cv import Interrupted
 from hpo.export.archive import ARCHIVE_SUFFIX, Manifest
 from hpo.export.fit import MAX_HOLDOUT, fit_study_model, pick_trial
+from hpo.settings import DEFAULT_HEARTBEAT_S
 from hpo.studies import study_spec
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ CANCELLED_ATTR = "hpo:model:cancelled"  # the requested_at of the last job delet
 MODELS_DIR = "models"
 JOB_STATES = ("queued", "running", "ready", "failed")
 ACTIVE_STATES = ("queued", "running")
-DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_STALE_AFTER_S = 120.0
 DEFAULT_CLAIM_SETTLE_S = 0.5
 MAX_ATTEMPTS = 3

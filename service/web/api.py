@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from optuna.storages import BaseStorage
 
+from service.auth import DASHBOARD_PREFIX
 from service.catalog import LoadedStudy, StudyNotFound, load
 from service.deps import PageDep, SessionDep, StorageDep, TrialCacheDep
 from service.events import event_id_of
@@ -28,7 +29,6 @@ from service.web.plots import (
 router = APIRouter(prefix="/views", tags=["views"])
 ERRORS = {code: {"model": ErrorResponse} for code in (404, 422)}
 VIEWS = "/api/v1/views"
-DASHBOARD_PREFIX = "/dashboard"
 
 
 def prefetch(app: FastAPI, study_id: str) -> None:

@@ -16,17 +16,13 @@ from fastapi import FastAPI
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from service.auth import DASHBOARD_PATHS
+
 with warnings.catch_warnings():
     # Deprecated in favour of a2wsgi, which would be one more dependency for this one use.
     warnings.simplefilter("ignore")
     from starlette.middleware.wsgi import WSGIMiddleware
 
-PREFIX = "/dashboard"
-# Everything the dashboard's single-page app fetches, besides its pages under PREFIX.
-DASHBOARD_PATHS = (
-    PREFIX, "/static", "/csv", "/favicon.ico",
-    "/api/meta", "/api/studies", "/api/trials", "/api/artifacts", "/api/llm", "/api/compare-studies",
-)
 
 
 class DashboardApp:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from hpo.storage import open_storage  # noqa: E402
 from service.app import create_app  # noqa: E402
-from service.config import Settings  # noqa: E402
+from hpo.settings import Settings  # noqa: E402
 from hpo.db import upgrade  # noqa: E402
 from tests.support.databases import (  # noqa: E402
     create_postgres_database, drop_postgres_database, postgres_database, postgres_database_url, postgres_or_skip,

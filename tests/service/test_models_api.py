@@ -21,7 +21,7 @@ from hpo.samplers import suggest_params
 from hpo.studies import study_spec
 from hpo.worker import WorkerOptions, worker_loop
 from service.app import create_app
-from service.config import Settings
+from hpo.settings import Settings
 from tests.support.studies import tiny_spec
 
 STUDIES = "/api/v1/studies"

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from service.config import Settings
+from hpo.settings import Settings
 from tests.support.processes import Process, free_port, hpo
 
 SERVE_READY_TIMEOUT_S = 90
