@@ -18,7 +18,7 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
             not draw the same random configurations.
     """
     s = spec.sampler
-    seed = None if s.seed is None else s.seed + seed_offset
+    seed = None if s.seed is None else (s.seed + seed_offset) % 2**32  # stays a valid seed
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **startup)

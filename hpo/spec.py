@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -219,9 +219,13 @@ def _check_value(name: str, kind: str, allowed: tuple, v: Any) -> None:
         raise ValueError(f"{name}: {v!r} is outside the accepted range [{lo:g}, {hi:g}]")
 
 
+# What numpy, scikit-learn and Optuna's samplers accept as a seed.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
 class SamplerSpec(_Strict):
     name: Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"] = "tpe"
-    seed: int | None = 0
+    seed: Seed | None = 0
     n_startup_trials: int | None = Field(default=None, ge=0, le=10_000)
     grid_points: int | None = Field(default=None, ge=1, le=1000)
 
@@ -239,7 +243,7 @@ class CVSpec(_Strict):
     folds: int = Field(default=5, ge=2, le=20)
     strategy: Literal["stratified", "kfold", "timeseries"] | None = None
     shuffle: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
 
 class TrainingSpec(_Strict):
@@ -248,7 +252,7 @@ class TrainingSpec(_Strict):
     metric: Metric | None = None
     lookback: int = Field(default=12, ge=1, le=10_000)
     horizon: int = Field(default=1, ge=1, le=1000)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class BudgetSpec(_Strict):

@@ -23,6 +23,7 @@ from hpo.spec import StudySpec, parse_spec
 
 SPEC_ATTR = "hpo:spec"
 CANCELLED_ATTR = "hpo:cancelled"
+ERROR_ATTR = "hpo:error"  # why the study cannot run (set by a worker); the study is failed
 ENQUEUED_ATTR = "hpo:enqueued"
 FAIL_REASON_ATTR = "fail_reason"
 SURPLUS_ATTR = "surplus"
@@ -61,6 +62,8 @@ def create_study(storage: BaseStorage, spec: StudySpec, study_name: str | None =
             f"{spec.direction}s ({spec.training.metric}). Pick another name."
         )
     study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    if study.user_attrs.get(ERROR_ATTR):
+        study.set_user_attr(ERROR_ATTR, None)  # a new spec: a new chance
     if not study.user_attrs.get(ENQUEUED_ATTR):
         for params in sorted(spec.enqueue_trials, key=lambda params: -trial_cost(params, spec)):
             study.enqueue_trial(params)
@@ -115,6 +118,17 @@ def set_cancelled(storage: BaseStorage, study_name: str, cancelled: bool) -> Non
     storage.set_study_user_attr(storage.get_study_id_from_name(study_name), CANCELLED_ATTR, cancelled)
 
 
+def fail_study(storage: BaseStorage, study_name: str, reason: str) -> None:
+    """Mark a study failed for ``reason`` (it cannot run; workers leave it and go on).
+
+    By name: a deleted study's id may already belong to a new study (SQLite reuses ids).
+
+    Raises:
+        KeyError: no study has that name (any more).
+    """
+    storage.set_study_user_attr(storage.get_study_id_from_name(study_name), ERROR_ATTR, reason)
+
+
 def is_cancelled(storage: BaseStorage, study_id: int) -> bool:
     return bool(storage.get_study_user_attrs(study_id).get(CANCELLED_ATTR))
 
@@ -141,6 +155,7 @@ class Progress:
     finished_at: dt.datetime | None = None
     eta_s: float | None = None
     reason: str | None = None
+    timed_out: bool = False
 
     @property
     def finished(self) -> int:
@@ -150,7 +165,8 @@ class Progress:
     @property
     def runnable(self) -> bool:
         """Whether a worker may start another trial now."""
-        return self.state in ("queued", "running") and self.finished + self.running < self.n_trials
+        return (self.state in ("queued", "running") and not self.timed_out
+                and self.finished + self.running < self.n_trials)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -169,7 +185,7 @@ class Progress:
 
 def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = None, *,
              trials: list[FrozenTrial] | None = None, cancelled: bool | None = None,
-             details: bool = True) -> Progress:
+             error: str | None = None, details: bool = True) -> Progress:
     """Derive a study's state from its trials (and its cancel flag; nothing else is consulted).
 
     ``failed`` trials exclude surplus ones (started past the budget by a racing worker).
@@ -181,7 +197,9 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
         trials: the study's trials, when the caller has just read them (a worker's one read
             per trial serves its study pick, this and its budget check); read here otherwise.
         cancelled: the study's cancel flag, when the caller has it (from a study listing);
-            read from the study otherwise.
+            read from the study otherwise, with its error.
+        error: why the study cannot run (see :func:`fail_study`), when the caller has read
+            its flags; read with the cancel flag otherwise.
         details: also the best trial, the start and finish times and the ETA (what a person
             reads). Without them only the state, its reason and the counts are derived: what
             a worker needs before each trial, at a fraction of the cost on a large study.
@@ -189,7 +207,8 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
     if trials is None:
         trials = study.get_trials(deepcopy=False)
     if cancelled is None:
-        cancelled = bool(study.user_attrs.get(CANCELLED_ATTR))
+        attrs = study.user_attrs
+        cancelled, error = bool(attrs.get(CANCELLED_ATTR)), attrs.get(ERROR_ATTR)
     # Surplus trials have all failed: only failed trials need their attributes looked at.
     failed = TrialState.FAIL
     kept = [t for t in trials if t.state is not failed or not is_surplus(t)]
@@ -208,16 +227,21 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
         started_at = min((t.datetime_start for t in kept if t.datetime_start), default=None)
     now = now or dt.datetime.now()
 
-    timed_out = bool(
+    prog.started_at = started_at
+    # Past the timeout no trial starts, and the running ones stop at their next epoch: the
+    # study ends when the last of them has.
+    prog.timed_out = timed_out = bool(
         spec.budget.timeout_s and started_at and (now - started_at).total_seconds() > spec.budget.timeout_s
     )
     gave_up = prog.finished == 0 and prog.failed >= min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
     if cancelled:
         prog.state = "cancelled"
-    elif prog.finished >= prog.n_trials or (timed_out and prog.finished > 0):
+    elif error:
+        prog.state, prog.reason = "failed", error
+    elif prog.finished >= prog.n_trials or (timed_out and prog.finished > 0 and not prog.running):
         prog.state = "completed"
         prog.reason = None if prog.finished >= prog.n_trials else f"budget.timeout_s ({spec.budget.timeout_s:g}) reached"
-    elif gave_up or (timed_out and prog.finished == 0):
+    elif gave_up or (timed_out and prog.finished == 0 and not prog.running):
         prog.state = "failed"
         last_failure = max((t for t in kept if t.state == TrialState.FAIL), key=lambda t: t.number, default=None)
         prog.reason = (last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None) or "timed out"
@@ -226,7 +250,6 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
     if not details:
         return prog
 
-    prog.started_at = started_at
     complete = [t for t in kept if t.state == TrialState.COMPLETE]
     if complete:
         pick = max if spec.direction == "maximize" else min

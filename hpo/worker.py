@@ -17,6 +17,7 @@ are imported when a worker starts working, not when this module is imported, so 
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
 import functools
 import gc
 import logging
@@ -37,10 +38,12 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.samplers import make_pruner, make_sampler
+from hpo.settings import DEFAULT_DATA_DIR, DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
 from hpo.spec import SpecError, StudySpec, parse_spec
 from hpo.storage import FrozenStudy, open_storage, study_id_of, study_storage
 from hpo.studies import (
-    CANCELLED_ATTR, FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, Progress, is_cancelled, is_surplus, progress,
+    CANCELLED_ATTR, ERROR_ATTR, FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, Progress, fail_study, is_cancelled,
+    is_surplus, progress,
 )
 
 if TYPE_CHECKING:
@@ -50,9 +53,9 @@ log = logging.getLogger("hpo.worker")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_POLL_S = 1.0
 
-DEFAULT_HEARTBEAT_S = 10
-DEFAULT_GRACE_S = 30
 MAX_OUTAGE_WAIT_S = 30.0
+RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 60.0
 COUNTED_STATES = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 TERMINAL_STATES = ("completed", "failed")
 OUTAGE_REASON = "the database became unreachable while the trial ran (its result could not be stored)"
@@ -90,7 +93,7 @@ class WorkerOptions:
     """
 
     database_url: str
-    data_dir: str = "hpo-data"
+    data_dir: str = DEFAULT_DATA_DIR
     heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     grace_period: int = DEFAULT_GRACE_S
     study_name: str | None = None
@@ -128,6 +131,8 @@ class StudyRunner:
             sampler=make_sampler(spec, seed_offset), pruner=make_pruner(spec),
         )
         self.trials: list[FrozenTrial] = []  # the latest read (see refresh)
+        # When the study's first trial started (from the latest read); budget.timeout_s runs from it.
+        self.started_at: dt.datetime | None = None
         self._options = options
         self._stop = stop
         self._objective: Objective | None = None
@@ -153,7 +158,18 @@ class StudyRunner:
                 fail_stale_trials(self.study)
             self.trials = self.study.get_trials(deepcopy=False)
             prog = progress(self.study, self.spec, trials=self.trials, cancelled=cancelled, details=False)
+        self.started_at = prog.started_at
         return prog
+
+    def past_deadline(self) -> bool:
+        """Whether the study's ``budget.timeout_s`` has passed (counted from its first trial's
+        start, or from now when no trial has started yet)."""
+        timeout = self.spec.budget.timeout_s
+        if not timeout:
+            return False
+        if self.started_at is None:
+            self.started_at = dt.datetime.now()  # the same clock as progress()
+        return (dt.datetime.now() - self.started_at).total_seconds() > timeout
 
     def run_one(self) -> None:
         """Run one trial of the study (failures are stored on the trial, not raised).
@@ -195,7 +211,8 @@ class StudyRunner:
             try:
                 dataset = load_dataset(self.spec, self._options.data_dir)
                 self._objective = Objective(
-                    self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id)
+                    self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id),
+                    past_deadline=self.past_deadline,
                 )
             except Exception as exc:
                 self._load_error = exc
@@ -259,14 +276,20 @@ class StudyPicker:
         for frozen in studies:
             stored = frozen.user_attrs.get(SPEC_ATTR)
             study_id = study_id_of(frozen)
-            if (stored is None or frozen.user_attrs.get(CANCELLED_ATTR)
+            if (stored is None or frozen.user_attrs.get(CANCELLED_ATTR) or frozen.user_attrs.get(ERROR_ATTR)
                     or self.options.study_name not in (None, frozen.study_name)
                     or (study_id in self.ended and self.ended[study_id] == stored)):
                 continue
-            runner = self._runner(frozen, stored)
-            if runner is None:
+            try:
+                runner = self._runner(frozen, stored)
+                prog = runner.refresh(cancelled=False) if runner is not None else None
+            except Exception as exc:
+                if database_error(exc) is not None:
+                    raise
+                self.fail_study(study_id, frozen.study_name, stored, exc)
                 continue
-            prog = runner.refresh(cancelled=False)
+            if prog is None:
+                continue
             if prog.state in TERMINAL_STATES:
                 self.ended[study_id] = stored
                 del self.runners[study_id]
@@ -294,6 +317,23 @@ class StudyPicker:
         runner = StudyRunner(self.storage, frozen, spec, self.options, self.worker_index, self.stop)
         self.runners[study_id] = runner
         return runner
+
+    def fail_study(self, study_id: int, study_name: str, stored: object, exc: Exception) -> None:
+        """Mark a study that cannot run failed, with the reason, and leave it (the worker goes on).
+
+        Raises:
+            Exception: a database error while storing the reason.
+        """
+        reason = f"the study cannot run: {type(exc).__name__}: {exc}"[:2000]
+        log.error("study %s failed: %s", study_name, reason)
+        self.runners.pop(study_id, None)
+        self.ended[study_id] = stored
+        if self.current is not None and study_storage(self.current.study)[1] == study_id:
+            self.current = None
+        try:
+            fail_study(self.storage, study_name, reason)
+        except KeyError:
+            pass  # the study was deleted meanwhile
 
     def fail_orphaned(self) -> None:
         """Fail every runner's outage-orphaned trials (see :meth:`StudyRunner.fail_orphaned`)."""
@@ -361,7 +401,14 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
                     return
                 stop.wait(options.poll_interval_s)
                 continue
-            runner.run_one()
+            try:
+                runner.run_one()
+            except Exception as exc:
+                if database_error(exc) is not None:
+                    raise
+                # Something about this study itself (its sampler, its rows deleted under it):
+                # the study fails with the reason, the worker goes on to the others.
+                picker.fail_study(study_storage(runner.study)[1], runner.study.study_name, runner.stored_spec, exc)
             outage_s = 0.0
         except Exception as exc:  # database restarting or unreachable: wait, then go on
             cause = database_error(exc)
@@ -409,7 +456,7 @@ def _process_main(options: WorkerOptions, worker_index: int, parent_pid: int) ->
     worker_loop(options, worker_index, stop)
 
 
-def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-data",
+def start_worker_processes(n: int, database_url: str, *, data_dir: str = DEFAULT_DATA_DIR,
                            heartbeat_interval: int = DEFAULT_HEARTBEAT_S, grace_period: int = DEFAULT_GRACE_S,
                            study_name: str | None = None, until_idle: bool = False,
                            threads: int | None = 1, first_index: int = 0,
@@ -434,12 +481,85 @@ def start_worker_processes(n: int, database_url: str, *, data_dir: str = "hpo-da
         database_url=database_url, data_dir=str(data_dir), heartbeat_interval=heartbeat_interval,
         grace_period=grace_period, study_name=study_name, until_idle=until_idle, threads=threads,
     )
-    ctx = mp.get_context(start_method)
-    procs = [ctx.Process(target=_process_main, args=(options, first_index + i, os.getpid()), name=f"hpo-worker-{i}")
-             for i in range(n)]
-    for p in procs:
-        p.start()
-    return procs
+    return [_start_process(options, first_index + i, start_method) for i in range(n)]
+
+
+def _start_process(options: WorkerOptions, index: int, start_method: str = "spawn") -> mp.Process:
+    proc = mp.get_context(start_method).Process(target=_process_main, args=(options, index, os.getpid()),
+                                                name=f"hpo-worker-{index}")
+    proc.start()
+    return proc
+
+
+class WorkerPool:
+    """Worker processes kept running: :meth:`supervise` restarts any that died (a pause
+    that doubles, up to ``MAX_RESTART_DELAY_S``, while a slot keeps dying at once).
+
+    Args:
+        n: worker processes.
+        options: how they run.
+    """
+
+    def __init__(self, n: int, options: WorkerOptions):
+        self.options = options
+        self.procs: list[mp.Process] = []
+        self._delay_s = [RESTART_DELAY_S] * n
+        self._due = [0.0] * n
+        self._started = [0.0] * n
+        for index in range(n):
+            self._start(index)
+
+    def _start(self, index: int) -> None:
+        proc = _start_process(self.options, index)
+        if index < len(self.procs):
+            self.procs[index] = proc
+        else:
+            self.procs.append(proc)
+        self._started[index] = time.monotonic()
+
+    def alive(self) -> int:
+        """How many worker processes are alive now."""
+        return sum(1 for p in self.procs if p.is_alive())
+
+    def supervise(self) -> int:
+        """Restart the workers that died (once each one's pause is over).
+
+        Returns:
+            How many were restarted.
+        """
+        restarted = 0
+        now = time.monotonic()
+        for index, proc in enumerate(self.procs):
+            if proc.is_alive():
+                continue
+            if not self._due[index]:
+                proc.join()
+                lived_s = now - self._started[index]
+                # One that ran a while died of something rare: restart at once; one that dies at start, slower.
+                self._delay_s[index] = (RESTART_DELAY_S if lived_s > MAX_RESTART_DELAY_S
+                                        else min(MAX_RESTART_DELAY_S, self._delay_s[index] * 2))
+                self._due[index] = now + self._delay_s[index]
+                log.warning("worker %d exited (code %s); restarting it in %.0f s", index, proc.exitcode,
+                            self._delay_s[index])
+            if now >= self._due[index]:
+                self._due[index] = 0.0
+                self._start(index)
+                restarted += 1
+        return restarted
+
+    def run_supervisor(self, stop: threading.Event, interval_s: float = 1.0) -> threading.Thread:
+        """Supervise in a daemon thread until ``stop`` is set."""
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                self.supervise()
+
+        thread = threading.Thread(target=loop, name="hpo-worker-supervisor", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Stop every worker (see :func:`stop_worker_processes`)."""
+        stop_worker_processes(self.procs)
 
 
 def stop_worker_processes(procs: list[mp.Process], timeout_s: float = 30) -> None:

@@ -150,3 +150,19 @@ def test_arbitrary_text_parses_or_names_a_field(text):
         parse_spec_text(text)
     except SpecError as exc:
         assert all(e["field"] and e["message"] for e in exc.errors)
+
+
+@pytest.mark.parametrize("section", ["sampler", "cv", "training"])
+@pytest.mark.parametrize("seed", [-2, 2**32])
+def test_a_seed_outside_what_the_libraries_accept_is_refused(section, seed):
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "s", "dataset": {"builtin": "digits"}, section: {"seed": seed}})
+    assert [e["field"] for e in info.value.errors] == [f"{section}.seed"]
+
+
+def test_the_largest_seed_runs_on_every_worker():
+    from hpo.samplers import make_sampler
+
+    spec = parse_spec({"name": "s", "dataset": {"builtin": "digits"}, "sampler": {"seed": 2**32 - 1}})
+    for offset in range(3):  # the worker index is added to the seed
+        make_sampler(spec, offset)

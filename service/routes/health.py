@@ -22,12 +22,17 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, summary="Readiness")
 def readyz(request: Request) -> JSONResponse | dict[str, str]:
-    """200 when the database answers, 503 when it does not (open to probes: no API key)."""
+    """200 when the database answers and, with embedded workers (``hpo serve --workers N``),
+    at least one of them is alive; 503 with the reason otherwise (open to probes: no API key)."""
     try:
         with request.app.state.sessions() as session:
             session.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         return JSONResponse({"status": f"database unreachable: {type(exc).__name__}"}, status_code=503)
+    pool = getattr(request.app.state, "worker_pool", None)
+    if pool is not None and pool.alive() == 0:
+        return JSONResponse({"status": f"no worker process alive (of {len(pool.procs)}); restarting them"},
+                            status_code=503)
     return {"status": "ready"}
 
 
