@@ -33,6 +33,9 @@ class Objective:
         dataset: the loaded dataset.
         device: where to train (CUDA when available by default).
         should_stop: polled every epoch; when true the trial fails as interrupted.
+        past_deadline: polled at every report; when true (the study's ``budget.timeout_s``
+            has passed) a trial with folds still training stops there as pruned, keeping
+            the score it reached.
     """
 
     def __init__(
@@ -41,11 +44,13 @@ class Objective:
         dataset: Dataset,
         device: torch.device | None = None,
         should_stop: Callable[[], bool] | None = None,
+        past_deadline: Callable[[], bool] | None = None,
     ):
         self.spec = spec
         self.dataset = dataset
         self.device = device or pick_device()
         self.should_stop = should_stop
+        self.past_deadline = past_deadline
         self._folds: list[FoldData] | None = None
 
     def folds(self) -> list[FoldData]:
@@ -79,10 +84,17 @@ class Objective:
             ))
             return built[-1]
 
+        def unfinished() -> bool:
+            max_epochs = spec.training.max_epochs
+            return len(built) < len(folds) or any(not t.stopped and t.epochs < max_epochs for t in built)
+
         def report(step: int, value: float) -> None:
             trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with {spec.training.metric} {value:.4g}")
+            if self.past_deadline is not None and unfinished() and self.past_deadline():
+                raise optuna.TrialPruned(f"budget.timeout_s ({spec.budget.timeout_s:g}) reached: stopped at "
+                                         f"step {step} with {spec.training.metric} {value:.4g}")
 
         if not per_fold:  # lockstep: small networks' folds train as one stacked computation
             built.extend(lockstep_trainers(

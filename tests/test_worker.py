@@ -16,8 +16,10 @@ from optuna.trial import TrialState, create_trial
 
 from hpo.spec import parse_spec
 from hpo.storage import open_storage
-from hpo.studies import FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, create_study, progress, set_cancelled
-from hpo.worker import COUNTED_STATES, StudyPicker, StudyRunner, WorkerOptions, counted_at_most
+from hpo.studies import (
+    FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, create_study, progress, set_cancelled, study_spec,
+)
+from hpo.worker import COUNTED_STATES, StudyPicker, StudyRunner, WorkerOptions, counted_at_most, worker_loop
 
 # The tests play the other workers with ask/tell on a storage with heartbeats.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -195,3 +197,31 @@ def test_starting_workers_does_not_wait_for_pytorch_or_scikit_learn(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_timed_out_study_is_completed_only_once_no_trial_runs():
+    timed = spec("s", n_trials=5, budget={"n_trials": 5, "timeout_s": 1})
+    later = dt.datetime.now() + dt.timedelta(hours=1)  # past the timeout
+    study = optuna.create_study()
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5))
+    running = study.ask()
+    prog = progress(study, timed, later)
+    assert (prog.state, prog.runnable) == ("running", False)
+    study.tell(running, state=TrialState.PRUNED)
+    prog = progress(study, timed, later)
+    assert (prog.state, prog.runnable) == ("completed", False)
+    assert "timeout_s" in prog.reason
+
+
+def test_a_running_trial_stops_at_its_next_epoch_when_the_budget_ends(sqlite_url):
+    max_epochs = 300
+    storage = open_storage(sqlite_url)
+    create_study(storage, spec("timed", n_trials=50, budget={"n_trials": 50, "timeout_s": 1},
+                               training={"max_epochs": max_epochs, "patience": None}))
+    worker_loop(WorkerOptions(database_url=sqlite_url, until_idle=True, threads=1))
+    study = optuna.load_study(study_name="timed", storage=storage)
+    [trial] = study.get_trials()  # none started past the timeout
+    assert trial.state == TrialState.PRUNED
+    assert max(trial.intermediate_values) < max_epochs - 1  # it stopped early, with the score it reached
+    assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+    assert progress(study, study_spec(study)).state == "completed"
