@@ -72,3 +72,28 @@ def test_run_with_two_workers_runs_every_trial_once(database_url, tmp_path):
                    if a.number < b.number and a.datetime_start < b.datetime_complete
                    and b.datetime_start < a.datetime_complete]
     assert overlapping, "the two workers never trained at the same time"
+
+
+def test_run_exits_non_zero_when_no_trial_completed(tmp_path):
+    """A budget that ends during the first trial: it stops there (pruned), none completes."""
+    spec = tmp_path / "short.yaml"
+    spec.write_text("name: short\ndataset: {builtin: digits}\ncv: {folds: 2}\npruner: {name: none}\n"
+                    "search_space: {hidden_size: 16, batch_size: 128}\n"
+                    "training: {max_epochs: 300, patience: null}\nbudget: {n_trials: 5, timeout_s: 0.01}\n")
+    run = hpo("run", str(spec), "--jobs", "1", "--quiet", "--storage", f"sqlite:///{tmp_path}/hpo.db")
+    assert run.returncode == 2, run.stderr
+    assert "no trial completed" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_flags_win_over_the_environment_which_wins_over_the_defaults(monkeypatch):
+    from hpo.cli import build_parser
+    from hpo.settings import settings_of
+
+    parser = build_parser()
+    assert settings_of(parser.parse_args(["worker"])).grace_period == 30
+    monkeypatch.setenv("HPO_GRACE_PERIOD", "7")
+    monkeypatch.setenv("HPO_URL", "http://example.invalid:1")
+    assert settings_of(parser.parse_args(["worker"])).grace_period == 7
+    assert settings_of(parser.parse_args(["worker", "--grace-period", "9"])).grace_period == 9
+    assert settings_of(parser.parse_args(["status", "x"])).url == "http://example.invalid:1"
+    assert settings_of(parser.parse_args(["model", "download", "x", "--url", "http://h:2"])).url == "http://h:2"

@@ -17,9 +17,9 @@ from optuna.trial import TrialState
 from hpo.spec import parse_spec
 from hpo.storage import open_storage
 from hpo.studies import create_study
-from process_support import ServeProcess
-from service_support import tiny_spec
-from test_faults import processes, slow_spec, start_worker, wait_for  # noqa: F401  (fixture)
+from tests.service.test_faults import processes, slow_spec, start_worker, wait_for  # noqa: F401  (fixture)
+from tests.support.servers import ServeProcess
+from tests.support.studies import tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 API = "/api/v1"
