@@ -124,12 +124,25 @@ def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: st
     return LoadedStudy(record, spec, study)
 
 
-def load(session: Session, cache: TrialCache, study_id: str) -> LoadedStudy:
-    """Raises: StudyNotFound."""
+def get_record(session: Session, study_id: str) -> StudyRecord:
+    """The row of a study the session may see.
+
+    Raises:
+        StudyNotFound: no such study (or another owner's).
+    """
     record = records.get_study(session, study_id) if records.is_valid_id(study_id) else None
     if record is None:
         raise StudyNotFound(study_id)
-    return cache.open(record)
+    return record
+
+
+def load(session: Session, cache: TrialCache, study_id: str) -> LoadedStudy:
+    """A study the session may see, its trials read through the cache.
+
+    Raises:
+        StudyNotFound: no such study (or another owner's), or its Optuna study is gone.
+    """
+    return cache.open(get_record(session, study_id))
 
 
 def with_progress(cache: TrialCache, rows: Sequence[StudyRecord]) -> list[tuple[LoadedStudy, Progress]]:

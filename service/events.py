@@ -15,7 +15,6 @@ by then; running and waiting trials and the study itself are always sent again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.sse import format_sse_event
+from fastapi.sse import ServerSentEvent
 from optuna.trial import FrozenTrial
 from starlette.concurrency import run_in_threadpool
 
@@ -62,8 +61,8 @@ class ChangeTracker:
     trial_keys: dict[int, tuple] = field(default_factory=dict)
     study_view: dict[str, Any] | None = None
 
-    def events(self, snapshot: Snapshot) -> list[bytes]:
-        out: list[bytes] = []
+    def events(self, snapshot: Snapshot) -> list[ServerSentEvent]:
+        out: list[ServerSentEvent] = []
         first = self.study_view is None
         for trial in sorted(snapshot.trials, key=lambda t: t.number):
             self.watermark_ms = max(self.watermark_ms, event_id_of(trial))
@@ -84,8 +83,8 @@ class ChangeTracker:
         return out
 
 
-def _event(name: str, data: dict[str, Any], event_id: int) -> bytes:
-    return format_sse_event(event=name, data_str=json.dumps(data, allow_nan=False), id=str(event_id))
+def _event(name: str, data: dict[str, Any], event_id: int) -> ServerSentEvent:
+    return ServerSentEvent(event=name, data=data, id=str(event_id))
 
 
 async def study_events(
@@ -95,8 +94,11 @@ async def study_events(
     poll_s: float,
     heartbeat_s: float,
     last_event_id: str | None = None,
-) -> AsyncIterator[bytes]:
-    """The event stream of one study until the client leaves or the study is deleted.
+) -> AsyncIterator[ServerSentEvent]:
+    """The event stream of one study until the client leaves or the study is deleted
+    (FastAPI's ``EventSourceResponse`` writes the events out).
+
+    Holds no database connection between polls: each ``read`` opens and closes its own.
 
     Args:
         request: to notice the client leaving.
@@ -106,13 +108,13 @@ async def study_events(
         last_event_id: the ``Last-Event-ID`` a reconnecting client sent.
     """
     tracker = ChangeTracker(resume_after_ms=parse_last_event_id(last_event_id))
-    yield f"retry: {RETRY_MS}\n\n".encode()
+    yield ServerSentEvent(retry=RETRY_MS)
     last_sent = time.monotonic()
     while not await request.is_disconnected():
         try:
             snapshot = await run_in_threadpool(read)
         except StudyNotFound:
-            yield format_sse_event(event="deleted", data_str="{}")
+            yield ServerSentEvent(event="deleted", data={})
             return
         except Exception:  # a database hiccup: keep the stream, try again at the next poll
             log.warning("event stream: reading the study failed; retrying", exc_info=True)
@@ -121,7 +123,7 @@ async def study_events(
             yield event
             last_sent = time.monotonic()
         if time.monotonic() - last_sent >= heartbeat_s:
-            yield b": heartbeat\n\n"
+            yield ServerSentEvent(comment="heartbeat")
             last_sent = time.monotonic()
         await asyncio.sleep(poll_s)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
@@ -211,13 +212,12 @@ def best_trial(loaded: LoadedDep) -> dict[str, Any]:
 
 @router.get(
     "/{study_id}/events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "`trial`, `study` and `deleted` events (JSON data), heartbeat comments."},
+    response_class=EventSourceResponse,
+    responses={200: {"description": "`trial`, `study` and `deleted` events (JSON data), heartbeat comments."},
                404: {"model": ErrorResponse}},
     summary="Live events",
 )
-def study_event_stream(
+async def study_event_stream(
     request: Request,
     loaded: LoadedDep,
     cache: TrialCacheDep,
@@ -228,16 +228,17 @@ def study_event_stream(
                                                           "are sent): a browser's `EventSource` cannot send "
                                                           "the header on its first connection, so a page "
                                                           "passes the `event_id` of the data it drew.")] = None,
-) -> StreamingResponse:
+) -> AsyncIterator[ServerSentEvent]:
     """A Server-Sent Events stream of trial and study changes, until the client leaves."""
     study_id, sessions = loaded.record.id, request.app.state.sessions
 
     def load() -> LoadedStudy:
-        with sessions() as session:
-            return catalog.load(session, cache, study_id)
+        with sessions() as session:  # the connection goes back before Optuna's tables are read
+            record = catalog.get_record(session, study_id)
+        return cache.open(record)
 
     read = snapshot_reader(load, lambda s: study_view(s.record, s.spec, s.progress()))
-    stream = study_events(request, read, poll_s=settings.events_poll_s, heartbeat_s=settings.events_heartbeat_s,
-                          last_event_id=last_event_id_header or last_event_id)
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    async for event in study_events(request, read, poll_s=settings.events_poll_s,
+                                    heartbeat_s=settings.events_heartbeat_s,
+                                    last_event_id=last_event_id_header or last_event_id):
+        yield event
