@@ -18,6 +18,7 @@ from optuna.importance import BaseImportanceEvaluator, PedAnovaImportanceEvaluat
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.spec import TUNED_PARAMS, StudySpec
+from hpo.studies import ranked
 from service.views import TRIAL_STATE_NAMES, finite
 
 MIN_TRIALS_FOR_IMPORTANCE = 2
@@ -92,8 +93,7 @@ def pick_curves(trials: Sequence[FrozenTrial], direction: str, *, top: int, rece
     the ``recent`` latest ones that reported an epoch (pruned and running included), and
     any asked for by number."""
     reported = [t for t in trials if t.intermediate_values]
-    complete = [t for t in reported if t.state == TrialState.COMPLETE and t.value is not None]
-    complete.sort(key=lambda t: t.value, reverse=direction == "maximize")
+    complete = ranked(reported, direction)
     latest = sorted(reported, key=lambda t: t.number, reverse=True)[:recent]
     wanted = set(numbers)
     chosen = {t.number: t for t in [*complete[:top], *latest, *(t for t in reported if t.number in wanted)]}
