@@ -20,6 +20,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec, parse_spec
 
 SPEC_ATTR = "hpo:spec"
@@ -202,16 +203,18 @@ class Progress:
         return self.state in ("queued", "running") and self.finished + self.running < self.n_trials
 
     def as_dict(self) -> dict[str, Any]:
+        """The progress as JSON-ready data: what ``hpo run`` prints and every API answer about a
+        study carries (non-finite numbers become ``None``, times ISO 8601 in UTC)."""
         return {
             "state": self.state,
             "n_trials": self.n_trials,
             "trials": {"complete": self.complete, "pruned": self.pruned, "failed": self.failed,
                        "running": self.running, "waiting": self.waiting},
-            "best_value": self.best_value,
+            "best_value": finite(self.best_value),
             "best_trial": self.best_trial,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "eta_s": self.eta_s,
+            "started_at": utc_time(self.started_at),
+            "finished_at": utc_time(self.finished_at),
+            "eta_s": finite(self.eta_s),
             "reason": self.reason,
         }
 

@@ -157,6 +157,25 @@ def with_progress(cache: TrialCache, rows: Sequence[StudyRecord]) -> list[tuple[
     return out
 
 
+def list_page(session: Session, cache: TrialCache, *, limit: int, offset: int, state: str | None = None
+              ) -> tuple[list[tuple[LoadedStudy, Progress]], int]:
+    """One page of studies, newest first, with their progress, and how many there are in all
+    (the REST listing and the studies page both list through here).
+
+    Args:
+        session: the (possibly owner-restricted) session.
+        cache: the trial cache studies are read through.
+        limit: studies per page.
+        offset: studies skipped.
+        state: only studies in this state (every study's progress is then derived).
+    """
+    if state is None:
+        rows, total = records.page_of(session, StudyRecord, limit, offset)
+        return with_progress(cache, rows), total
+    matching = [pair for pair in with_progress(cache, records.all_studies(session)) if pair[1].state == state]
+    return matching[offset:offset + limit], len(matching)
+
+
 # Studies seen completed or failed: those states are final, so their trials need not be read
 # again to count an owner's unfinished studies (cancelled ones may be resumed: not kept).
 _finished_for_good: set[str] = set()

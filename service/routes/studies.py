@@ -12,7 +12,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
-from service import catalog, records
+from service import catalog
 from service.auth import PrincipalDep
 from service.catalog import LoadedStudy, StudyNotFound, TooManyQueued
 from service.deps import PageDep, SessionDep, SettingsDep, StorageDep, TrialCacheDep
@@ -154,13 +154,7 @@ def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: S
 def list_studies(session: SessionDep, cache: TrialCacheDep, page: PageDep,
                  state: StudyState | None = None) -> dict[str, Any]:
     """Studies, newest first, optionally only those in one state."""
-    if state is None:
-        rows, total = records.page_of_studies(session, page.limit, page.offset)
-        studies = catalog.with_progress(cache, rows)
-    else:
-        matching = [(loaded, prog) for loaded, prog in catalog.with_progress(cache, records.all_studies(session))
-                    if prog.state == state]
-        total, studies = len(matching), page.window(matching)
+    studies, total = catalog.list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
     items = [study_view(loaded.record, loaded.spec, prog) for loaded, prog in studies]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 

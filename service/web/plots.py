@@ -17,9 +17,10 @@ import optuna
 from optuna.importance import BaseImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.jsonable import finite
 from hpo.spec import TUNED_PARAMS, StudySpec
 from hpo.studies import ranked
-from service.views import TRIAL_STATE_NAMES, finite
+from service.views import TRIAL_STATE_NAMES
 
 MIN_TRIALS_FOR_IMPORTANCE = 2
 DEFAULT_CURVE_POINTS = 200
