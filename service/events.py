@@ -1,6 +1,7 @@
 """Server-Sent Events of a study: what changed since the last look at the database.
 
-The stream polls the database (the only state there is) and sends:
+The stream polls the database (the only state there is; every stream of a study shares one
+read per poll through :class:`SharedReads`) and sends:
 
 - ``trial`` when a trial appears or changes state, value or last reported epoch;
 - ``study`` when the study's state, counts or best value change;
@@ -87,6 +88,39 @@ def _event(name: str, data: dict[str, Any], event_id: int) -> ServerSentEvent:
     return ServerSentEvent(event=name, data=data, id=str(event_id))
 
 
+class SharedReads:
+    """One database read per study and poll interval, shared by all of that study's streams:
+    200 open pages of one study cost what one does. A read older than ``max_age_s`` is
+    repeated by the next stream that asks; streams asking meanwhile await that same read.
+
+    Args:
+        max_age_s: how long a read serves (the streams' poll interval).
+    """
+
+    def __init__(self, max_age_s: float):
+        self.max_age_s = max_age_s
+        self._reads: dict[str, tuple[float, asyncio.Future[Snapshot]]] = {}
+
+    async def read(self, key: str, read: Callable[[], Snapshot]) -> Snapshot:
+        """The latest snapshot of study ``key``, read in a thread when none is fresh.
+
+        Raises:
+            Whatever ``read`` raised (every stream waiting on that read gets it).
+        """
+        now = time.monotonic()
+        entry = self._reads.get(key)
+        if entry is None or (entry[1].done() and now - entry[0] >= self.max_age_s):
+            self._forget_older_than(now - 10 * self.max_age_s)
+            entry = (now, asyncio.ensure_future(run_in_threadpool(read)))
+            self._reads[key] = entry
+        return await asyncio.shield(entry[1])
+
+    def _forget_older_than(self, moment: float) -> None:
+        """Drop finished reads of studies no stream asked about lately (closed pages, deleted studies)."""
+        for key in [k for k, (at, future) in self._reads.items() if at < moment and future.done()]:
+            del self._reads[key]
+
+
 async def study_events(
     request: Request,
     read: Callable[[], Snapshot],
@@ -94,6 +128,7 @@ async def study_events(
     poll_s: float,
     heartbeat_s: float,
     last_event_id: str | None = None,
+    shared: tuple[SharedReads, str] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """The event stream of one study until the client leaves or the study is deleted
     (FastAPI's ``EventSourceResponse`` writes the events out).
@@ -106,13 +141,15 @@ async def study_events(
         poll_s: seconds between reads of the database.
         heartbeat_s: seconds of silence before a keep-alive comment.
         last_event_id: the ``Last-Event-ID`` a reconnecting client sent.
+        shared: the app's :class:`SharedReads` and the study's key in it (each stream reads
+            on its own without it).
     """
     tracker = ChangeTracker(resume_after_ms=parse_last_event_id(last_event_id))
     yield ServerSentEvent(retry=RETRY_MS)
     last_sent = time.monotonic()
     while not await request.is_disconnected():
         try:
-            snapshot = await run_in_threadpool(read)
+            snapshot = await (shared[0].read(shared[1], read) if shared else run_in_threadpool(read))
         except StudyNotFound:
             yield ServerSentEvent(event="deleted", data={})
             return

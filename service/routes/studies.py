@@ -234,5 +234,6 @@ async def study_event_stream(
     read = snapshot_reader(load, lambda s: study_view(s.record, s.spec, s.progress()))
     async for event in study_events(request, read, poll_s=settings.events_poll_s,
                                     heartbeat_s=settings.events_heartbeat_s,
-                                    last_event_id=last_event_id_header or last_event_id):
+                                    last_event_id=last_event_id_header or last_event_id,
+                                    shared=(request.app.state.event_reads, study_id)):
         yield event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -12,6 +13,7 @@ import httpx
 import optuna
 import pytest
 
+from service.events import SharedReads, Snapshot
 from tests.support.databases import postgres_admin
 from tests.support.servers import ServeProcess
 from tests.support.studies import tiny_spec
@@ -157,3 +159,27 @@ def test_open_streams_hold_no_database_connection(postgres_url, tmp_path):
     assert listing.status_code == 200 and listing.json()["total"] == 1
     assert took_s < 5, f"listing studies took {took_s:.1f} s with 30 streams open"
     assert len(idle_in_transaction) < 3, f"connections idle in a transaction: {idle_in_transaction}"
+
+
+def test_streams_of_a_study_share_one_read_per_poll():
+    reads: list[str] = []
+
+    def read(key: str):
+        def snapshot() -> Snapshot:
+            reads.append(key)
+            time.sleep(0.05)
+            return Snapshot(study={"key": key}, trials=[])
+        return snapshot
+
+    async def many_streams() -> list[Snapshot]:
+        shared = SharedReads(max_age_s=0.2)
+        first = await asyncio.gather(*(shared.read(k, read(k)) for k in ["a"] * 50 + ["b"] * 50))
+        again = await shared.read("a", read("a"))  # still fresh
+        await asyncio.sleep(0.25)
+        later = await shared.read("a", read("a"))  # stale: read again
+        return [*first, again, later]
+
+    snapshots = asyncio.run(many_streams())
+
+    assert sorted(reads) == ["a", "a", "b"]
+    assert [s.study["key"] for s in snapshots] == ["a"] * 50 + ["b"] * 50 + ["a", "a"]
