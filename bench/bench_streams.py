@@ -5,8 +5,8 @@ studies; times ``--requests`` sequential ``GET /api/v1/studies`` with no stream 
 reference), then again with ``--streams`` event streams open on those studies, and prints
 p50/p95 and the ratio of the p95s against the goal (within 2x of idle).
 
-    .venv/bin/python bench/bench_streams.py                 # 200 streams, 100 requests
-    .venv/bin/python bench/bench_streams.py --streams 50
+    .venv/bin/python -m bench.bench_streams                 # 200 streams, 100 requests
+    .venv/bin/python -m bench.bench_streams --streams 50
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import httpx
 
-import common  # noqa: F401  (first: puts this checkout and tests/ on sys.path)
-from common import footer, header, postgres_database, verdict
-from process_support import ServeProcess
+from bench.common import footer, header, postgres_database, verdict
+from tests.support.servers import ServeProcess
 
 GOAL_RATIO = 2.0
 STUDIES = 4
@@ -87,7 +86,7 @@ def main() -> None:
         if url:
             print("PostgreSQL")
             ok &= measure(url, Path(tmp), args.streams, args.requests)
-    footer("bench_streams.py", sys.argv[1:])
+    footer("bench_streams", sys.argv[1:])
     sys.exit(0 if ok else 1)
 
 
