@@ -18,15 +18,14 @@ from hpo.console import best_table, console, follow
 from hpo.settings import DEFAULT_DATA_DIR, DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
 from hpo.spec import StudySpec
 from hpo.storage import open_storage
-from hpo.studies import create_study, progress, study_spec
+from hpo.studies import best_of, create_study, progress, study_spec
 from hpo.worker import WorkerOptions, start_worker_processes, stop_worker_processes, worker_loop
 
 
 def best_trial(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:
     """The best complete trial as plain data, or ``None`` while none has completed."""
-    try:
-        trial = study.best_trial
-    except ValueError:
+    trial = best_of(study.get_trials(deepcopy=False), spec.direction)
+    if trial is None:
         return None
     return {
         "study": study.study_name,

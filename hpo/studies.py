@@ -11,6 +11,7 @@ import datetime as dt
 import math
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from operator import attrgetter
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec, parse_spec
 
 SPEC_ATTR = "hpo:spec"
@@ -27,6 +29,8 @@ ERROR_ATTR = "hpo:error"  # why the study cannot run (set by a worker); the stud
 ENQUEUED_ATTR = "hpo:enqueued"
 FAIL_REASON_ATTR = "fail_reason"
 SURPLUS_ATTR = "surplus"
+CV_LOSS_ATTR = "cv_loss"
+FOLD_BEST_EPOCHS_ATTR = "fold_best_epochs"
 STATES = ("queued", "running", "completed", "cancelled", "failed")
 # A study whose first trials all fail stops after this many (a broken dataset, say).
 FAILURES_BEFORE_GIVING_UP = 3
@@ -138,6 +142,52 @@ def is_surplus(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get(SURPLUS_ATTR))
 
 
+def rank_key(trial: FrozenTrial, direction: str) -> tuple[float, float, float, int]:
+    """The order of complete trials, best first: the one ranking of ``/best``, the sorted
+    trial list, ``hpo best``, the study page and the model fit.
+
+    A higher score (lower, when the study minimizes) wins; on equal scores the lower mean
+    validation loss (user attribute ``cv_loss``), then fewer epochs (the mean of
+    ``fold_best_epochs``), then the earlier trial. Whatever is missing or not finite ranks
+    worst (trials older than those attributes lack them).
+
+    Args:
+        trial: a complete trial.
+        direction: the study's ``maximize`` or ``minimize``.
+
+    Returns:
+        A key for ``sorted``/``min``: smaller is better.
+    """
+    def finite_or_worst(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return math.inf
+        return number if math.isfinite(number) else math.inf
+
+    score = finite_or_worst(trial.value)
+    if direction == "maximize" and score != math.inf:
+        score = -score
+    epochs = trial.user_attrs.get(FOLD_BEST_EPOCHS_ATTR)
+    try:
+        mean_epochs = statistics.fmean(epochs) if epochs else math.inf
+    except (TypeError, ValueError):
+        mean_epochs = math.inf
+    return (score, finite_or_worst(trial.user_attrs.get(CV_LOSS_ATTR)), finite_or_worst(mean_epochs), trial.number)
+
+
+def ranked(trials: Iterable[FrozenTrial], direction: str) -> list[FrozenTrial]:
+    """The complete trials among ``trials``, best first (see :func:`rank_key`)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return sorted(complete, key=lambda t: rank_key(t, direction))
+
+
+def best_of(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | None:
+    """The best complete trial (see :func:`rank_key`), or ``None`` when none has completed."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return min(complete, key=lambda t: rank_key(t, direction), default=None)
+
+
 @dataclass
 class Progress:
     """What a person (or a scheduler) wants to know about a study right now."""
@@ -169,16 +219,18 @@ class Progress:
                 and self.finished + self.running < self.n_trials)
 
     def as_dict(self) -> dict[str, Any]:
+        """The progress as JSON-ready data: what ``hpo run`` prints and every API answer about a
+        study carries (non-finite numbers become ``None``, times ISO 8601 in UTC)."""
         return {
             "state": self.state,
             "n_trials": self.n_trials,
             "trials": {"complete": self.complete, "pruned": self.pruned, "failed": self.failed,
                        "running": self.running, "waiting": self.waiting},
-            "best_value": self.best_value,
+            "best_value": finite(self.best_value),
             "best_trial": self.best_trial,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "eta_s": self.eta_s,
+            "started_at": utc_time(self.started_at),
+            "finished_at": utc_time(self.finished_at),
+            "eta_s": finite(self.eta_s),
             "reason": self.reason,
         }
 
@@ -250,10 +302,8 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
     if not details:
         return prog
 
-    complete = [t for t in kept if t.state == TrialState.COMPLETE]
-    if complete:
-        pick = max if spec.direction == "maximize" else min
-        best = pick(complete, key=lambda t: t.value)
+    best = best_of(kept, spec.direction)
+    if best is not None:
         prog.best_value, prog.best_trial = best.value, best.number
     if prog.state in ("completed", "failed", "cancelled") and not prog.running:
         prog.finished_at = max((t.datetime_complete for t in kept if t.datetime_complete), default=None)

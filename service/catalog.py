@@ -100,12 +100,25 @@ def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: st
     return LoadedStudy(record, spec, study)
 
 
-def load(session: Session, cache: TrialCache, study_id: str) -> LoadedStudy:
-    """Raises: StudyNotFound."""
+def get_record(session: Session, study_id: str) -> StudyRecord:
+    """The row of a study the session may see.
+
+    Raises:
+        StudyNotFound: no such study (or another owner's).
+    """
     record = records.get_study(session, study_id) if records.is_valid_id(study_id) else None
     if record is None:
         raise StudyNotFound(study_id)
-    return cache.open(record)
+    return record
+
+
+def load(session: Session, cache: TrialCache, study_id: str) -> LoadedStudy:
+    """A study the session may see, its trials read through the cache.
+
+    Raises:
+        StudyNotFound: no such study (or another owner's), or its Optuna study is gone.
+    """
+    return cache.open(get_record(session, study_id))
 
 
 def with_progress(cache: TrialCache, rows: Sequence[StudyRecord]) -> list[tuple[LoadedStudy, Progress]]:
@@ -118,6 +131,25 @@ def with_progress(cache: TrialCache, rows: Sequence[StudyRecord]) -> list[tuple[
             continue
         out.append((loaded, loaded.progress()))
     return out
+
+
+def list_page(session: Session, cache: TrialCache, *, limit: int, offset: int, state: str | None = None
+              ) -> tuple[list[tuple[LoadedStudy, Progress]], int]:
+    """One page of studies, newest first, with their progress, and how many there are in all
+    (the REST listing and the studies page both list through here).
+
+    Args:
+        session: the (possibly owner-restricted) session.
+        cache: the trial cache studies are read through.
+        limit: studies per page.
+        offset: studies skipped.
+        state: only studies in this state (every study's progress is then derived).
+    """
+    if state is None:
+        rows, total = records.page_of(session, StudyRecord, limit, offset)
+        return with_progress(cache, rows), total
+    matching = [pair for pair in with_progress(cache, records.all_studies(session)) if pair[1].state == state]
+    return matching[offset:offset + limit], len(matching)
 
 
 # Studies seen completed or failed: those states are final, so their trials need not be read

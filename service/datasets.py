@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from hpo.data import DatasetStore
+from hpo.jsonable import finite
 from service import catalog, records
 from hpo.db.models import DatasetRecord, utcnow
 from service.trial_cache import TrialCache
-from service.views import finite
 
 log = logging.getLogger("service")
 

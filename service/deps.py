@@ -44,7 +44,8 @@ def get_dataset_store(request: Request) -> DatasetStore:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed when the route returns, before the answer is sent: an event stream keeps none open.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StorageDep = Annotated[BaseStorage, Depends(get_storage)]
 TrialCacheDep = Annotated[TrialCache, Depends(get_trial_cache)]
 DatasetStoreDep = Annotated[DatasetStore, Depends(get_dataset_store)]

@@ -1,6 +1,7 @@
 """Server-Sent Events of a study: what changed since the last look at the database.
 
-The stream polls the database (the only state there is) and sends:
+The stream polls the database (the only state there is; every stream of a study shares one
+read per poll through :class:`SharedReads`) and sends:
 
 - ``trial`` when a trial appears or changes state, value or last reported epoch;
 - ``study`` when the study's state, counts or best value change;
@@ -15,7 +16,6 @@ by then; running and waiting trials and the study itself are always sent again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.sse import format_sse_event
+from fastapi.sse import ServerSentEvent
 from optuna.trial import FrozenTrial
 from starlette.concurrency import run_in_threadpool
 
@@ -62,8 +62,8 @@ class ChangeTracker:
     trial_keys: dict[int, tuple] = field(default_factory=dict)
     study_view: dict[str, Any] | None = None
 
-    def events(self, snapshot: Snapshot) -> list[bytes]:
-        out: list[bytes] = []
+    def events(self, snapshot: Snapshot) -> list[ServerSentEvent]:
+        out: list[ServerSentEvent] = []
         first = self.study_view is None
         for trial in sorted(snapshot.trials, key=lambda t: t.number):
             self.watermark_ms = max(self.watermark_ms, event_id_of(trial))
@@ -84,8 +84,41 @@ class ChangeTracker:
         return out
 
 
-def _event(name: str, data: dict[str, Any], event_id: int) -> bytes:
-    return format_sse_event(event=name, data_str=json.dumps(data, allow_nan=False), id=str(event_id))
+def _event(name: str, data: dict[str, Any], event_id: int) -> ServerSentEvent:
+    return ServerSentEvent(event=name, data=data, id=str(event_id))
+
+
+class SharedReads:
+    """One database read per study and poll interval, shared by all of that study's streams:
+    200 open pages of one study cost what one does. A read older than ``max_age_s`` is
+    repeated by the next stream that asks; streams asking meanwhile await that same read.
+
+    Args:
+        max_age_s: how long a read serves (the streams' poll interval).
+    """
+
+    def __init__(self, max_age_s: float):
+        self.max_age_s = max_age_s
+        self._reads: dict[str, tuple[float, asyncio.Future[Snapshot]]] = {}
+
+    async def read(self, key: str, read: Callable[[], Snapshot]) -> Snapshot:
+        """The latest snapshot of study ``key``, read in a thread when none is fresh.
+
+        Raises:
+            Whatever ``read`` raised (every stream waiting on that read gets it).
+        """
+        now = time.monotonic()
+        entry = self._reads.get(key)
+        if entry is None or (entry[1].done() and now - entry[0] >= self.max_age_s):
+            self._forget_older_than(now - 10 * self.max_age_s)
+            entry = (now, asyncio.ensure_future(run_in_threadpool(read)))
+            self._reads[key] = entry
+        return await asyncio.shield(entry[1])
+
+    def _forget_older_than(self, moment: float) -> None:
+        """Drop finished reads of studies no stream asked about lately (closed pages, deleted studies)."""
+        for key in [k for k, (at, future) in self._reads.items() if at < moment and future.done()]:
+            del self._reads[key]
 
 
 async def study_events(
@@ -95,8 +128,12 @@ async def study_events(
     poll_s: float,
     heartbeat_s: float,
     last_event_id: str | None = None,
-) -> AsyncIterator[bytes]:
-    """The event stream of one study until the client leaves or the study is deleted.
+    shared: tuple[SharedReads, str] | None = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """The event stream of one study until the client leaves or the study is deleted
+    (FastAPI's ``EventSourceResponse`` writes the events out).
+
+    Holds no database connection between polls: each ``read`` opens and closes its own.
 
     Args:
         request: to notice the client leaving.
@@ -104,15 +141,17 @@ async def study_events(
         poll_s: seconds between reads of the database.
         heartbeat_s: seconds of silence before a keep-alive comment.
         last_event_id: the ``Last-Event-ID`` a reconnecting client sent.
+        shared: the app's :class:`SharedReads` and the study's key in it (each stream reads
+            on its own without it).
     """
     tracker = ChangeTracker(resume_after_ms=parse_last_event_id(last_event_id))
-    yield f"retry: {RETRY_MS}\n\n".encode()
+    yield ServerSentEvent(retry=RETRY_MS)
     last_sent = time.monotonic()
     while not await request.is_disconnected():
         try:
-            snapshot = await run_in_threadpool(read)
+            snapshot = await (shared[0].read(shared[1], read) if shared else run_in_threadpool(read))
         except StudyNotFound:
-            yield format_sse_event(event="deleted", data_str="{}")
+            yield ServerSentEvent(event="deleted", data={})
             return
         except Exception:  # a database hiccup: keep the stream, try again at the next poll
             log.warning("event stream: reading the study failed; retrying", exc_info=True)
@@ -121,7 +160,7 @@ async def study_events(
             yield event
             last_sent = time.monotonic()
         if time.monotonic() - last_sent >= heartbeat_s:
-            yield b": heartbeat\n\n"
+            yield ServerSentEvent(comment="heartbeat")
             last_sent = time.monotonic()
         await asyncio.sleep(poll_s)
 

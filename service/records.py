@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
@@ -22,6 +23,8 @@ from hpo.db.models import DatasetRecord, StudyRecord
 # byte, say, must not reach PostgreSQL, which refuses it with an error rather than no row).
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+
+Row = TypeVar("Row", StudyRecord, DatasetRecord)
 
 _VISIBLE_OWNER = "hpo_visible_owner"
 # A query that must see every owner's rows (is a dataset still used by anybody's study?).
@@ -59,15 +62,6 @@ def all_studies(session: Session) -> Sequence[StudyRecord]:
     return session.scalars(select(StudyRecord).order_by(StudyRecord.created_at.desc(), StudyRecord.id)).all()
 
 
-def page_of_studies(session: Session, limit: int, offset: int) -> tuple[Sequence[StudyRecord], int]:
-    """One page of studies, newest first, and how many there are in all."""
-    total = session.scalar(select(func.count()).select_from(StudyRecord)) or 0
-    rows = session.scalars(
-        select(StudyRecord).order_by(StudyRecord.created_at.desc(), StudyRecord.id).limit(limit).offset(offset)
-    ).all()
-    return rows, total
-
-
 def studies_using_dataset(session: Session, dataset_id: str) -> Sequence[StudyRecord]:
     """Every owner's studies reading the dataset (an admin may have used someone's dataset)."""
     statement = select(StudyRecord).where(StudyRecord.dataset_id == dataset_id).execution_options(**ALL_OWNERS)
@@ -84,10 +78,17 @@ def get_dataset(session: Session, dataset_id: str) -> DatasetRecord | None:
     return session.get(DatasetRecord, dataset_id) if is_valid_id(dataset_id) else None
 
 
-def page_of_datasets(session: Session, limit: int, offset: int) -> tuple[Sequence[DatasetRecord], int]:
-    """One page of datasets, newest first, and how many there are in all."""
-    total = session.scalar(select(func.count()).select_from(DatasetRecord)) or 0
+def page_of(session: Session, model: type[Row], limit: int, offset: int) -> tuple[Sequence[Row], int]:
+    """One page of studies or datasets, newest first, and how many there are in all.
+
+    Args:
+        session: the (possibly owner-restricted) session.
+        model: ``StudyRecord`` or ``DatasetRecord``.
+        limit: rows per page.
+        offset: rows skipped.
+    """
+    total = session.scalar(select(func.count()).select_from(model)) or 0
     rows = session.scalars(
-        select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id).limit(limit).offset(offset)
+        select(model).order_by(model.created_at.desc(), model.id).limit(limit).offset(offset)
     ).all()
     return rows, total

@@ -1,10 +1,14 @@
-"""Response shapes of the REST API (they document ``/openapi.json``; routes return plain dicts)."""
+"""Response shapes of the REST API (they document ``/openapi.json``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hpo.jsonable import finite
+from service.views import record_time
 
 StudyState = Literal["queued", "running", "completed", "cancelled", "failed"]
 TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
@@ -111,6 +115,10 @@ class BestTrial(BaseModel):
 
 
 class DatasetOut(BaseModel):
+    """An uploaded dataset, built from its row (``DatasetOut.model_validate(record)``)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     name: str
     format: str
@@ -120,6 +128,21 @@ class DatasetOut(BaseModel):
     summary: dict[str, Any]
     owner: str | None
     created_at: str
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _no_options(cls, value: dict[str, Any] | None) -> dict[str, Any]:
+        return value or {}
+
+    @field_validator("summary", mode="before")
+    @classmethod
+    def _json_summary(cls, value: dict[str, Any] | None) -> dict[str, Any]:
+        return finite(value or {})
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _utc_created_at(cls, value: dt.datetime | str) -> str | None:
+        return record_time(value) if isinstance(value, dt.datetime) else value
 
 
 class DatasetPage(BaseModel):

@@ -7,14 +7,14 @@ Times are ISO 8601 with an offset (UTC). Non-finite numbers (a diverged fold's N
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR, Progress, is_surplus
-from hpo.db.models import DatasetRecord, StudyRecord
+from hpo.db.models import StudyRecord
 
 API_PREFIX = "/api/v1"
 TRIAL_STATE_NAMES: dict[TrialState, str] = {
@@ -27,17 +27,6 @@ TRIAL_STATE_NAMES: dict[TrialState, str] = {
 TRIAL_STATES_BY_NAME = {name: state for state, name in TRIAL_STATE_NAMES.items()}
 
 
-def finite(value: Any) -> Any:
-    """``value`` with every NaN/inf (also inside lists and dicts) replaced by ``None``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    return value
-
-
 def record_time(value: dt.datetime | None) -> str | None:
     """A time stored by the service (UTC; SQLite hands it back without its zone)."""
     if value is None:
@@ -47,31 +36,9 @@ def record_time(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.timezone.utc).isoformat()
 
 
-def optuna_time(value: dt.datetime | None) -> str | None:
-    """A time stored by Optuna (naive local time of the process that wrote it)."""
-    if value is None:
-        return None
-    return value.astimezone(dt.timezone.utc).isoformat()
-
-
 def study_links(study_id: str) -> dict[str, str]:
     base = f"{API_PREFIX}/studies/{study_id}"
     return {"self": base, "trials": f"{base}/trials", "best": f"{base}/best", "events": f"{base}/events"}
-
-
-def progress_view(prog: Progress) -> dict[str, Any]:
-    return {
-        "state": prog.state,
-        "n_trials": prog.n_trials,
-        "trials": {"complete": prog.complete, "pruned": prog.pruned, "failed": prog.failed,
-                   "running": prog.running, "waiting": prog.waiting},
-        "best_value": finite(prog.best_value),
-        "best_trial": prog.best_trial,
-        "started_at": optuna_time(prog.started_at),
-        "finished_at": optuna_time(prog.finished_at),
-        "eta_s": finite(prog.eta_s),
-        "reason": prog.reason,
-    }
 
 
 def study_view(record: StudyRecord, spec: StudySpec, prog: Progress, *, with_spec: bool = False) -> dict[str, Any]:
@@ -85,7 +52,7 @@ def study_view(record: StudyRecord, spec: StudySpec, prog: Progress, *, with_spe
         "dataset_id": record.dataset_id,
         "direction": spec.direction,
         "metric": spec.training.metric,
-        **progress_view(prog),
+        **prog.as_dict(),
         "links": study_links(record.id),
     }
     if with_spec:
@@ -112,8 +79,8 @@ def trial_view(trial: FrozenTrial, *, intermediate: bool = False) -> dict[str, A
         "fold_std": finite(attrs.get("fold_std")),
         "fail_reason": attrs.get(FAIL_REASON_ATTR),
         "surplus": is_surplus(trial),
-        "started_at": optuna_time(trial.datetime_start),
-        "completed_at": optuna_time(trial.datetime_complete),
+        "started_at": utc_time(trial.datetime_start),
+        "completed_at": utc_time(trial.datetime_complete),
         "duration_s": trial_duration_s(trial),
         "last_step": max(steps) if steps else None,
     }
@@ -134,18 +101,4 @@ def best_view(record: StudyRecord, spec: StudySpec, trial: FrozenTrial) -> dict[
         "params": finite(dict(trial.params)),
         "fold_scores": finite(attrs.get("fold_scores")),
         "fold_std": finite(attrs.get("fold_std")),
-    }
-
-
-def dataset_view(record: DatasetRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "format": record.format,
-        "task": record.task,
-        "options": record.options or {},
-        "size_bytes": record.size_bytes,
-        "summary": finite(record.summary or {}),
-        "owner": record.owner,
-        "created_at": record_time(record.created_at),
     }

@@ -8,13 +8,12 @@ from typing import Any
 
 from hpo.data.base import TASKS, DataError, Dataset
 from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK, ForecastDataset, Series, parse_series
-from hpo.data.readers import DEFAULT_MAX_UNCOMPRESSED, read_utf8
+from hpo.data.readers import DEFAULT_MAX_UNCOMPRESSED, DELIMITERS, read_utf8
 from hpo.data.sequences import sequences_from_npz
 from hpo.data.text import DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS, text_from_table
 
 FORMATS = ("npz", "csv", "tsv")
 OPTION_NAMES = ("target_column", "text_column", "label_column", "max_length")
-_DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
 def resolve_format(filename: str, format: str | None, task: str) -> str:
@@ -95,7 +94,7 @@ def open_file(
         return ForecastDataset(_read_series(path, fmt, opts), lookback, horizon)
     return text_from_table(
         read_utf8(path),
-        _DELIMITERS[fmt],
+        DELIMITERS[fmt],
         task,
         opts.get("max_length", DEFAULT_MAX_LENGTH),
         opts.get("text_column"),
@@ -130,4 +129,4 @@ def inspect_file(
 
 def _read_series(path: str | Path, fmt: str, opts: dict[str, Any]) -> Series:
     """The series in a csv/tsv file."""
-    return parse_series(read_utf8(path), _DELIMITERS[fmt], opts.get("target_column"))
+    return parse_series(read_utf8(path), DELIMITERS[fmt], opts.get("target_column"))

@@ -21,6 +21,10 @@ _NUMERIC_KINDS = "biuf"  # bool, signed/unsigned integer, float
 _LABEL_KINDS = "biufU"
 
 
+# The column separator of each delimited text format.
+DELIMITERS = {"csv": ",", "tsv": "\t"}
+
+
 def read_npz(
     path: str | Path, names: list[str], max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED
 ) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ from hpo.data.base import MIN_SAMPLES
 from hpo.export.archive import Architecture, Manifest, Model, TargetInfo, now_iso, plain_state_dict
 from hpo.settings import DEFAULT_DATA_DIR
 from hpo.spec import StudySpec
-from hpo.studies import study_spec
+from hpo.studies import best_of, study_spec
 from hpo.train import FoldTrainer, pick_device
 
 MONITOR_ROWS = 512  # training rows scored each epoch when there is no holdout
@@ -216,16 +216,18 @@ def fit_study_model(
 
 
 def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTrial:
-    """The study's best complete trial, or the complete trial ``trial_number``.
+    """The study's best complete trial (ranked by :func:`hpo.studies.rank_key`), or the complete
+    trial ``trial_number``.
 
     Raises:
         ValueError: when there is no such complete trial.
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if trial_number is None:
-        if not complete:
+        best = best_of(complete, study.direction.name.lower())
+        if best is None:
             raise ValueError(f"study {study.study_name!r} has no completed trial yet")
-        return study.best_trial
+        return best
     found = [t for t in complete if t.number == trial_number]
     if not found:
         numbers = ", ".join(str(t.number) for t in complete[:20]) or "none"

@@ -19,12 +19,11 @@ import torch
 
 from hpo.data.base import DataError
 from hpo.data.forecast import SeriesScaling, parse_series
-from hpo.data.readers import decode_utf8, parse_table, read_npz
+from hpo.data.readers import DELIMITERS, decode_utf8, parse_table, read_npz
 from hpo.data.sequences import SequenceScaling, sequence_arrays
 from hpo.data.text import DEFAULT_TEXT_COLUMN, TextVocabulary, tokenize
 
 MAX_PREDICT_ROWS = 1_000_000
-_DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
 class InputError(DataError):
@@ -232,14 +231,14 @@ def inputs_from_file(preprocessing: Any, filename: str, content: bytes, *, forma
             return PredictInput(x, lengths)
         text = decode_utf8(content)
         if isinstance(preprocessing, TextVocabulary):
-            header, rows = parse_table(text, _DELIMITERS[fmt])
+            header, rows = parse_table(text, DELIMITERS[fmt])
             name = column or (header[0] if len(header) == 1 else DEFAULT_TEXT_COLUMN)
             if name not in header:
                 raise DataError(f"no text column {name!r}; columns found: {', '.join(header)} "
                                 "(set text_column to one of them)")
             at = header.index(name)
             return PredictInput([fields[at] for _, fields in rows])
-        series = parse_series(text, _DELIMITERS[fmt])
+        series = parse_series(text, DELIMITERS[fmt])
         missing = [c for c in preprocessing.columns if c not in series.columns]
         if missing:
             raise DataError(f"the series lacks the model's column(s) {', '.join(missing)}; numeric columns found: "

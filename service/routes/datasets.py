@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
@@ -15,7 +15,6 @@ from service.errors import problem
 from service.limits import too_large_message
 from hpo.db.models import DatasetRecord
 from service.schemas import DatasetOut, DatasetPage, ErrorResponse
-from service.views import dataset_view
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)}
@@ -42,7 +41,7 @@ def upload_dataset(
     text_column: Annotated[str | None, Form(description="Text to tokenize (csv).")] = None,
     label_column: Annotated[str | None, Form(description="Class labels (csv).")] = None,
     max_length: Annotated[int | None, Form(ge=4, le=1024, description="Longest token sequence kept.")] = None,
-) -> dict[str, Any]:
+) -> DatasetOut:
     """Validate a file fully and keep it; a refused file leaves nothing behind."""
     if file.size is not None and file.size > settings.max_upload_bytes:
         raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
@@ -56,20 +55,20 @@ def upload_dataset(
                                  owner=principal.name)
     except DataError as exc:
         raise problem(422, str(exc), field=getattr(exc, "field", None) or "file") from None
-    view = dataset_view(record)
     response.headers["Location"] = f"/api/v1/datasets/{record.id}"
-    return view
+    return DatasetOut.model_validate(record)
 
 
 @router.get("", response_model=DatasetPage, responses=ERRORS, summary="List datasets")
-def list_datasets(session: SessionDep, page: PageDep) -> dict[str, Any]:
-    rows, total = records.page_of_datasets(session, page.limit, page.offset)
-    return {"items": [dataset_view(r) for r in rows], "total": total, "limit": page.limit, "offset": page.offset}
+def list_datasets(session: SessionDep, page: PageDep) -> DatasetPage:
+    rows, total = records.page_of(session, DatasetRecord, page.limit, page.offset)
+    return DatasetPage(items=[DatasetOut.model_validate(r) for r in rows], total=total, limit=page.limit,
+                       offset=page.offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=ERRORS, summary="A dataset")
-def get_dataset(session: SessionDep, dataset_id: str) -> dict[str, Any]:
-    return dataset_view(_get_record(session, dataset_id))
+def get_dataset(session: SessionDep, dataset_id: str) -> DatasetOut:
+    return DatasetOut.model_validate(_get_record(session, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=ERRORS, summary="Delete a dataset")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
-from service import catalog, records
+from service import catalog
 from service.auth import PrincipalDep
 from service.catalog import LoadedStudy, StudyNotFound, TooManyQueued
 from service.deps import PageDep, SessionDep, SettingsDep, StorageDep, TrialCacheDep
@@ -153,13 +154,7 @@ def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: S
 def list_studies(session: SessionDep, cache: TrialCacheDep, page: PageDep,
                  state: StudyState | None = None) -> dict[str, Any]:
     """Studies, newest first, optionally only those in one state."""
-    if state is None:
-        rows, total = records.page_of_studies(session, page.limit, page.offset)
-        studies = catalog.with_progress(cache, rows)
-    else:
-        matching = [(loaded, prog) for loaded, prog in catalog.with_progress(cache, records.all_studies(session))
-                    if prog.state == state]
-        total, studies = len(matching), page.window(matching)
+    studies, total = catalog.list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
     items = [study_view(loaded.record, loaded.spec, prog) for loaded, prog in studies]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
@@ -211,13 +206,12 @@ def best_trial(loaded: LoadedDep) -> dict[str, Any]:
 
 @router.get(
     "/{study_id}/events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "`trial`, `study` and `deleted` events (JSON data), heartbeat comments."},
+    response_class=EventSourceResponse,
+    responses={200: {"description": "`trial`, `study` and `deleted` events (JSON data), heartbeat comments."},
                404: {"model": ErrorResponse}},
     summary="Live events",
 )
-def study_event_stream(
+async def study_event_stream(
     request: Request,
     loaded: LoadedDep,
     cache: TrialCacheDep,
@@ -228,16 +222,18 @@ def study_event_stream(
                                                           "are sent): a browser's `EventSource` cannot send "
                                                           "the header on its first connection, so a page "
                                                           "passes the `event_id` of the data it drew.")] = None,
-) -> StreamingResponse:
+) -> AsyncIterator[ServerSentEvent]:
     """A Server-Sent Events stream of trial and study changes, until the client leaves."""
     study_id, sessions = loaded.record.id, request.app.state.sessions
 
     def load() -> LoadedStudy:
-        with sessions() as session:
-            return catalog.load(session, cache, study_id)
+        with sessions() as session:  # the connection goes back before Optuna's tables are read
+            record = catalog.get_record(session, study_id)
+        return cache.open(record)
 
     read = snapshot_reader(load, lambda s: study_view(s.record, s.spec, s.progress()))
-    stream = study_events(request, read, poll_s=settings.events_poll_s, heartbeat_s=settings.events_heartbeat_s,
-                          last_event_id=last_event_id_header or last_event_id)
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    async for event in study_events(request, read, poll_s=settings.events_poll_s,
+                                    heartbeat_s=settings.events_heartbeat_s,
+                                    last_event_id=last_event_id_header or last_event_id,
+                                    shared=(request.app.state.event_reads, study_id)):
+        yield event

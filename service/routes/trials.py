@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from optuna.trial import FrozenTrial
 
+from hpo.studies import ranked
 from service.deps import PageDep
 from service.errors import problem
 from service.routes.studies import ERRORS, LoadedDep
@@ -20,10 +21,13 @@ SortKey = Literal["number", "-number", "value", "-value", "best", "duration_s", 
 
 
 def sort_trials(trials: list[FrozenTrial], sort: str, direction: str) -> list[FrozenTrial]:
-    """Trials ordered by ``sort`` (``-`` for descending; ``best`` follows the study's direction).
-    Trials without the sorted quantity come last either way."""
+    """Trials ordered by ``sort`` (``-`` for descending; ``best``: the complete trials ranked as
+    ``/best`` ranks them, then the others by number). Trials without the sorted quantity come
+    last either way."""
     if sort == "best":
-        sort = "-value" if direction == "maximize" else "value"
+        best_first = ranked(trials, direction)
+        chosen = {t.number for t in best_first}
+        return best_first + sorted((t for t in trials if t.number not in chosen), key=lambda t: t.number)
     descending, name = sort.startswith("-"), sort.lstrip("-")
     quantity = {
         "number": lambda t: t.number,

@@ -14,11 +14,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from optuna.storages import BaseStorage
 
+from hpo.studies import Progress
 from service.auth import DASHBOARD_PREFIX
-from service.catalog import LoadedStudy, StudyNotFound, load
+from service.catalog import LoadedStudy, StudyNotFound, list_page, load
 from service.deps import PageDep, SessionDep, StorageDep, TrialCacheDep
 from service.events import event_id_of
-from service.records import all_studies, page_of_studies
 from service.routes.studies import LoadedDep
 from service.schemas import ErrorResponse, StudyState
 from service.views import best_view, study_links, study_view
@@ -46,12 +46,12 @@ def dashboard_url(storage: BaseStorage, loaded: LoadedStudy) -> str:
     return f"{DASHBOARD_PREFIX}/studies/{storage.get_study_id_from_name(loaded.record.optuna_study_name)}"
 
 
-def summary_view(loaded: LoadedStudy, storage: BaseStorage) -> dict[str, Any]:
+def summary_view(loaded: LoadedStudy, prog: Progress, storage: BaseStorage) -> dict[str, Any]:
     """A study as the studies page lists it: state and counts, plus sampler and dataset."""
     spec = loaded.spec
     dataset = spec.dataset.builtin or spec.dataset.id or spec.dataset.path
     return {
-        **study_view(loaded.record, spec, loaded.progress()),
+        **study_view(loaded.record, spec, prog),
         "sampler": spec.sampler.name,
         "pruner": spec.pruner.name,
         "cell": spec.model.cell,
@@ -65,21 +65,8 @@ def summary_view(loaded: LoadedStudy, storage: BaseStorage) -> dict[str, Any]:
 def list_study_summaries(session: SessionDep, storage: StorageDep, cache: TrialCacheDep, page: PageDep,
                          state: StudyState | None = None) -> dict[str, Any]:
     """Studies, newest first (optionally in one state), with sampler, dataset and progress."""
-    items = []
-    if state is None:
-        rows, total = page_of_studies(session, page.limit, page.offset)
-    else:
-        rows, total = all_studies(session), None
-    for record in rows:
-        try:
-            loaded = cache.open(record)
-        except StudyNotFound:
-            continue
-        loaded.study.get_trials(deepcopy=False)
-        items.append(summary_view(loaded, storage))
-    if state is not None:
-        matching = [item for item in items if item["state"] == state]
-        total, items = len(matching), page.window(matching)
+    studies, total = list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
+    items = [summary_view(loaded, prog, storage) for loaded, prog in studies]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 

@@ -1,8 +1,10 @@
 """The browser pages and their assets, all shipped with the package (no CDN: the machine
 running the service may be offline).
 
-Pages are static HTML; their scripts (``static/*.js``, ES modules) fetch the JSON API.
-``plotly.min.js`` is served from the installed ``plotly`` package.
+Pages are Jinja2 templates sharing one layout (``templates/base.html``: header and
+navigation); their scripts (``static/*.js``, ES modules) fetch the JSON API. The new-study
+form's choices come from the spec (:mod:`service.web.form`). ``plotly.min.js`` is served
+from the installed ``plotly`` package.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import gzip
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import plotly
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
 
 from service.errors import problem
 from service.web.api import prefetch
+from service.web.form import form_choices
 
 WEB_DIR = Path(__file__).parent
 TEMPLATES_DIR = WEB_DIR / "templates"
@@ -33,31 +38,32 @@ router = APIRouter(include_in_schema=False)
 _gzip_lock = threading.Lock()
 
 
-def page(name: str) -> HTMLResponse:
-    """A page of ``templates/``: ``__TOPBAR__`` there becomes the navigation bar every page
-    shares (``_topbar.html``), ``__PLOTLY_VERSION__`` the bundle's version (a new plotly gets
-    a new address, past browsers' week-long cache)."""
-    html = (TEMPLATES_DIR / name).read_text(encoding="utf-8")
-    topbar = (TEMPLATES_DIR / "_topbar.html").read_text(encoding="utf-8").rstrip()
-    html = html.replace("__TOPBAR__", topbar).replace("__PLOTLY_VERSION__", plotly.__version__)
-    return HTMLResponse(html, headers={"Cache-Control": REVALIDATE})
+templates = Jinja2Templates(directory=TEMPLATES_DIR)
+# plotly's version is in its bundle's address: a new plotly gets past browsers' week-long cache.
+templates.env.globals["plotly_version"] = plotly.__version__
+FORM = form_choices()
+
+
+def page(request: Request, name: str, **context: Any) -> HTMLResponse:
+    """A page of ``templates/`` (each extends ``base.html``)."""
+    return templates.TemplateResponse(request, name, context, headers={"Cache-Control": REVALIDATE})
 
 
 @router.get("/")
-def studies_page() -> HTMLResponse:
-    return page("studies.html")
+def studies_page(request: Request) -> HTMLResponse:
+    return page(request, "studies.html")
 
 
 @router.get("/new")
-def new_study_page() -> HTMLResponse:
-    return page("new.html")
+def new_study_page(request: Request) -> HTMLResponse:
+    return page(request, "new.html", form=FORM)
 
 
 @router.get("/studies/{study_id}")
 def study_page(study_id: str, request: Request, background: BackgroundTasks) -> HTMLResponse:
     # The script reads the id from the address and asks the API; meanwhile the study is read.
     background.add_task(prefetch, request.app, study_id)
-    return page("study.html")
+    return page(request, "study.html")
 
 
 @lru_cache(maxsize=1)

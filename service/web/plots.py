@@ -17,8 +17,10 @@ import optuna
 from optuna.importance import BaseImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.jsonable import finite
 from hpo.spec import TUNED_PARAMS, StudySpec
-from service.views import TRIAL_STATE_NAMES, finite
+from hpo.studies import ranked
+from service.views import TRIAL_STATE_NAMES
 
 MIN_TRIALS_FOR_IMPORTANCE = 2
 DEFAULT_CURVE_POINTS = 200
@@ -92,8 +94,7 @@ def pick_curves(trials: Sequence[FrozenTrial], direction: str, *, top: int, rece
     the ``recent`` latest ones that reported an epoch (pruned and running included), and
     any asked for by number."""
     reported = [t for t in trials if t.intermediate_values]
-    complete = [t for t in reported if t.state == TrialState.COMPLETE and t.value is not None]
-    complete.sort(key=lambda t: t.value, reverse=direction == "maximize")
+    complete = ranked(reported, direction)
     latest = sorted(reported, key=lambda t: t.number, reverse=True)[:recent]
     wanted = set(numbers)
     chosen = {t.number: t for t in [*complete[:top], *latest, *(t for t in reported if t.number in wanted)]}

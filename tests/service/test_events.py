@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import optuna
+import pytest
 
+from service.events import SharedReads, Snapshot
+from tests.support.databases import postgres_admin
+from tests.support.servers import ServeProcess
 from tests.support.studies import tiny_spec
 
 
@@ -113,3 +119,67 @@ def test_streams_stop_when_their_clients_leave(live_server):
     while (state.connections or state.tasks) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not state.connections and not state.tasks
+
+
+def open_streams(url: str, path: str, count: int) -> list[socket.socket]:
+    """``count`` event streams held open on raw sockets, each read until its first bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    streams = []
+    for _ in range(count):
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        streams.append(sock)
+    for sock in streams:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200"), "a stream was refused"
+    return streams
+
+
+@pytest.mark.postgres
+def test_open_streams_hold_no_database_connection(postgres_url, tmp_path):
+    """More open streams than the pool has connections (5 + 10 overflow): other requests
+    still answer at once, and streams keep no connection idle in a transaction (at most one
+    caught mid-poll)."""
+    database = postgres_url.rsplit("/", 1)[1]
+    with ServeProcess(postgres_url, tmp_path / "data", tmp_path / "serve.log",
+                      env={"HPO_EVENTS_POLL_S": "0.2"}) as service:
+        study = httpx.post(f"{service.url}/api/v1/studies", json=tiny_spec(), timeout=30).json()
+        streams = open_streams(service.url, study["links"]["events"], 30)
+        try:
+            time.sleep(1)  # every stream has polled a few times
+            started = time.monotonic()
+            listing = httpx.get(f"{service.url}/api/v1/studies", timeout=30)
+            took_s = time.monotonic() - started
+            with postgres_admin() as admin:  # a few looks: a poll between two statements is fine
+                idle_in_transaction = max((admin.execute(
+                    "SELECT query FROM pg_stat_activity WHERE datname = %s AND state = 'idle in transaction'",
+                    (database,)).fetchall() for _ in range(5)), key=len)
+        finally:
+            for sock in streams:
+                sock.close()
+    assert listing.status_code == 200 and listing.json()["total"] == 1
+    assert took_s < 5, f"listing studies took {took_s:.1f} s with 30 streams open"
+    assert len(idle_in_transaction) < 3, f"connections idle in a transaction: {idle_in_transaction}"
+
+
+def test_streams_of_a_study_share_one_read_per_poll():
+    reads: list[str] = []
+
+    def read(key: str):
+        def snapshot() -> Snapshot:
+            reads.append(key)
+            time.sleep(0.05)
+            return Snapshot(study={"key": key}, trials=[])
+        return snapshot
+
+    async def many_streams() -> list[Snapshot]:
+        shared = SharedReads(max_age_s=0.2)
+        first = await asyncio.gather(*(shared.read(k, read(k)) for k in ["a"] * 50 + ["b"] * 50))
+        again = await shared.read("a", read("a"))  # still fresh
+        await asyncio.sleep(0.25)
+        later = await shared.read("a", read("a"))  # stale: read again
+        return [*first, again, later]
+
+    snapshots = asyncio.run(many_streams())
+
+    assert sorted(reads) == ["a", "a", "b"]
+    assert [s.study["key"] for s in snapshots] == ["a"] * 50 + ["b"] * 50 + ["a", "a"]

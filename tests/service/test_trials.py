@@ -7,6 +7,7 @@ import math
 import optuna
 import pytest
 
+from hpo import local
 from tests.support.studies import add_trial, tiny_spec
 
 STUDIES = "/api/v1/studies"
@@ -153,3 +154,40 @@ def test_unknown_trial_number_is_404(api, storage, study):
     assert response.status_code == 404
     assert response.json()["detail"][0]["field"] == "number"
     assert api.get(f"{STUDIES}/{study['id']}/trials/0").status_code == 200
+
+
+def tied_trial(storage, study_name: str, value: float, cv_loss: float | None = None,
+               fold_best_epochs: list[int] | None = None) -> int:
+    """A complete trial with the attributes that break ties (left out when ``None``, as on
+    trials written before they existed)."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    if cv_loss is not None:
+        trial.set_user_attr("cv_loss", cv_loss)
+    if fold_best_epochs is not None:
+        trial.set_user_attr("fold_best_epochs", fold_best_epochs)
+    study.tell(trial, value)
+    return trial.number
+
+
+def test_ties_are_broken_one_way_everywhere(api, storage, database_url, study):
+    """Equal score, then lower mean validation loss (missing: worst), then fewer epochs, then
+    the earlier trial: /best, ?sort=best, the study page, the study's state and hpo best agree."""
+    name = study["optuna_study_name"]
+    no_loss = tied_trial(storage, name, 0.9)
+    higher_loss = tied_trial(storage, name, 0.9, cv_loss=0.5, fold_best_epochs=[2, 2])
+    more_epochs = tied_trial(storage, name, 0.9, cv_loss=0.3, fold_best_epochs=[9, 7])
+    fewer_epochs = tied_trial(storage, name, 0.9, cv_loss=0.3, fold_best_epochs=[2, 4])
+    lower_score = tied_trial(storage, name, 0.8, cv_loss=0.1, fold_best_epochs=[1, 1])
+    same_as_fewer = tied_trial(storage, name, 0.9, cv_loss=0.3, fold_best_epochs=[3, 3])
+    expected = [fewer_epochs, same_as_fewer, more_epochs, higher_loss, no_loss, lower_score]
+
+    best = api.get(f"{STUDIES}/{study['id']}/best").json()
+    best_first = api.get(f"{STUDIES}/{study['id']}/trials", params={"sort": "best"}).json()
+    overview = api.get(f"/api/v1/views/studies/{study['id']}").json()
+    state = api.get(f"{STUDIES}/{study['id']}").json()
+    found, _ = local.best(name, database_url)
+
+    assert [t["number"] for t in best_first["items"]] == expected
+    assert best["number"] == overview["best"]["number"] == state["best_trial"] == found["number"] == fewer_epochs

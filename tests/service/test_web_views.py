@@ -3,11 +3,16 @@ optuna-dashboard, without a browser (``tests/browser`` drives the pages in Chrom
 
 from __future__ import annotations
 
+import json
+import re
+from typing import get_args
+
 import httpx
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import spec
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
 from service.web.plots import downsample
@@ -219,3 +224,28 @@ def test_plotly_bundle_is_the_installed_one():
     from service.web.pages import PLOTLY_JS
 
     assert PLOTLY_JS.is_file() and PLOTLY_JS.stat().st_size > 1_000_000
+
+
+def test_new_study_form_offers_what_the_spec_accepts(api):
+    """Every choice of the form's selects and its script's data come from the spec itself."""
+    html = api.get("/new").text
+
+    def options(select_id: str) -> list[str]:
+        select = re.search(rf'<select id="{select_id}"[^>]*>(.*?)</select>', html, re.S).group(1)
+        return [v for v in re.findall(r'<option value="([^"]*)"', select) if v]
+
+    def default(select_id: str) -> str:
+        select = re.search(rf'<select id="{select_id}"[^>]*>(.*?)</select>', html, re.S).group(1)
+        return re.search(r'<option value="([^"]*)" selected>', select).group(1)
+
+    assert options("f-task") == options("u-task") == list(get_args(spec.Task))
+    assert options("f-model-cell") == list(get_args(spec.Cell)) and default("f-model-cell") == spec.ModelSpec().cell
+    assert options("f-sampler-name") == list(get_args(spec.SamplerSpec.model_fields["name"].annotation))
+    assert options("f-pruner-name") == list(get_args(spec.PrunerSpec.model_fields["name"].annotation))
+    assert default("f-pruner-name") == spec.PrunerSpec().name
+    assert options("f-dataset-builtin") == list(spec.BUILTIN_DATASETS)
+    data = json.loads(re.search(r'<script type="application/json" id="spec-choices">(.*?)</script>', html, re.S).group(1))
+    assert data["metrics_by_task"] == {task: list(m) for task, m in spec.METRICS_BY_TASK.items()}
+    assert data["builtin_tasks"] == spec.BUILTIN_DATASETS
+    assert [p["name"] for p in data["tuned_params"]] == list(spec.TUNED_PARAMS)
+    assert "const METRICS = {" not in api.get("/assets/new.js").text  # nothing copied into the script

@@ -3,16 +3,12 @@
 import { API, ApiError, api, el, markNav } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
-const METRICS = { classification: ["accuracy", "f1_macro", "loss"], regression: ["rmse", "mae"], forecasting: ["rmse", "mae"] };
-const BUILTIN_TASKS = { digits: "classification", sms_spam: "classification", airline: "forecasting" };
+// What the spec accepts, written into the page by the server from the spec itself.
+const SPEC = JSON.parse($("spec-choices").textContent);
+const METRICS = SPEC.metrics_by_task;
+const BUILTIN_TASKS = SPEC.builtin_tasks;
 // The five tuned hyperparameters and the spec's defaults for them.
-const PARAMS = [
-  { name: "lr", int: false, mode: "range", low: "0.0001", high: "0.1", log: true },
-  { name: "batch_size", int: true, mode: "choices", choices: "16, 32, 64, 128, 256" },
-  { name: "hidden_size", int: true, mode: "range", low: "16", high: "256", log: true },
-  { name: "dropout", int: false, mode: "range", low: "0", high: "0.5", log: false },
-  { name: "clip_norm", int: false, mode: "range", low: "0.1", high: "10", log: true },
-];
+const PARAMS = SPEC.tuned_params;
 
 // ---- The search-space rows -------------------------------------------------------------------
 function paramRow(p) {
