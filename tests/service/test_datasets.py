@@ -154,6 +154,12 @@ def _zip_bomb_npz() -> bytes:
     return buffer.getvalue()
 
 
+def _wide_series(columns: int, rows: int = 3) -> bytes:
+    """A forecasting CSV of ``rows`` rows, ``columns`` numeric columns wide."""
+    header = ",".join(f"c{i}" for i in range(columns))
+    return "\n".join([header] + [",".join(["1.5"] * columns)] * rows).encode()
+
+
 BAD_UPLOADS = {
     "nan-npz": ("nan.npz", _nan_npz(), 422),
     "pickled-object-npz": ("objects.npz", _object_npz(), 422),
@@ -174,6 +180,7 @@ BAD_UPLOADS = {
     "ragged-csv": ("ragged.csv", b"text,label\nhello,ham\nbye,spam,extra,cells\n" * 8, 422),
     "binary-junk-csv": ("junk.csv", bytes(range(256)) * 16, 422),
     "non-numeric-series": ("series.csv", b"t,v\n1,2\n2,three\n3,4\n" * 8, 422, {"task": "forecasting"}),
+    "too-wide-series": ("wide.csv", _wide_series(1001), 422, {"task": "forecasting"}),
     "just-over-the-limit": ("big.csv", b"x" * (MAX_UPLOAD_BYTES + 1), 413),
     "far-over-the-limit": ("huge.csv", b"x" * (MAX_UPLOAD_BYTES + 2 * 2**20), 413),
 }
