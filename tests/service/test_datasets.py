@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from tests.support.servers import MAX_UPLOAD_BYTES
 from tests.support.studies import tiny_spec
 
@@ -229,3 +233,21 @@ def test_file_names_cannot_reach_outside_the_data_folder(shared_api, tmp_path):
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "escape.csv"
     assert shared_api.delete(f"{DATASETS}/{response.json()['id']}").status_code == 204
+
+
+def test_an_upload_left_staged_by_a_killed_api_is_removed_at_start(settings):
+    """``kill -9`` during validation leaves ``.staging/upload-*``; the next start removes it, and
+    keeps a fresh entry (another process's upload in progress)."""
+    staging = Path(settings.data_dir) / ".staging"
+    left = staging / "upload-killed"
+    left.mkdir(parents=True)
+    (left / "data.csv").write_bytes(b"text,label\nhello,ham\n")
+    long_ago = time.time() - 3600
+    os.utime(left / "data.csv", (long_ago, long_ago))
+    os.utime(left, (long_ago, long_ago))
+    in_progress = staging / "upload-in-progress"
+    in_progress.mkdir()
+
+    with TestClient(create_app(settings)):
+        assert not left.exists()
+        assert in_progress.exists()
