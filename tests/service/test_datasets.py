@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import resource
 import time
 import zipfile
 from pathlib import Path
@@ -251,3 +252,21 @@ def test_an_upload_left_staged_by_a_killed_api_is_removed_at_start(settings):
     with TestClient(create_app(settings)):
         assert not left.exists()
         assert in_progress.exists()
+
+
+def test_a_full_data_disk_is_507_and_keeps_nothing(api, data_dir):
+    """The file size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ) makes every write past 64 KiB
+    fail with EFBIG, as a full disk fails with ENOSPC."""
+    content = b"text,label\n" + b"".join(b"message number %d,ham\n" % i for i in range(6000))
+    assert 64 * 1024 < len(content) <= MAX_UPLOAD_BYTES
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        response = upload(api, "big.csv", content)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    assert response.status_code == 507, response.text
+    assert "no space left" in response.json()["detail"][0]["message"]
+    assert api.get(DATASETS).json()["total"] == 0
+    assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
