@@ -43,7 +43,8 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never a setting (JSON's NaN/Infinity, YAML's .inf, a 1e400).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DatasetSpec(_Strict):
@@ -212,11 +213,19 @@ def _check_value(name: str, kind: str, allowed: tuple, v: Any) -> None:
         return
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{name}: {v!r} is not a number")
-    if kind == "int" and float(v) != int(v):
-        raise ValueError(f"{name}: {v!r} is not an integer")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{name}: {v!r} is not a finite number")
     lo, hi = allowed
-    if not (lo <= v <= hi):
-        raise ValueError(f"{name}: {v!r} is outside the accepted range [{lo:g}, {hi:g}]")
+    if not (lo <= v <= hi):  # before the integer check: a 400-digit integer has no float
+        raise ValueError(f"{name}: {_short(v)} is outside the accepted range [{lo:g}, {hi:g}]")
+    if kind == "int" and v != int(v):
+        raise ValueError(f"{name}: {v!r} is not an integer")
+
+
+def _short(v: int | float) -> str:
+    """A number for a message: at most 20 characters of it."""
+    text = repr(v)
+    return text if len(text) <= 20 else f"{text[:8]}...({len(text)} digits)"
 
 
 # What numpy, scikit-learn and Optuna's samplers accept as a seed.
@@ -232,10 +241,10 @@ class SamplerSpec(_Strict):
 
 class PrunerSpec(_Strict):
     name: Literal["none", "median", "hyperband", "successive_halving", "wilcoxon"] = "median"
-    n_startup_trials: int = Field(default=5, ge=0)
-    n_warmup_steps: int = Field(default=1, ge=0)
-    min_resource: int = Field(default=1, ge=1)
-    reduction_factor: int = Field(default=3, ge=2)
+    n_startup_trials: int = Field(default=5, ge=0, le=100_000)
+    n_warmup_steps: int = Field(default=1, ge=0, le=1000)
+    min_resource: int = Field(default=1, ge=1, le=1000)
+    reduction_factor: int = Field(default=3, ge=2, le=100)
     p_threshold: float = Field(default=0.1, gt=0.0, lt=1.0)
 
 
@@ -248,7 +257,7 @@ class CVSpec(_Strict):
 
 class TrainingSpec(_Strict):
     max_epochs: int = Field(default=20, ge=1, le=1000)
-    patience: int | None = Field(default=3, ge=1)
+    patience: int | None = Field(default=3, ge=1, le=1000)
     metric: Metric | None = None
     lookback: int = Field(default=12, ge=1, le=10_000)
     horizon: int = Field(default=1, ge=1, le=1000)
@@ -402,6 +411,20 @@ def parse_spec(data: Any) -> StudySpec:
         raise
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading an integer too long for Python (over 4,300 digits) as
+    +-infinity: beyond every accepted range, so the field's own check refuses it by name."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int | float:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            return -math.inf if str(node.value).lstrip().startswith("-") else math.inf
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
+
+
 def parse_spec_text(text: str) -> StudySpec:
     """Parse and validate a spec written in YAML or JSON (JSON is valid YAML).
 
@@ -409,7 +432,7 @@ def parse_spec_text(text: str) -> StudySpec:
         SpecError: for unparseable text (naming the line) or invalid fields.
     """
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "spec"

@@ -48,6 +48,7 @@ def _open_resources(app: FastAPI, settings: Settings) -> None:
     app.state.trial_cache = TrialCache(app.state.storage, max_cached_trials=settings.trial_cache_trials)
     app.state.dataset_store = DatasetStore(settings.data_dir, max_bytes=settings.max_upload_bytes,
                                            max_uncompressed=settings.max_unpacked_bytes)
+    app.state.dataset_store.clear_staging()  # what an API killed mid-upload (kill -9) left behind
 
 
 def _close_resources(app: FastAPI) -> None:

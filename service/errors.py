@@ -7,6 +7,7 @@ carries no traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -74,6 +75,23 @@ async def _spec_error(request: Request, exc: SpecError) -> JSONResponse:
     return JSONResponse({"detail": error_items(exc.errors)}, status_code=422)
 
 
+# No space left, quota exceeded, file size limit: the disk is full for this write.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+    """A full data disk is a 507 (what was being written is removed by its writer); any other OSError goes on
+    to the 500 handler."""
+    if exc.errno not in _DISK_FULL_ERRNOS:
+        raise exc
+    log.error("data disk full on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": [{"field": None, "message": "the server's data disk has no space left; nothing was kept. "
+                                               "Try again once an operator has freed space"}]},
+        status_code=507,
+    )
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """The database is restarting, unreachable or locked: a retryable 503, not a 500."""
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
@@ -96,6 +114,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(StorageInternalError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)

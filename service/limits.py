@@ -4,9 +4,12 @@ per-server cap (``Settings``) below what a spec itself allows."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import math
+from typing import TYPE_CHECKING, Any
 
 from hpo.spec import SpecError
+from service.errors import problem
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -17,6 +20,8 @@ if TYPE_CHECKING:
     from hpo.spec import StudySpec
     from hpo.settings import Settings
 
+# Python refuses to read longer integers (sys.get_int_max_str_digits); no field accepts them.
+MAX_INT_DIGITS = 4300
 # Room for multipart boundaries, part headers and the small form fields next to the file.
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
 
@@ -102,3 +107,33 @@ def check_study_size(spec: StudySpec, settings: Settings) -> None:
                                               f"of {settings.max_epochs} (HPO_MAX_EPOCHS)"))
     if errors:
         raise SpecError([{"field": field, "message": message} for field, message in errors])
+
+
+def _int_or_infinity(digits: str) -> int | float:
+    """A JSON integer; one too long for Python is beyond every accepted range, so it reads as
+    +-infinity, which the field's own check then refuses by name."""
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        return -math.inf if digits.startswith("-") else math.inf
+    return int(digits)
+
+
+def parse_json_body(raw: bytes | str) -> Any:
+    """Parse a JSON request body.
+
+    Args:
+        raw: the body.
+
+    Returns:
+        The parsed value (integers of over ``MAX_INT_DIGITS`` digits as +-infinity).
+
+    Raises:
+        HTTPException: 422 (field ``body``) for text that is not JSON or nests too deeply.
+    """
+    try:
+        return json.loads(raw, parse_int=_int_or_infinity)
+    except RecursionError:
+        raise problem(422, "the body is nested too deeply", field="body") from None
+    except json.JSONDecodeError as exc:
+        raise problem(422, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", field="body") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise problem(422, f"not valid JSON: {exc}", field="body") from None

@@ -14,7 +14,8 @@ from sklearn.model_selection import TimeSeriesSplit
 
 from hpo.data import DataError, DatasetStore, load_dataset
 from hpo.data.builtins import _digits
-from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK
+from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK, parse_series
+from hpo.data.readers import MAX_COLUMNS, parse_table
 from hpo.data.sequences import sequences_from_npz
 from hpo.data.text import DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS
 from hpo.spec import DatasetSpec, TrainingSpec, parse_spec
@@ -398,3 +399,27 @@ def test_refused_upload_leaves_nothing(tmp_path, filename, content, kwargs, mess
     assert store.list() == []
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == [] and not any((tmp_path / "datasets").glob("*"))
+
+
+def test_a_table_wider_than_the_column_limit_is_refused_naming_it():
+    header = ",".join(f"c{i}" for i in range(40_000))
+    text = "\n".join([header] + [",".join(["1.5"] * 40_000)] * 3)
+
+    with pytest.raises(DataError, match=f"the header row has 40000 columns; at most {MAX_COLUMNS} are accepted"):
+        parse_series(text, ",")
+
+
+def test_a_series_at_the_column_limit_keeps_its_columns_in_order():
+    header = ["when", *(f"c{i}" for i in range(MAX_COLUMNS - 1))]
+    rows = [",".join([f"2024-01-0{r + 1}", *["1.5"] * (MAX_COLUMNS - 1)]) for r in range(3)]
+
+    series = parse_series("\n".join([",".join(header), *rows]), ",")
+
+    assert series.columns == header[1:] and series.dropped == ["when"] and series.values.shape == (3, MAX_COLUMNS - 1)
+
+
+def test_a_table_with_too_many_values_is_refused_at_the_line_that_passes_the_limit():
+    text = "a,b\n" + "1,2\n" * 6
+
+    with pytest.raises(DataError, match=r"more than 10 values \(rows x columns\) by line 7; at most 10"):
+        parse_table(text, ",", max_cells=10)

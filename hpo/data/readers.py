@@ -17,6 +17,10 @@ import numpy as np
 from hpo.data.base import DataError
 
 DEFAULT_MAX_UNCOMPRESSED = 2**30  # bytes an NPZ archive may unpack to
+MAX_COLUMNS = 1000  # a table's columns: features of one RNN step, or a text table's few
+# A table's values (rows x columns), so that no upload holds a server for minutes (26M took 200 s to
+# read on a busy 2-core machine).
+MAX_CELLS = 2_000_000
 _NUMERIC_KINDS = "biuf"  # bool, signed/unsigned integer, float
 _LABEL_KINDS = "biufU"
 
@@ -130,24 +134,31 @@ def decode_utf8(data: bytes) -> str:
         ) from None
 
 
-def parse_table(text: str, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def parse_table(
+    text: str, delimiter: str, max_columns: int = MAX_COLUMNS, max_cells: int = MAX_CELLS
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Parse CSV/TSV text with a header row (standard quoting; blank lines skipped).
 
     Args:
         text: the decoded file.
         delimiter: ``","`` or ``"\\t"``.
+        max_columns: most columns accepted (checked on the header, before any data row).
+        max_cells: most values (data rows x columns) accepted (checked as rows are read).
 
     Returns:
         ``(header, rows)`` where each row is ``(line_number, fields)``.
 
     Raises:
-        DataError: for a malformed or duplicate header, a row whose field count differs
-            from the header's, malformed quoting, or no data rows.
+        DataError: for a malformed or duplicate header, more than ``max_columns`` columns or
+            ``max_cells`` values, a row whose field count differs from the header's, malformed
+            quoting, or no data rows.
     """
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[tuple[int, list[str]]] = []
     try:
         header = next((r for r in reader if r), [])
+        if len(header) > max_columns:
+            raise DataError(f"the header row has {len(header)} columns; at most {max_columns} are accepted")
         header = [h.strip() for h in header]
         if not header or not all(header):
             raise DataError(f"the header row must name every column; got {header}")
@@ -162,6 +173,9 @@ def parse_table(text: str, delimiter: str) -> tuple[list[str], list[tuple[int, l
                     f"({', '.join(header)})"
                 )
             rows.append((reader.line_num, fields))
+            if len(rows) * len(header) > max_cells:
+                raise DataError(f"the table has more than {max_cells} values (rows x columns) by line "
+                                f"{reader.line_num}; at most {max_cells} are accepted")
     except csv.Error as exc:
         raise DataError(f"line {reader.line_num}: malformed CSV ({exc})") from None
     if not rows:

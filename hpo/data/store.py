@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ DEFAULT_MAX_BYTES = 100 * 2**20
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _META = "meta.json"
 _STAGING = ".staging"  # sibling of datasets/, on the same filesystem so rename is atomic
+# A staged entry untouched this long belongs to no upload in progress (validation is bounded).
+STAGING_GRACE_S = 60.0
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -123,6 +126,33 @@ class DatasetStore:
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already when the rename succeeded
         return info
+
+    def clear_staging(self, older_than_s: float = STAGING_GRACE_S) -> int:
+        """Remove what killed uploads and deletes left in the staging folder (run at start).
+
+        Args:
+            older_than_s: keep entries modified more recently (another process's upload in progress).
+
+        Returns:
+            How many entries were removed.
+        """
+        staging = self.data_dir / _STAGING
+        if not staging.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for entry in staging.iterdir():
+            try:
+                if entry.lstat().st_mtime > cutoff:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except FileNotFoundError:
+                continue  # removed meanwhile by its own process
+            removed += 1
+        return removed
 
     def get(self, dataset_id: str) -> DatasetInfo:
         """The info of one dataset.

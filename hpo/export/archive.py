@@ -28,7 +28,7 @@ from safetensors.torch import save as save_safetensors
 from hpo.data.forecast import SeriesScaling
 from hpo.data.sequences import SequenceScaling
 from hpo.data.text import TextVocabulary
-from hpo.export.inputs import PredictInput, prepare
+from hpo.export.inputs import InputError, PredictInput, input_field, prepare
 from hpo.model import SequenceModel
 
 FORMAT = "hpo-model"
@@ -185,6 +185,9 @@ class Model:
             InputError: naming what is wrong with the input.
         """
         outputs = self._forward(data)
+        if not np.isfinite(outputs).all():  # e.g. values near float32's limit, far beyond the training data's
+            raise InputError(input_field(self.preprocessing), "the model's outputs overflow for these values; send "
+                             "finite values on the scale of the training data")
         if self.classes is not None:
             return {
                 "task": self.task,

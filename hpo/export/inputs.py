@@ -62,13 +62,25 @@ def prepare(preprocessing: Any, data: PredictInput) -> tuple[torch.Tensor, torch
                                     f"this one reads {input_field(preprocessing)}")
     if isinstance(preprocessing, SequenceScaling):
         x, lengths = _sequences(preprocessing, data.values, data.lengths)
-        scaled = torch.from_numpy(preprocessing.transform(x, lengths))
-        return scaled, None if lengths is None else torch.from_numpy(lengths)
+        scaled = _finite_after_scaling("x", preprocessing.transform(x, lengths))
+        return torch.from_numpy(scaled), None if lengths is None else torch.from_numpy(lengths)
     if isinstance(preprocessing, TextVocabulary):
         ids, lengths = preprocessing.encode([tokenize(t) for t in _texts(data.values)])
         return torch.from_numpy(ids), torch.from_numpy(lengths)
     window = _series(preprocessing, data.values)[-preprocessing.lookback:]
-    return torch.from_numpy(preprocessing.transform(window))[None], None
+    return torch.from_numpy(_finite_after_scaling("series", preprocessing.transform(window)))[None], None
+
+
+def _finite_after_scaling(field: str, scaled: np.ndarray) -> np.ndarray:
+    """The scaled float32 inputs, refused when a value overflowed (e.g. 3.4e38 divided by a std below 1).
+
+    Raises:
+        InputError: naming ``field``.
+    """
+    if not np.isfinite(scaled).all():
+        raise InputError(field, "values too large: after the training-time scaling some exceed float32's range; "
+                                "send finite values on the scale of the training data")
+    return scaled
 
 
 def _sequences(scaling: SequenceScaling, x: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -77,6 +89,8 @@ def _sequences(scaling: SequenceScaling, x: Any, lengths: Any) -> tuple[np.ndarr
     shape = f"[n, T, {n_features}]" + (" or [n, T]" if n_features == 1 else "")
     try:
         array = np.asarray(x, dtype=np.float64) if not isinstance(x, np.ndarray) else x
+    except OverflowError:
+        raise InputError("x", "holds an integer beyond float64's range; only finite numbers are accepted") from None
     except (ValueError, TypeError):  # ragged: sequences of different lengths, or non-numbers
         if lengths is not None or not isinstance(x, (list, tuple)):
             raise InputError("x", f"must be numbers of shape {shape}") from None
@@ -128,7 +142,7 @@ def _ragged(scaling: SequenceScaling, sequences: list[Any]) -> tuple[np.ndarray,
     for i, seq in enumerate(sequences):
         try:
             seq = np.asarray(seq, dtype=np.float64)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise InputError(f"x.{i}", f"must be numbers of shape [T, {n_features}] (steps, features)") from None
         if seq.ndim == 1 and n_features == 1:
             seq = seq[:, None]
@@ -172,7 +186,7 @@ def _series(scaling: SeriesScaling, series: Any) -> np.ndarray:
     named = f"{len(columns)} column{'s' if len(columns) > 1 else ''} ({', '.join(columns)})"
     try:
         values = np.asarray(series, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise InputError("series", f"must be rows of {named} numbers") from None
     if values.ndim == 1 and len(columns) == 1:
         values = values[:, None]

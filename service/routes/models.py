@@ -9,7 +9,6 @@ training-time preprocessing.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +25,7 @@ from hpo.export import (
 from hpo.export.fit import MAX_HOLDOUT
 from service.deps import SettingsDep, StorageDep
 from service.errors import problem
-from service.limits import too_large_message
+from service.limits import parse_json_body, too_large_message
 from service.routes.studies import ERRORS, LoadedDep
 from service.views import API_PREFIX, finite
 
@@ -202,12 +201,7 @@ async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, sett
             filename = upload.filename or "upload"
         data = await run_in_threadpool(_file_input, model, filename, content, options)
     elif media == "application/json" or media.endswith("+json"):
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise problem(422, f"not valid JSON: {exc}", field="body") from None
-        data = _json_input(model, body)
+        data = _json_input(model, parse_json_body(await request.body()))
     else:
         raise problem(415, f"send application/json or multipart/form-data; got {media or 'no content type'}",
                       field="body")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -18,7 +17,7 @@ from service.catalog import LoadedStudy, StudyNotFound, TooManyQueued
 from service.deps import PageDep, SessionDep, SettingsDep, StorageDep, TrialCacheDep
 from service.errors import problem
 from service.events import snapshot_reader, study_events
-from service.limits import check_study_size
+from service.limits import check_study_size, parse_json_body
 from service.schemas import BestTrial, ErrorResponse, StudyDetail, StudyPage, StudyState
 from service.views import best_view, study_view
 
@@ -100,12 +99,7 @@ def parse_body(raw: bytes, is_json: bool) -> StudySpec:
         raise problem(422, f"the body is not UTF-8 text (byte {exc.start})", field="body") from None
     try:
         if is_json:
-            try:
-                data: Any = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise problem(422, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                              field="body") from None
-            return parse_spec(data)
+            return parse_spec(parse_json_body(text))
         _refuse_deep_flow_nesting(text)
         _refuse_yaml_aliases(text)
         return parse_spec_text(text)

@@ -102,7 +102,7 @@ def learning_curves(
     top: Annotated[int, Query(ge=0, le=100, description="The best complete trials.")] = 10,
     recent: Annotated[int, Query(ge=0, le=100, description="The latest trials that reported an epoch.")] = 10,
     trials: Annotated[str | None, Query(description="Comma-separated trial numbers to include.",
-                                        pattern=r"^\d+(,\d+){0,49}$")] = None,
+                                        pattern=r"^\d{1,9}(,\d{1,9}){0,49}$")] = None,
     max_points: Annotated[int, Query(ge=2, le=2000, description="Points per curve at most.")] = DEFAULT_CURVE_POINTS,
 ) -> dict[str, Any]:
     """Per-epoch validation scores of the best, the latest and the asked-for trials, each

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import resource
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from tests.support.servers import MAX_UPLOAD_BYTES
 from tests.support.studies import tiny_spec
 
@@ -154,6 +159,12 @@ def _zip_bomb_npz() -> bytes:
     return buffer.getvalue()
 
 
+def _wide_series(columns: int, rows: int = 3) -> bytes:
+    """A forecasting CSV of ``rows`` rows, ``columns`` numeric columns wide."""
+    header = ",".join(f"c{i}" for i in range(columns))
+    return "\n".join([header] + [",".join(["1.5"] * columns)] * rows).encode()
+
+
 BAD_UPLOADS = {
     "nan-npz": ("nan.npz", _nan_npz(), 422),
     "pickled-object-npz": ("objects.npz", _object_npz(), 422),
@@ -174,6 +185,7 @@ BAD_UPLOADS = {
     "ragged-csv": ("ragged.csv", b"text,label\nhello,ham\nbye,spam,extra,cells\n" * 8, 422),
     "binary-junk-csv": ("junk.csv", bytes(range(256)) * 16, 422),
     "non-numeric-series": ("series.csv", b"t,v\n1,2\n2,three\n3,4\n" * 8, 422, {"task": "forecasting"}),
+    "too-wide-series": ("wide.csv", _wide_series(1001), 422, {"task": "forecasting"}),
     "just-over-the-limit": ("big.csv", b"x" * (MAX_UPLOAD_BYTES + 1), 413),
     "far-over-the-limit": ("huge.csv", b"x" * (MAX_UPLOAD_BYTES + 2 * 2**20), 413),
 }
@@ -222,3 +234,39 @@ def test_file_names_cannot_reach_outside_the_data_folder(shared_api, tmp_path):
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "escape.csv"
     assert shared_api.delete(f"{DATASETS}/{response.json()['id']}").status_code == 204
+
+
+def test_an_upload_left_staged_by_a_killed_api_is_removed_at_start(settings):
+    """``kill -9`` during validation leaves ``.staging/upload-*``; the next start removes it, and
+    keeps a fresh entry (another process's upload in progress)."""
+    staging = Path(settings.data_dir) / ".staging"
+    left = staging / "upload-killed"
+    left.mkdir(parents=True)
+    (left / "data.csv").write_bytes(b"text,label\nhello,ham\n")
+    long_ago = time.time() - 3600
+    os.utime(left / "data.csv", (long_ago, long_ago))
+    os.utime(left, (long_ago, long_ago))
+    in_progress = staging / "upload-in-progress"
+    in_progress.mkdir()
+
+    with TestClient(create_app(settings)):
+        assert not left.exists()
+        assert in_progress.exists()
+
+
+def test_a_full_data_disk_is_507_and_keeps_nothing(api, data_dir):
+    """The file size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ) makes every write past 64 KiB
+    fail with EFBIG, as a full disk fails with ENOSPC."""
+    content = b"text,label\n" + b"".join(b"message number %d,ham\n" % i for i in range(6000))
+    assert 64 * 1024 < len(content) <= MAX_UPLOAD_BYTES
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        response = upload(api, "big.csv", content)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    assert response.status_code == 507, response.text
+    assert "no space left" in response.json()["detail"][0]["message"]
+    assert api.get(DATASETS).json()["total"] == 0
+    assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []

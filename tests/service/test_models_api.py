@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import statistics
 import threading
 import time
@@ -12,8 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 import optuna
 import pytest
-
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpo.data.builtins import _airline, _digits
 from hpo.export import MODEL_ATTR, load_model, model_path, run_pending_model_jobs
@@ -128,6 +130,52 @@ def test_malformed_predict_inputs_are_422_naming_the_problem(fitted_api, body, f
     assert answer.status_code == 422
     [problem] = answer.json()["detail"]
     assert problem["field"] == field and message in problem["message"]
+
+
+HOSTILE_NUMBERS = ["3.4e38", "-3.4e38", "1e38", "1e400", "NaN", "Infinity", "-Infinity", "9" * 400, "9" * 5000]
+
+
+def _predict_text(api: TestClient, study: dict, text: str):
+    return api.post(f"{STUDIES}/{study['id']}/predict", content=text, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("literal", HOSTILE_NUMBERS)
+def test_hostile_numbers_in_x_are_422_naming_x(fitted_api, literal):
+    api, study = fitted_api
+    text = json.dumps({"x": np.zeros((2, 8, 8)).tolist()}).replace("0.0", literal, 1)
+    answer = _predict_text(api, study, text)
+    assert answer.status_code == 422, answer.text[:300]
+    assert answer.json()["detail"][0]["field"].split(".")[0] == "x"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["x", "lengths"]), position=st.integers(0, 15),
+       literal=st.sampled_from(HOSTILE_NUMBERS) | st.floats(min_value=1e30, allow_infinity=False).map(repr)
+       | st.integers(min_value=2**63).map(str))
+def test_hostile_numbers_in_any_numeric_predict_field_are_422_naming_it_or_answered(fitted_api, field, position,
+                                                                                   literal):
+    """Large but finite values may still have an answer (a saturated network); it is then all numbers."""
+    api, study = fitted_api
+    x = np.zeros((2, 8, 8)).tolist()
+    body = {"x": x, "lengths": [8, 8]}
+    if field == "x":
+        x[0][position % 8][position // 8] = "__hostile__"
+    else:
+        body["lengths"][position % 2] = "__hostile__"
+    answer = _predict_text(api, study, json.dumps(body).replace('"__hostile__"', literal))
+    assert answer.status_code in (200, 422), (field, literal[:40], answer.text[:300])
+    if answer.status_code == 422:
+        assert answer.json()["detail"][0]["field"].split(".")[0] == field
+    else:
+        assert np.isfinite(np.array(answer.json()["probabilities"], dtype=float)).all()
+
+
+@pytest.mark.parametrize("text", ['{"x": ' + "[" * 50_000 + "]" * 50_000 + "}", '{"x": [[[' + "9" * 5000 + "]]]}"])
+def test_deep_or_long_predict_bodies_are_422(fitted_api, text):
+    api, study = fitted_api
+    answer = _predict_text(api, study, text)
+    assert answer.status_code == 422, answer.text[:300]
+    assert answer.json()["detail"][0]["field"] in ("body", "x")
 
 
 def test_predict_refuses_bad_files_and_bodies(fitted_api):
