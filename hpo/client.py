@@ -8,9 +8,10 @@ Example::
     study = client.submit("studies/digits.yaml")
     client.wait(study["id"], progress=True)
     print(client.best(study["id"])["params"])
-    client.fit_model(study["id"])                   # a worker fits the best trial on all the data
-    client.wait_model(study["id"], progress=True)
+    print(client.model(study["id"])["kind"])        # "ensemble": the best trial's fold models
     client.download_model(study["id"], "model.hpo.zip")  # hpo.load_model("model.hpo.zip")
+    client.fit_model(study["id"], seeds=3)          # or: a refit on all the data, 3 seeds averaged
+    client.wait_model(study["id"], progress=True)
 
 Every refusal raises :class:`APIError` carrying the HTTP status and the server's
 ``[{"field": ..., "message": ...}]`` list.
@@ -238,31 +239,35 @@ class Client:
 
     # ---- the final model -------------------------------------------------------------
 
-    def fit_model(self, study_id: str, trial_number: int | None = None, holdout: float = 0.0) -> dict[str, Any]:
-        """Queue a final fit of the best trial's parameters on all the study's data; a
-        worker runs it (follow it with :meth:`model` or :meth:`wait_model`).
+    def fit_model(self, study_id: str, trial_number: int | None = None, holdout: float = 0.0,
+                  seeds: int = 1) -> dict[str, Any]:
+        """Queue a refit of the best trial's parameters on all the study's data, once per
+        seed (averaged); a worker runs it and it becomes the study's model in place of the
+        fold ensemble (follow it with :meth:`model` or :meth:`wait_model`).
 
         Args:
             study_id: the study.
             trial_number: fit this complete trial instead of the best one.
             holdout: share of rows held out and scored each epoch (0 to 0.5; 0: train on every row).
+            seeds: networks trained and averaged (1 to 10).
 
         Returns:
             The model's state: ``queued``, with the trial number and CV score it comes from.
 
         Raises:
             APIError: 409 while a fit is queued or running, or no trial has completed; 422
-                naming ``trial_number`` or ``holdout``.
+                naming ``trial_number``, ``holdout`` or ``seeds``.
         """
-        body: dict[str, Any] = {"holdout": holdout}
+        body: dict[str, Any] = {"kind": "refit", "holdout": holdout, "seeds": seeds}
         if trial_number is not None:
             body["trial_number"] = trial_number
         return self._request("POST", f"{API}/studies/{study_id}/model", json=body)
 
     def model(self, study_id: str) -> dict[str, Any]:
-        """The model's state: ``state`` (none | queued | running | ready | failed), ``epoch``
-        / ``epochs`` while it trains, ``model`` (parameters, epochs, CV score, data
-        fingerprint, versions) once ready, ``reason`` when it failed."""
+        """The model's state: ``state`` (none | queued | running | ready | failed), ``kind``
+        (ensemble | refit), ``epoch`` / ``epochs`` while a refit trains, ``learned`` and
+        ``model`` (parameters, epochs, CV score, data fingerprint, versions, the learning
+        check) once ready, ``reason`` when it failed."""
         return self._request("GET", f"{API}/studies/{study_id}/model")
 
     def wait_model(self, study_id: str, progress: bool = False, poll_s: float = 2.0,
@@ -334,8 +339,8 @@ class Client:
                 or ``{"series": [[...]]}`` (forecasting); NumPy arrays are sent as lists.
 
         Returns:
-            ``labels`` and ``probabilities`` with ``classes`` (classification), or
-            ``predictions`` in the target's units.
+            ``labels`` (typed as the training labels were) and ``probabilities`` with
+            ``classes`` (classification), or ``predictions`` in the target's units; ``kind``.
 
         Raises:
             APIError: 409 until the model is ready; 422 naming the input that does not fit.
@@ -344,8 +349,9 @@ class Client:
         return self._request("POST", f"{API}/studies/{study_id}/predict", json=body)
 
     def delete_model(self, study_id: str) -> None:
-        """Cancel the study's queued or running fit (a running one stops at the end of its
-        epoch), or delete its ready or failed model.
+        """Cancel the study's queued or running refit (a running one stops at the end of its
+        epoch), or delete its ready or failed one (the fold ensemble, if kept, is the model
+        again); without a refit, delete the ensemble.
 
         Raises:
             APIError: 404 when the study has no model.

@@ -17,6 +17,8 @@ from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR
 from hpo.train import FoldTrainer, fold_summary, pick_device
 
+TrialCompleted = Callable[[optuna.Trial, float, list[torch.nn.Module], list[FoldData], list[int], list[int]], None]
+
 
 class Objective:
     """Callable for ``study.optimize``: suggests parameters, cross-validates, returns the mean.
@@ -36,6 +38,9 @@ class Objective:
         past_deadline: polled at every report; when true (the study's ``budget.timeout_s``
             has passed) a trial with folds still training stops there as pruned, keeping
             the score it reached.
+        on_complete: called when a trial's folds all finished, before its value is told:
+            ``(trial, value, fold networks, their FoldData, fold indices, epochs)``; the
+            workers keep the best trial's fold models with it (``hpo.export.ensemble``).
     """
 
     def __init__(
@@ -45,12 +50,14 @@ class Objective:
         device: torch.device | None = None,
         should_stop: Callable[[], bool] | None = None,
         past_deadline: Callable[[], bool] | None = None,
+        on_complete: TrialCompleted | None = None,
     ):
         self.spec = spec
         self.dataset = dataset
         self.device = device or pick_device()
         self.should_stop = should_stop
         self.past_deadline = past_deadline
+        self.on_complete = on_complete
         self._folds: list[FoldData] | None = None
 
     def folds(self) -> list[FoldData]:
@@ -113,4 +120,8 @@ class Objective:
         finally:
             for key, value in fold_summary([t for t in built if t.epochs]).items():
                 trial.set_user_attr(key, value)
-        return float(np.mean([t.score for t in built]))
+        cv_score = float(np.mean([t.score for t in built]))
+        if self.on_complete is not None:
+            self.on_complete(trial, cv_score, [t.model for t in built], [folds[int(i)] for i in order],
+                             [int(i) for i in order], [t.epochs for t in built])
+        return cv_score

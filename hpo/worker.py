@@ -125,6 +125,7 @@ class StudyRunner:
     def __init__(self, storage: BaseStorage, frozen: FrozenStudy, spec: StudySpec, options: WorkerOptions,
                  seed_offset: int, stop: threading.Event):
         self.spec = spec
+        self.storage = storage  # the database's own storage (the study reads through Optuna's cache)
         self.stored_spec = frozen.user_attrs[SPEC_ATTR]  # as listed: a changed spec replaces the runner
         self.study = optuna.load_study(
             study_name=frozen.study_name, storage=storage,
@@ -205,6 +206,7 @@ class StudyRunner:
         cannot be loaded fails every trial of the study with the reason; the worker goes on)."""
         if self._objective is None and self._load_error is None:
             from hpo.data import load_dataset
+            from hpo.export.ensemble import keep_fold_models
             from hpo.objective import Objective
 
             (storage, study_id), stop = study_storage(self.study), self._stop
@@ -213,6 +215,7 @@ class StudyRunner:
                 self._objective = Objective(
                     self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id),
                     past_deadline=self.past_deadline,
+                    on_complete=functools.partial(keep_fold_models, self.storage, self.spec, dataset),
                 )
             except Exception as exc:
                 self._load_error = exc
@@ -358,6 +361,7 @@ def import_training_libraries() -> None:
     try:
         import torch._dynamo  # noqa: F401
 
+        import hpo.export.ensemble  # noqa: F401
         import hpo.export.jobs  # noqa: F401
         import hpo.objective  # noqa: F401
     finally:
@@ -391,11 +395,10 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
             picker.fail_orphaned()
             runner = picker.keep_current()
             if runner is None:
-                studies = storage.get_all_studies()  # one listing serves the model-job hook and the picker
                 if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name,
-                                          studies=studies, should_stop=stop.is_set):
+                                          should_stop=stop.is_set):
                     continue  # a final model fit ran (a job the API queued); look for work again
-                runner = picker.pick(studies)
+                runner = picker.pick(storage.get_all_studies())
             if runner is None:
                 if options.until_idle:
                     return

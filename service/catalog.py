@@ -9,14 +9,13 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Sequence
-from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from hpo.db.models import StudyRecord
-from hpo.export import remove_model
+from hpo.export import remove_models
 from hpo.spec import SpecError, StudySpec
 from hpo.studies import Progress, create_study, set_cancelled
 from service import records
@@ -187,9 +186,9 @@ def resume(storage: BaseStorage, loaded: LoadedStudy) -> None:
     set_cancelled(storage, loaded.record.optuna_study_name, False)
 
 
-def delete(session: Session, cache: TrialCache, loaded: LoadedStudy, data_dir: str | Path) -> None:
+def delete(session: Session, cache: TrialCache, loaded: LoadedStudy) -> None:
     """Delete the study's row, its Optuna study (cancelled first, so running trials stop)
-    and its model archive, if one was fitted."""
+    and its models and model jobs."""
     name = loaded.record.optuna_study_name
     try:
         set_cancelled(cache.backend, name, True)
@@ -197,6 +196,6 @@ def delete(session: Session, cache: TrialCache, loaded: LoadedStudy, data_dir: s
     except KeyError:
         pass  # already gone from Optuna's tables
     cache.forget(name)
-    remove_model(data_dir, name)
+    remove_models(cache.backend, name)
     session.delete(loaded.record)
     session.commit()

@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -17,14 +16,16 @@ import torch
 from sklearn.model_selection import train_test_split
 
 import hpo
-import hpo.export.jobs
 from hpo.data.base import Targets
 from hpo.data.builtins import _airline, _digits, _sms_spam, load_builtin
 from hpo.data.sequences import SequenceDataset
 from hpo.data.text import OOV_ID, TextDataset
-from hpo.export import InputError, fit_model, inputs_from_file, inputs_from_json, load_model
-from hpo.export.fit import final_epochs, holdout_split
-from hpo.export.jobs import MODEL_ATTR, _claim
+from hpo.export import (
+    InputError, PredictInput, ensemble_model, fit_model, inputs_from_file, inputs_from_json, load_model,
+)
+from hpo.export.fit import final_epochs, holdout_split, learning_check
+from hpo.model import SequenceModel
+from hpo.train import FoldTrainer, pick_device
 from hpo.spec import parse_spec
 
 TINY = {"lr": 1e-2, "batch_size": 64, "hidden_size": 8, "dropout": 0.0, "clip_norm": 1.0}
@@ -105,7 +106,7 @@ def test_digits_model_generalizes_to_held_out_rows():
 
     model = fit_model(_spec("digits"), dataset, params, epochs=8)
 
-    accuracy = float((model.predict(x[test]) == y[test].astype(str)).mean())
+    accuracy = float((model.predict(x[test]) == y[test]).mean())
     assert accuracy > 0.9
     probabilities = model.predict_proba(x[test])
     assert probabilities.shape == (len(test), 10)
@@ -118,7 +119,7 @@ def test_prediction_preprocesses_exactly_as_training(fitted):
     rows = np.arange(20)
     fold = dataset.fold(np.arange(dataset.n_samples), rows)  # the final fit's scaling: every row
     with torch.inference_mode():
-        expected = torch.softmax(digits.network(fold.val.x).double(), 1).numpy()
+        expected = torch.softmax(digits.members[0].network(fold.val.x).double(), 1).numpy()
     np.testing.assert_allclose(digits.predict_proba(_digits()[0][rows]), expected, rtol=1e-6)
 
     sms, _ = fitted["sms_spam"]
@@ -129,14 +130,16 @@ def test_prediction_preprocesses_exactly_as_training(fitted):
 
 def test_manifest_records_where_the_model_came_from(fitted):
     manifest = fitted["airline"][0].manifest
-    assert manifest.preprocessing["kind"] == "series" and manifest.preprocessing["lookback"] == 12
-    assert manifest.preprocessing["columns"] == ["passengers"]
-    assert manifest.target.mean is not None and manifest.target.std > 0
+    [member] = manifest.members
+    assert manifest.kind == "refit" and manifest.training["seeds"] == 1
+    assert member.preprocessing["kind"] == "series" and member.preprocessing["lookback"] == 12
+    assert member.preprocessing["columns"] == ["passengers"]
+    assert member.target.mean is not None and member.target.std > 0
     assert manifest.data_fingerprint == load_builtin("airline").fingerprint()
     assert manifest.data_fingerprint.startswith("sha256:")
     assert {"torch", "optuna", "hpo"} <= set(manifest.versions)
-    assert fitted["sms_spam"][0].manifest.preprocessing["max_length"] == 16
-    assert fitted["digits"][0].manifest.target.class_names == [str(d) for d in range(10)]
+    assert fitted["sms_spam"][0].manifest.members[0].preprocessing["max_length"] == 16
+    assert fitted["digits"][0].manifest.classes == list(range(10))
 
 
 def test_final_epochs_are_the_median_of_the_best_epochs():
@@ -187,7 +190,7 @@ def test_damaged_or_altered_archives_are_refused(tmp_path, fitted):
     with pytest.raises(ValueError, match="sha256"):
         load_model(altered)
 
-    manifest["architecture"]["hidden_size"] = 9
+    manifest["members"][0]["architecture"]["hidden_size"] = 9
     edited = tmp_path / "edited.hpo.zip"
     edited.write_bytes(data)
     _rewrite(edited, **{"manifest.json": json.dumps(manifest).encode()})
@@ -247,30 +250,6 @@ def test_inputs_from_json_bodies_and_files(fitted):
         inputs_from_file(airline.preprocessing, "s.csv", b"month,riders\n1950-01,3\n")
 
 
-def test_one_worker_wins_a_contested_claim(tmp_path):
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'claims.db'}")
-    study = optuna.create_study(storage=storage, study_name="contested")
-    job = {"state": "queued", "requested_at": "2025-01-01T00:00:00+00:00", "trial_number": 0, "attempts": 0}
-    study.set_user_attr(MODEL_ATTR, job)
-    study_id = storage.get_study_id_from_name("contested")
-    won: list[dict] = []
-    barrier = threading.Barrier(4)
-
-    def claim() -> None:
-        barrier.wait()
-        result = _claim(storage, study_id, job, settle_s=0.3)
-        if result is not None:
-            won.append(result)
-
-    threads = [threading.Thread(target=claim) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1
-    assert storage.get_study_user_attrs(study_id)[MODEL_ATTR]["worker"] == won[0]["worker"]
-
-
 def test_load_model_is_reexported_lazily():
     done = subprocess.run([sys.executable, "-c", "import sys, hpo; assert 'torch' not in sys.modules; "
                            "print(hpo.load_model.__module__)"], capture_output=True, text=True, check=True)
@@ -304,54 +283,103 @@ def test_model_commands_fit_from_a_storage_and_predict_offline(tmp_path, capsys)
     assert "no study 'no-such-study'" in capsys.readouterr().err
 
 
-def test_a_job_whose_worker_died_is_taken_over_then_given_up(tmp_path):
-    from hpo.export import model_job, run_pending_model_jobs
-    from hpo.studies import create_study
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'jobs.db'}")
-    create_study(storage, _spec("digits"), study_name="orphaned")
-    study_id = storage.get_study_id_from_name("orphaned")
-    long_ago = "2020-01-01T00:00:00+00:00"
-    # A worker died mid-fit: its heartbeat is old. (Trial 99 does not exist, so the retry fails fast.)
-    dead = {"state": "running", "worker": "gone:1:x", "heartbeat_at": long_ago, "trial_number": 99, "attempts": 1}
-    storage.set_study_user_attr(study_id, MODEL_ATTR, dead)
-    fresh = {**dead, "heartbeat_at": hpo.export.jobs._iso(hpo.export.jobs._now())}
-    storage.set_study_user_attr(study_id, MODEL_ATTR, fresh)
-    assert not run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)  # still beating: left alone
-
-    storage.set_study_user_attr(study_id, MODEL_ATTR, dead)
-    assert run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)
-    job = model_job(storage, "orphaned")
-    assert job["state"] == "failed" and job["attempts"] == 2 and "trial 99" in job["reason"]
-
-    storage.set_study_user_attr(study_id, MODEL_ATTR, {**dead, "attempts": 3})
-    assert not run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)
-    job = model_job(storage, "orphaned")
-    assert job["state"] == "failed" and "interrupted 3 times" in job["reason"]
+def _trained_folds(dataset, params: dict, folds: list[tuple[np.ndarray, np.ndarray]], epochs: int = 1):
+    """Fold networks trained as a trial trains them, with their FoldData."""
+    spec = _spec("digits")
+    built = [dataset.fold(train, val) for train, val in folds]
+    networks = []
+    for i, fold in enumerate(built):
+        trainer = FoldTrainer(fold, params, spec.model, "accuracy", None, pick_device(), i)
+        for _ in range(epochs):
+            trainer.step()
+        networks.append(trainer.model)
+    return spec, networks, built
 
 
-def test_a_write_racing_the_deletion_does_not_bring_the_job_back(tmp_path):
-    from hpo.export import delete_model, model_job, model_path, run_pending_model_jobs
-    from hpo.studies import create_study
+def test_ensemble_averages_its_fold_models_each_with_its_own_preprocessing():
+    dataset = load_builtin("digits")
+    rows = np.arange(dataset.n_samples)
+    folds = [(rows[rows % 2 == 0], rows[rows % 2 == 1]), (rows[rows < 1200], rows[rows >= 1200])]
+    spec, networks, built = _trained_folds(dataset, TINY, folds)
+    assert not np.allclose(built[0].preprocessing.mean, built[1].preprocessing.mean)  # two different scalers
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'jobs.db'}")
-    create_study(storage, _spec("digits"), study_name="raced")
-    study_id = storage.get_study_id_from_name("raced")
-    # A fit whose worker died long ago: any worker would take it over.
-    job = {"state": "running", "worker": "gone:1:x", "heartbeat_at": "2020-01-01T00:00:00+00:00",
-           "requested_at": "2020-01-01T00:00:00+00:00", "trial_number": 0, "attempts": 1}
-    storage.set_study_user_attr(study_id, MODEL_ATTR, job)
-    archive = model_path(tmp_path, "raced")
-    archive.parent.mkdir(parents=True)
-    archive.write_bytes(b"an older model")
+    model = load_model(ensemble_model(spec, dataset, TINY, networks, built, fold_epochs=[1, 1]).to_bytes()[0])
 
-    assert delete_model(storage, tmp_path, "raced") == job
-    assert model_job(storage, "raced") is None and not archive.exists()
-    assert delete_model(storage, tmp_path, "raced") is None  # nothing left to delete
+    x = _digits()[0][:30]
+    with torch.inference_mode():
+        each = [torch.softmax(net.eval()(torch.from_numpy(fold.preprocessing.transform(x, None)).float()).double(),
+                              1).numpy() for net, fold in zip(networks, built)]
+    np.testing.assert_allclose(model.predict_proba(x), np.mean(each, axis=0), rtol=1e-5, atol=1e-7)
+    assert model.kind == "ensemble" and [m.fold for m in model.manifest.members] == [0, 1]
+    assert model.predict(x).tolist() == np.mean(each, axis=0).argmax(1).tolist()
 
-    # The worker's write that read the job just before the deletion lands just after it.
-    storage.set_study_user_attr(study_id, MODEL_ATTR, job)
 
-    assert model_job(storage, "raced") is None
-    assert not run_pending_model_jobs(storage, tmp_path, claim_settle_s=0)  # nobody takes it over
-    assert storage.get_study_user_attrs(study_id)[MODEL_ATTR] == job
+def test_refit_averages_one_network_per_seed():
+    model = fit_model(_spec("digits"), load_builtin("digits"), TINY, epochs=1, seeds=2)
+    x = _digits()[0][:10]
+
+    assert model.kind == "refit" and [m.seed for m in model.manifest.members] == [0, 1]
+    first, second = (m.network.state_dict()["head.weight"] for m in model.members)
+    assert not torch.equal(first, second)
+    each = [load_model(_single_member(model, i)).predict_proba(x) for i in range(2)]
+    np.testing.assert_allclose(model.predict_proba(x), np.mean(each, axis=0), rtol=1e-6)
+
+
+def _single_member(model, index: int) -> bytes:
+    """An archive of one member of ``model`` (to compare the average with its parts)."""
+    from hpo.export.archive import archive_bytes
+
+    manifest = model.manifest.model_copy(update={"members": [model.manifest.members[index]], "weights": None})
+    prefix = f"members.{index}."
+    weights = {f"members.0.{k[len(prefix):]}": v for k, v in model._weights.items() if k.startswith(prefix)}
+    return archive_bytes(manifest, weights)[0]
+
+
+def test_a_model_that_did_not_learn_is_flagged(fitted):
+    digits = load_builtin("digits")
+    fold = digits.fold(np.arange(digits.n_samples), np.arange(10))
+    silent = SequenceModel(cell="gru", hidden_size=8, out_dim=10, n_features=8, vocab_size=None, embedding_dim=8,
+                           num_layers=1, bidirectional=False, dropout=0.0)
+    for tensor in silent.parameters():  # every output 0: always class 0, no better than the majority class
+        torch.nn.init.zeros_(tensor)
+    check = learning_check("classification", [silent], [fold])
+    assert not check.learned and check.baseline_name == "majority class"
+    assert check.score <= check.baseline == pytest.approx(np.bincount(_digits()[1]).max() / len(_digits()[1]))
+    assert fitted["digits"][0].manifest.learning.learned
+
+    airline = load_builtin("airline", lookback=12, horizon=1)
+    series_fold = airline.fold(np.arange(airline.n_samples), np.arange(5))
+    flat = SequenceModel(cell="gru", hidden_size=8, out_dim=1, n_features=1, vocab_size=None, embedding_dim=8,
+                         num_layers=1, bidirectional=False, dropout=0.0)
+    for tensor in flat.parameters():  # always the training mean: a rising series' last value beats it
+        torch.nn.init.zeros_(tensor)
+    check = learning_check("forecasting", [flat], [series_fold])
+    assert not check.learned and check.baseline_name == "persistence" and check.score > check.baseline
+
+
+def test_class_labels_come_back_with_the_type_they_were_given(fitted):
+    digits = load_model(fitted["digits"][0].to_bytes()[0])
+    sms = load_model(fitted["sms_spam"][0].to_bytes()[0])
+    x = _digits()[0][:5]
+
+    assert digits.classes == list(range(10)) and all(type(c) is int for c in digits.classes)
+    labels = digits.predict_dict(PredictInput(x))["labels"]
+    assert all(type(label) is int for label in labels) and labels == digits.predict(x).tolist()
+    assert sms.classes == ["ham", "spam"]
+
+
+def test_a_variable_length_model_refuses_padded_x_without_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 11, size=80)
+    x = rng.normal(size=(80, 10, 2)) * (np.arange(10)[None, :, None] < lengths[:, None, None])  # zero-padded
+    labels = (x.sum(axis=(1, 2)) > 0).astype(np.int64)
+    dataset = SequenceDataset(x.astype(np.float32), lengths, Targets.from_array("classification", labels))
+    model = fit_model(_spec("digits"), dataset, TINY, epochs=1)
+
+    with pytest.raises(InputError, match="lengths: required") as refused:
+        model.predict(x)
+    assert refused.value.field == "lengths"
+    padded = model.predict(x, lengths)
+    ragged = model.predict([row[:n] for row, n in zip(x, lengths)])
+    assert padded.tolist() == ragged.tolist() and set(padded.tolist()) <= {0, 1}
+    assert model.predict(rng.normal(size=(4, 10, 2))).shape == (4,)  # not padded: read as full length

@@ -65,6 +65,7 @@ class Dataset(ABC):
     n_samples: int
     labels: np.ndarray | None
     class_names: list[str] | None
+    classes: list[int] | list[str] | None  # class_names with the labels' own type (ints stay ints)
 
     @abstractmethod
     def fold(self, train_idx: np.ndarray, val_idx: np.ndarray) -> FoldData:
@@ -153,6 +154,7 @@ class Targets:
     task: str
     values: np.ndarray
     class_names: list[str] | None
+    numeric_labels: bool = False  # the labels were numbers: answers give them back as ints
 
     @classmethod
     def from_array(cls, task: str, y: np.ndarray, name: str = "y") -> Targets:
@@ -176,7 +178,7 @@ class Targets:
             raise DataError(f"{name} has {n} rows; cross-validation needs at least {MIN_SAMPLES}")
         if task == "classification":
             codes, names = _encode_labels(name, y)
-            return cls(task, codes, names)
+            return cls(task, codes, names, numeric_labels=y.dtype.kind in "iuf")
         if task != "regression":
             raise DataError(f"task must be classification or regression for these targets; got {task}")
         if y.dtype.kind not in "iuf":
@@ -186,6 +188,13 @@ class Targets:
         values = y.astype(np.float64).reshape(len(y), -1)
         check_finite(name, values)
         return cls(task, values, None)
+
+    @property
+    def classes(self) -> list[int] | list[str] | None:
+        """Class labels in code order, with the type they were given (ints for numeric labels)."""
+        if self.class_names is None or not self.numeric_labels:
+            return self.class_names
+        return [int(n) for n in self.class_names]
 
     @property
     def out_dim(self) -> int:

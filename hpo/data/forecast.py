@@ -112,6 +112,7 @@ class ForecastDataset(Dataset):
     task = "forecasting"
     labels = None
     class_names = None
+    classes = None
 
     def __init__(self, series: Series, lookback: int, horizon: int):
         rows = len(series.values)

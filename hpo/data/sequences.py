@@ -37,6 +37,7 @@ class SequenceDataset(Dataset):
         self.n_samples = len(x)
         self.labels = targets.values if targets.class_names is not None else None
         self.class_names = targets.class_names
+        self.classes = targets.classes
 
     def fold(self, train_idx: np.ndarray, val_idx: np.ndarray) -> FoldData:
         """Standardize each feature with the mean/std of the training rows' valid steps.

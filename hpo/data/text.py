@@ -108,6 +108,7 @@ class TextDataset(Dataset):
         self.n_samples = len(texts)
         self.labels = targets.values if targets.class_names is not None else None
         self.class_names = targets.class_names
+        self.classes = targets.classes
 
     def fold(self, train_idx: np.ndarray, val_idx: np.ndarray) -> FoldData:
         """Build the vocabulary from the training texts only (0 = pad, 1 = out-of-vocabulary).

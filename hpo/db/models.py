@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -68,3 +69,47 @@ class ApiKeyRecord(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# Core tables of the final models (used by hpo.export.store; the workers write them).
+model_archives = sa.Table(
+    "hpo_model_archives",
+    Base.metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    # The archive's rank (ensembles): higher rank_score first (the score, negated when the
+    # study minimizes), then lower cv_loss, then fewer mean fold epochs.
+    sa.Column("rank_score", sa.Float, nullable=False),
+    sa.Column("cv_loss", sa.Float, nullable=False),
+    sa.Column("mean_epochs", sa.Float, nullable=False),
+    sa.Column("archive", sa.LargeBinary, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),  # naive UTC
+)
+
+model_jobs = sa.Table(
+    "hpo_model_jobs",
+    Base.metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    # A fresh id per request: a worker's writes name it, so a job deleted (or requested
+    # again) under a running fit is never written by that fit again.
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("cv_score", sa.Float),
+    sa.Column("holdout", sa.Float, nullable=False),
+    sa.Column("seeds", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("requested_at", sa.DateTime, nullable=False),  # naive UTC, as every time here
+    sa.Column("started_at", sa.DateTime),
+    sa.Column("heartbeat_at", sa.DateTime),
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("epoch", sa.Integer),
+    sa.Column("epochs", sa.Integer),
+    sa.Column("score", sa.Float),
+    sa.Column("reason", sa.Text),
+    sa.Index("ix_hpo_model_jobs_state", "state"),
+)

@@ -1,12 +1,15 @@
-"""From best parameters to a model: the final fit, the model archive, prediction.
+"""From best parameters to a model: the final model, its archive, prediction.
 
-- ``fit.py``: train a configuration on all the training data (``fit_model``,
+- ``fit.py``: a model from the best trial's fold networks (``ensemble_model``), or from
+  the configuration trained again on all the data, once per seed (``fit_model``,
   ``fit_study_model``).
+- ``ensemble.py``: the workers keep the best trial's fold models as trials complete.
 - ``archive.py``: the ``.hpo.zip`` archive (``manifest.json`` + safetensors weights) and
   ``Model`` / ``load_model``, which predict from raw inputs.
 - ``inputs.py``: new data (arrays, JSON bodies, uploaded files) checked and preprocessed.
-- ``jobs.py``: final fits as jobs the workers run (``request_model``, ``delete_model``,
-  ``run_pending_model_jobs``), coordinated through the study's ``hpo:model`` attribute.
+- ``store.py``: the model tables (archives, refit jobs) beside Optuna's.
+- ``jobs.py``: what a study serves; refits as jobs the workers run (``request_model``,
+  ``delete_model``, ``run_pending_model_jobs``).
 - ``commands.py``: ``hpo model fit | download | predict``.
 
 Names are imported on first use, so the command line can register its commands without
@@ -20,19 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hpo.export.archive import Manifest, Model, load_model
-    from hpo.export.fit import fit_model, fit_study_model
+    from hpo.export.fit import ensemble_model, fit_model, fit_study_model
     from hpo.export.inputs import InputError, PredictInput, inputs_from_file, inputs_from_json
     from hpo.export.jobs import (
-        MODEL_ATTR, ModelJobConflict, delete_model, model_job, model_path, remove_model, request_model,
+        ModelJobConflict, claim_job, delete_model, model_archive, model_job, model_status, remove_models, request_model,
         run_pending_model_jobs,
     )
 
 _HOMES = {
     "archive": ("Manifest", "Model", "load_model"),
-    "fit": ("fit_model", "fit_study_model"),
+    "fit": ("ensemble_model", "fit_model", "fit_study_model"),
     "inputs": ("InputError", "PredictInput", "inputs_from_file", "inputs_from_json"),
-    "jobs": ("MODEL_ATTR", "ModelJobConflict", "delete_model", "model_job", "model_path", "remove_model",
-             "request_model", "run_pending_model_jobs"),
+    "jobs": ("ModelJobConflict", "claim_job", "delete_model", "model_archive", "model_job", "model_status",
+             "remove_models", "request_model", "run_pending_model_jobs"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = sorted(_MODULE_OF)

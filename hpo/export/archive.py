@@ -1,6 +1,9 @@
-"""A fitted model as a file: ``manifest.json`` (spec, params, preprocessing) + safetensors weights.
+"""A fitted model as a file: ``manifest.json`` (spec, params, members) + safetensors weights.
 
-The archive is a zip of exactly two members. Nothing in it is code: the weights are read
+A model is one or more networks (members) whose answers are averaged: the best trial's
+fold models (``kind: ensemble``, each member with its fold's preprocessing) or networks
+refitted on all the data with different seeds (``kind: refit``). The archive is a zip of
+exactly two files. Nothing in it is code: the weights are read
 with safetensors (never pickle), the manifest is JSON validated field by field, and the
 weights' sha256 recorded in the manifest is checked before they are used, so a truncated,
 damaged or altered archive is refused with a ``ValueError`` naming the problem.
@@ -25,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from hpo.data.base import DataError
 from hpo.data.forecast import SeriesScaling
 from hpo.data.sequences import SequenceScaling
 from hpo.data.text import TextVocabulary
@@ -32,17 +36,19 @@ from hpo.export.inputs import InputError, PredictInput, input_field, prepare
 from hpo.model import SequenceModel
 
 FORMAT = "hpo-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.safetensors"
 ARCHIVE_SUFFIX = ".hpo.zip"
 MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_WEIGHTS_BYTES = 8 * 2**30
+MAX_MEMBERS = 64
 PREDICT_CHUNK = 4096
 Preprocessing = SequenceScaling | TextVocabulary | SeriesScaling
 _PREPROCESSING: dict[str, type[Preprocessing]] = {
     c.kind: c for c in (SequenceScaling, TextVocabulary, SeriesScaling)  # type: ignore[misc]
 }
+ModelKind = Literal["ensemble", "refit"]
 
 
 class _Strict(BaseModel):
@@ -63,12 +69,42 @@ class Architecture(_Strict):
     dropout: float = Field(ge=0.0, lt=1.0)
 
 
-class TargetInfo(_Strict):
-    """How outputs become answers: class names, or ``original = output * std + mean``."""
+class TargetScale(_Strict):
+    """How a member's outputs become values: ``original = output * std + mean``."""
 
-    class_names: list[str] | None = None
-    mean: float | None = None
-    std: float | None = Field(default=None, gt=0)
+    mean: float
+    std: float = Field(gt=0)
+
+
+class MemberInfo(_Strict):
+    """One network of the model, with the preprocessing its training rows went through.
+
+    An ensemble's members are the best trial's fold models (each fitted, scaler or
+    vocabulary included, on its fold's training part); a refit's are one network per seed,
+    all trained on every row.
+    """
+
+    architecture: Architecture
+    preprocessing: dict[str, Any]
+    target: TargetScale | None = None
+    seed: int
+    fold: int | None = Field(default=None, ge=0, description="The CV fold it was trained on (ensembles).")
+    epochs: int | None = Field(default=None, ge=1)
+
+
+class LearningCheck(_Strict):
+    """Whether the model beat the trivial answer on its own training rows.
+
+    ``score`` and ``baseline`` are the members' mean accuracy (classification; baseline:
+    always the majority class) or RMSE in the target's units (baseline: the training mean
+    for regression, the last observed value for forecasting)."""
+
+    learned: bool
+    metric: Literal["accuracy", "rmse"]
+    score: float
+    baseline: float
+    baseline_name: Literal["majority class", "training mean", "persistence"]
+    rows: int = Field(ge=0)
 
 
 class WeightsInfo(_Strict):
@@ -78,17 +114,22 @@ class WeightsInfo(_Strict):
 
 
 class Manifest(_Strict):
-    """Everything about a fitted model except its weights (``manifest.json``)."""
+    """Everything about a fitted model except its weights (``manifest.json``).
+
+    Member ``i``'s tensors are stored as ``members.<i>.<state_dict name>``.
+    """
 
     format: Literal["hpo-model"] = FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[2] = FORMAT_VERSION
+    kind: ModelKind
     task: Literal["classification", "regression", "forecasting"]
     spec: dict[str, Any]
     params: dict[str, Any]
-    architecture: Architecture
-    preprocessing: dict[str, Any]
-    target: TargetInfo
+    classes: list[int] | list[str] | None = Field(
+        default=None, description="Class labels in output order, with the type the training labels had.")
+    members: list[MemberInfo] = Field(min_length=1, max_length=MAX_MEMBERS)
     training: dict[str, Any]
+    learning: LearningCheck | None = None
     source: dict[str, Any] | None = None
     data_fingerprint: str
     versions: dict[str, str]
@@ -96,124 +137,29 @@ class Manifest(_Strict):
     created_at: str
 
 
-class Model:
-    """A fitted network with the preprocessing its training data went through.
+class _Member:
+    """A member ready to predict: its network, preprocessing and target scale."""
 
-    Get one from :func:`load_model` (an archive) or ``hpo.export.fit_model``. Inputs are
-    raw: the training-time scaling, vocabulary or windowing is applied here, and outputs
-    come back as class labels / probabilities, or values in the target's original units.
-
-    Args:
-        manifest: the model's description (see :class:`Manifest`).
-        weights: the network's tensors by ``state_dict`` name.
-        device: where to run the network.
-
-    Raises:
-        ValueError: when the weights do not fit the manifest's architecture.
-    """
-
-    def __init__(self, manifest: Manifest, weights: dict[str, torch.Tensor], device: str | torch.device = "cpu"):
-        self.manifest = manifest
-        self.device = torch.device(device)
-        kind = manifest.preprocessing.get("kind")
+    def __init__(self, info: MemberInfo, weights: dict[str, torch.Tensor], device: torch.device, where: str):
+        kind = info.preprocessing.get("kind")
         if kind not in _PREPROCESSING:
-            raise ValueError(f"manifest: preprocessing.kind must be one of {', '.join(_PREPROCESSING)}; got {kind!r}")
+            raise ValueError(f"{where}.preprocessing.kind must be one of {', '.join(_PREPROCESSING)}; got {kind!r}")
         try:
-            self.preprocessing: Preprocessing = _PREPROCESSING[kind].from_dict(manifest.preprocessing)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"manifest: preprocessing is incomplete ({type(exc).__name__}: {exc})") from None
-        self._check_coherent()
-        self.network = SequenceModel(**manifest.architecture.model_dump())
+            self.preprocessing: Preprocessing = _PREPROCESSING[kind].from_dict(info.preprocessing)
+        except (KeyError, TypeError, DataError) as exc:
+            raise ValueError(f"{where}.preprocessing is incomplete ({type(exc).__name__}: {exc})") from None
+        self.target = info.target
+        self.network = SequenceModel(**info.architecture.model_dump())
         try:
             self.network.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[:3]
-            raise ValueError(f"the weights do not fit the manifest's architecture: {' '.join(first)}") from None
-        self.network.to(self.device).eval()
-        self._weights = weights
-
-    @property
-    def task(self) -> str:
-        return self.manifest.task
-
-    @property
-    def classes(self) -> list[str] | None:
-        """Class labels in output order (classification), else None."""
-        return self.manifest.target.class_names
-
-    def predict(self, x: Any, lengths: Any = None) -> np.ndarray:
-        """Predict for raw inputs.
-
-        Args:
-            x: numeric models: sequences ``[n, T, F]`` (``[n, T]`` for one feature), or a
-                list of sequences of different lengths when training ones varied;
-                text models: a list of strings; forecasting: one series ``[rows, C]``
-                (``[rows]`` for one column), of which the last ``lookback`` rows are read.
-            lengths: numeric models only: true lengths ``[n]`` of zero-padded ``x``.
-
-        Returns:
-            Class labels ``[n]`` (classification); values ``[n]`` (``[n, k]`` for k
-            targets) in original units (regression); the next ``horizon`` values
-            ``[horizon]`` of the target column (forecasting).
-
-        Raises:
-            InputError: (a ``ValueError``) naming what is wrong with the input.
-        """
-        outputs = self._forward(PredictInput(x, lengths))
-        if self.classes is not None:
-            return np.array(self.classes)[outputs.argmax(1)]
-        target = self.manifest.target
-        values = outputs.astype(np.float64) * target.std + target.mean
-        if self.task == "forecasting":
-            return values[0]
-        return values[:, 0] if values.shape[1] == 1 else values
-
-    def predict_proba(self, x: Any, lengths: Any = None) -> np.ndarray:
-        """Class probabilities ``[n, n_classes]`` (columns in :attr:`classes` order); see :meth:`predict`.
-
-        Raises:
-            ValueError: for a model that does not classify, or a bad input.
-        """
-        if self.classes is None:
-            raise ValueError(f"predict_proba needs a classification model; this one does {self.task}")
-        return _softmax(self._forward(PredictInput(x, lengths)))
-
-    def predict_dict(self, data: PredictInput) -> dict[str, Any]:
-        """Predictions as JSON-able data: labels and probabilities, or values.
-
-        Raises:
-            InputError: naming what is wrong with the input.
-        """
-        outputs = self._forward(data)
-        if not np.isfinite(outputs).all():  # e.g. values near float32's limit, far beyond the training data's
-            raise InputError(input_field(self.preprocessing), "the model's outputs overflow for these values; send "
-                             "finite values on the scale of the training data")
-        if self.classes is not None:
-            return {
-                "task": self.task,
-                "n": len(outputs),
-                "classes": self.classes,
-                "labels": [self.classes[i] for i in outputs.argmax(1)],
-                "probabilities": _softmax(outputs).tolist(),
-            }
-        values = outputs.astype(np.float64) * self.manifest.target.std + self.manifest.target.mean
-        if self.task == "forecasting":
-            assert isinstance(self.preprocessing, SeriesScaling)
-            return {"task": self.task, "target": self.preprocessing.target,
-                    "horizon": self.preprocessing.horizon, "predictions": values[0].tolist()}
-        predictions = values[:, 0] if values.shape[1] == 1 else values
-        return {"task": self.task, "n": len(values), "predictions": predictions.tolist()}
-
-    def save(self, path: str | Path) -> dict[str, Any]:
-        """Write the archive (to a temporary file, then renamed into place).
-
-        Returns:
-            ``{"bytes": size, "sha256": of the archive file, "weights_sha256": of the weights}``.
-        """
-        return save_archive(self.manifest, self._weights, path)
+            raise ValueError(f"{where}: the weights do not fit the manifest's architecture: "
+                             f"{' '.join(first)}") from None
+        self.network.to(device).eval()
 
     @torch.inference_mode()
-    def _forward(self, data: PredictInput) -> np.ndarray:
+    def outputs(self, data: PredictInput, device: torch.device) -> np.ndarray:
         """Raw network outputs ``[n, out_dim]`` for raw inputs, in chunks."""
         x, lengths = prepare(self.preprocessing, data)
         outputs = []
@@ -224,32 +170,199 @@ class Model:
                 x_chunk = x[chunk, : int(chunk_lengths.max())]
             else:
                 x_chunk = x[chunk]
-            outputs.append(self.network(x_chunk.to(self.device), chunk_lengths).float().cpu())
+            outputs.append(self.network(x_chunk.to(device), chunk_lengths).float().cpu())
         return torch.cat(outputs).numpy()
+
+
+class Model:
+    """A fitted model: one or more networks with the preprocessing their training data went through.
+
+    Get one from :func:`load_model` (an archive) or ``hpo.export.fit_model``. Inputs are
+    raw: each member applies its own training-time scaling, vocabulary or windowing, and
+    the members' answers are averaged (class probabilities, or values in the target's
+    original units). ``kind`` says whether the members are the best trial's fold models
+    (``ensemble``) or networks refitted on every row with different seeds (``refit``).
+
+    Args:
+        manifest: the model's description (see :class:`Manifest`).
+        weights: the members' tensors, named ``members.<i>.<state_dict name>``.
+        device: where to run the networks.
+
+    Raises:
+        ValueError: when the weights do not fit the manifest, or its parts contradict each other.
+    """
+
+    def __init__(self, manifest: Manifest, weights: dict[str, torch.Tensor], device: str | torch.device = "cpu"):
+        self.manifest = manifest
+        self.device = torch.device(device)
+        per_member: list[dict[str, torch.Tensor]] = [{} for _ in manifest.members]
+        for name, tensor in weights.items():
+            index, _, rest = name.removeprefix("members.").partition(".")
+            if not name.startswith("members.") or not index.isdigit() or int(index) >= len(per_member) or not rest:
+                raise ValueError(f"weights: unexpected tensor {name!r}; the manifest lists "
+                                 f"{len(per_member)} member(s), stored as members.<i>.<name>")
+            per_member[int(index)][rest] = tensor
+        self.members = [_Member(info, per_member[i], self.device, f"manifest: members.{i}")
+                        for i, info in enumerate(manifest.members)]
+        self._check_coherent()
+        self._weights = weights
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def kind(self) -> str:
+        """``ensemble`` (the best trial's fold models) or ``refit`` (refitted on every row)."""
+        return self.manifest.kind
+
+    @property
+    def classes(self) -> list[int] | list[str] | None:
+        """Class labels in output order (classification), else None."""
+        return self.manifest.classes
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What the model reads (every member reads the same fields and shapes)."""
+        return self.members[0].preprocessing
+
+    def predict(self, x: Any, lengths: Any = None) -> np.ndarray:
+        """Predict for raw inputs.
+
+        Args:
+            x: numeric models: sequences ``[n, T, F]`` (``[n, T]`` for one feature), or a
+                list of sequences of different lengths when training ones varied;
+                text models: a list of strings; forecasting: one series ``[rows, C]``
+                (``[rows]`` for one column), of which the last ``lookback`` rows are read.
+            lengths: numeric models only: true lengths ``[n]`` of zero-padded ``x``;
+                required for zero-padded sequences when training ones varied in length.
+
+        Returns:
+            Class labels ``[n]`` (as the training labels were typed); values ``[n]``
+            (``[n, k]`` for k targets) in original units (regression); the next
+            ``horizon`` values ``[horizon]`` of the target column (forecasting).
+
+        Raises:
+            InputError: (a ``ValueError``) naming what is wrong with the input.
+        """
+        answer = self._answer(PredictInput(x, lengths))
+        if self.classes is not None:
+            return np.array(self.classes)[answer.argmax(1)]
+        if self.task == "forecasting":
+            return answer[0]
+        return answer[:, 0] if answer.shape[1] == 1 else answer
+
+    def predict_proba(self, x: Any, lengths: Any = None) -> np.ndarray:
+        """Class probabilities ``[n, n_classes]`` (columns in :attr:`classes` order; the
+        members' mean); see :meth:`predict`.
+
+        Raises:
+            ValueError: for a model that does not classify, or a bad input.
+        """
+        if self.classes is None:
+            raise ValueError(f"predict_proba needs a classification model; this one does {self.task}")
+        return self._answer(PredictInput(x, lengths))
+
+    def predict_dict(self, data: PredictInput) -> dict[str, Any]:
+        """Predictions as JSON-able data: labels and probabilities, or values.
+
+        Raises:
+            InputError: naming what is wrong with the input.
+        """
+        answer = self._answer(data)
+        if not np.isfinite(answer).all():  # e.g. values near float32's limit, far beyond the training data's
+            raise InputError(input_field(self.preprocessing), "the model's outputs overflow for these values; send "
+                             "finite values on the scale of the training data")
+        if self.classes is not None:
+            return {
+                "task": self.task,
+                "kind": self.kind,
+                "n": len(answer),
+                "classes": self.classes,
+                "labels": [self.classes[i] for i in answer.argmax(1)],
+                "probabilities": answer.tolist(),
+            }
+        if self.task == "forecasting":
+            assert isinstance(self.preprocessing, SeriesScaling)
+            return {"task": self.task, "kind": self.kind, "target": self.preprocessing.target,
+                    "horizon": self.preprocessing.horizon, "predictions": answer[0].tolist()}
+        predictions = answer[:, 0] if answer.shape[1] == 1 else answer
+        return {"task": self.task, "kind": self.kind, "n": len(answer), "predictions": predictions.tolist()}
+
+    def to_bytes(self) -> tuple[bytes, Manifest]:
+        """The archive as bytes, and the manifest it holds (weights' sha256 filled in)."""
+        return archive_bytes(self.manifest, self._weights)
+
+    def save(self, path: str | Path) -> dict[str, Any]:
+        """Write the archive (to a temporary file, then renamed into place).
+
+        Returns:
+            ``{"bytes": size, "sha256": of the archive file, "weights_sha256": of the weights}``.
+        """
+        blob, manifest = self.to_bytes()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=".tmp-", suffix=ARCHIVE_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(blob)
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        assert manifest.weights is not None
+        return {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+                "weights_sha256": manifest.weights.sha256}
+
+    def _answer(self, data: PredictInput) -> np.ndarray:
+        """The members' mean answer: probabilities ``[n, C]``, or values ``[n, out_dim]`` in original units."""
+        answers = []
+        for member in self.members:
+            outputs = member.outputs(data, self.device)
+            if self.classes is not None:
+                answers.append(_softmax(outputs))
+            else:
+                assert member.target is not None
+                answers.append(outputs.astype(np.float64) * member.target.std + member.target.mean)
+        return np.mean(answers, axis=0)
 
     def _check_coherent(self) -> None:
         """Refuse a manifest whose parts contradict each other (e.g. a hand-edited one)."""
-        arch, target, pre = self.manifest.architecture, self.manifest.target, self.preprocessing
         problems = []
-        if (arch.n_features is None) == (arch.vocab_size is None):
-            problems.append("architecture needs exactly one of n_features or vocab_size")
-        if isinstance(pre, TextVocabulary) and arch.vocab_size != pre.size:
-            problems.append(f"vocab_size {arch.vocab_size} differs from the vocabulary's {pre.size} ids")
-        if isinstance(pre, (SequenceScaling, SeriesScaling)):
-            n_features = pre.n_features if isinstance(pre, SequenceScaling) else len(pre.columns)
-            if arch.n_features != n_features:
-                problems.append(f"n_features {arch.n_features} differs from the scaling's {n_features}")
-        if self.task == "classification":
-            if not target.class_names or len(target.class_names) != arch.out_dim:
-                problems.append(f"classification needs {arch.out_dim} class_names in target")
-        elif target.mean is None or target.std is None:
-            problems.append(f"{self.task} needs target mean and std")
-        if (self.task == "forecasting") != isinstance(pre, SeriesScaling):
-            problems.append(f"preprocessing {pre.kind} does not fit task {self.task}")
-        if isinstance(pre, SeriesScaling) and arch.out_dim != pre.horizon:
-            problems.append(f"out_dim {arch.out_dim} differs from horizon {pre.horizon}")
+        first = self.members[0].preprocessing
+        for i, (info, member) in enumerate(zip(self.manifest.members, self.members, strict=True)):
+            arch, pre, where = info.architecture, member.preprocessing, f"members.{i}"
+            if (arch.n_features is None) == (arch.vocab_size is None):
+                problems.append(f"{where}: architecture needs exactly one of n_features or vocab_size")
+            if isinstance(pre, TextVocabulary) and arch.vocab_size != pre.size:
+                problems.append(f"{where}: vocab_size {arch.vocab_size} differs from the vocabulary's {pre.size} ids")
+            if isinstance(pre, (SequenceScaling, SeriesScaling)):
+                n_features = pre.n_features if isinstance(pre, SequenceScaling) else len(pre.columns)
+                if arch.n_features != n_features:
+                    problems.append(f"{where}: n_features {arch.n_features} differs from the scaling's {n_features}")
+            if self.task == "classification":
+                if not self.classes or len(self.classes) != arch.out_dim:
+                    problems.append(f"{where}: classification needs {arch.out_dim} classes")
+            elif info.target is None:
+                problems.append(f"{where}: {self.task} needs a target mean and std")
+            if (self.task == "forecasting") != isinstance(pre, SeriesScaling):
+                problems.append(f"{where}: preprocessing {pre.kind} does not fit task {self.task}")
+            if isinstance(pre, SeriesScaling) and arch.out_dim != pre.horizon:
+                problems.append(f"{where}: out_dim {arch.out_dim} differs from horizon {pre.horizon}")
+            if _reads(pre) != _reads(first):
+                problems.append(f"{where}: reads {_reads(pre)}, members.0 reads {_reads(first)}")
         if problems:
             raise ValueError("manifest: " + "; ".join(problems))
+
+
+def _reads(preprocessing: Preprocessing) -> tuple[Any, ...]:
+    """What a member accepts as input (every member of a model must accept the same)."""
+    if isinstance(preprocessing, SequenceScaling):
+        return ("numeric", preprocessing.n_features, preprocessing.steps)
+    if isinstance(preprocessing, SeriesScaling):
+        return ("series", tuple(preprocessing.columns), preprocessing.target, preprocessing.lookback,
+                preprocessing.horizon)
+    return ("text",)
 
 
 def _softmax(outputs: np.ndarray) -> np.ndarray:
@@ -260,36 +373,32 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def plain_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copies of a network's tensors, names as ``SequenceModel`` has them (a compiled
-    wrapper's ``_orig_mod.`` prefix dropped)."""
-    network = getattr(network, "_orig_mod", network)
-    return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in network.state_dict().items()}
-
-
-def save_archive(manifest: Manifest, weights: dict[str, torch.Tensor], path: str | Path) -> dict[str, Any]:
-    """Write ``manifest`` and ``weights`` as an archive at ``path`` (temp file + rename).
+def archive_bytes(manifest: Manifest, weights: dict[str, torch.Tensor]) -> tuple[bytes, Manifest]:
+    """``manifest`` and ``weights`` as archive bytes (a zip of the two members).
 
     Returns:
-        ``{"bytes": size, "sha256": of the archive file, "weights_sha256": of the weights}``.
+        ``(archive bytes, the manifest as written: the weights' sha256 and size filled in)``.
     """
-    path = Path(path)
     blob = save_safetensors(weights, metadata={"format": FORMAT})
     manifest = manifest.model_copy(
         update={"weights": WeightsInfo(sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))}
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=".tmp-", suffix=ARCHIVE_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file, zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST_NAME, json.dumps(manifest.model_dump(mode="json"), indent=2))
-            archive.writestr(WEIGHTS_NAME, blob)
-        digest = hashlib.sha256(Path(temp_name).read_bytes()).hexdigest()
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return {"bytes": path.stat().st_size, "sha256": digest, "weights_sha256": manifest.weights.sha256}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MANIFEST_NAME, json.dumps(manifest.model_dump(mode="json"), indent=2))
+        archive.writestr(WEIGHTS_NAME, blob)
+    return buffer.getvalue(), manifest
+
+
+def member_weights(networks: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The networks' tensors as an archive stores them: ``members.<i>.<name>`` (CPU copies;
+    a compiled wrapper's ``_orig_mod.`` prefix dropped)."""
+    weights = {}
+    for i, network in enumerate(networks):
+        network = getattr(network, "_orig_mod", network)
+        for name, tensor in network.state_dict().items():
+            weights[f"members.{i}.{name}"] = tensor.detach().to("cpu", copy=True).contiguous()
+    return weights
 
 
 def read_archive(source: str | Path | bytes) -> tuple[Manifest, dict[str, torch.Tensor]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,13 @@ def add_model_commands(sub: Any) -> None:
                            description="Fit the best configuration, download the model, predict with it.")
     actions = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
-    p = actions.add_parser("fit", help="Fit a study's best trial on all its data: here (from a storage) "
-                                       "or by the server's workers (--url).")
+    p = actions.add_parser("fit", help="Refit a study's best trial on all its data, --seeds times averaged: here "
+                                       "(from a storage) or by the server's workers (--url). Without a refit a "
+                                       "study's model is its best trial's fold ensemble.")
     p.add_argument("study", help="study name (local) or id (with --url)")
     p.add_argument("--trial", type=int, help="fit this complete trial instead of the best one")
     p.add_argument("--holdout", type=float, default=0.0, help="share of rows held out and scored (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="networks trained, one per seed, and averaged (default 1)")
     p.add_argument("--out", help="archive to write (local; default: <study>.hpo.zip)")
     p.add_argument("--storage", help="Optuna storage URL (same as --database)")
     add_database_flags(p)
@@ -36,7 +39,7 @@ def add_model_commands(sub: Any) -> None:
     _remote(p, required=False)
     p.set_defaults(func=cmd_model_fit)
 
-    p = actions.add_parser("download", help="Download a study's model archive from a server.")
+    p = actions.add_parser("download", help="Download a study's model archive (fold ensemble or refit) from a server.")
     p.add_argument("study", help="study id")
     p.add_argument("--out", help="where to write it (default: <study name>.hpo.zip)")
     _remote(p, required=True)
@@ -67,7 +70,7 @@ def _client(args: argparse.Namespace) -> Client:
 def cmd_model_fit(args: argparse.Namespace) -> None:
     if args.url:
         with _client(args) as client:
-            status = client.fit_model(args.study, trial_number=args.trial, holdout=args.holdout)
+            status = client.fit_model(args.study, trial_number=args.trial, holdout=args.holdout, seeds=args.seeds)
             if args.wait:
                 status = client.wait_model(args.study, progress=True)
         print(json.dumps(status, indent=2))
@@ -86,7 +89,7 @@ def cmd_model_fit(args: argparse.Namespace) -> None:
         print(f"epoch {epoch}/{epochs}: {score:.4g}", file=sys.stderr)
 
     model = fit_study_model(storage, args.study, settings.data_dir, trial_number=args.trial, holdout=args.holdout,
-                            on_epoch=progress)
+                            seeds=args.seeds, on_epoch=progress)
     out = Path(args.out or f"{args.study}.hpo.zip")
     archive = model.save(out)
     print(json.dumps({"archive": str(out), **archive, "model": model_summary(model.manifest)}, indent=2))
@@ -94,7 +97,11 @@ def cmd_model_fit(args: argparse.Namespace) -> None:
 
 def cmd_model_download(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        print(client.download_model(args.study, args.out))
+        path = client.download_model(args.study, args.out)
+    with zipfile.ZipFile(path) as archive:  # which kind it is, without loading PyTorch
+        manifest = json.loads(archive.read("manifest.json"))
+    print(f"model kind: {manifest.get('kind')} ({len(manifest.get('members') or [])} network(s))", file=sys.stderr)
+    print(path)
 
 
 def cmd_model_predict(args: argparse.Namespace) -> None:

@@ -1,8 +1,14 @@
-"""The final fit: one configuration trained on all the training data, as a :class:`Model`.
+"""Final models, as a :class:`Model` of one or more member networks.
 
-Cross-validation chose the parameters; here they are trained once more on every row (or
-all but an optional validation holdout) for the epochs early stopping found best, using
-the same ``FoldTrainer`` and the same preprocessing as the trials.
+- :func:`ensemble_model`: the best trial's k fold models as they were trained (each with
+  its fold's preprocessing); their averaged answer is the default final model, kept by
+  the workers as trials complete (``hpo.export.store.keep_if_best``).
+- :func:`fit_model`: the configuration trained once more on every row (or all but an
+  optional validation holdout), for the epochs early stopping found best, once per seed,
+  with the same ``FoldTrainer`` and preprocessing as the trials (a refit).
+
+Either way the model records whether it beat the trivial answer on its own training
+rows (:func:`learning_check`).
 """
 
 from __future__ import annotations
@@ -24,16 +30,20 @@ from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import train_test_split
 
 from hpo.cv import Interrupted
-from hpo.data import Dataset, load_dataset
-from hpo.data.base import MIN_SAMPLES
-from hpo.export.archive import Architecture, Manifest, Model, TargetInfo, now_iso, plain_state_dict
+from hpo.data import Dataset, FoldData, load_dataset
+from hpo.data.base import MIN_SAMPLES, Split
+from hpo.data.forecast import SeriesScaling
+from hpo.export.archive import (
+    Architecture, LearningCheck, Manifest, MemberInfo, Model, TargetScale, member_weights, now_iso,
+)
 from hpo.settings import DEFAULT_DATA_DIR
 from hpo.spec import StudySpec
 from hpo.studies import best_of, study_spec
-from hpo.train import FoldTrainer, pick_device
+from hpo.train import EVAL_CHUNK, FoldTrainer, batch_inputs, pick_device
 
 MONITOR_ROWS = 512  # training rows scored each epoch when there is no holdout
 MAX_HOLDOUT = 0.5
+MAX_SEEDS = 10
 EpochCallback = Callable[[int, int, float], None]
 
 
@@ -89,23 +99,27 @@ def fit_model(
     epochs: int,
     epochs_source: str = "given",
     holdout: float = 0.0,
+    seeds: int = 1,
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     source: dict[str, Any] | None = None,
 ) -> Model:
-    """Train ``params`` on the dataset for exactly ``epochs`` epochs (no early stopping).
+    """Train ``params`` on the dataset for exactly ``epochs`` epochs (no early stopping),
+    once per seed; the model averages the ``seeds`` networks (a ``refit``).
 
     Args:
         spec: the study spec (architecture, metric, seed, task).
         dataset: the training data.
         params: hyperparameters, as a trial's ``params``.
-        epochs: epochs to train.
+        epochs: epochs to train each network.
         epochs_source: where ``epochs`` came from (recorded with the model).
         holdout: share of rows held out and scored each epoch; 0 trains on every row and
             scores a sample of training rows instead.
+        seeds: networks to train, seeded ``training.seed``, ``training.seed + 1``, ...
         device: where to train (CUDA when available by default).
-        on_epoch: called ``(epoch, epochs, score)`` after each epoch.
+        on_epoch: called ``(epoch, epochs, score)`` after each epoch, counting every
+            network's epochs (``epochs * seeds`` in all).
         should_stop: polled before each epoch; when true the fit stops.
         source: the study and trial the parameters came from (recorded with the model).
 
@@ -113,25 +127,101 @@ def fit_model(
         The fitted model, on the CPU.
 
     Raises:
-        ValueError: for epochs < 1 or a bad holdout.
+        ValueError: for epochs < 1, seeds outside 1..10 or a bad holdout.
         hpo.cv.Interrupted: when ``should_stop`` asked to stop.
         hpo.train.TrainingDiverged: when the training loss became NaN or infinite.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ValueError(f"seeds must be in 1..{MAX_SEEDS}; got {seeds}")
     train_idx, val_idx = holdout_split(dataset, spec, holdout)
     monitor_idx = val_idx if val_idx is not None else train_idx[:: max(1, len(train_idx) // MONITOR_ROWS)]
     fold = dataset.fold(train_idx, monitor_idx)
-    seed = spec.training.seed
-    trainer = FoldTrainer(fold, params, spec.model, spec.training.metric, None, device or pick_device(), seed)
-    score = math.nan
-    for epoch in range(1, epochs + 1):
-        if should_stop is not None and should_stop():
-            raise Interrupted(f"the fit was stopped before epoch {epoch} of {epochs}")
-        score = trainer.step()
-        if on_epoch is not None:
-            on_epoch(epoch, epochs, score)
-    # As FoldTrainer builds it; Model() reloads the weights into it strictly, so a mismatch fails here.
+    device = device or pick_device()
+    networks, scores = [], []
+    for n in range(seeds):
+        seed = spec.training.seed + n
+        trainer = FoldTrainer(fold, params, spec.model, spec.training.metric, None, device, seed)
+        score = math.nan
+        for epoch in range(1, epochs + 1):
+            done = n * epochs + epoch
+            if should_stop is not None and should_stop():
+                raise Interrupted(f"the fit was stopped before epoch {done} of {epochs * seeds}")
+            score = trainer.step()
+            if on_epoch is not None:
+                on_epoch(done, epochs * seeds, score)
+        networks.append(trainer.model)
+        scores.append(score)
+    members = [member_info(spec, params, fold, spec.training.seed + n, epochs=epochs) for n in range(seeds)]
+    metric = spec.training.metric
+    training = {
+        "epochs": epochs,
+        "epochs_source": epochs_source,
+        "seeds": seeds,
+        "n_samples": int(len(train_idx)),
+        "holdout": holdout,
+        "holdout_samples": 0 if val_idx is None else int(len(val_idx)),
+        f"{'holdout' if val_idx is not None else 'train'}_{metric}": _finite(float(np.mean(scores))),
+        "device": str(device),
+    }
+    check = learning_check(spec.task, networks, [fold] * seeds)
+    return _model("refit", spec, dataset, params, members, networks, training, check, source)
+
+
+def ensemble_model(
+    spec: StudySpec,
+    dataset: Dataset,
+    params: dict[str, Any],
+    networks: list[torch.nn.Module],
+    folds: list[FoldData],
+    *,
+    fold_numbers: list[int] | None = None,
+    fold_epochs: list[int] | None = None,
+    source: dict[str, Any] | None = None,
+) -> Model:
+    """The trial's fold networks as one model (an ``ensemble``): each keeps its fold's
+    preprocessing, their answers are averaged.
+
+    Args:
+        spec: the study spec.
+        dataset: the data the folds came from.
+        params: the trial's hyperparameters.
+        networks: the trained fold networks, at the epoch each fold chose.
+        folds: each network's fold (its preprocessing and training rows).
+        fold_numbers: each network's fold index (default ``0..k-1``).
+        fold_epochs: the epoch each network was taken at.
+        source: the study and trial the networks came from (recorded with the model).
+
+    Returns:
+        The model, on the CPU.
+
+    Raises:
+        ValueError: when ``networks`` and ``folds`` differ in length or are empty.
+    """
+    if not networks or len(networks) != len(folds):
+        raise ValueError(f"an ensemble needs one fold per network; got {len(networks)} networks, {len(folds)} folds")
+    fold_numbers = fold_numbers or list(range(len(folds)))
+    members = [
+        member_info(spec, params, fold, spec.training.seed + number, fold_number=number,
+                    epochs=fold_epochs[i] if fold_epochs and fold_epochs[i] >= 1 else None)
+        for i, (fold, number) in enumerate(zip(folds, fold_numbers, strict=True))
+    ]
+    training = {
+        "folds": len(folds),
+        "fold_epochs": fold_epochs,
+        "n_samples": int(dataset.n_samples),
+        "fold_train_samples": [int(len(fold.train.y)) for fold in folds],
+    }
+    check = learning_check(spec.task, networks, folds)
+    cpu = [network.to("cpu") for network in networks]
+    return _model("ensemble", spec, dataset, params, members, cpu, training, check, source)
+
+
+def member_info(spec: StudySpec, params: dict[str, Any], fold: FoldData, seed: int, *, fold_number: int | None = None,
+                epochs: int | None = None) -> MemberInfo:
+    """How to rebuild one member: its architecture (as ``FoldTrainer`` builds it), its
+    fold's preprocessing and target scale."""
     architecture = Architecture(
         cell=params.get("cell", spec.model.cell),
         hidden_size=int(params["hidden_size"]),
@@ -143,34 +233,90 @@ def fit_model(
         bidirectional=spec.model.bidirectional,
         dropout=float(params["dropout"]),
     )
-    if fold.target_scale is None:
-        target = TargetInfo(class_names=list(dataset.class_names or []))
-    else:
-        target = TargetInfo(mean=fold.target_scale[0], std=fold.target_scale[1])
-    metric = spec.training.metric
+    target = None if fold.target_scale is None else TargetScale(mean=fold.target_scale[0], std=fold.target_scale[1])
+    return MemberInfo(architecture=architecture, preprocessing=fold.preprocessing.to_dict(), target=target,
+                      seed=seed, fold=fold_number, epochs=epochs)
+
+
+def _model(kind: str, spec: StudySpec, dataset: Dataset, params: dict[str, Any], members: list[MemberInfo],
+           networks: list[torch.nn.Module], training: dict[str, Any], check: LearningCheck,
+           source: dict[str, Any] | None) -> Model:
     manifest = Manifest(
+        kind=kind,
         task=spec.task,
         spec=spec.model_dump(mode="json"),
         params=dict(params),
-        architecture=architecture,
-        preprocessing=fold.preprocessing.to_dict(),
-        target=target,
-        training={
-            "epochs": epochs,
-            "epochs_source": epochs_source,
-            "n_samples": int(len(train_idx)),
-            "holdout": holdout,
-            "holdout_samples": 0 if val_idx is None else int(len(val_idx)),
-            f"{'holdout' if val_idx is not None else 'train'}_{metric}": _finite(score),
-            "seed": seed,
-            "device": str(next(trainer.model.parameters()).device),
-        },
+        classes=dataset.classes,
+        members=members,
+        training=training,
+        learning=check,
         source=source,
         data_fingerprint=dataset.fingerprint(),
         versions=framework_versions(),
         created_at=now_iso(),
     )
-    return Model(manifest, plain_state_dict(trainer.model))
+    # Model() reloads the weights into networks built from the manifest, strictly: a mismatch fails here.
+    return Model(manifest, member_weights(networks))
+
+
+@torch.inference_mode()
+def _split_outputs(network: torch.nn.Module, split: Split) -> torch.Tensor:
+    """A network's outputs for a whole split, in chunks, on the CPU."""
+    device = next(network.parameters()).device
+    was_training = network.training
+    network.eval()
+    n = split.y.shape[0]
+    outs = []
+    for start in range(0, n, EVAL_CHUNK):
+        x, lengths = batch_inputs(split, torch.arange(start, min(n, start + EVAL_CHUNK)))
+        outs.append(network(x.to(device), lengths).float().cpu())
+    network.train(was_training)
+    return torch.cat(outs)
+
+
+def learning_check(task: str, networks: list[torch.nn.Module], folds: list[FoldData]) -> LearningCheck:
+    """Did the networks learn? Each is scored on its own training rows against the trivial
+    answer there: the majority class (accuracy), else the training mean (regression) or the
+    last observed value (forecasting; RMSE in the target's units). The model learned when
+    the members' mean score beats the members' mean baseline.
+
+    Args:
+        task: the study's task.
+        networks: the trained networks.
+        folds: each network's fold (its ``train`` split is scored).
+
+    Returns:
+        The check, recorded in the model's manifest.
+    """
+    scores, baselines, rows = [], [], 0
+    for network, fold in zip(networks, folds, strict=True):
+        split, outputs = fold.train, _split_outputs(network, fold.train)
+        rows += len(split.y)
+        if task == "classification":
+            y = split.y.cpu()
+            scores.append(float((outputs.argmax(1) == y).double().mean()))
+            baselines.append(float(torch.bincount(y).max()) / len(y))
+            continue
+        assert fold.target_scale is not None
+        mean, std = fold.target_scale
+        y = split.y.cpu().double().reshape(len(split.y), -1) * std + mean
+        predicted = outputs.double().reshape(y.shape) * std + mean
+        scores.append(float((predicted - y).pow(2).mean().sqrt()))
+        if task == "forecasting":
+            scaling = fold.preprocessing
+            assert isinstance(scaling, SeriesScaling)
+            # Inputs and targets of the target column share its scaling (SeriesScaling.target_scale).
+            last = split.x[:, -1, scaling.columns.index(scaling.target)].cpu().double()[:, None] * std + mean
+            baselines.append(float((last - y).pow(2).mean().sqrt()))
+        else:
+            baselines.append(float((y - y.mean(0)).pow(2).mean().sqrt()))
+    score, baseline = float(np.mean(scores)), float(np.mean(baselines))
+    if task == "classification":
+        return LearningCheck(learned=score > baseline + 1e-9, metric="accuracy", score=score, baseline=baseline,
+                             baseline_name="majority class", rows=rows)
+    return LearningCheck(learned=score < baseline - 1e-12 * max(1.0, baseline), metric="rmse", score=score,
+                         baseline=baseline,
+                         baseline_name="persistence" if task == "forecasting" else "training mean", rows=rows)
 
 
 def fit_study_model(
@@ -180,11 +326,13 @@ def fit_study_model(
     *,
     trial_number: int | None = None,
     holdout: float = 0.0,
+    seeds: int = 1,
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Model:
-    """Fit a study's best trial (or trial ``trial_number``) on the study's whole dataset.
+    """Refit a study's best trial (or trial ``trial_number``) on the study's whole dataset,
+    once per seed (see :func:`fit_model`).
 
     Epochs: see :func:`final_epochs`. The model records the study, trial, CV score and
     epochs it came from.
@@ -202,17 +350,24 @@ def fit_study_model(
     trial = pick_trial(study, trial_number)
     epochs, epochs_source = final_epochs(trial, spec)
     dataset = load_dataset(spec, data_dir)
-    source = {
+    source = trial_source(study_name, spec, trial.number, trial.value, trial.user_attrs)
+    return fit_model(spec, dataset, trial.params, epochs=epochs, epochs_source=epochs_source, holdout=holdout,
+                     seeds=seeds, device=device, on_epoch=on_epoch, should_stop=should_stop, source=source)
+
+
+def trial_source(study_name: str, spec: StudySpec, trial_number: int, value: float | None,
+                 user_attrs: dict[str, Any]) -> dict[str, Any]:
+    """Where a model came from, as its manifest records it: study, trial, CV score and folds."""
+    return {
         "study": study_name,
-        "trial_number": trial.number,
-        "cv_score": _finite(trial.value),
+        "trial_number": trial_number,
+        "cv_score": _finite(value),
+        "cv_loss": _finite(user_attrs.get("cv_loss")),
         "metric": spec.training.metric,
         "direction": spec.direction,
-        "fold_scores": trial.user_attrs.get("fold_scores"),
-        "fold_best_epochs": trial.user_attrs.get("fold_best_epochs"),
+        "fold_scores": user_attrs.get("fold_scores"),
+        "fold_best_epochs": user_attrs.get("fold_best_epochs"),
     }
-    return fit_model(spec, dataset, trial.params, epochs=epochs, epochs_source=epochs_source, holdout=holdout,
-                     device=device, on_epoch=on_epoch, should_stop=should_stop, source=source)
 
 
 def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTrial:
@@ -246,5 +401,7 @@ def framework_versions() -> dict[str, str]:
             "numpy": np.__version__, "safetensors": safetensors.__version__, "python": platform.python_version()}
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)

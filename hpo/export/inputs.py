@@ -116,6 +116,12 @@ def _sequences(scaling: SequenceScaling, x: Any, lengths: Any) -> tuple[np.ndarr
         lengths_array = _lengths(lengths, len(x3), x3.shape[1])
         if lengths_array.min() == x3.shape[1]:  # all full: as training data of one length
             lengths_array = None
+    elif scaling.steps is None and not x3[:, -1].any(axis=-1).all():
+        # Zero steps at the end read as padding: the network would run over them as data.
+        raise InputError("lengths", f"required: this model was trained on sequences of different lengths and x is "
+                                    f"one array whose sequences end in all-zero steps (padding?); give each "
+                                    f"sequence's true length in lengths ({len(x3)} integers, {x3.shape[1]} for "
+                                    "one that is not padded), or x as a list of sequences of their own lengths")
     return _check_steps(scaling, x3, lengths_array)
 
 

@@ -1,28 +1,28 @@
-"""``/api/v1/studies/{id}/model`` and ``/predict``: fit the best configuration, download it, predict.
+"""``/api/v1/studies/{id}/model`` and ``/predict``: the study's final model, download it, predict.
 
-The fit is a job the workers run (``hpo.export.jobs``): this API only queues it, reads its
-state from the database and removes it (cancel / delete). Predictions load the archive the
-workers wrote to the shared data folder (cached per file version) and apply the
-training-time preprocessing.
+The model is the best trial's fold ensemble, kept by the workers as trials complete, or a
+refit on all the data that ``POST .../model`` queues as a job the workers run
+(``hpo.export.jobs``): this API only queues it, reads states and archives from the
+database and removes them (cancel / delete). Predictions load the archive from the
+database (cached per archive sha256) and apply each member's training-time preprocessing.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from hpo.export import (
     InputError, Model, ModelJobConflict, PredictInput, delete_model, inputs_from_file, inputs_from_json, load_model,
-    model_job, model_path, request_model,
+    model_archive, model_status, request_model,
 )
-from hpo.export.fit import MAX_HOLDOUT
+from hpo.export.fit import MAX_HOLDOUT, MAX_SEEDS
 from service.deps import SettingsDep, StorageDep
 from service.errors import problem
 from service.limits import parse_json_body, too_large_message
@@ -32,6 +32,7 @@ from service.views import API_PREFIX, finite
 router = APIRouter(prefix="/studies", tags=["models"])
 
 ModelState = Literal["none", "queued", "running", "ready", "failed"]
+Label = int | str
 _PREDICT_BODY = {
     "requestBody": {
         "required": True,
@@ -51,8 +52,14 @@ _PREDICT_BODY = {
 
 
 class ModelRequest(BaseModel):
-    """What to fit: the best trial (default) or another complete one, with an optional holdout."""
+    """A refit: the best trial (default) or another complete one, trained again on all the
+    data once per seed, with an optional holdout."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["refit"] = Field(default="refit", description="`refit` (the ensemble needs no request: "
+                                                                "the workers keep it as trials complete).")
+    seeds: int = Field(default=1, ge=1, le=MAX_SEEDS, description="Networks trained, one per seed, and averaged.")
     trial_number: int | None = Field(default=None, ge=0, description="Fit this complete trial instead of the best.")
     holdout: float = Field(default=0.0, ge=0.0, le=MAX_HOLDOUT,
                            description="Share of rows held out and scored each epoch (0: train on every row).")
@@ -68,7 +75,14 @@ class ModelStatus(BaseModel):
     """A study's final model: the fit's progress, then what it was trained from."""
 
     study_id: str
-    state: ModelState = Field(description="`none` until a fit is requested.")
+    state: ModelState = Field(description="`none` until a trial completes (the ensemble) or a refit is requested.")
+    kind: Literal["ensemble", "refit"] | None = Field(
+        default=None, description="`ensemble`: the best trial's fold models, averaged; `refit`: the configuration "
+                                  "trained again on all the data, averaged over `seeds` seeds.")
+    learned: bool | None = Field(
+        default=None, description="Once ready: false when the model scores no better on its own training data "
+                                  "than the trivial answer (majority class, training mean or persistence; see "
+                                  "`model.learning`).")
     requested_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
@@ -76,13 +90,14 @@ class ModelStatus(BaseModel):
     trial_number: int | None = Field(default=None, description="The trial whose parameters are fitted.")
     cv_score: float | None = Field(default=None, description="That trial's mean cross-validation score.")
     holdout: float | None = None
+    seeds: int | None = None
     epoch: int | None = Field(default=None, description="Epochs done so far.")
     epochs: int | None = Field(default=None, description="Epochs the fit trains for.")
     score: float | None = Field(default=None, description="Last epoch's holdout (or training-sample) score.")
     attempts: int | None = None
     worker: str | None = None
     reason: str | None = Field(default=None, description="Why the fit failed.")
-    archive: dict[str, Any] | None = Field(default=None, description="`file`, `bytes`, `sha256` of the archive.")
+    archive: dict[str, Any] | None = Field(default=None, description="`bytes`, `sha256` of the archive.")
     model: dict[str, Any] | None = Field(
         default=None, description="Once ready: params, epochs (and where they came from), data fingerprint, "
                                   "CV score, trial number, framework versions, training scores.")
@@ -94,90 +109,100 @@ class Prediction(BaseModel):
 
     study_id: str
     task: str
+    kind: Literal["ensemble", "refit"]
     n: int | None = None
-    classes: list[str] | None = None
-    labels: list[str] | None = None
+    classes: list[Label] | None = Field(default=None, description="As the training labels were typed.")
+    labels: list[Label] | None = None
     probabilities: list[list[float]] | None = None
     predictions: list[Any] | None = None
     target: str | None = None
     horizon: int | None = None
 
 
-def model_view(study_id: str, job: dict[str, Any] | None) -> dict[str, Any]:
+def model_view(study_id: str, status: dict[str, Any] | None) -> dict[str, Any]:
     base = f"{API_PREFIX}/studies/{study_id}"
     view: dict[str, Any] = {"study_id": study_id, "state": "none",
                             "links": {"self": f"{base}/model", "download": f"{base}/model/download",
                                       "predict": f"{base}/predict"}}
-    if job is not None:
+    if status is not None:
         fields = set(ModelStatus.model_fields) - {"study_id", "links"}
-        view.update({k: finite(v) for k, v in job.items() if k in fields})
-        if isinstance(view.get("archive"), dict):
-            view["archive"] = {k: view["archive"][k] for k in ("file", "bytes", "sha256") if k in view["archive"]}
+        view.update({k: finite(v) for k, v in status.items() if k in fields})
+        if isinstance(status.get("model"), dict):
+            view["learned"] = status["model"].get("learned")
     return view
 
 
-def _job(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any] | None:
-    return model_job(storage, loaded.record.optuna_study_name)
+def _status(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any] | None:
+    return model_status(storage, loaded.record.optuna_study_name)
 
 
-def _ready_job(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any]:
-    job = _job(storage, loaded)
-    if job is None or job["state"] != "ready":
-        state = "none" if job is None else job["state"]
-        raise problem(409, f"study {loaded.record.id!r} has no model ready (model state: {state}); "
-                           f"POST {API_PREFIX}/studies/{loaded.record.id}/model to fit one")
-    return job
+def _ready(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any]:
+    status = _status(storage, loaded)
+    if status is None or status["state"] != "ready":
+        state = "none" if status is None else status["state"]
+        raise problem(409, f"study {loaded.record.id!r} has no model ready (model state: {state}); it is kept as "
+                           f"trials complete, or POST {API_PREFIX}/studies/{loaded.record.id}/model to refit one")
+    return status
+
+
+def _archive(storage: StorageDep, loaded: LoadedDep, status: dict[str, Any]) -> tuple[bytes, str]:
+    found = model_archive(storage, loaded.record.optuna_study_name, status["kind"])
+    if found is None:  # deleted or replaced between the two reads
+        raise problem(409, f"the model of study {loaded.record.id!r} is being replaced; try again in a moment")
+    return found
 
 
 @router.post("/{study_id}/model", status_code=202, response_model=ModelStatus, response_model_exclude_none=True,
              responses=ERRORS, summary="Fit the best configuration")
 def fit_model(loaded: LoadedDep, storage: StorageDep,
               request: Annotated[ModelRequest | None, Body()] = None) -> dict[str, Any]:
-    """Queue a final fit of the best trial's parameters on the whole training data; a
-    worker runs it. Follow it with `GET .../model` (state, epoch / epochs)."""
+    """Queue a refit of the best trial's parameters on the whole training data (once per
+    seed, averaged); a worker runs it, and it becomes the study's model in place of the
+    fold ensemble. Follow it with `GET .../model` (state, epoch / epochs)."""
     request = request or ModelRequest()
     try:
         job = request_model(storage, loaded.record.optuna_study_name, trial_number=request.trial_number,
-                            holdout=request.holdout)
+                            holdout=request.holdout, seeds=request.seeds)
     except ModelJobConflict as exc:
         raise problem(409, str(exc)) from None
     except ValueError as exc:
         if request.trial_number is not None:
             raise problem(422, str(exc), field="trial_number") from None
         raise problem(409, str(exc)) from None
-    return model_view(loaded.record.id, job)
+    return model_view(loaded.record.id, {"kind": "refit", **job})
 
 
 @router.get("/{study_id}/model", response_model=ModelStatus, response_model_exclude_none=True, responses=ERRORS,
             summary="The final model's state")
 def get_model(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
     """`none`, `queued`, `running` (with epoch / epochs), `ready` (with the model's
-    metadata) or `failed` (with the reason)."""
-    return model_view(loaded.record.id, _job(storage, loaded))
+    kind, metadata and whether it learned) or `failed` (with the reason)."""
+    return model_view(loaded.record.id, _status(storage, loaded))
 
 
 @router.delete("/{study_id}/model", status_code=204, response_class=Response, responses=ERRORS,
                summary="Cancel the fit or delete the model")
-def cancel_or_delete_model(loaded: LoadedDep, storage: StorageDep, settings: SettingsDep) -> Response:
-    """Cancel a queued or running fit, or delete a ready or failed model with its archive;
-    `GET .../model` says `none` again. A running fit's worker stops at the end of the epoch
-    in progress. 404 when there is no model."""
-    if delete_model(storage, settings.data_dir, loaded.record.optuna_study_name) is None:
+def cancel_or_delete_model(loaded: LoadedDep, storage: StorageDep) -> Response:
+    """Cancel a queued or running refit, or delete a ready or failed one (the fold
+    ensemble, if kept, is the model again); without a refit, delete the ensemble. A running
+    fit's worker stops at the end of the epoch in progress. 404 when there is no model."""
+    if delete_model(storage, loaded.record.optuna_study_name) is None:
         raise problem(404, f"study {loaded.record.id!r} has no model to cancel or delete (model state: none)")
     return Response(status_code=204)
 
 
-@router.get("/{study_id}/model/download", response_class=FileResponse, responses={
+@router.get("/{study_id}/model/download", response_class=Response, responses={
     200: {"content": {"application/zip": {}}, "description": "The model archive: `manifest.json` + "
                                                              "`model.safetensors`; open with `hpo.load_model`."},
     **ERRORS}, summary="Download the model archive")
-def download_model(loaded: LoadedDep, storage: StorageDep, settings: SettingsDep) -> FileResponse:
-    """The `.hpo.zip` archive (409 until the model is ready)."""
-    job = _ready_job(storage, loaded)
-    path = _archive_path(settings.data_dir, loaded.record.optuna_study_name, loaded.record.id)
-    etag = (job.get("archive") or {}).get("sha256")
-    return FileResponse(path, media_type="application/zip", filename=f"{loaded.record.optuna_study_name}.hpo.zip",
-                        headers={"ETag": f'"{etag}"'} if etag else None)
+def download_model(loaded: LoadedDep, storage: StorageDep) -> Response:
+    """The `.hpo.zip` archive (409 until a model is ready); `X-Model-Kind` says its kind."""
+    status = _ready(storage, loaded)
+    blob, sha256 = _archive(storage, loaded, status)
+    filename = f"{loaded.record.optuna_study_name}.hpo.zip".replace('"', "_")
+    return Response(blob, media_type="application/zip", headers={
+        "ETag": f'"{sha256}"', "X-Model-Kind": status["kind"],
+        "Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.post("/{study_id}/predict", response_model=Prediction, response_model_exclude_none=True,
@@ -185,9 +210,7 @@ def download_model(loaded: LoadedDep, storage: StorageDep, settings: SettingsDep
 async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
     """Predict for new data with the study's ready model (409 until one is ready); the
     training-time preprocessing is applied. A bad input is a 422 naming the problem."""
-    job = await run_in_threadpool(_ready_job, storage, loaded)
-    path = _archive_path(settings.data_dir, loaded.record.optuna_study_name, loaded.record.id)
-    model = await run_in_threadpool(_load_ready_model, path, job, loaded.record.id)
+    model = await run_in_threadpool(_ready_model, storage, loaded)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
         async with request.form(max_part_size=settings.max_upload_bytes) as form:
@@ -212,31 +235,31 @@ async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, sett
     return {"study_id": loaded.record.id, **finite(result)}
 
 
-def _archive_path(data_dir: str, study_name: str, study_id: str) -> Path:
-    path = model_path(data_dir, study_name)
-    if not path.is_file():
-        raise problem(409, f"the model archive of study {study_id!r} is missing from the data folder "
-                           f"(is it shared with the workers?); POST {API_PREFIX}/studies/{study_id}/model to fit again")
-    return path
-
-
-def _load_ready_model(path: Path, job: dict[str, Any], study_id: str) -> Model:
-    stat = path.stat()
+def _ready_model(storage: StorageDep, loaded: LoadedDep) -> Model:
+    """The study's ready model, loaded once per archive version."""
+    status = _ready(storage, loaded)
     try:
-        model = _cached_model(str(path), stat.st_mtime_ns, stat.st_size)
+        return _cached_model(storage, loaded.record.optuna_study_name, status["kind"], status["archive"]["sha256"])
+    except KeyError:  # replaced between the two reads
+        raise problem(409, f"the model of study {loaded.record.id!r} is being replaced; "
+                           "try again in a moment") from None
     except ValueError as exc:
         raise problem(409, f"the stored model archive is unreadable ({exc}); "
-                           f"POST {API_PREFIX}/studies/{study_id}/model to fit again") from None
-    expected = (job.get("archive") or {}).get("weights_sha256")
-    if expected and model.manifest.weights and model.manifest.weights.sha256 != expected:
-        raise problem(409, f"the model of study {study_id!r} is being replaced; try again in a moment")
-    return model
+                           f"POST {API_PREFIX}/studies/{loaded.record.id}/model to refit one") from None
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_model(path: str, mtime_ns: int, size: int) -> Model:
-    """A loaded archive, per file version (a new fit renames a new file into place)."""
-    return load_model(path)
+def _cached_model(storage: Any, study_name: str, kind: str, sha256: str) -> Model:
+    """A loaded archive, per version (its sha256).
+
+    Raises:
+        KeyError: the stored archive is no longer that version.
+        ValueError: it is unreadable.
+    """
+    found = model_archive(storage, study_name, kind)
+    if found is None or found[1] != sha256:
+        raise KeyError(sha256)
+    return load_model(found[0])
 
 
 def _json_input(model: Model, body: Any) -> PredictInput:

@@ -181,9 +181,9 @@ def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, ca
 
 
 @router.delete("/{study_id}", status_code=204, responses=ERRORS, summary="Delete a study")
-def delete_study(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep, settings: SettingsDep) -> Response:
+def delete_study(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep) -> Response:
     """Delete a study with all its trials (from Optuna's tables too) and its model."""
-    catalog.delete(session, cache, loaded, settings.data_dir)
+    catalog.delete(session, cache, loaded)
     return Response(status_code=204)
 
 

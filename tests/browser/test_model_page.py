@@ -1,6 +1,7 @@
-"""The study page's Model panel in a real browser against a real ``hpo serve``: fit the best
-trial, watch the fit reach ``ready`` without a reload, download the archive and open it,
-delete it, cancel a queued fit, see why a fit failed."""
+"""The study page's Model panel in a real browser against a real ``hpo serve``: the best
+trial's fold ensemble appears when the study ends, a refit reaches ``ready`` without a
+reload, download the archives and open them, delete them, cancel a queued refit, see why a
+refit failed and that a model did not learn."""
 
 from __future__ import annotations
 
@@ -56,28 +57,34 @@ def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
 
     page.click("#resume")
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
-    page.wait_for_selector("#model-fit:enabled")
-    assert page.locator("#model-why").count() == 0
+    wait_model_state(page, "ready", 20_000)  # the best trial's fold models, kept as it completed
+    assert "fold ensemble (2 fold models" in page.text_content("#model-kind")
+    assert page.locator("#model-not-learned").count() == 0
+    with page.expect_download() as started:
+        page.click("#model-download")
+    ensemble = load_model(started.value.path())
+    assert ensemble.kind == "ensemble" and len(ensemble.members) == 2
     page.evaluate("window.__noReload = 'still here'")
 
     # A refusal is said next to the button; nothing is queued.
+    page.click("details.model-refit summary")
     page.fill("#model-holdout", "0.9")
     page.click("#model-fit")
     page.wait_for_selector("#model-message:not(:empty)")
     assert "holdout" in page.text_content("#model-message")
     assert "Traceback" not in page.text_content("#model-card")
-    assert model_state(page) == "none"
-    assert api.get(f"/studies/{study_id}/model").json()["state"] == "none"
+    assert api.get(f"/studies/{study_id}/model").json()["kind"] == "ensemble"
 
     record_states(page)
     page.fill("#model-holdout", "0.2")
+    page.fill("#model-seeds", "2")
     page.click("#model-fit")
-    page.wait_for_selector('#model:not([data-state="none"])')
+    page.wait_for_selector('#model:not([data-state="ready"])')
     page.screenshot(path=tmp_path / "model-fitting.png", full_page=True)
     wait_model_state(page, "ready")
     states = page.evaluate("window.__modelStates")
     # A worker may claim the job before the panel's first poll: "running" can come first.
-    assert states[0] == "none" and states[1] in ("queued", "running") and states[-1] == "ready", states
+    assert states[0] == "ready" and states[1] in ("queued", "running") and states[-1] == "ready", states
     assert set(states[1:]) <= {"queued", "running", "ready"}, states
     assert page.text_content("#model-message") == ""
     assert page.evaluate("window.__noReload") == "still here"  # followed by polling, not reloads
@@ -86,8 +93,9 @@ def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
     status = api.get(f"/studies/{study_id}/model").json()
     best = api.get(f"/studies/{study_id}/best").json()
     panel = page.text_content("#model")
-    assert status["state"] == "ready" and status["trial_number"] == best["number"]
+    assert status["state"] == "ready" and status["kind"] == "refit" and status["trial_number"] == best["number"]
     assert f"#{best['number']}" in panel and "holdout" in panel
+    assert "refit on all data (2 seeds" in page.text_content("#model-kind")
     assert page.text_content("#model-state") == "ready"
     assert page.get_attribute("#model-download", "href") == status["links"]["download"]
 
@@ -100,6 +108,7 @@ def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == status["archive"]["sha256"]
     assert zipfile.ZipFile(path).namelist() == ["manifest.json", "model.safetensors"]
     model = load_model(path)
+    assert model.kind == "refit" and len(model.members) == 2
     assert model.manifest.source["trial_number"] == best["number"]
     assert model.manifest.params == best["params"]
     assert len(model.predict(_digits()[0][:3])) == 3
@@ -112,6 +121,10 @@ def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
                          "return c.scrollWidth <= c.clientWidth && c.getBoundingClientRect().right <= innerWidth; })()")
     page.set_viewport_size({"width": 1280, "height": 800})
 
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#model-delete")  # the refit goes: the ensemble is the model again
+    page.wait_for_function("document.querySelector('#model-kind')?.textContent.startsWith('fold ensemble')",
+                           timeout=10_000)
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#model-delete")
     wait_model_state(page, "none", 10_000)
@@ -138,8 +151,10 @@ def test_a_failed_fit_says_why_and_can_be_asked_for_again(server, page, api, tmp
     study = api.post("/studies", json=spec).json()
     page.goto(f"{server.url}/studies/{study['id']}")
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
-    # Its data gone, the study's best trial cannot be fitted.
+    # Its data gone, the study's best trial cannot be refitted.
     assert api.delete(f"/datasets/{dataset['id']}").status_code == 204
+    wait_model_state(page, "ready", 20_000)  # its fold ensemble
+    page.click("details.model-refit summary")
     page.wait_for_selector("#model-fit:enabled")
 
     page.click("#model-fit")
@@ -162,3 +177,25 @@ def test_a_failed_fit_says_why_and_can_be_asked_for_again(server, page, api, tmp
     assert page.evaluate("window.__modelStates")[1] in ("queued", "running")  # a new fit was started
     after = api.get(f"/studies/{study['id']}/model").json()
     assert after["state"] == "failed" and after["requested_at"] > before["requested_at"]  # a new fit
+
+
+def test_a_model_that_did_not_learn_is_flagged(server, page, api):
+    rng = __import__("random").Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+    # Labels that the texts do not predict, three quarters of them "a": nothing to learn.
+    rows = "".join(f"{' '.join(rng.choice(words) for _ in range(4))},{'a' if rng.random() < 0.75 else 'b'}\n"
+                   for _ in range(40))
+    dataset = api.post("/datasets", files={"file": ("noise.csv", ("text,label\n" + rows).encode())},
+                       data={"task": "classification"}).json()
+    spec = tiny_spec("browser-model-noise", dataset={"id": dataset["id"]}, training={"max_epochs": 1},
+                     search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 16}, "lr": {"value": 1e-6}},
+                     budget={"n_trials": 1})
+    study = api.post("/studies", json=spec).json()
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+    wait_model_state(page, "ready", 20_000)
+
+    status = api.get(f"/studies/{study['id']}/model").json()
+    assert status["learned"] is False
+    flag = page.text_content("#model-not-learned")
+    assert "did not learn" in flag and "majority class" in flag

@@ -152,16 +152,19 @@ def test_model_fit_wait_download_predict_delete(client, worker, live_server, tmp
     assert client.model(study_id)["state"] == "none"
     assert client.wait_model(study_id, timeout_s=5)["state"] == "none"  # nothing asked for: nothing to wait for
     client.wait(study_id, poll_s=0.1, timeout_s=120)
+    assert client.model(study_id)["kind"] == "ensemble"  # the best trial's fold models, kept as it completed
 
-    queued = client.fit_model(study_id, holdout=0.2)
+    queued = client.fit_model(study_id, holdout=0.2, seeds=2)
     with pytest.raises(APIError) as bad_holdout:
         client.fit_model(study_id, holdout=0.9)
     ready = client.wait_model(study_id, poll_s=0.1, timeout_s=120)
 
     assert queued["state"] == "queued" and queued["trial_number"] == 0 and queued["holdout"] == 0.2
+    assert queued["kind"] == "refit" and queued["seeds"] == 2
     assert bad_holdout.value.status == 422 and bad_holdout.value.detail[0]["field"] == "holdout"
-    assert ready["state"] == "ready", ready.get("reason")
+    assert ready["state"] == "ready" and ready["kind"] == "refit", ready.get("reason")
     assert ready["model"]["trial_number"] == 0 and ready["model"]["training"]["holdout_samples"] > 0
+    assert ready["model"]["members"] == 2
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     path = client.download_model(study_id, downloads)  # a folder: the file gets the server's name for it
@@ -181,11 +184,14 @@ def test_model_fit_wait_download_predict_delete(client, worker, live_server, tmp
 
     # `hpo model download|fit --url` go through the same client.
     main(["model", "download", study_id, "--url", live_server.url, "--out", str(tmp_path / "cli.hpo.zip")])
-    assert capsys.readouterr().out.strip() == str(tmp_path / "cli.hpo.zip")
+    printed = capsys.readouterr()
+    assert printed.out.strip() == str(tmp_path / "cli.hpo.zip") and "model kind: refit (2 network(s))" in printed.err
     assert (tmp_path / "cli.hpo.zip").read_bytes() == path.read_bytes()
     main(["model", "fit", study_id, "--url", live_server.url, "--wait"])
     assert json.loads(capsys.readouterr().out)["state"] == "ready"
 
+    client.delete_model(study_id)  # the refit: the ensemble is the model again
+    assert client.model(study_id)["kind"] == "ensemble"
     client.delete_model(study_id)
     assert client.model(study_id)["state"] == "none"
     with pytest.raises(APIError) as not_ready:

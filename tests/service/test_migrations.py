@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
+from hpo.export import model_job
 from hpo.storage import open_storage
 from hpo.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
 from hpo.db.models import Base
 
-SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", VERSION_TABLE}
+SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_model_archives", "hpo_model_jobs",
+                  VERSION_TABLE}
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
-    assert ours == ["0002"]
+    assert ours == ["0003"]
     assert len(optunas) == 1 and optunas != ours
     open_storage(database_url).engine.dispose()  # Optuna still accepts the database
 
@@ -75,7 +78,7 @@ def test_downgrade_removes_only_the_service_tables(database_url):
     engine.dispose()
 
     tables = table_names(database_url)
-    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys"} & tables)
+    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_model_jobs", "hpo_model_archives"} & tables)
     assert {"studies", "trials"} <= tables
 
 
@@ -93,3 +96,36 @@ def test_upgrade_from_0001_keeps_the_rows_and_adds_the_keys(database_url):
         assert connection.execute(text("SELECT id FROM hpo_studies")).scalars().all() == ["old1"]
         assert connection.execute(text("SELECT count(*) FROM hpo_api_keys")).scalar() == 0
     engine.dispose()
+
+
+def test_upgrade_to_0003_moves_the_model_jobs_out_of_the_study_attributes(database_url):
+    upgrade(database_url, "0002")
+    storage = open_storage(database_url)
+    old = {  # model jobs as earlier versions kept them, in the study user attribute hpo:model
+        "queued-job": {"state": "queued", "requested_at": "2025-01-01T00:00:00+00:00", "trial_number": 2,
+                       "cv_score": 0.8, "holdout": 0.1, "attempts": 0},
+        "ready-job": {"state": "ready", "requested_at": "2025-01-02T00:00:00+00:00", "trial_number": 0,
+                      "cv_score": 0.7, "holdout": 0.0, "attempts": 1, "archive": {"file": "models/x.hpo.zip"}},
+        "failed-job": {"state": "failed", "requested_at": "2025-01-03T00:00:00+00:00", "trial_number": 1,
+                       "holdout": 0.0, "attempts": 1, "reason": "ValueError: no"},
+        "deleted-job": {"state": "queued", "requested_at": "2025-01-04T00:00:00+00:00", "trial_number": 0},
+    }
+    for name, job in old.items():
+        study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
+        storage.set_study_user_attr(study_id, "hpo:model", job)
+        storage.set_study_user_attr(study_id, "other", 1)
+    storage.set_study_user_attr(storage.get_study_id_from_name("deleted-job"), "hpo:model:cancelled",
+                                old["deleted-job"]["requested_at"])
+
+    upgrade(database_url)
+
+    jobs = {name: model_job(storage, name) for name in old}
+    assert jobs["deleted-job"] is None
+    assert jobs["queued-job"]["state"] == "queued" and jobs["queued-job"]["trial_number"] == 2
+    assert jobs["queued-job"]["holdout"] == 0.1 and jobs["queued-job"]["seeds"] == 1
+    assert jobs["ready-job"]["state"] == "queued"  # its archive was in the data folder: refitted into the database
+    assert jobs["failed-job"]["state"] == "failed" and jobs["failed-job"]["reason"] == "ValueError: no"
+    for name in old:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+        assert attrs == {"other": 1}  # the job attributes and the tombstone are gone
+    storage.engine.dispose()

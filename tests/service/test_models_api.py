@@ -1,7 +1,9 @@
-"""The final model through the API: queue a fit, a worker runs it, download, predict."""
+"""The final model through the API: the fold ensemble kept as trials complete, a refit
+queued and run by a worker, download, predict."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import statistics
@@ -13,12 +15,15 @@ from collections.abc import Iterator
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy as sa
+
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpo.data.builtins import _airline, _digits
-from hpo.export import MODEL_ATTR, load_model, model_path, run_pending_model_jobs
+from hpo.export import load_model, model_archive, run_pending_model_jobs
+from hpo.db.models import model_jobs
 from hpo.samplers import suggest_params
 from hpo.studies import study_spec
 from hpo.worker import WorkerOptions, worker_loop
@@ -69,52 +74,78 @@ def fitted_api(tmp_path_factory) -> Iterator[tuple[TestClient, dict]]:
         yield client, study
 
 
-def test_model_is_fitted_by_a_worker_then_downloaded_and_used(api, storage, database_url, data_dir, digits_study):
+def test_the_best_trials_fold_ensemble_is_the_model_when_the_study_ends(api, storage, digits_study):
     study_id, name = digits_study["id"], digits_study["optuna_study_name"]
     model_url = f"{STUDIES}/{study_id}/model"
-    assert api.get(model_url).json()["state"] == "none"
-    assert api.get(f"{model_url}/download").status_code == 409
-    assert api.post(f"{STUDIES}/{study_id}/predict", json={"x": [[[0.0] * 8] * 8]}).status_code == 409
 
-    queued = api.post(model_url)
-    assert queued.status_code == 202, queued.text
-    assert queued.json()["state"] == "queued"
-    assert api.post(model_url).status_code == 409  # one fit at a time
-    _work(database_url, data_dir, name)
     status = api.get(model_url).json()
 
     best = optuna.load_study(study_name=name, storage=storage).best_trial
-    assert status["state"] == "ready", status
-    assert status["epoch"] == status["epochs"] == status["model"]["epochs"]
+    assert status["state"] == "ready" and status["kind"] == "ensemble", status
+    assert status["trial_number"] == best.number and status["learned"] is True
     model = status["model"]
-    assert model["params"] == best.params
-    assert model["trial_number"] == best.number == status["trial_number"]
-    assert model["cv_score"] == pytest.approx(best.value)
-    assert model["epochs"] == max(1, int(np.ceil(statistics.median(best.user_attrs["fold_best_epochs"]))))
-    assert model["fold_best_epochs"] == best.user_attrs["fold_best_epochs"]
-    assert model["data_fingerprint"].startswith("sha256:")
-    assert {"torch", "optuna", "hpo"} <= set(model["versions"])
-    assert model_path(data_dir, name).is_file()
-
+    assert model["kind"] == "ensemble" and model["members"] == 2  # one per fold
+    assert model["params"] == best.params and model["cv_score"] == pytest.approx(best.value)
+    assert model["learning"]["baseline_name"] == "majority class"
+    assert model["learning"]["score"] > model["learning"]["baseline"]
     download = api.get(f"{model_url}/download")
-    assert download.status_code == 200
-    assert download.headers["content-type"] == "application/zip"
-    assert zipfile.ZipFile(io.BytesIO(download.content)).namelist() == ["manifest.json", "model.safetensors"]
+    assert download.status_code == 200 and download.headers["x-model-kind"] == "ensemble"
+    assert download.headers["etag"] == f'"{status["archive"]["sha256"]}"'
     local = load_model(download.content)
+    assert local.kind == "ensemble" and [m.fold for m in local.manifest.members] == [0, 1]
 
     x = _digits()[0][:20]
     answer = api.post(f"{STUDIES}/{study_id}/predict", json={"x": x.tolist()})
     assert answer.status_code == 200, answer.text
     body = answer.json()
+    assert body["kind"] == "ensemble" and body["classes"] == list(range(10))  # ints stay ints
     assert body["labels"] == local.predict(x).tolist()
     np.testing.assert_allclose(body["probabilities"], local.predict_proba(x), rtol=1e-5, atol=1e-7)
-    assert body["classes"] == [str(d) for d in range(10)] and body["n"] == 20
 
+
+def test_a_refit_is_fitted_by_a_worker_then_downloaded_and_used(api, storage, database_url, data_dir,
+                                                                digits_study):
+    study_id, name = digits_study["id"], digits_study["optuna_study_name"]
+    model_url = f"{STUDIES}/{study_id}/model"
+
+    queued = api.post(model_url, json={"kind": "refit", "seeds": 2})
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["state"] == "queued" and queued.json()["kind"] == "refit"
+    assert api.post(model_url).status_code == 409  # one fit at a time
+    assert api.get(f"{model_url}/download").status_code == 409  # the refit is now the model, not ready yet
+    _work(database_url, data_dir, name)
+    status = api.get(model_url).json()
+
+    best = optuna.load_study(study_name=name, storage=storage).best_trial
+    assert status["state"] == "ready" and status["kind"] == "refit", status
+    epochs = max(1, int(np.ceil(statistics.median(best.user_attrs["fold_best_epochs"]))))
+    assert status["epoch"] == status["epochs"] == 2 * epochs and status["seeds"] == 2
+    model = status["model"]
+    assert model["params"] == best.params and model["members"] == 2 and model["epochs"] == epochs
+    assert model["trial_number"] == best.number == status["trial_number"]
+    assert model["fold_best_epochs"] == best.user_attrs["fold_best_epochs"]
+    assert model["data_fingerprint"].startswith("sha256:")
+    assert {"torch", "optuna", "hpo"} <= set(model["versions"])
+
+    download = api.get(f"{model_url}/download")
+    assert download.status_code == 200 and download.headers["x-model-kind"] == "refit"
+    assert download.headers["content-type"] == "application/zip"
+    assert zipfile.ZipFile(io.BytesIO(download.content)).namelist() == ["manifest.json", "model.safetensors"]
+    local = load_model(download.content)
+
+    x = _digits()[0][:20]
+    body = api.post(f"{STUDIES}/{study_id}/predict", json={"x": x.tolist()}).json()
+    assert body["kind"] == "refit" and body["labels"] == local.predict(x).tolist()
     npz = io.BytesIO()
     np.savez(npz, X=x)
     from_file = api.post(f"{STUDIES}/{study_id}/predict", files={"file": ("new.npz", npz.getvalue())})
     assert from_file.status_code == 200, from_file.text
     assert from_file.json()["labels"] == body["labels"]
+
+    assert api.delete(model_url).status_code == 204  # the refit goes: the ensemble is the model again
+    assert api.get(model_url).json()["kind"] == "ensemble"
+    assert api.post(model_url, json={"kind": "ensemble"}).json()["detail"][0]["field"] == "kind"
+    assert api.post(model_url, json={"seeds": 11}).json()["detail"][0]["field"] == "seeds"
 
 
 @pytest.mark.parametrize(("body", "field", "message"), [
@@ -199,11 +230,13 @@ def test_a_failed_fit_says_why(api, storage, data_dir):
     url = f"{STUDIES}/{study['id']}/model"
     assert api.post(url, json={"holdout": 0.9}).json()["detail"][0]["field"] == "holdout"
     assert api.post(url, json={"trial_number": 99}).json()["detail"][0]["field"] == "trial_number"
-    study_id = storage.get_study_id_from_name(study["optuna_study_name"])
     # A queued job naming a trial that is not there (say, the trials were deleted since):
-    storage.set_study_user_attr(study_id, MODEL_ATTR, {"state": "queued", "trial_number": 99, "holdout": 0.0})
+    with storage.engine.begin() as connection:
+        connection.execute(sa.insert(model_jobs).values(
+            study_name=study["optuna_study_name"], job_id="j", state="queued", trial_number=99, holdout=0.0,
+            seeds=1, attempts=0, requested_at=dt.datetime(2025, 1, 1)))
 
-    assert run_pending_model_jobs(storage, data_dir, claim_settle_s=0.0)
+    assert run_pending_model_jobs(storage, data_dir)
 
     status = api.get(url).json()
     assert status["state"] == "failed"
@@ -228,8 +261,9 @@ def test_forecasting_model_predicts_the_next_values_in_passengers(api, database_
     assert api.post(f"{STUDIES}/{study['id']}/model", json={"holdout": 0.1}).status_code == 202
     _work(database_url, data_dir, study["optuna_study_name"])
     status = api.get(f"{STUDIES}/{study['id']}/model").json()
-    assert status["state"] == "ready", status
+    assert status["state"] == "ready" and status["kind"] == "refit", status
     assert status["model"]["training"]["holdout_samples"] > 0
+    assert status["model"]["learning"]["baseline_name"] == "persistence"
 
     series = _airline().values[:30]
     answer = api.post(f"{STUDIES}/{study['id']}/predict", json={"series": series.tolist()})
@@ -245,32 +279,29 @@ def test_forecasting_model_predicts_the_next_values_in_passengers(api, database_
         "field": "series", "message": "series: has 3 rows; the model reads the last 6 (lookback)"}
 
 
-def test_delete_cancels_a_queued_fit_then_deletes_a_ready_model(api, storage, database_url, data_dir, digits_study):
+def test_delete_cancels_a_queued_refit_then_deletes_the_refit_then_the_ensemble(api, storage, database_url,
+                                                                               data_dir, digits_study):
     study_id, name = digits_study["id"], digits_study["optuna_study_name"]
     url = f"{STUDIES}/{study_id}/model"
-    assert api.delete(url).status_code == 404  # nothing to cancel yet
-    listing = storage.get_all_studies()  # a worker's view of the studies, before the cancel
     assert api.post(url).status_code == 202
-    listing = storage.get_all_studies()
 
     cancelled = api.delete(url)
 
     assert cancelled.status_code == 204 and cancelled.content == b""
-    assert api.get(url).json()["state"] == "none"
-    # A worker still holding the listing in which the job was queued does not start it.
-    assert not run_pending_model_jobs(storage, data_dir, studies=listing, claim_settle_s=0.0)
-    assert api.get(url).json()["state"] == "none"
-    gone = api.delete(url)
-    assert gone.status_code == 404 and "no model to cancel or delete" in gone.json()["detail"][0]["message"]
+    assert api.get(url).json()["kind"] == "ensemble"  # the kept ensemble is the model again
+    assert not run_pending_model_jobs(storage, data_dir)  # no worker starts the cancelled refit
 
     assert api.post(url).status_code == 202
     _work(database_url, data_dir, name)
-    assert api.get(url).json()["state"] == "ready" and model_path(data_dir, name).is_file()
+    assert api.get(url).json()["state"] == "ready" and model_archive(storage, name, "refit") is not None
 
     assert api.delete(url).status_code == 204
+    assert model_archive(storage, name, "refit") is None
+    assert api.delete(url).status_code == 204  # then the ensemble
 
     assert api.get(url).json()["state"] == "none"
-    assert not model_path(data_dir, name).exists()
+    gone = api.delete(url)
+    assert gone.status_code == 404 and "no model to cancel or delete" in gone.json()["detail"][0]["message"]
     assert api.get(f"{url}/download").status_code == 409
     assert api.post(f"{STUDIES}/{study_id}/predict", json={"x": [[[0.0] * 8] * 8]}).status_code == 409
     assert api.post(url).status_code == 202  # and a new fit can be asked for
@@ -294,7 +325,7 @@ def test_delete_cancels_a_running_fit_at_its_next_epoch(api, storage, data_dir):
         return False
 
     worker = threading.Thread(target=run_pending_model_jobs, args=(storage, data_dir),
-                              kwargs={"claim_settle_s": 0.0, "should_stop": should_stop})
+                              kwargs={"should_stop": should_stop})
     worker.start()
     deadline = time.monotonic() + 60
     while (status := api.get(url).json())["state"] in ("queued", "running") and status.get("epoch", 0) < 1 \
@@ -310,5 +341,4 @@ def test_delete_cancels_a_running_fit_at_its_next_epoch(api, storage, data_dir):
     # The epoch in progress ends, the worker finds the job gone and starts no other.
     assert len([t for t in epochs_started if t > cancelled_at]) <= 1, f"{len(epochs_started)} epochs of 200"
     assert api.get(url).json()["state"] == "none"  # the worker wrote nothing after the cancel
-    assert not model_path(data_dir, name).exists()
-    assert not any(model_path(data_dir, name).parent.glob("*.partial"))
+    assert model_archive(storage, name, "refit") is None

@@ -6,9 +6,12 @@ import json
 
 import optuna
 import pytest
+import sqlalchemy as sa
 import yaml
 
-from hpo.export import model_path
+from hpo.export import model_archive, model_job
+from hpo.db.models import model_archives, model_jobs
+from hpo.export.store import ensure_tables, utcnow
 from hpo.studies import SPEC_ATTR
 from tests.support.servers import MAX_BODY_BYTES
 from tests.support.studies import add_trial, tiny_spec
@@ -265,15 +268,22 @@ def test_delete_removes_the_optuna_study(api, storage):
     assert api.get(STUDIES).json()["total"] == 0
 
 
-def test_delete_removes_the_model_archive(api, storage, data_dir):
+def test_delete_removes_the_models(api, storage):
     created = api.post(STUDIES, json=tiny_spec()).json()
     other = api.post(STUDIES, json=tiny_spec()).json()
-    archives = [model_path(data_dir, study["optuna_study_name"]) for study in (created, other)]
-    for archive in archives:  # what a worker's fit leaves in the data folder
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        archive.write_bytes(b"an archive")
+    for study in (created, other):  # what the workers leave: a kept ensemble and a refit job
+        ensure_tables(storage.engine)
+        with storage.engine.begin() as connection:
+            connection.execute(sa.insert(model_archives).values(
+                study_name=study["optuna_study_name"], kind="ensemble", trial_number=0, rank_score=0.5,
+                cv_loss=0.1, mean_epochs=1.0, archive=b"zip", sha256="0" * 64, summary={}, created_at=utcnow()))
+            connection.execute(sa.insert(model_jobs).values(
+                study_name=study["optuna_study_name"], job_id="j", state="queued", trial_number=0, holdout=0.0,
+                seeds=1, attempts=0, requested_at=utcnow()))
 
     assert api.delete(f"{STUDIES}/{created['id']}").status_code == 204
 
-    assert not archives[0].exists()
-    assert archives[1].exists()  # another study's model stays
+    assert model_archive(storage, created["optuna_study_name"], "ensemble") is None
+    assert model_job(storage, created["optuna_study_name"]) is None
+    assert model_archive(storage, other["optuna_study_name"], "ensemble") is not None  # another study's stays
+    assert model_job(storage, other["optuna_study_name"]) is not None

@@ -1,10 +1,12 @@
-// The study page's Model panel: fit the best trial on all the study's data (a worker trains
-// it), follow the fit, download the archive; cancel the fit or delete the model.
+// The study page's Model panel: the best trial's fold ensemble (kept by the workers as trials
+// complete) or a refit on all the study's data (a worker trains it, once per seed); follow
+// the refit, download the archive, see whether the model learned; cancel or delete.
 import { API, FINISHED_STATES, api, badge, el, fmtAgo, fmtTime, fmtValue } from "./common.js";
 
 const POLL_MS = 2000; // while a fit is queued or running; not at all otherwise
 const ACTIVE = ["queued", "running"];
 const MAX_HOLDOUT = 0.5;
+const MAX_SEEDS = 10;
 
 function fmtBytes(bytes) {
   if (bytes === null || bytes === undefined) return "—";
@@ -34,18 +36,21 @@ export class ModelPanel {
     this.loadError = null;
     this.timer = null;
     this.busy = false; // a POST or DELETE is on its way
+    this.refitOpen = false; // the ready model's "Refit on all data" section, kept open across renders
     // Kept across renders, so what was typed survives them.
     this.holdout = el("input", {
       type: "number", id: "model-holdout", min: 0, max: MAX_HOLDOUT, step: 0.05, value: 0, inputmode: "decimal",
     });
+    this.seeds = el("input", { type: "number", id: "model-seeds", min: 1, max: MAX_SEEDS, step: 1, value: 1, inputmode: "numeric" });
   }
 
-  /** The study changed: whether (and why not) a fit can be asked for follows it. */
+  /** The study changed: a new best trial may have brought its fold ensemble, and whether
+   * (and why not) a refit can be asked for follows it. */
   setStudy(study) {
     const before = this.study;
     this.study = study;
     const changed = !before || before.best_trial !== study.best_trial || before.state !== study.state;
-    if (changed && this.status && !ACTIVE.includes(this.status.state)) this.render();
+    if (changed && this.status && !ACTIVE.includes(this.status.state)) this.load();
   }
 
   /** Read the model's state; poll again in a moment while a fit is queued or running. */
@@ -70,7 +75,7 @@ export class ModelPanel {
   unavailable() {
     if (!this.study) return "Loading the study…";
     if (this.study.best_trial === null) {
-      return "No complete trial yet: the model is fitted from the best trial's parameters, so this waits for a trial to complete.";
+      return "No complete trial yet: the model comes from the best trial (its fold models, or a refit of its parameters), so this waits for a trial to complete.";
     }
     return null;
   }
@@ -92,10 +97,11 @@ export class ModelPanel {
 
   fit() {
     const holdout = this.holdout.value.trim() === "" ? 0 : Number(this.holdout.value);
-    return this.act("fit the model", () => api(this.url, {
+    const seeds = this.seeds.value.trim() === "" ? 1 : Number(this.seeds.value);
+    return this.act("refit the model", () => api(this.url, {
       method: "POST",
       headers: { Accept: "application/json", "Content-Type": "application/json" },
-      body: JSON.stringify({ holdout }),
+      body: JSON.stringify({ kind: "refit", holdout, seeds }),
     }));
   }
 
@@ -110,16 +116,19 @@ export class ModelPanel {
       el("div", { class: "actions model-actions" },
         el("label", { class: "model-holdout", for: "model-holdout", title: `Share of rows held out and scored each epoch (0 to ${MAX_HOLDOUT}); 0 trains on every row.` },
           "Holdout", this.holdout),
+        el("label", { class: "model-holdout", for: "model-seeds", title: `Networks trained, one per seed, and averaged (1 to ${MAX_SEEDS}).` },
+          "Seeds", this.seeds),
         el("button", { type: "button", class: "primary", id: "model-fit", disabled: Boolean(why) || this.busy, title: why, onclick: () => this.fit() },
           this.busy ? "Sending…" : label)),
       why ? el("div", { class: "hint", id: "model-why" }, why)
-        : unfinished ? el("div", { class: "hint" }, `The study is still ${this.study.state}: this fits the best trial so far (#${this.study.best_trial}).`) : null,
+        : unfinished ? el("div", { class: "hint" }, `The study is still ${this.study.state}: this refits the best trial so far (#${this.study.best_trial}).`) : null,
     ];
   }
 
   source(s) {
     const metric = this.study ? this.study.metric : "score";
-    return [["trial", `#${s.trial_number}`], ["CV " + metric, fmtValue(s.cv_score)], s.holdout ? ["holdout", fmtValue(s.holdout)] : null];
+    return [["trial", `#${s.trial_number}`], ["CV " + metric, fmtValue(s.cv_score)], s.holdout ? ["holdout", fmtValue(s.holdout)] : null,
+      s.seeds > 1 ? ["seeds", String(s.seeds)] : null];
   }
 
   render() {
@@ -133,15 +142,15 @@ export class ModelPanel {
     }
     const views = {
       none: () => [
-        el("p", { class: "note" }, "Fit the best trial's parameters on all the study's data. A worker trains it; then download the model, or predict through the API."),
-        ...this.fitControls("Fit model"),
+        el("p", { class: "note" }, "No model yet. As trials complete, the workers keep the best trial's fold models: their ensemble becomes the model by itself. Or refit the best trial's parameters on all the study's data (a worker trains it, once per seed); then download the model, or predict through the API."),
+        ...this.fitControls("Refit on all data"),
       ],
       queued: () => [
         el("div", { class: "model-progress" }, el("span", { class: "spinner", "aria-hidden": "true" }),
           `Waiting for a worker… requested ${fmtAgo(s.requested_at)}`),
         kv(this.source(s)),
         el("div", { class: "actions" },
-          el("button", { type: "button", class: "danger", id: "model-cancel", disabled: this.busy, onclick: () => this.remove("cancel the fit") }, "Cancel")),
+          el("button", { type: "button", class: "danger", id: "model-cancel", disabled: this.busy, onclick: () => this.remove("cancel the refit") }, "Cancel")),
       ],
       running: () => {
         const known = s.epochs !== null && s.epochs !== undefined;
@@ -155,7 +164,7 @@ export class ModelPanel {
           kv([...this.source(s),
             s.score !== null && s.score !== undefined ? [`last epoch (${s.holdout ? "holdout" : "training sample"})`, fmtValue(s.score)] : null]),
           el("div", { class: "actions" },
-            el("button", { type: "button", class: "danger", id: "model-cancel", disabled: this.busy, onclick: () => this.remove("cancel the fit") }, "Cancel"),
+            el("button", { type: "button", class: "danger", id: "model-cancel", disabled: this.busy, onclick: () => this.remove("cancel the refit") }, "Cancel"),
             el("span", { class: "hint" }, "stops at the end of the epoch in progress")),
         ];
       },
@@ -164,12 +173,21 @@ export class ModelPanel {
         const training = m.training || {};
         const metric = m.metric || (this.study && this.study.metric) || "score";
         const holdoutScore = training[`holdout_${metric}`];
+        const ensemble = s.kind === "ensemble";
+        const learning = m.learning;
         return [
+          s.learned === false && learning ? el("div", { class: "message", id: "model-not-learned" },
+            `This model did not learn: on its own training data its ${learning.metric} is ${fmtValue(learning.score)}, ` +
+            `${learning.metric === "accuracy" ? "no better than" : "no lower than"} ${fmtValue(learning.baseline)} for always answering the ${learning.baseline_name === "persistence" ? "last observed value" : learning.baseline_name}. ` +
+            "Its predictions are not worth more than that; try a wider search space or more epochs.") : null,
           kv([
+            ["kind", el("span", { id: "model-kind" }, ensemble ? `fold ensemble (${m.members ?? "?"} fold models, averaged)` : `refit on all data (${m.members ?? "?"} seed${m.members === 1 ? "" : "s"}, averaged)`),
+              ensemble ? "The best trial's fold models as they were trained, each with its fold's preprocessing." : "The best trial's parameters trained again on all the data."],
             ["trial", `#${m.trial_number ?? s.trial_number}`],
             ["CV " + metric, fmtValue(m.cv_score ?? s.cv_score)],
-            ["epochs", String(m.epochs ?? "—"), m.epochs_source],
+            ensemble ? null : ["epochs", String(m.epochs ?? "—"), m.epochs_source],
             holdoutScore !== undefined ? [`holdout ${metric}`, `${fmtValue(holdoutScore)} (${training.holdout_samples} rows)`] : null,
+            learning ? [`training ${learning.metric}`, `${fmtValue(learning.score)} (${learning.baseline_name}: ${fmtValue(learning.baseline)})`] : null,
             ["trained on", training.n_samples !== undefined ? `${training.n_samples} rows` : "—"],
             ["created", fmtTime(m.created_at || s.finished_at)],
             ["archive", fmtBytes(s.archive && s.archive.bytes), s.archive && s.archive.sha256 ? `sha256 ${s.archive.sha256}` : null],
@@ -177,13 +195,16 @@ export class ModelPanel {
           el("div", { class: "actions" },
             el("a", { class: "button primary", id: "model-download", href: s.links.download, download: "" }, "Download model"),
             el("button", { type: "button", class: "danger", id: "model-delete", disabled: this.busy, onclick: () => {
-              if (confirm("Delete this model? Its archive is removed; you can fit it again later.")) this.remove("delete the model");
-            } }, "Delete model")),
-          el("details", { class: "model-refit" }, el("summary", {}, "Fit again"), ...this.fitControls("Fit again")),
+              const question = ensemble ? "Delete this model? A later trial that ranks best keeps its fold models again."
+                : "Delete this refit? The fold ensemble, if kept, is the model again.";
+              if (confirm(question)) this.remove("delete the model");
+            } }, ensemble ? "Delete model" : "Delete refit")),
+          el("details", { class: "model-refit", open: this.refitOpen, ontoggle: (event) => { this.refitOpen = event.target.open; } },
+            el("summary", {}, "Refit on all data"), ...this.fitControls(ensemble ? "Refit" : "Refit again")),
         ];
       },
       failed: () => [
-        el("div", { class: "message", id: "model-reason" }, `The fit failed: ${s.reason || "no reason was recorded"}`),
+        el("div", { class: "message", id: "model-reason" }, `The refit failed: ${s.reason || "no reason was recorded"}`),
         kv([...this.source(s), ["attempts", String(s.attempts ?? "—")], ["finished", fmtTime(s.finished_at)]]),
         ...this.fitControls("Fit again"),
       ],

@@ -1,0 +1,151 @@
+"""Final models in the database (SQLite and PostgreSQL): refit jobs on their own table,
+claimed with one conditional UPDATE, and the fold ensemble kept only when a trial ranks higher."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import numpy as np
+import optuna
+import pytest
+import sqlalchemy as sa
+
+from hpo.data.builtins import load_builtin
+from hpo.export import ModelJobConflict, claim_job, delete_model, model_archive, model_job, model_status, request_model
+from hpo.export.ensemble import keep_if_best, rank, store_if_better
+from hpo.export.jobs import _ModelFit
+from hpo.db.models import model_archives, model_jobs
+from hpo.export.store import NO_LOSS, ensure_tables, utcnow
+from hpo.samplers import suggest_params
+from hpo.spec import parse_spec
+from hpo.studies import create_study
+from hpo.train import build_model
+
+SPEC = parse_spec({"name": "stored", "dataset": {"builtin": "digits"}, "model": {"cell": "gru"},
+                   "cv": {"folds": 2}, "search_space": {"hidden_size": 8, "lr": 0.01, "batch_size": 64},
+                   "training": {"max_epochs": 2}})
+
+
+def _study_with_a_trial(storage, name: str) -> optuna.Study:
+    study = create_study(storage, SPEC, study_name=name)
+    trial = study.ask()
+    trial.suggest_int("hidden_size", 8, 8)
+    study.tell(trial, 0.5)
+    return study
+
+
+def _set_job(storage, name: str, **values) -> None:
+    with storage.engine.begin() as connection:
+        connection.execute(sa.update(model_jobs).where(model_jobs.c.study_name == name).values(**values))
+
+
+def test_one_worker_wins_a_contested_claim(storage):
+    _study_with_a_trial(storage, "contested")
+    request_model(storage, "contested")
+    won: list[dict] = []
+    barrier = threading.Barrier(6)
+
+    def claim() -> None:
+        barrier.wait()
+        job = claim_job(storage)
+        if job is not None:
+            won.append(job)
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(won) == 1 and won[0]["state"] == "running" and won[0]["attempts"] == 1
+    assert model_job(storage, "contested")["worker"] == won[0]["worker"]
+    with pytest.raises(ModelJobConflict, match="already running"):
+        request_model(storage, "contested")
+
+
+def test_a_job_whose_worker_died_is_taken_over_then_given_up(storage):
+    _study_with_a_trial(storage, "orphaned")
+    request_model(storage, "orphaned")
+    first = claim_job(storage)
+    assert claim_job(storage) is None  # still beating: left alone
+
+    _set_job(storage, "orphaned", heartbeat_at=utcnow() - dt.timedelta(hours=1))
+    second = claim_job(storage)
+    assert second["state"] == "running" and second["attempts"] == 2 and second["worker"] != first["worker"]
+
+    _set_job(storage, "orphaned", heartbeat_at=utcnow() - dt.timedelta(hours=1), attempts=3)
+    given_up = claim_job(storage)
+    assert given_up["state"] == "failed" and "interrupted 3 times" in given_up["reason"]
+    assert claim_job(storage) is None
+
+
+def test_a_deleted_or_requested_again_job_is_never_written_by_its_old_fit(storage, tmp_path):
+    _study_with_a_trial(storage, "raced")
+    request_model(storage, "raced")
+    claimed = claim_job(storage)
+    fit = _ModelFit(storage, claimed, tmp_path, heartbeat_s=60, should_stop=None)
+
+    assert delete_model(storage, "raced")["kind"] == "refit"
+    assert model_status(storage, "raced") is None
+    again = request_model(storage, "raced", seeds=2)
+    fit._write_if_ours({"epoch": 5, "heartbeat_at": utcnow()})  # the old fit's next write
+
+    assert fit.lost
+    now = model_job(storage, "raced")
+    assert now["job_id"] == again["job_id"] and now["state"] == "queued" and now["epoch"] is None
+
+
+def _row(name: str, trial_number: int, rank_: tuple[float, float, float]) -> dict:
+    return {"study_name": name, "kind": "ensemble", "trial_number": trial_number, "rank_score": rank_[0],
+            "cv_loss": rank_[1], "mean_epochs": rank_[2], "archive": b"zip", "sha256": "0" * 64,
+            "summary": {"cv_score": rank_[0]}, "created_at": utcnow()}
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]])
+def test_the_kept_ensemble_is_the_best_whatever_the_order_of_the_writes(storage, order):
+    ensure_tables(storage.engine)
+    # As stored (hpo.studies.rank_key less the number): smaller is better, part by part.
+    ranks = [(-0.70, 0.2, 2.0), (-0.80, 0.5, 3.0), (-0.80, 0.3, 6.0), (-0.80, 0.3, 4.0), (-0.79, 0.1, 1.0)]
+    written = [store_if_better(storage.engine, _row("ordered", i, ranks[i])) for i in order]
+
+    with storage.engine.connect() as connection:
+        kept = connection.execute(sa.select(model_archives.c.trial_number)).scalar_one()
+    assert kept == 3  # highest score, then lowest cv_loss, then fewest epochs
+    assert written[0]  # the first write always lands
+    assert not store_if_better(storage.engine, _row("ordered", 9, ranks[3]))  # a tie does not replace
+
+
+def test_rank_orders_by_score_then_loss_then_epochs():
+    assert rank("maximize", 0.9, {"cv_loss": 0.2, "fold_best_epochs": [2, 4]}) == (-0.9, 0.2, 3.0)
+    assert rank("minimize", 1.5, {}) == (1.5, NO_LOSS, NO_LOSS)
+
+
+def test_a_worker_keeps_the_best_trials_fold_models(storage):
+    dataset = load_builtin("digits")
+    rows = np.arange(dataset.n_samples)
+    folds = [dataset.fold(rows[rows % 2 == 0], rows[rows % 2 == 1]), dataset.fold(rows[rows % 2 == 1], rows[:10])]
+    study = create_study(storage, SPEC, study_name="kept")
+
+    def complete(value: float, cv_loss: float) -> bool:
+        trial = study.ask()
+        params = suggest_params(trial, SPEC.search_space)
+        trial.set_user_attr("cv_loss", cv_loss)
+        trial.set_user_attr("fold_best_epochs", [1, 1])
+        networks = [build_model(fold, params, SPEC.model, i) for i, fold in enumerate(folds)]
+        kept = keep_if_best(storage, SPEC, dataset, trial, value, networks, folds, [0, 1], [1, 1])
+        study.tell(trial, value)
+        return kept
+
+    assert complete(0.6, 0.9)
+    assert not complete(0.5, 0.1)  # a lower score
+    assert complete(0.6, 0.8)  # the same score, a lower validation loss
+    status = model_status(storage, "kept")
+    assert status["kind"] == "ensemble" and status["state"] == "ready" and status["trial_number"] == 2
+    assert status["model"]["members"] == 2 and status["model"]["learned"] in (True, False)
+    blob, sha256 = model_archive(storage, "kept", "ensemble")
+    assert status["archive"] == {"bytes": len(blob), "sha256": sha256}
+
+    assert delete_model(storage, "kept")["kind"] == "ensemble" and model_status(storage, "kept") is None
+    assert not complete(0.55, 0.1)  # none kept, but not the best trial either
+    assert complete(0.7, 0.5)
