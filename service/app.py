@@ -42,7 +42,8 @@ Once API keys exist (`hpo keys create`), send one as `Authorization: Bearer <key
 
 def _open_resources(app: FastAPI, settings: Settings) -> None:
     upgrade(settings.database_url)
-    app.state.engine = make_engine(settings.database_url)
+    app.state.engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                                   max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.storage = open_storage(settings.database_url)
     app.state.trial_cache = TrialCache(app.state.storage, max_cached_trials=settings.trial_cache_trials)
