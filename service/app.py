@@ -22,6 +22,7 @@ from hpo.spec import StudySpec
 from hpo.storage import open_storage
 from service import auth, web
 from hpo.settings import Settings
+from service.browser import CrossSiteRequestMiddleware, SecurityHeadersMiddleware
 from hpo.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
 from service.events import SharedReads
@@ -112,7 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
-    app.add_middleware(auth.AuthMiddleware)  # outermost: a request without a valid key goes no further
+    app.add_middleware(auth.AuthMiddleware)  # a request without a valid key goes no further
+    app.add_middleware(CrossSiteRequestMiddleware)  # before signing in: /login is guarded too
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: refusals carry the headers too
     for module in (studies, trials, datasets):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(model_routes.router, prefix=API_PREFIX)
