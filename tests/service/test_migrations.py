@@ -12,7 +12,7 @@ from hpo.storage import open_storage
 from hpo.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
 from hpo.db.models import Base
 
-SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", VERSION_TABLE}
+SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_logins", VERSION_TABLE}
 
 
 @pytest.fixture
