@@ -36,6 +36,7 @@ STUDIES = "/api/v1/studies"
 # Share of each operation among a client's requests.
 WEIGHTS = {"list": 0.40, "get": 0.35, "submit": 0.05, "events": 0.20}
 SEED_STUDIES = 4
+KEEPALIVE_EXPIRY_S = 2.0
 
 
 def tiny_spec(name: str, n_trials: int) -> dict:
@@ -112,7 +113,10 @@ async def client(http: httpx.AsyncClient, ids: list[str], until: float, args: ar
 
 async def run_clients(url: str, ids: list[str], args: argparse.Namespace) -> Tally:
     tally = Tally()
-    limits = httpx.Limits(max_connections=args.clients * 2, max_keepalive_connections=args.clients * 2)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout does (httpx's default is
+    # also 5 s: a request sent just as the server closes the connection would fail for no fault of it).
+    limits = httpx.Limits(max_connections=args.clients * 2, max_keepalive_connections=args.clients * 2,
+                          keepalive_expiry=KEEPALIVE_EXPIRY_S)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
         until = time.monotonic() + args.duration
         await asyncio.gather(*(client(http, ids, until, args, tally, random.Random(i)) for i in range(args.clients)))

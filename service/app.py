@@ -22,6 +22,7 @@ from hpo.spec import StudySpec
 from hpo.storage import open_storage
 from service import auth, web
 from hpo.settings import Settings
+from service.admission import AdmissionMiddleware
 from service.browser import CrossSiteRequestMiddleware, SecurityHeadersMiddleware
 from hpo.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
@@ -114,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(auth.AuthMiddleware)  # a request without a valid key goes no further
+    app.add_middleware(AdmissionMiddleware, max_active=settings.max_active_requests,
+                       queue_timeout_s=settings.queue_timeout_s)  # a burst waits a bounded time, then 503
     app.add_middleware(CrossSiteRequestMiddleware)  # before signing in: /login is guarded too
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: refusals carry the headers too
     for module in (studies, trials, datasets):
