@@ -10,8 +10,8 @@ clients are watching at any moment). Prints p50/p95/p99/max and the answers othe
 per operation; fails (exit 1) on any answer >= 500 other than 503, any 503 without
 ``Retry-After``, or any dropped connection.
 
-    .venv/bin/python bench/bench_load.py                                   # SQLite, 2 workers
-    .venv/bin/python bench/bench_load.py --database postgres --workers 4   # PostgreSQL, 4 workers
+    .venv/bin/python -m bench.bench_load                                   # SQLite, 2 workers
+    .venv/bin/python -m bench.bench_load --database postgres --workers 4   # PostgreSQL, 4 workers
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from pathlib import Path
 
 import httpx
 
-# First: common puts this checkout's hpo and the tests' process_support on sys.path.
-import common
-from process_support import ServeProcess
+from bench import common
+from tests.support.servers import ServeProcess
 
 STUDIES = "/api/v1/studies"
 # Share of each operation among a client's requests.
@@ -167,7 +166,7 @@ def main(argv: list[str]) -> int:
         ok = report(tally, wall_s)
         tracebacks = log.count("Traceback")
         print(f"tracebacks in the server log: {tracebacks}")
-    common.footer("bench_load.py", argv)
+    common.footer("bench_load", argv)
     return 0 if ok and tracebacks == 0 else 1
 
 

@@ -14,8 +14,8 @@ import secrets
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from service.keys import hash_token
 from hpo.db.models import ApiKeyRecord, LoginRecord, utcnow
+from service.keys import hash_token
 
 TOKEN_BYTES = 32
 

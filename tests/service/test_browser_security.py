@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from process_support import ServeProcess
 from service import keys
 from service.auth import COOKIE
-from service_support import tiny_spec
+from tests.support.servers import ServeProcess
+from tests.support.studies import tiny_spec
 
 pytestmark = [pytest.mark.service]
 STUDIES = "/api/v1/studies"

@@ -10,8 +10,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from process_support import ServeProcess
-from service_support import tiny_spec
+from tests.support.servers import ServeProcess
+from tests.support.studies import tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 STUDIES = "/api/v1/studies"
