@@ -45,7 +45,7 @@ def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
-    assert ours == ["0002"]
+    assert ours == ["0003"]
     assert len(optunas) == 1 and optunas != ours
     open_storage(database_url).engine.dispose()  # Optuna still accepts the database
 
