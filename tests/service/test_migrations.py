@@ -75,7 +75,7 @@ def test_downgrade_removes_only_the_service_tables(database_url):
     engine.dispose()
 
     tables = table_names(database_url)
-    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys"} & tables)
+    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_logins"} & tables)
     assert {"studies", "trials"} <= tables
 
 
