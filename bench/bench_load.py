@@ -139,6 +139,11 @@ def report(tally: Tally, wall_s: float) -> bool:
     return ok
 
 
+def _traceback_end(lines: list[str]) -> int:
+    """The index of a traceback's last line (the exception), given its lines from ``Traceback``."""
+    return next((i for i, line in enumerate(lines) if i and not line.startswith((" ", "Traceback"))), len(lines) - 1)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
@@ -166,6 +171,9 @@ def main(argv: list[str]) -> int:
         ok = report(tally, wall_s)
         tracebacks = log.count("Traceback")
         print(f"tracebacks in the server log: {tracebacks}")
+        if tracebacks:
+            first = log[log.index("Traceback"):].splitlines()
+            print("the first one ends:\n  " + "\n  ".join(first[max(0, _traceback_end(first) - 6):_traceback_end(first) + 1]))
     common.footer("bench_load", argv)
     return 0 if ok and tracebacks == 0 else 1
 
