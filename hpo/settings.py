@@ -64,6 +64,16 @@ class Settings(BaseSettings):
         default=100_000, ge=0, description="Finished trials the API process keeps in memory, over all studies "
                                            "(about 3 KiB each with 10-20 epochs): past it, the least recently "
                                            "read studies are read from the database again when asked for.")
+    max_active_requests: int = Field(default=32, ge=1, description="Requests worked on at once; more wait "
+                                     "for a turn (an event stream holds one only until its answer starts).")
+    queue_timeout_s: float = Field(default=10.0, gt=0, description="Seconds a request waits for a turn before "
+                                   "it is answered 503 with `Retry-After`.")
+    db_pool_size: int = Field(default=5, ge=1, description="Database connections the API keeps open for its "
+                              "requests (SQLAlchemy's `pool_size`).")
+    db_max_overflow: int = Field(default=10, ge=0, description="Connections opened beyond `db_pool_size` "
+                                 "during a burst, closed again once returned.")
+    db_pool_timeout_s: float = Field(default=10.0, gt=0, description="Seconds a request waits for a free "
+                                     "connection before it is answered 503 with `Retry-After`.")
     events_poll_s: float = Field(default=0.5, gt=0, description="How often an event stream reads the database.")
     events_heartbeat_s: float = Field(default=15.0, gt=0, description="Seconds between keep-alive comments.")
 

@@ -22,6 +22,8 @@ from hpo.spec import StudySpec
 from hpo.storage import open_storage
 from service import auth, web
 from hpo.settings import Settings
+from service.admission import AdmissionMiddleware
+from service.browser import CrossSiteRequestMiddleware, SecurityHeadersMiddleware
 from hpo.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
 from service.events import SharedReads
@@ -42,7 +44,8 @@ Once API keys exist (`hpo keys create`), send one as `Authorization: Bearer <key
 
 def _open_resources(app: FastAPI, settings: Settings) -> None:
     upgrade(settings.database_url)
-    app.state.engine = make_engine(settings.database_url)
+    app.state.engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                                   max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.storage = open_storage(settings.database_url)
     app.state.trial_cache = TrialCache(app.state.storage, max_cached_trials=settings.trial_cache_trials)
@@ -111,7 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
-    app.add_middleware(auth.AuthMiddleware)  # outermost: a request without a valid key goes no further
+    app.add_middleware(auth.AuthMiddleware)  # a request without a valid key goes no further
+    app.add_middleware(AdmissionMiddleware, max_active=settings.max_active_requests,
+                       queue_timeout_s=settings.queue_timeout_s)  # a burst waits a bounded time, then 503
+    app.add_middleware(CrossSiteRequestMiddleware)  # before signing in: /login is guarded too
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: refusals carry the headers too
     for module in (studies, trials, datasets):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(model_routes.router, prefix=API_PREFIX)

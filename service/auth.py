@@ -4,9 +4,11 @@
   the loopback address runs it; everything belongs to nobody and everyone sees it all.
 - Otherwise every request needs a valid key, except the probes (``/healthz``, ``/readyz``),
   the API docs, the pages' static assets and ``/login``. A key comes as
-  ``Authorization: Bearer <token>`` (scripts, ``hpo``, :class:`hpo.client.Client`) or as the
-  HttpOnly, SameSite=Strict cookie that ``/login`` sets (the browser pages: their ``fetch``
-  and ``EventSource`` calls send it without knowing about keys).
+  ``Authorization: Bearer <token>`` (scripts, ``hpo``, :class:`hpo.client.Client`); a browser
+  signs in at ``/login`` instead, which keeps a login on the server (:mod:`service.logins`)
+  and gives the browser an HttpOnly, SameSite=Strict cookie holding the login's random token,
+  never the key (the pages' ``fetch`` and ``EventSource`` calls send it). Revoking a key ends
+  its logins.
 - A key sees and manages what keys of its name created (another owner's study answers 404,
   not 403, so its existence is not leaked); an admin key sees everything, and only an admin
   key opens optuna-dashboard (which shows every study in the database).
@@ -29,14 +31,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import keys
+from service import keys, logins
 from service.errors import problem
 
 log = logging.getLogger("service")
 
-COOKIE = "hpo_api_key"
+COOKIE = "hpo_login"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
 LOGIN_PATH = "/login"
+METRICS_PATH = "/metrics"
 # Open to anyone even when keys exist: probes, the API's own docs, the pages' static files.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", LOGIN_PATH, "/logout", "/docs", "/docs/oauth2-redirect",
                           "/redoc", "/openapi.json"})
@@ -80,17 +83,26 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def needs_admin(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in DASHBOARD_PATHS)
+def admin_only_reason(path: str) -> str | None:
+    """Why ``path`` needs an admin key (it shows every owner's studies), or ``None``."""
+    if path == METRICS_PATH:
+        return "/metrics counts every owner's studies and trials; it needs an admin key"
+    if any(path == p or path.startswith(p + "/") for p in DASHBOARD_PATHS):
+        return "optuna-dashboard shows every study in the database; it needs an admin key"
+    return None
 
 
-def credentials(request: Request) -> str | None:
-    """The token of a request: its ``Authorization: Bearer`` header, else its login cookie."""
+def bearer_token(request: Request) -> str | None:
+    """The API key of a request's ``Authorization: Bearer`` header."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(COOKIE) or None
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def credentials_key(request: Request) -> str:
+    """A digest of what a request authenticates with (its bearer key or login cookie), to share
+    the re-checks of an open event stream among the streams of the same credentials."""
+    return keys.hash_token(f"{bearer_token(request)} {request.cookies.get(COOKIE)}")
 
 
 def authenticate(request: Request) -> Principal:
@@ -100,20 +112,26 @@ def authenticate(request: Request) -> Principal:
         AuthError: 401 without a valid key once keys exist; 503 when the database is down.
     """
     state = request.app.state
-    token = credentials(request)
+    token, login = bearer_token(request), request.cookies.get(COOKIE)
     try:
         with state.sessions() as session:
             if not getattr(state, "keys_exist", False):
                 if not keys.keys_exist(session):
                     return OPEN
                 state.keys_exist = True  # keys are revoked, never deleted: this stays true
-            if token is None:
+            if token is not None:
+                record = keys.find_key(session, token)
+            elif login:
+                record = logins.find_login(session, login)
+            else:
                 raise AuthError(401, "this service needs an API key: send `Authorization: Bearer <key>` "
                                      "(an admin creates keys with `hpo keys create`), or sign in at /login")
-            record = keys.find_key(session, token)
     except SQLAlchemyError as exc:
         log.warning("cannot read the API keys: %s", type(exc).__name__)
         raise AuthError(503, "the database is unavailable; try again in a moment") from None
+    if record is None and token is None:
+        raise AuthError(401, "your sign-in has ended (signed out, expired, or its key was revoked); sign in "
+                             "again at /login")
     if record is None:
         raise AuthError(401, "the API key is not valid (unknown, mistyped or revoked)")
     return Principal(name=record.name, admin=record.admin, key_id=record.id)
@@ -141,8 +159,9 @@ class AuthMiddleware:
         request = Request(scope, receive)
         try:
             principal = await run_in_threadpool(authenticate, request)
-            if needs_admin(scope["path"]) and not principal.admin:
-                raise AuthError(403, "optuna-dashboard shows every study in the database; it needs an admin key")
+            admin_only = admin_only_reason(scope["path"])
+            if admin_only and not principal.admin:
+                raise AuthError(403, admin_only)
         except AuthError as exc:
             await _refusal(request, exc)(scope, receive, send)
             return
@@ -218,22 +237,33 @@ def login_page(next: str = "/") -> HTMLResponse:
 @router.post(LOGIN_PATH)
 def login(request: Request, key: Annotated[str, Form(max_length=256)] = "",
           next: Annotated[str, Form(max_length=2048)] = "/") -> Response:
-    """Check the key; keep it in an HttpOnly, SameSite=Strict cookie; go back to the page."""
+    """Check the key, record a login, give the browser its token in an HttpOnly,
+    SameSite=Strict cookie, and go back to the page."""
     try:
         with request.app.state.sessions() as session:
             record = keys.find_key(session, key.strip())
+            token = logins.start_login(session, record, COOKIE_MAX_AGE_S) if record is not None else None
     except SQLAlchemyError:
         return _login_page(next, "the database is unavailable; try again in a moment", 503)
-    if record is None:
+    if token is None:
         return _login_page(next, "that API key is not valid (unknown, mistyped or revoked)", 401)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(COOKIE, key.strip(), max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
+    response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", path="/")
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    """End the browser's login on the server too, so a copy of its cookie is worthless."""
+    login = request.cookies.get(COOKIE)
+    if login:
+        try:
+            with request.app.state.sessions() as session:
+                logins.end_login(session, login)
+        except SQLAlchemyError:
+            return JSONResponse({"detail": [{"field": None, "message": "the database is unavailable; "
+                                             "try again in a moment"}]}, status_code=503, headers={"Retry-After": "5"})
     response = RedirectResponse(LOGIN_PATH, status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

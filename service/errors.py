@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from hpo.spec import SpecError
@@ -101,6 +102,17 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )
 
 
+async def _server_busy(request: Request, exc: Exception) -> JSONResponse:
+    """Every pooled connection stayed busy for ``db_pool_timeout_s``: a retryable 503, not a 500
+    (answered here, not re-raised, so the client's keep-alive connection stays open)."""
+    log.warning("no free database connection for %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": [{"field": None, "message": "the server is busy (every database connection is in use); "
+                                               "try again in a moment"}]},
+        status_code=503, headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(
@@ -117,4 +129,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(StorageInternalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _server_busy)
     app.add_exception_handler(Exception, _unexpected)

@@ -27,6 +27,7 @@ from fastapi.sse import ServerSentEvent
 from optuna.trial import FrozenTrial
 from starlette.concurrency import run_in_threadpool
 
+from service.auth import AuthError
 from service.catalog import LoadedStudy, StudyNotFound
 from service.views import trial_view
 
@@ -129,6 +130,7 @@ async def study_events(
     heartbeat_s: float,
     last_event_id: str | None = None,
     shared: tuple[SharedReads, str] | None = None,
+    authorize: tuple[Callable[[], Any], str] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """The event stream of one study until the client leaves or the study is deleted
     (FastAPI's ``EventSourceResponse`` writes the events out).
@@ -143,16 +145,25 @@ async def study_events(
         last_event_id: the ``Last-Event-ID`` a reconnecting client sent.
         shared: the app's :class:`SharedReads` and the study's key in it (each stream reads
             on its own without it).
+        authorize: a check of the client's credentials (blocking; raises ``AuthError`` once they
+            are revoked) and a key naming them, run before each poll's read (shared, like the
+            reads, by the streams of the same credentials).
     """
     tracker = ChangeTracker(resume_after_ms=parse_last_event_id(last_event_id))
     yield ServerSentEvent(retry=RETRY_MS)
     last_sent = time.monotonic()
     while not await request.is_disconnected():
         try:
+            if authorize:
+                await (shared[0].read(authorize[1], authorize[0]) if shared else run_in_threadpool(authorize[0]))
             snapshot = await (shared[0].read(shared[1], read) if shared else run_in_threadpool(read))
         except StudyNotFound:
             yield ServerSentEvent(event="deleted", data={})
             return
+        except AuthError as exc:
+            if exc.status != 503:  # the key was revoked or the login ended: the client reconnects to a 401
+                return
+            snapshot = None  # the keys could not be read: a database hiccup, try again at the next poll
         except Exception:  # a database hiccup: keep the stream, try again at the next poll
             log.warning("event stream: reading the study failed; retrying", exc_info=True)
             snapshot = None

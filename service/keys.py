@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, delete, inspect, select
 from sqlalchemy.orm import Session
 
 from hpo.storage import normalize_url
 from hpo.db import make_engine, make_sessionmaker, upgrade
-from hpo.db.models import ApiKeyRecord, utcnow
+from hpo.db.models import ApiKeyRecord, LoginRecord, utcnow
 from service.views import record_time
 
 TOKEN_PREFIX = "hpo"
@@ -113,7 +113,8 @@ def list_keys(database_url: str) -> list[ApiKeyRecord]:
 
 
 def revoke_key(database_url: str, key_id: str) -> ApiKeyRecord:
-    """Revoke a key at once (its requests are refused from the next one on).
+    """Revoke a key at once, and end the browser logins made with it (its requests are
+    refused from the next one on; its open event streams close at their next poll).
 
     Raises:
         KeyError: no key has this id.
@@ -124,7 +125,8 @@ def revoke_key(database_url: str, key_id: str) -> ApiKeyRecord:
             raise KeyError(f"no API key with id {key_id!r}; `hpo keys list` shows them")
         if record.revoked_at is None:
             record.revoked_at = utcnow()
-            session.commit()
+        session.execute(delete(LoginRecord).where(LoginRecord.key_id == key_id))
+        session.commit()
         return record
 
 

@@ -117,24 +117,25 @@ def schema_lock(database_url: str, timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> 
         engine.dispose()
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, *, pool_size: int = 5, max_overflow: int = 10,
+                pool_timeout_s: float = 30.0) -> Engine:
     """An engine for ``database_url``: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg 3.
 
     Args:
         database_url: ``sqlite:///path.db`` or ``postgresql://user@host/db``.
+        pool_size: connections kept open.
+        max_overflow: connections opened beyond ``pool_size`` while all are in use.
+        pool_timeout_s: seconds to wait for a free connection before ``sqlalchemy.exc.TimeoutError``.
 
     Returns:
         The engine (connections are checked before use).
     """
     url = normalize_url(database_url)
+    pool = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout_s}
     if url.startswith("sqlite"):
         prepare_sqlite(url)  # WAL (readers never block the workers' writes), folder created
-        return create_engine(
-            url,
-            pool_pre_ping=True,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
-        )
-    return create_engine(url, pool_pre_ping=True, connect_args=PG_CONNECT_ARGS)
+        return create_engine(url, **pool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+    return create_engine(url, **pool, connect_args=PG_CONNECT_ARGS)
 
 
 def include_name(name: str | None, type_: str, parent_names: dict) -> bool:

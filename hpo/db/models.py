@@ -71,6 +71,18 @@ class ApiKeyRecord(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class LoginRecord(Base):
+    """A browser's sign-in (``/login``): its cookie holds a random token, of which only the
+    SHA-256 is kept; it is valid while its key is unrevoked and until ``expires_at``."""
+
+    __tablename__ = "hpo_logins"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 # Core tables of the final models (used by hpo.export.store; the workers write them).
 model_archives = sa.Table(
     "hpo_model_archives",

@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import metrics
+from service.auth import METRICS_PATH
 from service.deps import TrialCacheDep
 from service.schemas import Health
 
@@ -36,7 +37,8 @@ def readyz(request: Request) -> JSONResponse | dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+@router.get(METRICS_PATH, response_class=PlainTextResponse, summary="Prometheus metrics")
 def prometheus_metrics(cache: TrialCacheDep) -> PlainTextResponse:
-    """Trials and studies by state, trial durations, and the queue of trials still to run."""
+    """Trials and studies by state, trial durations, and the queue of trials still to run, over
+    every owner (so an admin key, once keys exist)."""
     return PlainTextResponse(metrics.render(metrics.collect(cache)), media_type=metrics.CONTENT_TYPE)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
 from service import catalog
-from service.auth import PrincipalDep
+from service.auth import PrincipalDep, authenticate, credentials_key
 from service.catalog import LoadedStudy, StudyNotFound, TooManyQueued
 from service.deps import PageDep, SessionDep, SettingsDep, StorageDep, TrialCacheDep
 from service.errors import problem
@@ -229,5 +229,6 @@ async def study_event_stream(
     async for event in study_events(request, read, poll_s=settings.events_poll_s,
                                     heartbeat_s=settings.events_heartbeat_s,
                                     last_event_id=last_event_id_header or last_event_id,
-                                    shared=(request.app.state.event_reads, study_id)):
+                                    shared=(request.app.state.event_reads, study_id),
+                                    authorize=(lambda: authenticate(request), f"credentials {credentials_key(request)}")):
         yield event

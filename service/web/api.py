@@ -12,12 +12,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from optuna.storages import BaseStorage
 
 from hpo.studies import Progress
-from service.auth import DASHBOARD_PREFIX
 from service.catalog import LoadedStudy, StudyNotFound, list_page, load
-from service.deps import PageDep, SessionDep, StorageDep, TrialCacheDep
+from service.deps import PageDep, SessionDep, TrialCacheDep
 from service.events import event_id_of
 from service.routes.studies import LoadedDep
 from service.schemas import ErrorResponse, StudyState
@@ -42,11 +40,13 @@ def prefetch(app: FastAPI, study_id: str) -> None:
             pass  # the page itself says so
 
 
-def dashboard_url(storage: BaseStorage, loaded: LoadedStudy) -> str:
-    return f"{DASHBOARD_PREFIX}/studies/{storage.get_study_id_from_name(loaded.record.optuna_study_name)}"
+def dashboard_url(loaded: LoadedStudy) -> str:
+    """Where the study opens in optuna-dashboard: a redirect (admins only), so that no answer
+    carries Optuna's internal study id."""
+    return f"/studies/{loaded.record.id}/dashboard"
 
 
-def summary_view(loaded: LoadedStudy, prog: Progress, storage: BaseStorage) -> dict[str, Any]:
+def summary_view(loaded: LoadedStudy, prog: Progress) -> dict[str, Any]:
     """A study as the studies page lists it: state and counts, plus sampler and dataset."""
     spec = loaded.spec
     dataset = spec.dataset.builtin or spec.dataset.id or spec.dataset.path
@@ -57,21 +57,21 @@ def summary_view(loaded: LoadedStudy, prog: Progress, storage: BaseStorage) -> d
         "cell": spec.model.cell,
         "dataset": dataset,
         "dataset_kind": "builtin" if spec.dataset.builtin else "uploaded",
-        "dashboard_url": dashboard_url(storage, loaded),
+        "dashboard_url": dashboard_url(loaded),
     }
 
 
 @router.get("/studies", responses=ERRORS, summary="Studies, for the studies page")
-def list_study_summaries(session: SessionDep, storage: StorageDep, cache: TrialCacheDep, page: PageDep,
+def list_study_summaries(session: SessionDep, cache: TrialCacheDep, page: PageDep,
                          state: StudyState | None = None) -> dict[str, Any]:
     """Studies, newest first (optionally in one state), with sampler, dataset and progress."""
     studies, total = list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
-    items = [summary_view(loaded, prog, storage) for loaded, prog in studies]
+    items = [summary_view(loaded, prog) for loaded, prog in studies]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/studies/{study_id}", responses=ERRORS, summary="A study, for its page")
-def study_overview(loaded: LoadedDep, storage: StorageDep, cache: TrialCacheDep) -> dict[str, Any]:
+def study_overview(loaded: LoadedDep, cache: TrialCacheDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
     columns (history, parallel coordinates), its best trial, and the event id to stream from."""
     prog = loaded.progress()
@@ -82,7 +82,7 @@ def study_overview(loaded: LoadedDep, storage: StorageDep, cache: TrialCacheDep)
     study_id = loaded.record.id
     return {
         "study": {**study_view(loaded.record, loaded.spec, prog, with_spec=True),
-                  "dashboard_url": dashboard_url(storage, loaded)},
+                  "dashboard_url": dashboard_url(loaded)},
         "space": space,
         "complete": complete_columns(trials, [p["name"] for p in space]),
         "best": best,

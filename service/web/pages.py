@@ -17,10 +17,13 @@ from typing import Any
 
 import plotly
 from fastapi import APIRouter, BackgroundTasks, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from service.auth import DASHBOARD_PREFIX, PrincipalDep, admin_only_reason
+from service.deps import StorageDep
 from service.errors import problem
+from service.routes.studies import LoadedDep
 from service.web.api import prefetch
 from service.web.form import form_choices
 
@@ -64,6 +67,16 @@ def study_page(study_id: str, request: Request, background: BackgroundTasks) -> 
     # The script reads the id from the address and asks the API; meanwhile the study is read.
     background.add_task(prefetch, request.app, study_id)
     return page(request, "study.html")
+
+
+@router.get("/studies/{study_id}/dashboard")
+def study_in_dashboard(loaded: LoadedDep, storage: StorageDep, principal: PrincipalDep) -> RedirectResponse:
+    """To the study's page in optuna-dashboard, which names studies by Optuna's internal id
+    (admins only, as the dashboard: it shows every owner's studies)."""
+    if not principal.admin:
+        raise problem(403, admin_only_reason(DASHBOARD_PREFIX), field="Authorization")
+    optuna_id = storage.get_study_id_from_name(loaded.record.optuna_study_name)
+    return RedirectResponse(f"{DASHBOARD_PREFIX}/studies/{optuna_id}", status_code=303)
 
 
 @lru_cache(maxsize=1)

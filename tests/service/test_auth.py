@@ -62,7 +62,7 @@ def test_open_until_the_first_key_exists(api, settings):
 def test_probes_docs_and_assets_stay_open(api, tokens):
     for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/login", "/assets/app.css"):
         assert api.get(path).status_code == 200, path
-    for path in (STUDIES, DATASETS, f"{VIEWS}/studies", "/metrics"):
+    for path in (STUDIES, DATASETS, f"{VIEWS}/studies"):
         assert api.get(path).status_code == 401, path
         assert api.get(path, headers=bearer(tokens["bob"])).status_code == 200, path
 
@@ -146,10 +146,23 @@ def test_a_dataset_used_by_an_admin_study_cannot_be_deleted_by_its_owner(api, to
     assert response.status_code == 409, response.text
 
 
-def test_the_dashboard_needs_an_admin_key(api, tokens):
+def test_the_dashboard_and_metrics_need_an_admin_key(api, tokens):
+    study = submit(api, tokens["bob"])
     assert api.get("/dashboard", headers=bearer(tokens["bob"])).status_code == 403
     assert api.get("/api/meta", headers=bearer(tokens["bob"])).status_code == 403
     assert api.get("/api/meta", headers=bearer(tokens["admin"])).status_code == 200
+    # /metrics counts every owner's studies: a non-admin key must not read it.
+    assert api.get("/metrics").status_code == 401
+    refused = api.get("/metrics", headers=bearer(tokens["bob"]))
+    assert refused.status_code == 403 and "admin" in refused.json()["detail"][0]["message"]
+    assert 'hpo_studies{state="queued"} 1' in api.get("/metrics", headers=bearer(tokens["admin"])).text
+    # The study's dashboard link carries no internal Optuna id; it redirects admins only.
+    link = f"/studies/{study['id']}/dashboard"
+    assert api.get(f"{VIEWS}/studies/{study['id']}", headers=bearer(tokens["bob"])).json()["study"]["dashboard_url"] == link
+    assert api.get(link, headers=bearer(tokens["bob"]), follow_redirects=False).status_code == 403
+    assert api.get(link, headers=bearer(tokens["alice"]), follow_redirects=False).status_code == 404
+    redirect = api.get(link, headers=bearer(tokens["admin"]), follow_redirects=False)
+    assert redirect.status_code == 303 and redirect.headers["location"].startswith("/dashboard/studies/")
 
 
 def test_browser_signs_in_with_a_cookie(api, tokens):

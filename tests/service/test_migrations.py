@@ -14,8 +14,8 @@ from hpo.storage import open_storage
 from hpo.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
 from hpo.db.models import Base
 
-SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_model_archives", "hpo_model_jobs",
-                  VERSION_TABLE}
+SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_logins", "hpo_model_archives",
+                  "hpo_model_jobs", VERSION_TABLE}
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
-    assert ours == ["0003"]
+    assert ours == ["0004"]
     assert len(optunas) == 1 and optunas != ours
     open_storage(database_url).engine.dispose()  # Optuna still accepts the database
 
@@ -78,7 +78,8 @@ def test_downgrade_removes_only_the_service_tables(database_url):
     engine.dispose()
 
     tables = table_names(database_url)
-    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_model_jobs", "hpo_model_archives"} & tables)
+    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_logins", "hpo_model_jobs",
+                 "hpo_model_archives"} & tables)
     assert {"studies", "trials"} <= tables
 
 

@@ -51,7 +51,7 @@ def test_overview_of_an_empty_study(api, study):
     view = api.get(f"{VIEWS}/{study['id']}").json()
 
     assert view["study"]["state"] == "queued" and view["study"]["spec"]["cv"]["folds"] == 2
-    assert view["study"]["dashboard_url"].startswith("/dashboard/studies/")
+    assert view["study"]["dashboard_url"] == f"/studies/{study['id']}/dashboard"  # no internal Optuna id
     assert view["complete"] == {"number": [], "value": [],
                                 "params": {name: [] for name in ("lr", "batch_size", "hidden_size", "dropout",
                                                                  "clip_norm", "weight_decay")}}
@@ -177,7 +177,9 @@ def test_pages_and_assets(api, study):
 def test_optuna_dashboard_is_mounted(api, study):
     meta = api.get("/api/meta")
     summaries = api.get("/api/studies").json()["study_summaries"]
-    optuna_id = int(api.get(f"{VIEWS}/{study['id']}").json()["study"]["dashboard_url"].rsplit("/", 1)[1])
+    redirect = api.get(api.get(f"{VIEWS}/{study['id']}").json()["study"]["dashboard_url"], follow_redirects=False)
+    assert redirect.status_code == 303
+    optuna_id = int(redirect.headers["location"].removeprefix("/dashboard/studies/"))
 
     assert meta.status_code == 200 and "plotlypy_is_available" in meta.json()
     assert {s["study_id"]: s["study_name"] for s in summaries}[optuna_id] == study["optuna_study_name"]
