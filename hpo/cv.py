@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 
 from hpo.data import Dataset
 from hpo.spec import StudySpec
+
+if TYPE_CHECKING:  # the splitters are used where PyTorch is not loaded yet
+    from hpo.train import Trainer
 
 FoldIndices = list[tuple[np.ndarray, np.ndarray]]
 
@@ -48,24 +51,25 @@ def fold_indices(dataset: Dataset, spec: StudySpec) -> FoldIndices:
 
 
 def run_folds(
-    trainers: list[Any],
+    trainers: Iterable[Trainer],
     max_epochs: int,
     *,
     per_fold: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     on_fold: Callable[[int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> list[Any]:
-    """Train the folds' trainers and return the ones that ran.
+) -> list[Trainer]:
+    """The epoch loop: train the trainers' folds and return the trainers that ran.
 
-    By default all folds advance together, one epoch each per step, and ``on_epoch(epoch,
+    By default all trainers advance together, one epoch each per step, and ``on_epoch(epoch,
     mean score across folds)`` is called after each step (so epoch-wise pruners can act).
-    With ``per_fold``, folds run one after another and ``on_fold(fold, score)`` follows
-    each one (for pruners that compare per-fold scores, such as Wilcoxon); ``trainers`` may
-    then be a lazy sequence so skipped folds are never built.
+    With ``per_fold``, trainers run one after another and ``on_fold(fold number, score)``
+    follows each of their folds (for pruners that compare per-fold scores, such as
+    Wilcoxon); ``trainers`` may then be a lazy iterable so skipped folds are never built.
 
     Raises:
         Interrupted: as soon as ``should_stop()`` is true at an epoch boundary.
+        hpo.train.TrainingDiverged: when a fold's loss is not finite.
     """
 
     def check_stop() -> None:
@@ -74,24 +78,26 @@ def run_folds(
 
     if per_fold:
         ran = []
-        for i, trainer in enumerate(trainers):
+        for trainer in trainers:
             for _ in range(max_epochs):
                 check_stop()
                 trainer.step()
                 if trainer.stopped:
                     break
             ran.append(trainer)
-            if on_fold is not None:
-                on_fold(i, trainer.score)
+            for progress in trainer.progress:
+                if on_fold is not None:
+                    on_fold(progress.number, progress.score)
         return ran
 
+    trainers = list(trainers)
     for epoch in range(max_epochs):
         check_stop()
         for trainer in trainers:
             if not trainer.stopped:
                 trainer.step()
         if on_epoch is not None:
-            on_epoch(epoch, float(np.mean([t.score for t in trainers])))
+            on_epoch(epoch, float(np.mean([p.score for t in trainers for p in t.progress])))
         if all(t.stopped for t in trainers):
             break
     return trainers

@@ -1,20 +1,44 @@
 """The recurrent network: RNN / LSTM / GRU over numeric features or token embeddings.
 
-``SequenceModel`` is one network. ``StackedSequenceModel`` runs several of them (a trial's
-CV folds) as one batched computation: small recurrent networks on a CPU spend most of
-their time launching kernels, and stacking k folds' models launches each kernel once.
+``Architecture`` describes a network (the trainers build from it, archives record it);
+``SequenceModel`` is one network and :func:`predict_in_chunks` runs it over many rows.
+``StackedSequenceModel`` runs several of them (a trial's CV folds) as one batched
+computation: small recurrent networks on a CPU spend most of their time launching
+kernels, and stacking k folds' models launches each kernel once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+PREDICT_CHUNK = 4096  # rows per forward pass when predicting: bounds the activations' memory
+
+
+class Architecture(BaseModel):
+    """The ``SequenceModel`` arguments that build a network (and rebuild it from an archive)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cell: Literal["rnn", "lstm", "gru"]
+    hidden_size: int = Field(ge=1, le=4096)
+    out_dim: int = Field(ge=1)
+    n_features: int | None = Field(default=None, ge=1)
+    vocab_size: int | None = Field(default=None, ge=3)
+    embedding_dim: int = Field(ge=1)
+    num_layers: int = Field(ge=1, le=4)
+    bidirectional: bool
+    dropout: float = Field(ge=0.0, lt=1.0)
+
+    def build(self) -> SequenceModel:
+        """A network of this architecture (its initial weights drawn from torch's RNG)."""
+        return SequenceModel(**self.model_dump())
 
 
 class SequenceModel(nn.Module):
@@ -81,6 +105,32 @@ class SequenceModel(nn.Module):
         else:
             last = h_n[-1]
         return self.head(self.dropout(last))
+
+
+@torch.inference_mode()
+def predict_in_chunks(
+    network: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None, device: torch.device | None = None
+) -> torch.Tensor:
+    """A network's outputs for many rows, ``PREDICT_CHUNK`` rows per forward pass, in eval mode.
+
+    Args:
+        network: a ``SequenceModel`` (or anything called as ``network(x, lengths)``).
+        x: inputs ``[n, T, ...]``.
+        lengths: true lengths ``[n]`` of zero-padded ``x`` (a chunk is cut to its longest
+            sequence), or None.
+        device: where to move each chunk of ``x`` (default: where it is).
+
+    Returns:
+        The outputs ``[n, out_dim]``, on the network's device.
+    """
+    network.eval()
+    outputs = []
+    for start in range(0, len(x), PREDICT_CHUNK):
+        chunk = slice(start, start + PREDICT_CHUNK)
+        chunk_lengths = None if lengths is None else lengths[chunk]
+        x_chunk = x[chunk] if chunk_lengths is None else x[chunk, : int(chunk_lengths.max())]
+        outputs.append(network(x_chunk if device is None else x_chunk.to(device), chunk_lengths))
+    return torch.cat(outputs)
 
 
 class StackedSequenceModel(nn.Module):

@@ -15,7 +15,7 @@ from hpo.lockstep import lockstep_trainers
 from hpo.samplers import suggest_params
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR
-from hpo.train import FoldTrainer, fold_summary, pick_device
+from hpo.train import FoldTrainer, Trainer, fold_summary, pick_device
 
 
 class Objective:
@@ -76,17 +76,18 @@ class Objective:
         per_fold = spec.pruner.name == "wilcoxon"
         # Optuna advises a shuffled instance order for Wilcoxon so early folds do not dominate.
         order = np.random.default_rng(seed + trial.number).permutation(len(folds)) if per_fold else range(len(folds))
-        built: list[FoldTrainer] = []
+        built: list[Trainer] = []
 
-        def trainer(i: int) -> FoldTrainer:
+        def fold_trainer(i: int) -> Trainer:
             built.append(FoldTrainer(
-                folds[i], params, spec.model, spec.training.metric, spec.training.patience, self.device, seed + i,
+                folds[i], params, spec.model, spec.training.metric, spec.training.patience, self.device, seed + i, i,
             ))
             return built[-1]
 
         def unfinished() -> bool:
             max_epochs = spec.training.max_epochs
-            return len(built) < len(folds) or any(not t.stopped and t.epochs < max_epochs for t in built)
+            progress = [p for t in built for p in t.progress]
+            return len(progress) < len(folds) or any(not p.stopped and p.epochs < max_epochs for p in progress)
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
@@ -98,19 +99,20 @@ class Objective:
 
         if not per_fold:  # lockstep: small networks' folds train as one stacked computation
             built.extend(lockstep_trainers(
-                [folds[i] for i in order], params, spec.model, spec.training.metric, spec.training.patience,
-                self.device, [seed + i for i in order],
+                folds, params, spec.model, spec.training.metric, spec.training.patience, self.device,
+                [seed + i for i in range(len(folds))],
             ))
         try:
             run_folds(
-                (trainer(int(i)) for i in order) if per_fold else built,
+                (fold_trainer(int(i)) for i in order) if per_fold else built,
                 spec.training.max_epochs,
                 per_fold=per_fold,
                 on_epoch=report,
-                on_fold=lambda position, score: report(int(order[position]), score),
+                on_fold=report,
                 should_stop=self.should_stop,
             )
         finally:
-            for key, value in fold_summary([t for t in built if t.epochs]).items():
+            progress = sorted((p for t in built for p in t.progress if p.epochs), key=lambda p: p.number)
+            for key, value in fold_summary(progress).items():
                 trial.set_user_attr(key, value)
-        return float(np.mean([t.score for t in built]))
+        return float(np.mean([p.score for t in built for p in t.progress]))

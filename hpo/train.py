@@ -1,15 +1,23 @@
-"""Training one fold's model, one epoch at a time, with early stopping on validation loss.
+"""Training folds' networks, one epoch per step, with early stopping on validation loss.
 
-The loop reads top to bottom: batches are index slices of in-memory tensors (no
-DataLoader, no per-sample Python), the loss stays on the device until the epoch ends
-(one host sync per epoch, not per batch), Adam is the fused kernel, clipping takes the
-multi-tensor path, and validation runs under ``torch.inference_mode``. (A trial's folds of
-a small network train together instead: :mod:`hpo.lockstep`.)
+A :class:`Trainer` trains the networks of one or more folds together and every trainer
+reads the same way: data, model and optimizer are built in ``__init__``; each
+:meth:`Trainer.step` trains one epoch, then evaluates each fold (its :class:`FoldProgress`
+keeps the scores and decides early stopping). :class:`FoldTrainer` trains one fold;
+:class:`hpo.lockstep.FoldStack` trains several small networks as one stacked computation.
+:func:`hpo.cv.run_folds` is the epoch loop.
+
+One fold's epoch: batches are index slices of in-memory tensors (no DataLoader, no
+per-sample Python), the loss stays on the device until the epoch ends (one host sync per
+epoch, not per batch), Adam is the fused kernel, clipping takes the multi-tensor path, and
+validation runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +27,9 @@ from sklearn.metrics import f1_score
 from torch.nn import functional as F
 
 from hpo.data import FoldData, Split
-from hpo.model import SequenceModel
+from hpo.model import Architecture, SequenceModel, predict_in_chunks
 from hpo.spec import ModelSpec
 
-EVAL_CHUNK = 4096
 MIN_IMPROVEMENT = 1e-4
 
 
@@ -43,39 +50,19 @@ class FoldScore:
     score: float
 
 
-class FoldTrainer:
-    """Trains one fold; call :meth:`step` once per epoch.
+class FoldProgress:
+    """One fold's validation scores, epoch by epoch, and its early stopping.
 
     Args:
-        fold: the fold's tensors (preprocessing already fitted on its training part).
-        params: hyperparameters: ``lr``, ``batch_size``, ``hidden_size``, ``dropout``,
-            ``clip_norm``, ``weight_decay``, and optionally ``cell`` / ``num_layers``.
-        model_spec: the spec's architecture (cell, layers, direction, embedding size).
+        fold: the fold (its validation split is scored here).
         metric: ``accuracy`` | ``f1_macro`` | ``loss`` | ``rmse`` | ``mae``.
         patience: epochs without validation-loss improvement before stopping; ``None`` = never.
-        device: where to train.
-        seed: seeds the weights, the batch order and dropout.
+        device: where the validation tensors live.
+        number: the fold's number in the cross-validation.
     """
 
-    def __init__(
-        self,
-        fold: FoldData,
-        params: dict[str, Any],
-        model_spec: ModelSpec,
-        metric: str,
-        patience: int | None,
-        device: torch.device,
-        seed: int,
-    ):
-        self._init_scoring(fold, metric, patience, device)
-        self.train_split = to_device(fold.train, device)
-        self.batch_size = int(params["batch_size"])
-        self.clip_norm = float(params["clip_norm"])
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.model = build_model(fold, params, model_spec, seed).to(device)
-        self.optimizer = make_adam(self.model.parameters(), params, device)
-
-    def _init_scoring(self, fold: FoldData, metric: str, patience: int | None, device: torch.device) -> None:
+    def __init__(self, fold: FoldData, metric: str, patience: int | None, device: torch.device, number: int = 0):
+        self.number = number
         self.metric = metric
         self.patience = patience
         self.classify = fold.target_scale is None
@@ -96,22 +83,104 @@ class FoldTrainer:
             return self.best_score
         return self.last.score
 
-    def step(self) -> float:
-        """Train one epoch, validate, update early stopping; return the fold's score."""
-        self._train_epoch()
-        return self._record(self.predict(self.val_split))
+    def record(self, out: torch.Tensor) -> None:
+        """Score an epoch's validation outputs and update early stopping.
 
-    def _record(self, out: torch.Tensor) -> float:
-        """Score an epoch's validation outputs and update early stopping."""
+        Raises:
+            TrainingDiverged: when the validation loss is not finite.
+        """
         self.epochs += 1
-        self.last = self._evaluate(out)
+        self.last = score_outputs(out, self.val_split.y, self.metric, self.target_std)
+        if not math.isfinite(self.last.loss):
+            raise TrainingDiverged(f"validation loss became {self.last.loss} in epoch {self.epochs}")
         if self.last.loss < self.best_loss - MIN_IMPROVEMENT:
             self.best_loss, self.best_epoch, self.best_score = self.last.loss, self.epochs, self.last.score
         elif self.patience is not None and self.epochs - self.best_epoch >= self.patience:
             self.stopped = True
-        return self.score
 
-    def _train_epoch(self) -> None:
+
+class Trainer(ABC):
+    """Trains the networks of one or more folds (its slots) together, one epoch per :meth:`step`.
+
+    ``progress[slot]`` is each fold's :class:`FoldProgress`; a fold that stops early is
+    retired and the others go on.
+    """
+
+    progress: list[FoldProgress]
+
+    @property
+    def stopped(self) -> bool:
+        """Whether every fold has stopped early."""
+        return all(p.stopped for p in self.progress)
+
+    def step(self) -> None:
+        """Train every fold still training for one epoch, then evaluate each.
+
+        Raises:
+            TrainingDiverged: when a fold's training or validation loss is not finite.
+        """
+        self.train_epoch()
+        for slot, out in self.validation_outputs().items():
+            self.progress[slot].record(out)
+            if self.progress[slot].stopped:
+                self.retire(slot)
+
+    @abstractmethod
+    def train_epoch(self) -> None:
+        """One epoch of training for every fold still training."""
+
+    @abstractmethod
+    def validation_outputs(self) -> dict[int, torch.Tensor]:
+        """The outputs on its validation split of every fold still training, by slot."""
+
+    @abstractmethod
+    def network(self, slot: int) -> SequenceModel:
+        """Slot ``slot``'s network as trained so far, as a standalone ``SequenceModel``."""
+
+    @abstractmethod
+    def retire(self, slot: int) -> None:
+        """Stop training slot ``slot`` (its fold stopped early)."""
+
+
+class FoldTrainer(Trainer):
+    """Trains one fold's network.
+
+    Args:
+        fold: the fold's tensors (preprocessing already fitted on its training part).
+        params: hyperparameters: ``lr``, ``batch_size``, ``hidden_size``, ``dropout``,
+            ``clip_norm``, ``weight_decay``, and optionally ``cell`` / ``num_layers``.
+        model_spec: the spec's architecture (cell, layers, direction, embedding size).
+        metric: ``accuracy`` | ``f1_macro`` | ``loss`` | ``rmse`` | ``mae``.
+        patience: epochs without validation-loss improvement before stopping; ``None`` = never.
+        device: where to train.
+        seed: seeds the weights, the batch order and dropout.
+        number: the fold's number in the cross-validation.
+    """
+
+    def __init__(
+        self,
+        fold: FoldData,
+        params: dict[str, Any],
+        model_spec: ModelSpec,
+        metric: str,
+        patience: int | None,
+        device: torch.device,
+        seed: int,
+        number: int = 0,
+    ):
+        # data
+        self.train_split = to_device(fold.train, device)
+        self.progress = [FoldProgress(fold, metric, patience, device, number)]
+        self.batch_size = int(params["batch_size"])
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        # model
+        self.architecture = trial_architecture(fold, params, model_spec)
+        self.model = build_network(self.architecture, seed).to(device)
+        # optimizer
+        self.optimizer = make_optimizer(self.model.parameters(), params, device)
+        self.clip_norm = float(params["clip_norm"])
+
+    def train_epoch(self) -> None:
         data = self.train_split
         n = data.y.shape[0]
         order = torch.randperm(n, generator=self.generator).to(data.y.device)
@@ -120,49 +189,32 @@ class FoldTrainer:
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             x, lengths = batch_inputs(data, idx)
-            loss = _loss(self.model(x, lengths), data.y[idx], self.classify)
+            loss = fold_loss(self.model(x, lengths), data.y[idx], self.progress[0].classify)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm, foreach=True)
             self.optimizer.step()
             total += loss.detach()
-        check_finite(total, self.epochs + 1)
+        check_finite(total, self.progress[0].epochs + 1)
 
-    @torch.inference_mode()
-    def predict(self, split: Split) -> torch.Tensor:
-        """Model outputs for a whole split, in chunks."""
-        self.model.eval()
-        n = split.y.shape[0]
-        outs = []
-        for start in range(0, n, EVAL_CHUNK):
-            idx = torch.arange(start, min(n, start + EVAL_CHUNK), device=split.y.device)
-            outs.append(self.model(*batch_inputs(split, idx)))
-        return torch.cat(outs)
+    def validation_outputs(self) -> dict[int, torch.Tensor]:
+        val = self.progress[0].val_split
+        return {0: predict_in_chunks(self.model, val.x, val.lengths)}
 
-    def _evaluate(self, out: torch.Tensor) -> FoldScore:
-        y = self.val_split.y
-        loss = float(_loss(out, y, self.classify))
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"validation loss became {loss} in epoch {self.epochs}")
-        return FoldScore(loss=loss, score=self._score(out, y, loss))
+    def network(self, slot: int = 0) -> SequenceModel:
+        return self.model
 
-    def _score(self, out: torch.Tensor, y: torch.Tensor, loss: float) -> float:
-        if self.metric == "loss":
-            return loss
-        if self.metric == "accuracy":
-            return float((out.argmax(1) == y).float().mean())
-        if self.metric == "f1_macro":
-            return float(f1_score(y.cpu().numpy(), out.argmax(1).cpu().numpy(), average="macro"))
-        error = (out - y) * self.target_std  # back to the target's own units
-        if self.metric == "rmse":
-            return float(error.pow(2).mean().sqrt())
-        return float(error.abs().mean())
+    def retire(self, slot: int) -> None:
+        pass  # nothing to free: a stopped fold's trainer is simply not stepped again
 
 
-def build_model(fold: FoldData, params: dict[str, Any], model_spec: ModelSpec, seed: int) -> SequenceModel:
-    """The fold's network for these hyperparameters, its initial weights drawn from ``seed``."""
-    torch.manual_seed(seed)
-    return SequenceModel(
+def trial_architecture(fold: FoldData, params: dict[str, Any], model_spec: ModelSpec) -> Architecture:
+    """The network a trial's parameters describe for this fold's data.
+
+    The parameters win over the spec's fixed choices (``cell``, ``num_layers``); the data
+    gives the input and output sizes.
+    """
+    return Architecture(
         cell=params.get("cell", model_spec.cell),
         hidden_size=int(params["hidden_size"]),
         out_dim=fold.out_dim,
@@ -175,7 +227,13 @@ def build_model(fold: FoldData, params: dict[str, Any], model_spec: ModelSpec, s
     )
 
 
-def make_adam(parameters: Any, params: dict[str, Any], device: torch.device) -> torch.optim.Adam:
+def build_network(architecture: Architecture, seed: int) -> SequenceModel:
+    """A network of ``architecture``, its initial weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return architecture.build()
+
+
+def make_optimizer(parameters: Iterable[torch.Tensor], params: dict[str, Any], device: torch.device) -> torch.optim.Adam:
     """Adam with the trial's ``lr`` and ``weight_decay``."""
     # The fused kernel (one pass over each tensor) beats the multi-tensor path on CPU too.
     fused = device.type in ("cpu", "cuda")
@@ -188,8 +246,34 @@ def make_adam(parameters: Any, params: dict[str, Any], device: torch.device) -> 
     )
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor, classify: bool) -> torch.Tensor:
+def fold_loss(out: torch.Tensor, y: torch.Tensor, classify: bool) -> torch.Tensor:
+    """The training loss: cross-entropy for classes, mean squared error for (scaled) values."""
     return F.cross_entropy(out, y) if classify else F.mse_loss(out, y)
+
+
+def score_outputs(out: torch.Tensor, y: torch.Tensor, metric: str, target_std: float = 1.0) -> FoldScore:
+    """The loss and the ``metric`` of outputs against targets.
+
+    Args:
+        out: network outputs ``[n, out_dim]``.
+        y: class indices ``[n]`` (classification) or scaled targets ``[n, out_dim]``.
+        metric: ``accuracy`` | ``f1_macro`` | ``loss`` | ``rmse`` | ``mae``.
+        target_std: the targets' scale, so that ``rmse`` and ``mae`` are in their own units.
+
+    Returns:
+        The loss (as trained on) and the score.
+    """
+    loss = float(fold_loss(out, y, y.dtype == torch.int64))
+    if metric == "loss":
+        return FoldScore(loss, loss)
+    if metric == "accuracy":
+        return FoldScore(loss, float((out.argmax(1) == y).float().mean()))
+    if metric == "f1_macro":
+        return FoldScore(loss, float(f1_score(y.cpu().numpy(), out.argmax(1).cpu().numpy(), average="macro")))
+    error = (out - y) * target_std  # back to the target's own units
+    if metric == "rmse":
+        return FoldScore(loss, float(error.pow(2).mean().sqrt()))
+    return FoldScore(loss, float(error.abs().mean()))
 
 
 def check_finite(total: torch.Tensor, epoch: int) -> None:
@@ -216,11 +300,11 @@ def batch_inputs(split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return split.x[idx, :longest], lengths
 
 
-def fold_summary(trainers: list[FoldTrainer]) -> dict[str, Any]:
+def fold_summary(progress: list[FoldProgress]) -> dict[str, Any]:
     """Per-fold scores, their spread, and where each fold's validation loss was best."""
-    scores = [t.score for t in trainers]
+    scores = [p.score for p in progress]
     return {
         "fold_scores": scores,
         "fold_std": float(np.std(scores)) if scores else None,
-        "fold_best_epochs": [t.best_epoch for t in trainers],
+        "fold_best_epochs": [p.best_epoch for p in progress],
     }

@@ -45,8 +45,11 @@ def test_stratified_refuses_more_folds_than_the_smallest_class():
 
 
 class CountingTrainer:
-    def __init__(self, scores, stop_after=None):
-        self.scores, self.stop_after, self.epochs, self.stopped = scores, stop_after, 0, False
+    """A trainer of one fold whose scores are given."""
+
+    def __init__(self, scores, stop_after=None, number=0):
+        self.scores, self.stop_after, self.epochs, self.stopped, self.number = scores, stop_after, 0, False, number
+        self.progress = [self]
 
     @property
     def score(self):
@@ -67,7 +70,7 @@ def test_fold_runner_lockstep_reports_mean_per_epoch_and_honours_early_stops():
 
 def test_fold_runner_per_fold_runs_folds_in_turn_and_stops_on_request():
     reports = []
-    run_folds([CountingTrainer([0.1, 0.2]), CountingTrainer([0.3, 0.4])], 2, per_fold=True,
+    run_folds([CountingTrainer([0.1, 0.2], number=0), CountingTrainer([0.3, 0.4], number=1)], 2, per_fold=True,
               on_fold=lambda i, v: reports.append((i, v)))
     assert reports == [(0, 0.2), (1, 0.4)]
     from hpo.cv import Interrupted

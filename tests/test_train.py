@@ -8,7 +8,7 @@ import torch
 
 from hpo.data import FoldData, Split, load_dataset
 from hpo.cv import fold_indices
-from hpo.model import SequenceModel
+from hpo.model import SequenceModel, predict_in_chunks
 from hpo.spec import ModelSpec, parse_spec
 from hpo.train import FoldTrainer, TrainingDiverged
 
@@ -72,18 +72,17 @@ def test_short_training_on_digits_learns():
     trainer = FoldTrainer(fold, PARAMS, ModelSpec(), "accuracy", 3, CPU, 0)
     for _ in range(8):
         trainer.step()
-    assert trainer.score > 0.9
+    assert trainer.progress[0].score > 0.9
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch_score():
     fold = _digits_fold()
     trainer = FoldTrainer(fold, {**PARAMS, "lr": 0.05}, ModelSpec(), "accuracy", 1, CPU, 0)
-    epochs = 0
-    while not trainer.stopped and epochs < 60:
+    progress = trainer.progress[0]
+    while not trainer.stopped and progress.epochs < 60:
         trainer.step()
-        epochs += 1
-    assert trainer.stopped and trainer.epochs > trainer.best_epoch
-    assert trainer.epochs - trainer.best_epoch == 1
+    assert progress.stopped and progress.epochs > progress.best_epoch
+    assert progress.epochs - progress.best_epoch == 1
 
 
 def test_nan_input_diverges_with_a_reason():
@@ -103,7 +102,7 @@ def test_same_seed_same_result_other_seed_differs():
         trainer = FoldTrainer(fold, PARAMS, ModelSpec(), "accuracy", None, CPU, seed)
         trainer.step()
         trainer.step()
-        return trainer.last.loss
+        return trainer.progress[0].last.loss
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -117,5 +116,5 @@ def test_regression_metrics_are_in_target_units():
     fold = FoldData(train=split, val=split, n_features=1, vocab_size=None, out_dim=1, target_scale=(100.0, 10.0))
     trainer = FoldTrainer(fold, PARAMS, ModelSpec(), "rmse", None, CPU, 0)
     trainer.step()
-    out = trainer.predict(trainer.val_split)
-    assert trainer.last.score == pytest.approx(float(out.pow(2).mean().sqrt()) * 10.0, rel=1e-5)
+    out = predict_in_chunks(trainer.network(0), x, None)
+    assert trainer.progress[0].last.score == pytest.approx(float(out.pow(2).mean().sqrt()) * 10.0, rel=1e-5)

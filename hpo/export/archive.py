@@ -29,7 +29,7 @@ from hpo.data.forecast import SeriesScaling
 from hpo.data.sequences import SequenceScaling
 from hpo.data.text import TextVocabulary
 from hpo.export.inputs import PredictInput, prepare
-from hpo.model import SequenceModel
+from hpo.model import Architecture, predict_in_chunks
 
 FORMAT = "hpo-model"
 FORMAT_VERSION = 1
@@ -38,7 +38,6 @@ WEIGHTS_NAME = "model.safetensors"
 ARCHIVE_SUFFIX = ".hpo.zip"
 MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_WEIGHTS_BYTES = 8 * 2**30
-PREDICT_CHUNK = 4096
 Preprocessing = SequenceScaling | TextVocabulary | SeriesScaling
 _PREPROCESSING: dict[str, type[Preprocessing]] = {
     c.kind: c for c in (SequenceScaling, TextVocabulary, SeriesScaling)  # type: ignore[misc]
@@ -47,20 +46,6 @@ _PREPROCESSING: dict[str, type[Preprocessing]] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Architecture(_Strict):
-    """The ``SequenceModel`` arguments that rebuild the network the weights belong to."""
-
-    cell: Literal["rnn", "lstm", "gru"]
-    hidden_size: int = Field(ge=1, le=4096)
-    out_dim: int = Field(ge=1)
-    n_features: int | None = Field(default=None, ge=1)
-    vocab_size: int | None = Field(default=None, ge=3)
-    embedding_dim: int = Field(ge=1)
-    num_layers: int = Field(ge=1, le=4)
-    bidirectional: bool
-    dropout: float = Field(ge=0.0, lt=1.0)
 
 
 class TargetInfo(_Strict):
@@ -123,7 +108,7 @@ class Model:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"manifest: preprocessing is incomplete ({type(exc).__name__}: {exc})") from None
         self._check_coherent()
-        self.network = SequenceModel(**manifest.architecture.model_dump())
+        self.network = manifest.architecture.build()
         try:
             self.network.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
@@ -209,20 +194,10 @@ class Model:
         """
         return save_archive(self.manifest, self._weights, path)
 
-    @torch.inference_mode()
     def _forward(self, data: PredictInput) -> np.ndarray:
-        """Raw network outputs ``[n, out_dim]`` for raw inputs, in chunks."""
+        """Raw network outputs ``[n, out_dim]`` for raw inputs."""
         x, lengths = prepare(self.preprocessing, data)
-        outputs = []
-        for start in range(0, len(x), PREDICT_CHUNK):
-            chunk = slice(start, start + PREDICT_CHUNK)
-            chunk_lengths = None if lengths is None else lengths[chunk]
-            if chunk_lengths is not None:  # cut the batch to its longest sequence, as in training
-                x_chunk = x[chunk, : int(chunk_lengths.max())]
-            else:
-                x_chunk = x[chunk]
-            outputs.append(self.network(x_chunk.to(self.device), chunk_lengths).float().cpu())
-        return torch.cat(outputs).numpy()
+        return predict_in_chunks(self.network, x, lengths, self.device).float().cpu().numpy()
 
     def _check_coherent(self) -> None:
         """Refuse a manifest whose parts contradict each other (e.g. a hand-edited one)."""

@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from hpo.cv import Interrupted
 from hpo.data import Dataset, load_dataset
 from hpo.data.base import MIN_SAMPLES
-from hpo.export.archive import Architecture, Manifest, Model, TargetInfo, now_iso, plain_state_dict
+from hpo.export.archive import Manifest, Model, TargetInfo, now_iso, plain_state_dict
 from hpo.settings import DEFAULT_DATA_DIR
 from hpo.spec import StudySpec
 from hpo.studies import best_of, study_spec
@@ -128,21 +128,10 @@ def fit_model(
     for epoch in range(1, epochs + 1):
         if should_stop is not None and should_stop():
             raise Interrupted(f"the fit was stopped before epoch {epoch} of {epochs}")
-        score = trainer.step()
+        trainer.step()
+        score = trainer.progress[0].score
         if on_epoch is not None:
             on_epoch(epoch, epochs, score)
-    # As FoldTrainer builds it; Model() reloads the weights into it strictly, so a mismatch fails here.
-    architecture = Architecture(
-        cell=params.get("cell", spec.model.cell),
-        hidden_size=int(params["hidden_size"]),
-        out_dim=fold.out_dim,
-        n_features=fold.n_features,
-        vocab_size=fold.vocab_size,
-        embedding_dim=spec.model.embedding_dim,
-        num_layers=int(params.get("num_layers", spec.model.num_layers)),
-        bidirectional=spec.model.bidirectional,
-        dropout=float(params["dropout"]),
-    )
     if fold.target_scale is None:
         target = TargetInfo(class_names=list(dataset.class_names or []))
     else:
@@ -152,7 +141,7 @@ def fit_model(
         task=spec.task,
         spec=spec.model_dump(mode="json"),
         params=dict(params),
-        architecture=architecture,
+        architecture=trainer.architecture,
         preprocessing=fold.preprocessing.to_dict(),
         target=target,
         training={
@@ -163,14 +152,14 @@ def fit_model(
             "holdout_samples": 0 if val_idx is None else int(len(val_idx)),
             f"{'holdout' if val_idx is not None else 'train'}_{metric}": _finite(score),
             "seed": seed,
-            "device": str(next(trainer.model.parameters()).device),
+            "device": str(next(trainer.network().parameters()).device),
         },
         source=source,
         data_fingerprint=dataset.fingerprint(),
         versions=framework_versions(),
         created_at=now_iso(),
     )
-    return Model(manifest, plain_state_dict(trainer.model))
+    return Model(manifest, plain_state_dict(trainer.network()))
 
 
 def fit_study_model(
