@@ -112,7 +112,8 @@ class FoldStack(Trainer):
         self.batch_size = int(params["batch_size"])
         self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         # model
-        networks = [build_network(trial_architecture(f, params, model_spec), s) for f, s in zip(folds, seeds)]
+        self.architecture = trial_architecture(folds[0], params, model_spec)  # the folds differ only in rows
+        networks = [build_network(self.architecture, s) for s in seeds]
         self.model = StackedSequenceModel(networks).to(device)
         # optimizer
         self.params = params
@@ -158,6 +159,11 @@ class FoldStack(Trainer):
         if slot in self.retired:
             return self.retired[slot]
         return self.model.export(self.active.index(slot))
+
+    def network_state(self, slot: int) -> dict[str, torch.Tensor]:
+        if slot in self.retired:
+            return {name: tensor.clone() for name, tensor in self.retired[slot].state_dict().items()}
+        return self.model.state(self.active.index(slot))
 
     def retire(self, slot: int) -> None:
         """Stop training ``slot``; the other folds go on without it (their Adam state kept)."""

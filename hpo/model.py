@@ -163,6 +163,7 @@ class StackedSequenceModel(nn.Module):
             "n_features": first.rnn.input_size, "num_layers": self.num_layers, "dropout": self.dropout,
         }
         states = [m.state_dict() for m in models]
+        self.names = list(states[0])  # the SequenceModel state_dict names, in order
         self.weights = nn.ParameterDict()
         for name in states[0]:
             tensors = [s[name] for s in states]
@@ -223,8 +224,12 @@ class StackedSequenceModel(nn.Module):
         """Slot ``slot``'s model as a standalone ``SequenceModel`` (weights copied)."""
         with torch.random.fork_rng(devices=[]):  # its random initial weights are overwritten: leave the RNG as it was
             model = SequenceModel(**self._arguments).to(next(iter(self.weights.values())).device)
-        model.load_state_dict({name: self.weight(name)[slot].detach().clone() for name in model.state_dict()})
+        model.load_state_dict(self.state(slot))
         return model
+
+    def state(self, slot: int) -> dict[str, torch.Tensor]:
+        """A copy of slot ``slot``'s weights, by ``SequenceModel`` ``state_dict`` name."""
+        return {name: self.weight(name)[slot].detach().clone() for name in self.names}
 
     def keep_slots(self, keep: list[int]) -> None:
         """Drop every slot not listed in ``keep``. The weights become new ``Parameter`` s: an

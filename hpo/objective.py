@@ -1,7 +1,8 @@
-"""The objective Optuna optimizes: spec + trial -> mean k-fold validation score."""
+"""The objective Optuna optimizes: spec + trial -> mean k-fold held-out score."""
 
 from __future__ import annotations
 
+import math
 import traceback
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import numpy as np
 import optuna
 import torch
 
-from hpo.cv import fold_indices, run_folds
+from hpo.cv import fold_indices, nested_fold, run_folds
 from hpo.data import Dataset, FoldData
 from hpo.lockstep import lockstep_trainers
 from hpo.samplers import suggest_params
@@ -22,11 +23,15 @@ class Objective:
     """Callable for ``study.optimize``: suggests parameters, cross-validates, returns the mean.
 
     Folds' preprocessed tensors are built once per process and reused by every trial.
-    Each epoch the mean validation score across folds is reported (step = epoch) so
-    epoch-wise pruners can stop a trial early; with the Wilcoxon pruner each fold's score
-    is reported instead (step = fold) and a clearly worse trial stops before all k folds.
-    Per-fold scores, their std and early-stopping epochs are stored as trial user
-    attributes; a failure stores its reason as ``fail_reason``.
+    Within each fold an inner split of its training rows decides early stopping and the
+    epoch kept (:func:`hpo.cv.nested_fold`); the fold's validation rows are scored once,
+    with that epoch's weights, and the trial's value is the mean of those scores. Each
+    epoch the mean inner validation score across folds is reported (step = epoch) so
+    epoch-wise pruners can stop a trial early; with the Wilcoxon pruner each fold's inner
+    score is reported instead (step = fold) and a clearly worse trial stops before all k
+    folds. ``scoring``, per-fold scores, their std, ``cv_loss`` and the chosen epochs are
+    stored as trial user attributes; a failure (a score that is not finite included)
+    stores its reason as ``fail_reason``.
 
     Args:
         spec: the study spec.
@@ -55,7 +60,9 @@ class Objective:
 
     def folds(self) -> list[FoldData]:
         if self._folds is None:
-            self._folds = [self.dataset.fold(tr, va) for tr, va in fold_indices(self.dataset, self.spec)]
+            self._folds = [
+                nested_fold(self.dataset.fold(tr, va), self.spec) for tr, va in fold_indices(self.dataset, self.spec)
+            ]
         return self._folds
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -115,4 +122,9 @@ class Objective:
             progress = sorted((p for t in built for p in t.progress if p.epochs), key=lambda p: p.number)
             for key, value in fold_summary(progress).items():
                 trial.set_user_attr(key, value)
-        return float(np.mean([p.score for t in built for p in t.progress]))
+        scores = [p.holdout.score if p.holdout is not None else math.nan for t in built for p in t.progress]
+        value = float(np.mean(scores))
+        if not math.isfinite(value):
+            raise ValueError(f"the trial's {spec.training.metric} is {value}, not a finite number "
+                             f"(fold scores {scores}); Optuna cannot rank it")
+        return value

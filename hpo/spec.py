@@ -240,10 +240,15 @@ class PrunerSpec(_Strict):
 
 
 class CVSpec(_Strict):
+    """How trials are scored: ``folds``-fold CV; within each fold, ``inner_holdout`` of the
+    training rows (the latest ones for time series) decide early stopping and the epoch,
+    and the fold's validation rows are scored once with that epoch's weights."""
+
     folds: int = Field(default=5, ge=2, le=20)
     strategy: Literal["stratified", "kfold", "timeseries"] | None = None
     shuffle: bool = True
     seed: Seed = 0
+    inner_holdout: float = Field(default=0.2, ge=0.05, le=0.5)
 
 
 class TrainingSpec(_Strict):

@@ -31,6 +31,9 @@ from hpo.model import Architecture, SequenceModel, predict_in_chunks
 from hpo.spec import ModelSpec
 
 MIN_IMPROVEMENT = 1e-4
+# How a trial's score was computed (its ``scoring`` user attribute): the epoch chosen on an
+# inner split of each fold's training rows, the fold's validation rows scored once.
+SCORING = "inner_split"
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,10 +54,11 @@ class FoldScore:
 
 
 class FoldProgress:
-    """One fold's validation scores, epoch by epoch, and its early stopping.
+    """One fold's validation scores, epoch by epoch, its early stopping, and the score of
+    its held-out rows (``fold.holdout``) with the weights of the chosen epoch.
 
     Args:
-        fold: the fold (its validation split is scored here).
+        fold: the fold (its validation split is scored each epoch, its holdout once).
         metric: ``accuracy`` | ``f1_macro`` | ``loss`` | ``rmse`` | ``mae``.
         patience: epochs without validation-loss improvement before stopping; ``None`` = never.
         device: where the validation tensors live.
@@ -63,17 +67,21 @@ class FoldProgress:
 
     def __init__(self, fold: FoldData, metric: str, patience: int | None, device: torch.device, number: int = 0):
         self.number = number
+        self.fold = fold
         self.metric = metric
         self.patience = patience
         self.classify = fold.target_scale is None
         self.target_std = 1.0 if fold.target_scale is None else fold.target_scale[1]
         self.val_split = to_device(fold.val, device)
+        self.holdout_split = None if fold.holdout is None else to_device(fold.holdout, device)
         self.epochs = 0
         self.best_loss = math.inf
         self.best_epoch = 0
         self.best_score: float | None = None
         self.last: FoldScore | None = None
         self.stopped = False
+        self.best_state: dict[str, torch.Tensor] | None = None  # the best epoch's weights, with early stopping
+        self.holdout: FoldScore | None = None
 
     @property
     def score(self) -> float:
@@ -83,8 +91,17 @@ class FoldProgress:
             return self.best_score
         return self.last.score
 
-    def record(self, out: torch.Tensor) -> None:
+    @property
+    def chosen_epoch(self) -> int:
+        """The epoch whose weights the fold keeps: the best validation-loss one with early
+        stopping, else the last."""
+        return self.best_epoch if self.patience is not None else self.epochs
+
+    def record(self, out: torch.Tensor) -> bool:
         """Score an epoch's validation outputs and update early stopping.
+
+        Returns:
+            Whether early stopping now keeps this epoch (its weights must be kept).
 
         Raises:
             TrainingDiverged: when the validation loss is not finite.
@@ -95,18 +112,21 @@ class FoldProgress:
             raise TrainingDiverged(f"validation loss became {self.last.loss} in epoch {self.epochs}")
         if self.last.loss < self.best_loss - MIN_IMPROVEMENT:
             self.best_loss, self.best_epoch, self.best_score = self.last.loss, self.epochs, self.last.score
-        elif self.patience is not None and self.epochs - self.best_epoch >= self.patience:
+            return self.patience is not None
+        if self.patience is not None and self.epochs - self.best_epoch >= self.patience:
             self.stopped = True
+        return False
 
 
 class Trainer(ABC):
     """Trains the networks of one or more folds (its slots) together, one epoch per :meth:`step`.
 
     ``progress[slot]`` is each fold's :class:`FoldProgress`; a fold that stops early is
-    retired and the others go on.
+    retired and the others go on. Every slot's network has the same ``architecture``.
     """
 
     progress: list[FoldProgress]
+    architecture: Architecture
 
     @property
     def stopped(self) -> bool:
@@ -121,9 +141,27 @@ class Trainer(ABC):
         """
         self.train_epoch()
         for slot, out in self.validation_outputs().items():
-            self.progress[slot].record(out)
-            if self.progress[slot].stopped:
+            progress = self.progress[slot]
+            if progress.record(out):
+                progress.best_state = self.network_state(slot)
+            if progress.stopped:
                 self.retire(slot)
+
+    def chosen_network(self, slot: int) -> SequenceModel:
+        """Slot ``slot``'s network with the weights of its chosen epoch, as a standalone copy."""
+        state = self.progress[slot].best_state or self.network_state(slot)
+        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave the RNG as it was
+            network = self.architecture.build()
+        network.load_state_dict(state)
+        return network.to(next(iter(state.values())).device)
+
+    def score_holdout(self) -> None:
+        """Score each fold's held-out rows once, with the weights of its chosen epoch."""
+        for slot, progress in enumerate(self.progress):
+            split = progress.holdout_split
+            if split is not None and progress.epochs:
+                out = predict_in_chunks(self.chosen_network(slot), split.x, split.lengths)
+                progress.holdout = score_outputs(out, split.y, progress.metric, progress.target_std)
 
     @abstractmethod
     def train_epoch(self) -> None:
@@ -136,6 +174,10 @@ class Trainer(ABC):
     @abstractmethod
     def network(self, slot: int) -> SequenceModel:
         """Slot ``slot``'s network as trained so far, as a standalone ``SequenceModel``."""
+
+    @abstractmethod
+    def network_state(self, slot: int) -> dict[str, torch.Tensor]:
+        """A copy of slot ``slot``'s weights as trained so far, by ``SequenceModel`` name."""
 
     @abstractmethod
     def retire(self, slot: int) -> None:
@@ -204,6 +246,9 @@ class FoldTrainer(Trainer):
     def network(self, slot: int = 0) -> SequenceModel:
         return self.model
 
+    def network_state(self, slot: int = 0) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+
     def retire(self, slot: int) -> None:
         pass  # nothing to free: a stopped fold's trainer is simply not stepped again
 
@@ -270,7 +315,7 @@ def score_outputs(out: torch.Tensor, y: torch.Tensor, metric: str, target_std: f
         return FoldScore(loss, float((out.argmax(1) == y).float().mean()))
     if metric == "f1_macro":
         return FoldScore(loss, float(f1_score(y.cpu().numpy(), out.argmax(1).cpu().numpy(), average="macro")))
-    error = (out - y) * target_std  # back to the target's own units
+    error = (out - y).double() * target_std  # back to the target's own units (float64: no overflow there)
     if metric == "rmse":
         return FoldScore(loss, float(error.pow(2).mean().sqrt()))
     return FoldScore(loss, float(error.abs().mean()))
@@ -301,10 +346,27 @@ def batch_inputs(split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def fold_summary(progress: list[FoldProgress]) -> dict[str, Any]:
-    """Per-fold scores, their spread, and where each fold's validation loss was best."""
-    scores = [p.score for p in progress]
+    """How the folds were scored, their held-out scores and losses, and the epochs they kept.
+
+    Returns:
+        ``scoring``; ``fold_scores`` and their ``fold_std``; ``cv_loss``, the mean held-out
+        loss (None until every fold is scored); ``fold_best_epochs``, each fold's chosen epoch.
+    """
+    scored = [p.holdout for p in progress if p.holdout is not None]
+    scores = [s.score for s in scored]
     return {
+        "scoring": SCORING,
         "fold_scores": scores,
         "fold_std": float(np.std(scores)) if scores else None,
-        "fold_best_epochs": [p.best_epoch for p in progress],
+        "cv_loss": float(np.mean([s.loss for s in scored])) if scored and len(scored) == len(progress) else None,
+        "fold_best_epochs": [p.chosen_epoch for p in progress],
     }
+
+
+def fold_models(trainers: Iterable[Trainer]) -> list[tuple[SequenceModel, FoldData]]:
+    """Every fold's network at its chosen epoch with the fold's data (whose ``preprocessing``
+    turns raw inputs into the network's), in fold order: what a fold ensemble keeps.
+    """
+    slots = [(trainer, slot) for trainer in trainers for slot in range(len(trainer.progress))]
+    slots.sort(key=lambda ts: ts[0].progress[ts[1]].number)
+    return [(trainer.chosen_network(slot), trainer.progress[slot].fold) for trainer, slot in slots]
