@@ -21,7 +21,8 @@ from hpo.data import FoldData, Split
 from hpo.model import PREDICT_CHUNK, SequenceModel, StackedSequenceModel
 from hpo.spec import ModelSpec
 from hpo.train import (
-    FoldProgress, FoldTrainer, Trainer, build_network, check_finite, make_optimizer, to_device, trial_architecture,
+    FoldProgress, FoldTrainer, Trainer, build_network, check_finite, make_optimizer, set_epoch_lr, to_device,
+    trial_architecture,
 )
 
 # Stacking pays while kernel launches dominate a step, i.e. while the recurrent product
@@ -38,28 +39,36 @@ def lockstep_trainers(
     patience: int | None,
     device: torch.device,
     seeds: Sequence[int],
+    max_epochs: int | None = None,
 ) -> list[Trainer]:
     """Trainers for folds that will advance in lockstep, together covering every fold.
 
     Each fold is trained as ``FoldTrainer(fold, params, ..., seed)`` trains it (same initial
     weights, batch order, clipping and early stopping). Where it pays (on the CPU, a
-    unidirectional network over fixed-length sequences with ``batch_size * hidden_size**2
-    <= STACK_MAX_WORK``), the folds that have the same number of batches per epoch train as
+    unidirectional network over fixed-length sequences read to its last state, with
+    ``batch_size * hidden_size**2 <= STACK_MAX_WORK``, no per-fold learning-rate schedule
+    or class weights), the folds that have the same number of batches per epoch train as
     one :class:`FoldStack`. Variable-length sequences are never stacked: packing skips
     their padded steps, stacking would compute them.
 
     Args:
         folds: the folds; fold ``i`` gets the number ``i`` (``FoldProgress.number``).
-        params, model_spec, metric, patience, device: as for ``FoldTrainer``.
+        params, model_spec, metric, patience, device, max_epochs: as for ``FoldTrainer``.
         seeds: one seed per fold.
 
     Returns:
         The trainers: stacks, and ``FoldTrainer`` s for the folds not stacked.
     """
     batch_size = int(params["batch_size"])
+    architecture = trial_architecture(folds[0], params, model_spec)
     stackable = (
         device.type == "cpu"
-        and not model_spec.bidirectional
+        and not architecture.bidirectional
+        and architecture.vocab_size is None
+        and architecture.summary == "last"
+        and architecture.frontend == "none"
+        and params.get("lr_schedule", "none") != "plateau"
+        and params.get("class_weighting", "none") == "none"
         and all(fold.train.lengths is None for fold in folds)
         and batch_size * int(params["hidden_size"]) ** 2 <= STACK_MAX_WORK
     )
@@ -71,11 +80,12 @@ def lockstep_trainers(
         if stackable and len(members) > 1:
             trainers.append(FoldStack(
                 [folds[i] for i in members], params, model_spec, metric, patience, device,
-                [seeds[i] for i in members], members,
+                [seeds[i] for i in members], members, max_epochs,
             ))
         else:
             trainers.extend(
-                FoldTrainer(folds[i], params, model_spec, metric, patience, device, seeds[i], i) for i in members
+                FoldTrainer(folds[i], params, model_spec, metric, patience, device, seeds[i], i, max_epochs)
+                for i in members
             )
     return trainers
 
@@ -89,7 +99,7 @@ class FoldStack(Trainer):
     early stopping. The folds must have the same number of batches per epoch.
 
     Args:
-        folds, params, model_spec, metric, patience, device: as for ``FoldTrainer``.
+        folds, params, model_spec, metric, patience, device, max_epochs: as for ``FoldTrainer``.
         seeds: one seed per fold.
         numbers: each fold's number in the cross-validation.
     """
@@ -104,6 +114,7 @@ class FoldStack(Trainer):
         device: torch.device,
         seeds: list[int],
         numbers: list[int],
+        max_epochs: int | None = None,
     ):
         # data
         self.train_splits = [to_device(f.train, device) for f in folds]
@@ -116,7 +127,7 @@ class FoldStack(Trainer):
         networks = [build_network(self.architecture, s) for s in seeds]
         self.model = StackedSequenceModel(networks).to(device)
         # optimizer
-        self.params = params
+        self.params, self.max_epochs = params, max_epochs
         self.device = device
         self.optimizer = make_optimizer(self.model.parameters(), params, device)
         self.clip_norm = float(params["clip_norm"])
@@ -128,6 +139,7 @@ class FoldStack(Trainer):
         orders = [torch.randperm(len(sp.y), generator=self.generators[s]).to(self.device)
                   for s, sp in zip(self.active, splits)]
         params = list(self.model.parameters())
+        set_epoch_lr(self.optimizer, self.params, self.progress[self.active[0]].epochs, self.max_epochs)
         self.model.train()
         total = torch.zeros(len(splits), device=self.device)
         longest = max(len(o) for o in orders)
@@ -179,7 +191,7 @@ class FoldStack(Trainer):
         index = torch.tensor(keep, device=self.device)
         for param, state in zip(self.model.parameters(), old_state):
             self.optimizer.state[param] = {
-                key: value if key == "step" else value.index_select(0, index) for key, value in state.items()
+                key: value.index_select(0, index) if value.dim() > 0 else value for key, value in state.items()
             }
 
 

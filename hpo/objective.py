@@ -12,6 +12,7 @@ import torch
 
 from hpo.cv import fold_indices, nested_fold, run_folds
 from hpo.data import Dataset, FoldData
+from hpo.fitting import fit_spec_to_data
 from hpo.lockstep import lockstep_trainers
 from hpo.samplers import suggest_params
 from hpo.spec import StudySpec
@@ -63,6 +64,8 @@ class Objective:
             self._folds = [
                 nested_fold(self.dataset.fold(tr, va), self.spec) for tr, va in fold_indices(self.dataset, self.spec)
             ]
+            # What the spec leaves out is fitted to the folds: the same for every worker of the study.
+            self.spec = fit_spec_to_data(self.spec, self._folds)
         return self._folds
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -76,9 +79,9 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
+        folds = self.folds()
         spec = self.spec
         params = suggest_params(trial, spec.search_space)
-        folds = self.folds()
         seed = spec.training.seed
         per_fold = spec.pruner.name == "wilcoxon"
         # Optuna advises a shuffled instance order for Wilcoxon so early folds do not dominate.
@@ -88,6 +91,7 @@ class Objective:
         def fold_trainer(i: int) -> Trainer:
             built.append(FoldTrainer(
                 folds[i], params, spec.model, spec.training.metric, spec.training.patience, self.device, seed + i, i,
+                spec.training.max_epochs,
             ))
             return built[-1]
 
@@ -107,7 +111,7 @@ class Objective:
         if not per_fold:  # lockstep: small networks' folds train as one stacked computation
             built.extend(lockstep_trainers(
                 folds, params, spec.model, spec.training.metric, spec.training.patience, self.device,
-                [seed + i for i in range(len(folds))],
+                [seed + i for i in range(len(folds))], spec.training.max_epochs,
             ))
         try:
             run_folds(

@@ -31,6 +31,7 @@ from hpo.model import Architecture, SequenceModel, predict_in_chunks
 from hpo.spec import ModelSpec
 
 MIN_IMPROVEMENT = 1e-4
+DEFAULT_STRIDE = 4  # a frontend's stride when the trial does not choose one
 # How a trial's score was computed (its ``scoring`` user attribute): the epoch chosen on an
 # inner split of each fold's training rows, the fold's validation rows scored once.
 SCORING = "inner_split"
@@ -190,13 +191,15 @@ class FoldTrainer(Trainer):
     Args:
         fold: the fold's tensors (preprocessing already fitted on its training part).
         params: hyperparameters: ``lr``, ``batch_size``, ``hidden_size``, ``dropout``,
-            ``clip_norm``, ``weight_decay``, and optionally ``cell`` / ``num_layers``.
+            ``clip_norm``, and optionally ``weight_decay``, ``optimizer``, ``lr_schedule``,
+            ``class_weighting`` and the architecture's (see :func:`trial_architecture`).
         model_spec: the spec's architecture (cell, layers, direction, embedding size).
         metric: ``accuracy`` | ``f1_macro`` | ``loss`` | ``rmse`` | ``mae``.
         patience: epochs without validation-loss improvement before stopping; ``None`` = never.
         device: where to train.
         seed: seeds the weights, the batch order and dropout.
         number: the fold's number in the cross-validation.
+        max_epochs: the epochs a ``cosine`` learning-rate schedule spans.
     """
 
     def __init__(
@@ -209,29 +212,43 @@ class FoldTrainer(Trainer):
         device: torch.device,
         seed: int,
         number: int = 0,
+        max_epochs: int | None = None,
     ):
         # data
         self.train_split = to_device(fold.train, device)
         self.progress = [FoldProgress(fold, metric, patience, device, number)]
         self.batch_size = int(params["batch_size"])
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        weights = class_weights(fold, params)
+        self.class_weight = None if weights is None else weights.to(device)
         # model
         self.architecture = trial_architecture(fold, params, model_spec)
         self.model = build_network(self.architecture, seed).to(device)
         # optimizer
         self.optimizer = make_optimizer(self.model.parameters(), params, device)
         self.clip_norm = float(params["clip_norm"])
+        self.params, self.max_epochs = params, max_epochs
+        self.plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=max(1, (patience or 4) // 2))
+            if params.get("lr_schedule") == "plateau" else None
+        )
+
+    def step(self) -> None:
+        super().step()
+        if self.plateau is not None and not self.stopped:
+            self.plateau.step(self.progress[0].last.loss)  # type: ignore[union-attr]
 
     def train_epoch(self) -> None:
         data = self.train_split
         n = data.y.shape[0]
         order = torch.randperm(n, generator=self.generator).to(data.y.device)
+        set_epoch_lr(self.optimizer, self.params, self.progress[0].epochs, self.max_epochs)
         self.model.train()
         total = torch.zeros((), device=data.y.device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             x, lengths = batch_inputs(data, idx)
-            loss = fold_loss(self.model(x, lengths), data.y[idx], self.progress[0].classify)
+            loss = fold_loss(self.model(x, lengths), data.y[idx], self.progress[0].classify, self.class_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm, foreach=True)
@@ -256,9 +273,11 @@ class FoldTrainer(Trainer):
 def trial_architecture(fold: FoldData, params: dict[str, Any], model_spec: ModelSpec) -> Architecture:
     """The network a trial's parameters describe for this fold's data.
 
-    The parameters win over the spec's fixed choices (``cell``, ``num_layers``); the data
-    gives the input and output sizes.
+    The parameters win over the spec's fixed choices (``cell``, ``num_layers``,
+    ``bidirectional``); ``summary`` is ``last`` and ``frontend`` ``none`` unless given (a
+    frontend's stride defaults to ``DEFAULT_STRIDE``); the data gives the input and output sizes.
     """
+    frontend = params.get("frontend", "none")
     return Architecture(
         cell=params.get("cell", model_spec.cell),
         hidden_size=int(params["hidden_size"]),
@@ -267,8 +286,11 @@ def trial_architecture(fold: FoldData, params: dict[str, Any], model_spec: Model
         vocab_size=fold.vocab_size,
         embedding_dim=model_spec.embedding_dim,
         num_layers=int(params.get("num_layers", model_spec.num_layers)),
-        bidirectional=model_spec.bidirectional,
+        bidirectional=bool(params.get("bidirectional", model_spec.bidirectional)),
         dropout=float(params["dropout"]),
+        summary=params.get("summary", "last"),
+        frontend=frontend,
+        frontend_stride=int(params.get("frontend_stride", DEFAULT_STRIDE)) if frontend != "none" else 1,
     )
 
 
@@ -278,22 +300,48 @@ def build_network(architecture: Architecture, seed: int) -> SequenceModel:
     return architecture.build()
 
 
-def make_optimizer(parameters: Iterable[torch.Tensor], params: dict[str, Any], device: torch.device) -> torch.optim.Adam:
-    """Adam with the trial's ``lr`` and ``weight_decay``."""
+def make_optimizer(
+    parameters: Iterable[torch.Tensor], params: dict[str, Any], device: torch.device
+) -> torch.optim.Optimizer:
+    """The trial's ``optimizer`` (``adam`` unless given; ``adamw``, ``rmsprop``, ``sgd`` with
+    momentum 0.9) with its ``lr`` and ``weight_decay``. Each updates every weight element
+    on its own, so stacked folds train as if alone."""
+    lr, weight_decay = float(params["lr"]), float(params.get("weight_decay", 0.0))
+    name = params.get("optimizer", "adam")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay, foreach=True)
     # The fused kernel (one pass over each tensor) beats the multi-tensor path on CPU too.
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(
-        parameters,
-        lr=float(params["lr"]),
-        weight_decay=float(params.get("weight_decay", 0.0)),
-        fused=fused or None,
-        foreach=None if fused else True,
-    )
+    adam = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return adam(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None, foreach=None if fused else True)
 
 
-def fold_loss(out: torch.Tensor, y: torch.Tensor, classify: bool) -> torch.Tensor:
-    """The training loss: cross-entropy for classes, mean squared error for (scaled) values."""
-    return F.cross_entropy(out, y) if classify else F.mse_loss(out, y)
+def set_epoch_lr(optimizer: torch.optim.Optimizer, params: dict[str, Any], epoch: int, max_epochs: int | None) -> None:
+    """With ``lr_schedule: cosine``, the learning rate of epoch ``epoch`` (from 0): ``lr``
+    decayed along half a cosine to 0 at ``max_epochs``; otherwise leave it as it is."""
+    if params.get("lr_schedule") != "cosine" or not max_epochs:
+        return
+    lr = float(params["lr"]) * 0.5 * (1 + math.cos(math.pi * min(epoch, max_epochs) / (max_epochs + 1)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def class_weights(fold: FoldData, params: dict[str, Any]) -> torch.Tensor | None:
+    """With ``class_weighting: balanced``, each class's loss weight ``n / (classes * count)``
+    over the fold's training rows (a class it lacks weighs 0), else None."""
+    if params.get("class_weighting", "none") != "balanced" or fold.target_scale is not None:
+        return None
+    counts = torch.bincount(fold.train.y, minlength=fold.out_dim).double()
+    weights = torch.where(counts > 0, counts.sum() / (fold.out_dim * counts.clamp(min=1)), 0.0)
+    return weights.float()
+
+
+def fold_loss(out: torch.Tensor, y: torch.Tensor, classify: bool, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss: cross-entropy for classes (weighted by ``class_weight``), mean
+    squared error for (scaled) values."""
+    return F.cross_entropy(out, y, weight=class_weight) if classify else F.mse_loss(out, y)
 
 
 def score_outputs(out: torch.Tensor, y: torch.Tensor, metric: str, target_std: float = 1.0) -> FoldScore:

@@ -123,7 +123,8 @@ def fit_model(
     monitor_idx = val_idx if val_idx is not None else train_idx[:: max(1, len(train_idx) // MONITOR_ROWS)]
     fold = dataset.fold(train_idx, monitor_idx)
     seed = spec.training.seed
-    trainer = FoldTrainer(fold, params, spec.model, spec.training.metric, None, device or pick_device(), seed)
+    trainer = FoldTrainer(fold, params, spec.model, spec.training.metric, None, device or pick_device(), seed,
+                          max_epochs=epochs)
     score = math.nan
     for epoch in range(1, epochs + 1):
         if should_stop is not None and should_stop():
