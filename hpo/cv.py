@@ -1,15 +1,23 @@
-"""Cross-validation: fold splitters (stratified, plain, time-ordered) and the fold runner."""
+"""Cross-validation: fold splitters (stratified, plain, time-ordered), the inner split that
+keeps a fold's validation rows out of every training decision, and the epoch loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit, train_test_split
 
-from hpo.data import Dataset
+from hpo.data import Dataset, FoldData, Split
+from hpo.data.base import MIN_SAMPLES
 from hpo.spec import StudySpec
+
+if TYPE_CHECKING:  # the splitters are used where PyTorch is not loaded yet
+    from hpo.train import Trainer
 
 FoldIndices = list[tuple[np.ndarray, np.ndarray]]
 
@@ -47,25 +55,89 @@ def fold_indices(dataset: Dataset, spec: StudySpec) -> FoldIndices:
     return list(splitter.split(rows))
 
 
+def holdout_rows(
+    task: str, n: int, fraction: float, *, labels: np.ndarray | None = None, gap: int = 0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``0..n-1`` split into rows kept for training and rows held out.
+
+    Forecasting rows are windows in time order: the last ones are held out, after a gap of
+    ``gap`` windows so that no held-out target is also a training target. Classification
+    holds out a stratified share (a plain shuffled one when a class is too small to
+    stratify); regression a shuffled one.
+
+    Args:
+        task: the spec's task.
+        n: how many rows.
+        fraction: the share held out (at least one row).
+        labels: class labels ``[n]`` (classification).
+        gap: windows left out between training and held-out rows (forecasting).
+        seed: seeds the shuffle.
+
+    Returns:
+        ``(kept, held_out)``, each sorted.
+    """
+    rows = np.arange(n)
+    n_held = max(1, math.ceil(fraction * n))
+    if task == "forecasting":
+        return rows[: max(0, n - n_held - gap)], rows[n - n_held :]
+    stratify = labels if task == "classification" else None
+    try:
+        kept, held = train_test_split(rows, test_size=n_held, random_state=seed, stratify=stratify)
+    except ValueError:  # a class too small to stratify (or fewer held-out rows than classes)
+        kept, held = train_test_split(rows, test_size=n_held, random_state=seed)
+    return np.sort(kept), np.sort(held)
+
+
+def nested_fold(fold: FoldData, spec: StudySpec) -> FoldData:
+    """A CV fold made honest: its training rows are split again.
+
+    The inner training rows train, the inner validation rows (``cv.inner_holdout`` of them,
+    the latest for forecasting) decide early stopping and the epoch kept, and the fold's
+    own validation rows become ``holdout``: scored once, never deciding anything. The
+    preprocessing stays the one fitted on the fold's training rows.
+
+    Raises:
+        ValueError: when the inner training part would have fewer than ``MIN_SAMPLES`` rows.
+    """
+    y = fold.train.y
+    labels = y.numpy() if spec.task == "classification" else None
+    kept, held = holdout_rows(
+        spec.task, len(y), spec.cv.inner_holdout, labels=labels, gap=spec.training.horizon - 1, seed=spec.cv.seed
+    )
+    if len(kept) < MIN_SAMPLES:
+        raise ValueError(
+            f"cv.inner_holdout: a fold's {len(y)} training rows leave {len(kept)} to train on after the inner "
+            f"validation split; at least {MIN_SAMPLES} are needed (use fewer cv.folds or a smaller inner_holdout)"
+        )
+    return dataclasses.replace(fold, train=_rows(fold.train, kept), val=_rows(fold.train, held), holdout=fold.val)
+
+
+def _rows(split: Split, positions: np.ndarray) -> Split:
+    index = torch.from_numpy(positions)
+    return Split(split.x[index], split.y[index], None if split.lengths is None else split.lengths[index])
+
+
 def run_folds(
-    trainers: list[Any],
+    trainers: Iterable[Trainer],
     max_epochs: int,
     *,
     per_fold: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     on_fold: Callable[[int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> list[Any]:
-    """Train the folds' trainers and return the ones that ran.
+) -> list[Trainer]:
+    """The epoch loop: train the trainers' folds and return the trainers that ran.
 
-    By default all folds advance together, one epoch each per step, and ``on_epoch(epoch,
-    mean score across folds)`` is called after each step (so epoch-wise pruners can act).
-    With ``per_fold``, folds run one after another and ``on_fold(fold, score)`` follows
-    each one (for pruners that compare per-fold scores, such as Wilcoxon); ``trainers`` may
-    then be a lazy sequence so skipped folds are never built.
+    By default all trainers advance together, one epoch each per step, and ``on_epoch(epoch,
+    mean validation score across folds)`` is called after each step (so epoch-wise pruners
+    can act). With ``per_fold``, trainers run one after another and ``on_fold(fold number,
+    validation score)`` follows each of their folds (for pruners that compare per-fold
+    scores, such as Wilcoxon); ``trainers`` may then be a lazy iterable so skipped folds are
+    never built. A trainer's held-out rows are scored once, when it has finished.
 
     Raises:
         Interrupted: as soon as ``should_stop()`` is true at an epoch boundary.
+        hpo.train.TrainingDiverged: when a fold's loss is not finite.
     """
 
     def check_stop() -> None:
@@ -74,24 +146,29 @@ def run_folds(
 
     if per_fold:
         ran = []
-        for i, trainer in enumerate(trainers):
+        for trainer in trainers:
             for _ in range(max_epochs):
                 check_stop()
                 trainer.step()
                 if trainer.stopped:
                     break
+            trainer.score_holdout()
             ran.append(trainer)
-            if on_fold is not None:
-                on_fold(i, trainer.score)
+            for progress in trainer.progress:
+                if on_fold is not None:
+                    on_fold(progress.number, progress.score)
         return ran
 
+    trainers = list(trainers)
     for epoch in range(max_epochs):
         check_stop()
         for trainer in trainers:
             if not trainer.stopped:
                 trainer.step()
         if on_epoch is not None:
-            on_epoch(epoch, float(np.mean([t.score for t in trainers])))
+            on_epoch(epoch, float(np.mean([p.score for t in trainers for p in t.progress])))
         if all(t.stopped for t in trainers):
             break
+    for trainer in trainers:
+        trainer.score_holdout()
     return trainers

@@ -1,10 +1,11 @@
 """A trial's folds trained in lockstep, small networks' folds as one stacked computation.
 
-A trial's folds usually advance together, one epoch each in turn (:func:`hpo.cv.run_folds`
+A trial's folds usually advance together, one epoch each per step (:func:`hpo.cv.run_folds`
 without ``per_fold``). Small recurrent networks on a CPU spend most of a step launching
-kernels, not computing; stacking the k folds' models (:class:`hpo.model.StackedSequenceModel`)
-launches each kernel once for all k. Each fold keeps everything of its own: initial
-weights, batch order, loss, gradient clipping, Adam state, early stopping.
+kernels, not computing; a :class:`FoldStack` stacks the k folds' models
+(:class:`hpo.model.StackedSequenceModel`) and launches each kernel once for all k. Each
+fold keeps everything of its own: initial weights, batch order, loss, gradient clipping,
+Adam state, early stopping.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import torch
 from torch.nn import functional as F
 
 from hpo.data import FoldData, Split
-from hpo.model import SequenceModel, StackedSequenceModel
+from hpo.model import PREDICT_CHUNK, SequenceModel, StackedSequenceModel
 from hpo.spec import ModelSpec
-from hpo.train import EVAL_CHUNK, FoldTrainer, batch_inputs, build_model, check_finite, make_adam, to_device
+from hpo.train import (
+    FoldProgress, FoldTrainer, Trainer, build_network, check_finite, make_optimizer, set_epoch_lr, to_device,
+    trial_architecture,
+)
 
 # Stacking pays while kernel launches dominate a step, i.e. while the recurrent product
 # (batch_size x hidden_size^2) is small; past it oneDNN's own LSTM/GRU kernels win
@@ -35,87 +39,69 @@ def lockstep_trainers(
     patience: int | None,
     device: torch.device,
     seeds: Sequence[int],
-) -> list[FoldTrainer]:
-    """Trainers for folds that will advance in lockstep.
+    max_epochs: int | None = None,
+) -> list[Trainer]:
+    """Trainers for folds that will advance in lockstep, together covering every fold.
 
     Each fold is trained as ``FoldTrainer(fold, params, ..., seed)`` trains it (same initial
     weights, batch order, clipping and early stopping). Where it pays (on the CPU, a
-    unidirectional network over fixed-length sequences with ``batch_size * hidden_size**2
-    <= STACK_MAX_WORK``), the folds that have the same number of batches per epoch train as
-    one stacked computation. Variable-length sequences are never stacked: packing skips
+    unidirectional network over fixed-length sequences read to its last state, with
+    ``batch_size * hidden_size**2 <= STACK_MAX_WORK``, no per-fold learning-rate schedule
+    or class weights), the folds that have the same number of batches per epoch train as
+    one :class:`FoldStack`. Variable-length sequences are never stacked: packing skips
     their padded steps, stacking would compute them.
 
     Args:
-        folds: the folds, in the order they will be stepped.
-        params, model_spec, metric, patience, device: as for ``FoldTrainer``.
+        folds: the folds; fold ``i`` gets the number ``i`` (``FoldProgress.number``).
+        params, model_spec, metric, patience, device, max_epochs: as for ``FoldTrainer``.
         seeds: one seed per fold.
 
     Returns:
-        One trainer per fold, in the order of ``folds``.
+        The trainers: stacks, and ``FoldTrainer`` s for the folds not stacked.
     """
     batch_size = int(params["batch_size"])
+    architecture = trial_architecture(folds[0], params, model_spec)
     stackable = (
         device.type == "cpu"
-        and not model_spec.bidirectional
+        and not architecture.bidirectional
+        and architecture.vocab_size is None
+        and architecture.summary == "last"
+        and architecture.frontend == "none"
+        and params.get("lr_schedule", "none") != "plateau"
+        and params.get("class_weighting", "none") == "none"
         and all(fold.train.lengths is None for fold in folds)
         and batch_size * int(params["hidden_size"]) ** 2 <= STACK_MAX_WORK
     )
     by_batches: dict[int, list[int]] = {}
     for i, fold in enumerate(folds):
         by_batches.setdefault(math.ceil(len(fold.train.y) / batch_size), []).append(i)
-    trainers: dict[int, FoldTrainer] = {}
+    trainers: list[Trainer] = []
     for members in by_batches.values():
         if stackable and len(members) > 1:
-            stack = FoldStack([folds[i] for i in members], params, model_spec, device, [seeds[i] for i in members])
-            for slot, i in enumerate(members):
-                trainers[i] = StackedFoldTrainer(stack, slot, folds[i], metric, patience, device)
+            trainers.append(FoldStack(
+                [folds[i] for i in members], params, model_spec, metric, patience, device,
+                [seeds[i] for i in members], members, max_epochs,
+            ))
         else:
-            for i in members:
-                trainers[i] = FoldTrainer(folds[i], params, model_spec, metric, patience, device, seeds[i])
-    return [trainers[i] for i in range(len(folds))]
+            trainers.extend(
+                FoldTrainer(folds[i], params, model_spec, metric, patience, device, seeds[i], i, max_epochs)
+                for i in members
+            )
+    return trainers
 
 
-class StackedFoldTrainer(FoldTrainer):
-    """One fold of a :class:`FoldStack`: the scoring and early stopping are its own, the
-    training is the stack's."""
-
-    def __init__(
-        self, stack: FoldStack, slot: int, fold: FoldData, metric: str, patience: int | None, device: torch.device
-    ):
-        self._init_scoring(fold, metric, patience, device)
-        self.stack = stack
-        self.slot = slot
-
-    @property
-    def model(self) -> SequenceModel:  # type: ignore[override]
-        """This fold's network, as a standalone copy."""
-        return self.stack.export(self.slot)
-
-    def step(self) -> float:
-        """See :meth:`FoldTrainer.step`; the first fold stepped in an epoch trains the whole stack."""
-        score = self._record(self.stack.advance(self.slot))
-        if self.stopped:
-            self.stack.retire(self.slot)
-        return score
-
-    @torch.inference_mode()
-    def predict(self, split: Split) -> torch.Tensor:
-        """See :meth:`FoldTrainer.predict`."""
-        model = self.model.eval()
-        n = split.y.shape[0]
-        return torch.cat([
-            model(*batch_inputs(split, torch.arange(start, min(n, start + EVAL_CHUNK), device=split.y.device)))
-            for start in range(0, n, EVAL_CHUNK)
-        ])
-
-
-class FoldStack:
-    """Several folds' models trained as one :class:`StackedSequenceModel`, an epoch at a time.
+class FoldStack(Trainer):
+    """Several folds' networks trained as one :class:`StackedSequenceModel`, an epoch per step.
 
     Each fold keeps what ``FoldTrainer`` would give it: its seed's initial weights and batch
     order, its own loss (a batch's loss is the sum of the folds' mean losses, so each fold's
-    gradient is its own mean-loss gradient), its own gradient clipping and Adam state.
-    The folds must have the same number of batches per epoch.
+    gradient is its own mean-loss gradient), its own gradient clipping, Adam state and
+    early stopping. The folds must have the same number of batches per epoch.
+
+    Args:
+        folds, params, model_spec, metric, patience, device, max_epochs: as for ``FoldTrainer``.
+        seeds: one seed per fold.
+        numbers: each fold's number in the cross-validation.
     """
 
     def __init__(
@@ -123,71 +109,37 @@ class FoldStack:
         folds: list[FoldData],
         params: dict[str, Any],
         model_spec: ModelSpec,
+        metric: str,
+        patience: int | None,
         device: torch.device,
         seeds: list[int],
+        numbers: list[int],
+        max_epochs: int | None = None,
     ):
+        # data
         self.train_splits = [to_device(f.train, device) for f in folds]
-        self.val_splits = [to_device(f.val, device) for f in folds]
+        self.progress = [FoldProgress(f, metric, patience, device, n) for f, n in zip(folds, numbers)]
         self.classify = folds[0].target_scale is None
         self.batch_size = int(params["batch_size"])
-        self.clip_norm = float(params["clip_norm"])
         self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        models = [build_model(fold, params, model_spec, seed) for fold, seed in zip(folds, seeds)]
-        self.model = StackedSequenceModel(models).to(device)
-        self.params = params
+        # model
+        self.architecture = trial_architecture(folds[0], params, model_spec)  # the folds differ only in rows
+        networks = [build_network(self.architecture, s) for s in seeds]
+        self.model = StackedSequenceModel(networks).to(device)
+        # optimizer
+        self.params, self.max_epochs = params, max_epochs
         self.device = device
-        self.optimizer = make_adam(self.model.parameters(), params, device)
+        self.optimizer = make_optimizer(self.model.parameters(), params, device)
+        self.clip_norm = float(params["clip_norm"])
         self.active = list(range(len(folds)))  # slot of each stacked position
-        self.epochs = 0
-        self.epochs_taken = [0] * len(folds)
-        self.val_outputs: dict[int, torch.Tensor] = {}
         self.retired: dict[int, SequenceModel] = {}
 
-    def advance(self, slot: int) -> torch.Tensor:
-        """Validation outputs of ``slot`` after its next epoch (the first fold to ask for an
-        epoch trains it for every fold still training).
-
-        Raises:
-            RuntimeError: when a fold asks for its next epoch before every other fold took
-                the current one (the folds must advance in lockstep).
-        """
-        if self.epochs_taken[slot] == self.epochs:
-            if any(self.epochs_taken[s] != self.epochs for s in self.active):
-                raise RuntimeError("stacked folds must advance together, one epoch each in turn")
-            self._train_epoch()
-            self.epochs += 1
-            self.val_outputs = self._predict_val()
-        self.epochs_taken[slot] += 1
-        return self.val_outputs[slot]
-
-    def export(self, slot: int) -> SequenceModel:
-        """Slot ``slot``'s network as a standalone ``SequenceModel``."""
-        if slot in self.retired:
-            return self.retired[slot]
-        return self.model.export(self.active.index(slot))
-
-    def retire(self, slot: int) -> None:
-        """Stop training ``slot`` (its fold stopped early); the other folds go on without it."""
-        self.retired[slot] = self.model.export(self.active.index(slot))
-        keep = [pos for pos, s in enumerate(self.active) if s != slot]
-        self.active = [self.active[pos] for pos in keep]
-        if not keep:
-            return
-        old_params = list(self.model.parameters())
-        old_state = [self.optimizer.state.get(p, {}) for p in old_params]
-        self.model.keep_slots(keep)
-        self.optimizer = make_adam(self.model.parameters(), self.params, self.device)
-        index = torch.tensor(keep, device=self.device)
-        for param, state in zip(self.model.parameters(), old_state):
-            self.optimizer.state[param] = {
-                key: value if key == "step" else value.index_select(0, index) for key, value in state.items()
-            }
-
-    def _train_epoch(self) -> None:
+    def train_epoch(self) -> None:
         splits = [self.train_splits[s] for s in self.active]
         orders = [torch.randperm(len(sp.y), generator=self.generators[s]).to(self.device)
                   for s, sp in zip(self.active, splits)]
         params = list(self.model.parameters())
+        set_epoch_lr(self.optimizer, self.params, self.progress[self.active[0]].epochs, self.max_epochs)
         self.model.train()
         total = torch.zeros(len(splits), device=self.device)
         longest = max(len(o) for o in orders)
@@ -200,20 +152,47 @@ class FoldStack:
             _clip_per_slot(params, self.clip_norm)
             self.optimizer.step()
             total += losses.detach()
-        check_finite(total.sum(), self.epochs + 1)
+        check_finite(total.sum(), self.progress[self.active[0]].epochs + 1)
 
     @torch.inference_mode()
-    def _predict_val(self) -> dict[int, torch.Tensor]:
+    def validation_outputs(self) -> dict[int, torch.Tensor]:
         """Every active fold's validation outputs, computed in stacked chunks."""
         self.model.eval()
-        splits = [self.val_splits[s] for s in self.active]
+        splits = [self.progress[s].val_split for s in self.active]
         longest = max(len(sp.y) for sp in splits)
         chunks = []
-        for start in range(0, longest, EVAL_CHUNK):
-            idx = [torch.arange(start, min(len(sp.y), start + EVAL_CHUNK), device=self.device) for sp in splits]
+        for start in range(0, longest, PREDICT_CHUNK):
+            idx = [torch.arange(start, min(len(sp.y), start + PREDICT_CHUNK), device=self.device) for sp in splits]
             chunks.append(self.model(_stacked_rows(splits, idx)[0]))
         out = torch.cat(chunks, 1)
         return {s: out[pos, : len(sp.y)] for pos, (s, sp) in enumerate(zip(self.active, splits))}
+
+    def network(self, slot: int) -> SequenceModel:
+        if slot in self.retired:
+            return self.retired[slot]
+        return self.model.export(self.active.index(slot))
+
+    def network_state(self, slot: int) -> dict[str, torch.Tensor]:
+        if slot in self.retired:
+            return {name: tensor.clone() for name, tensor in self.retired[slot].state_dict().items()}
+        return self.model.state(self.active.index(slot))
+
+    def retire(self, slot: int) -> None:
+        """Stop training ``slot``; the other folds go on without it (their Adam state kept)."""
+        self.retired[slot] = self.model.export(self.active.index(slot))
+        keep = [pos for pos, s in enumerate(self.active) if s != slot]
+        self.active = [self.active[pos] for pos in keep]
+        if not keep:
+            return
+        old_params = list(self.model.parameters())
+        old_state = [self.optimizer.state.get(p, {}) for p in old_params]
+        self.model.keep_slots(keep)
+        self.optimizer = make_optimizer(self.model.parameters(), self.params, self.device)
+        index = torch.tensor(keep, device=self.device)
+        for param, state in zip(self.model.parameters(), old_state):
+            self.optimizer.state[param] = {
+                key: value.index_select(0, index) if value.dim() > 0 else value for key, value in state.items()
+            }
 
 
 def _stacked_rows(splits: list[Split], idx: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
-"""The objective Optuna optimizes: spec + trial -> mean k-fold validation score."""
+"""The objective Optuna optimizes: spec + trial -> mean k-fold held-out score."""
 
 from __future__ import annotations
 
+import math
 import traceback
 from collections.abc import Callable
 
@@ -9,13 +10,14 @@ import numpy as np
 import optuna
 import torch
 
-from hpo.cv import fold_indices, run_folds
+from hpo.cv import fold_indices, nested_fold, run_folds
 from hpo.data import Dataset, FoldData
+from hpo.fitting import fit_spec_to_data
 from hpo.lockstep import lockstep_trainers
 from hpo.samplers import suggest_params
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR
-from hpo.train import FoldTrainer, fold_summary, pick_device
+from hpo.train import FoldTrainer, Trainer, fold_models, fold_summary, pick_device
 
 TrialCompleted = Callable[[optuna.Trial, float, list[torch.nn.Module], list[FoldData], list[int], list[int]], None]
 
@@ -24,11 +26,15 @@ class Objective:
     """Callable for ``study.optimize``: suggests parameters, cross-validates, returns the mean.
 
     Folds' preprocessed tensors are built once per process and reused by every trial.
-    Each epoch the mean validation score across folds is reported (step = epoch) so
-    epoch-wise pruners can stop a trial early; with the Wilcoxon pruner each fold's score
-    is reported instead (step = fold) and a clearly worse trial stops before all k folds.
-    Per-fold scores, their std and early-stopping epochs are stored as trial user
-    attributes; a failure stores its reason as ``fail_reason``.
+    Within each fold an inner split of its training rows decides early stopping and the
+    epoch kept (:func:`hpo.cv.nested_fold`); the fold's validation rows are scored once,
+    with that epoch's weights, and the trial's value is the mean of those scores. Each
+    epoch the mean inner validation score across folds is reported (step = epoch) so
+    epoch-wise pruners can stop a trial early; with the Wilcoxon pruner each fold's inner
+    score is reported instead (step = fold) and a clearly worse trial stops before all k
+    folds. ``scoring``, per-fold scores, their std, ``cv_loss`` and the chosen epochs are
+    stored as trial user attributes; a failure (a score that is not finite included)
+    stores its reason as ``fail_reason``.
 
     Args:
         spec: the study spec.
@@ -62,7 +68,11 @@ class Objective:
 
     def folds(self) -> list[FoldData]:
         if self._folds is None:
-            self._folds = [self.dataset.fold(tr, va) for tr, va in fold_indices(self.dataset, self.spec)]
+            self._folds = [
+                nested_fold(self.dataset.fold(tr, va), self.spec) for tr, va in fold_indices(self.dataset, self.spec)
+            ]
+            # What the spec leaves out is fitted to the folds: the same for every worker of the study.
+            self.spec = fit_spec_to_data(self.spec, self._folds)
         return self._folds
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -76,24 +86,26 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
+        folds = self.folds()
         spec = self.spec
         params = suggest_params(trial, spec.search_space)
-        folds = self.folds()
         seed = spec.training.seed
         per_fold = spec.pruner.name == "wilcoxon"
         # Optuna advises a shuffled instance order for Wilcoxon so early folds do not dominate.
         order = np.random.default_rng(seed + trial.number).permutation(len(folds)) if per_fold else range(len(folds))
-        built: list[FoldTrainer] = []
+        built: list[Trainer] = []
 
-        def trainer(i: int) -> FoldTrainer:
+        def fold_trainer(i: int) -> Trainer:
             built.append(FoldTrainer(
-                folds[i], params, spec.model, spec.training.metric, spec.training.patience, self.device, seed + i,
+                folds[i], params, spec.model, spec.training.metric, spec.training.patience, self.device, seed + i, i,
+                spec.training.max_epochs,
             ))
             return built[-1]
 
         def unfinished() -> bool:
             max_epochs = spec.training.max_epochs
-            return len(built) < len(folds) or any(not t.stopped and t.epochs < max_epochs for t in built)
+            progress = [p for t in built for p in t.progress]
+            return len(progress) < len(folds) or any(not p.stopped and p.epochs < max_epochs for p in progress)
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
@@ -105,23 +117,30 @@ class Objective:
 
         if not per_fold:  # lockstep: small networks' folds train as one stacked computation
             built.extend(lockstep_trainers(
-                [folds[i] for i in order], params, spec.model, spec.training.metric, spec.training.patience,
-                self.device, [seed + i for i in order],
+                folds, params, spec.model, spec.training.metric, spec.training.patience, self.device,
+                [seed + i for i in range(len(folds))], spec.training.max_epochs,
             ))
         try:
             run_folds(
-                (trainer(int(i)) for i in order) if per_fold else built,
+                (fold_trainer(int(i)) for i in order) if per_fold else built,
                 spec.training.max_epochs,
                 per_fold=per_fold,
                 on_epoch=report,
-                on_fold=lambda position, score: report(int(order[position]), score),
+                on_fold=report,
                 should_stop=self.should_stop,
             )
         finally:
-            for key, value in fold_summary([t for t in built if t.epochs]).items():
+            progress = sorted((p for t in built for p in t.progress if p.epochs), key=lambda p: p.number)
+            for key, value in fold_summary(progress).items():
                 trial.set_user_attr(key, value)
-        cv_score = float(np.mean([t.score for t in built]))
+        scores = [p.holdout.score if p.holdout is not None else math.nan for t in built for p in t.progress]
+        value = float(np.mean(scores))
+        if not math.isfinite(value):
+            raise ValueError(f"the trial's {spec.training.metric} is {value}, not a finite number "
+                             f"(fold scores {scores}); Optuna cannot rank it")
         if self.on_complete is not None:
-            self.on_complete(trial, cv_score, [t.model for t in built], [folds[int(i)] for i in order],
-                             [int(i) for i in order], [t.epochs for t in built])
-        return cv_score
+            kept = fold_models(built)
+            progress = sorted((p for t in built for p in t.progress), key=lambda p: p.number)
+            self.on_complete(trial, value, [network for network, _ in kept], [fold for _, fold in kept],
+                             [p.number for p in progress], [p.chosen_epoch for p in progress])
+        return value

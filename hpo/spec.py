@@ -135,15 +135,30 @@ _PARAMS: dict[str, tuple[str, dict[str, Any], tuple[float, float] | tuple[Any, .
     "weight_decay": ("float", {"value": 0.0}, (0.0, 1.0)),
     "cell": ("categorical", {}, ("rnn", "lstm", "gru")),
     "num_layers": ("int", {}, (1, 4)),
+    "bidirectional": ("categorical", {}, (False, True)),
+    "summary": ("categorical", {}, ("last", "mean", "max", "attention")),
+    "frontend": ("categorical", {}, ("none", "conv", "pool")),
+    "frontend_stride": ("int", {}, (1, 64)),
+    "optimizer": ("categorical", {}, ("adam", "adamw", "rmsprop", "sgd")),
+    "lr_schedule": ("categorical", {}, ("none", "cosine", "plateau")),
+    "class_weighting": ("categorical", {}, ("none", "balanced")),
 }
 TUNED_PARAMS = ("lr", "batch_size", "hidden_size", "dropout", "clip_norm")
 PARAM_NAMES = tuple(_PARAMS)
+# Fields that, left out of a spec, are fitted to the data by the workers (hpo.fitting).
+FITTED_FIELDS = ("search_space.batch_size", "search_space.frontend", "training.max_epochs", "training.patience")
 
 
 class SearchSpace(_Strict):
     """The searched hyperparameters. The five tuned ones always exist (defaults apply to
     anything left out; a partial entry such as ``lr: {low: 1e-3}`` narrows the default);
-    ``cell``, ``num_layers`` and ``weight_decay`` are searched only when given."""
+    the others are searched only when given, else they keep their default: ``cell``,
+    ``num_layers`` and ``bidirectional`` as in ``model``, ``weight_decay`` 0, ``summary``
+    ``last`` (the last hidden state; or ``mean``, ``max``, ``attention`` pooling over
+    steps), ``frontend`` ``none`` (or a strided ``conv`` / average ``pool`` that shortens
+    the sequence ``frontend_stride`` times before the recurrent layer), ``optimizer``
+    ``adam`` (or ``adamw``, ``rmsprop``, ``sgd`` with momentum 0.9), ``lr_schedule``
+    ``none`` (or ``cosine``, ``plateau``), ``class_weighting`` ``none`` (or ``balanced``)."""
 
     lr: ParamSpec
     batch_size: ParamSpec
@@ -153,6 +168,13 @@ class SearchSpace(_Strict):
     weight_decay: ParamSpec
     cell: ParamSpec | None = None
     num_layers: ParamSpec | None = None
+    bidirectional: ParamSpec | None = None
+    summary: ParamSpec | None = None
+    frontend: ParamSpec | None = None
+    frontend_stride: ParamSpec | None = None
+    optimizer: ParamSpec | None = None
+    lr_schedule: ParamSpec | None = None
+    class_weighting: ParamSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -163,9 +185,11 @@ class SearchSpace(_Strict):
             return data
         filled = dict(data)
         for name, (_, default, _) in _PARAMS.items():
-            if not default:
-                continue
             given = filled.get(name)
+            if not default:
+                if given is not None and not isinstance(given, dict):
+                    filled[name] = {"value": given}  # `summary: mean` is shorthand for a fixed value
+                continue
             if given is None:
                 filled[name] = dict(default)
             elif isinstance(given, dict) and not ({"choices", "value"} & given.keys()):
@@ -178,6 +202,9 @@ class SearchSpace(_Strict):
     @model_validator(mode="after")
     def _in_bounds(self) -> SearchSpace:
         errors = []
+        if self.frontend_stride is not None and self.frontend is None:
+            errors.append({"field": "search_space.frontend_stride",
+                           "message": "applies to a frontend; give search_space.frontend too (conv | pool)"})
         for name, param in self.items():
             kind, _, allowed = _PARAMS[name]
             for v in _declared_values(param):
@@ -208,7 +235,7 @@ def _declared_values(param: ParamSpec) -> list[Any]:
 
 def _check_value(name: str, kind: str, allowed: tuple, v: Any) -> None:
     if kind == "categorical":
-        if v not in allowed:
+        if not any(v == a and type(v) is type(a) for a in allowed):  # 1 is not True
             raise ValueError(f"{name}: {v!r} is not one of {', '.join(map(str, allowed))}")
         return
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -249,10 +276,15 @@ class PrunerSpec(_Strict):
 
 
 class CVSpec(_Strict):
+    """How trials are scored: ``folds``-fold CV; within each fold, ``inner_holdout`` of the
+    training rows (the latest ones for time series) decide early stopping and the epoch,
+    and the fold's validation rows are scored once with that epoch's weights."""
+
     folds: int = Field(default=5, ge=2, le=20)
     strategy: Literal["stratified", "kfold", "timeseries"] | None = None
     shuffle: bool = True
     seed: Seed = 0
+    inner_holdout: float = Field(default=0.2, ge=0.05, le=0.5)
 
 
 class TrainingSpec(_Strict):
@@ -286,6 +318,24 @@ class StudySpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     budget: BudgetSpec = BudgetSpec()
     enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    fit_to_data: list[Literal[FITTED_FIELDS]] | None = None  # type: ignore[valid-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _left_out(cls, data: Any) -> Any:
+        """Record which of ``FITTED_FIELDS`` the spec leaves out: the workers fit those to the data."""
+        if not isinstance(data, dict) or data.get("fit_to_data") is not None:
+            return data
+        left_out = []
+        for path in FITTED_FIELDS:
+            section, name = path.split(".")
+            given = data.get(section)
+            if not isinstance(given, dict) or name not in given:
+                left_out.append(path)
+        if "search_space.frontend" in left_out and isinstance(data.get("search_space"), dict) \
+                and data["search_space"].get("frontend_stride") is not None:
+            left_out.remove("search_space.frontend")
+        return {**data, "fit_to_data": left_out}
 
     @model_validator(mode="after")
     def _coherent(self) -> StudySpec:
@@ -295,6 +345,8 @@ class StudySpec(_Strict):
             errors.append(("task", f"dataset {self.dataset.builtin} is a {builtin_task} dataset; got task {self.task}"))
         if self.dataset.format == "npz" and self.task == "forecasting":
             errors.append(("dataset.format", "forecasting reads a csv series; got npz"))
+        if self.task != "classification" and self.search_space.class_weighting is not None:
+            errors.append(("search_space.class_weighting", f"weights classes; {self.task} has none"))
 
         strategy = self.cv.strategy or _default_strategy(self.task)
         if self.task == "forecasting" and strategy != "timeseries":

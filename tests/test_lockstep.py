@@ -7,8 +7,8 @@ import torch
 
 from hpo.cv import fold_indices, run_folds
 from hpo.data import FoldData, Split, load_dataset
-from hpo.lockstep import lockstep_trainers
-from hpo.model import SequenceModel, StackedSequenceModel
+from hpo.lockstep import FoldStack, lockstep_trainers
+from hpo.model import SequenceModel, StackedSequenceModel, predict_in_chunks
 from hpo.spec import ModelSpec, parse_spec
 from hpo.train import FoldTrainer, TrainingDiverged
 
@@ -60,28 +60,36 @@ def _digits_folds(k=3):
 
 def _one_by_one(folds, params, patience, epochs, seeds):
     trainers = [FoldTrainer(f, params, ModelSpec(), "accuracy", patience, CPU, s) for f, s in zip(folds, seeds)]
-    return run_folds(trainers, epochs)
+    return _by_fold(run_folds(trainers, epochs))
+
+
+def _by_fold(trainers):
+    """Every fold's progress, in fold order."""
+    return sorted((p for t in trainers for p in t.progress), key=lambda p: p.number)
 
 
 def test_lockstep_stacks_small_networks_and_trains_each_fold_as_alone():
     folds = _digits_folds()
     stacked = lockstep_trainers(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
-    assert all(hasattr(t, "stack") for t in stacked) and len({id(t.stack) for t in stacked}) == 1
+    assert len(stacked) == 1 and isinstance(stacked[0], FoldStack)
     run_folds(stacked, 3)
     alone = _one_by_one(folds, PARAMS, None, 3, [0, 1, 2])
-    for s, a in zip(stacked, alone):
+    for s, a in zip(_by_fold(stacked), alone):
         assert s.epochs == a.epochs == 3
         assert s.last.loss == pytest.approx(a.last.loss, rel=2e-3)
         assert abs(s.score - a.score) <= 0.01
 
 
 def _histories(trainers, epochs):
-    losses = [[] for _ in trainers]
+    """Each fold's validation loss after each epoch it trained, in fold order."""
+    losses = [[] for _ in _by_fold(trainers)]
     for _ in range(epochs):
-        for trainer, history in zip(trainers, losses):
-            if not trainer.stopped:
+        for trainer in trainers:
+            running = [p for p in trainer.progress if not p.stopped]
+            if running:
                 trainer.step()
-                history.append(trainer.last.loss)
+            for progress in running:
+                losses[progress.number].append(progress.last.loss)
     return losses
 
 
@@ -91,16 +99,17 @@ def test_lockstep_early_stopping_retires_a_fold_without_disturbing_the_others():
     stopping = lockstep_trainers(folds, params, ModelSpec(), "accuracy", 1, CPU, [0, 1, 2])
     with_stops = _histories(stopping, 40)
     assert all(t.stopped for t in stopping)
-    assert len({t.epochs for t in stopping}) > 1  # folds stopped at different epochs
-    for trainer, history in zip(stopping, with_stops):
-        assert trainer.epochs - trainer.best_epoch == 1
-        assert min(history) == history[trainer.best_epoch - 1]
+    progress = _by_fold(stopping)
+    assert len({p.epochs for p in progress}) > 1  # folds stopped at different epochs
+    for fold, history in zip(progress, with_stops):
+        assert fold.epochs - fold.best_epoch == 1
+        assert min(history) == history[fold.best_epoch - 1]
     # The folds still training after another one stopped train exactly as if none had stopped.
     never_stopping = lockstep_trainers(folds, params, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
     without_stops = _histories(never_stopping, max(len(h) for h in with_stops))
     for history, reference in zip(with_stops, without_stops):
         assert history == pytest.approx(reference[: len(history)], rel=1e-5)
-    out = stopping[0].predict(stopping[0].val_split)  # a stopped fold still predicts with its own weights
+    out = predict_in_chunks(stopping[0].network(0), folds[0].val.x, None)  # a stopped fold keeps its own weights
     assert float(torch.nn.functional.cross_entropy(out, folds[0].val.y)) == pytest.approx(with_stops[0][-1], rel=1e-5)
 
 
@@ -108,7 +117,7 @@ def test_lockstep_clips_each_fold_on_its_own():
     folds = _digits_folds()
     clip = 0.05
     stacked = lockstep_trainers(folds, {**PARAMS, "clip_norm": clip}, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
-    stack = stacked[0].stack
+    stack = stacked[0]
     norms = []
 
     def record(optimizer, *_):
@@ -136,11 +145,11 @@ def test_lockstep_pads_uneven_last_batches_and_separates_other_batch_counts():
     folds = [_synthetic_fold(100, 0), _synthetic_fold(97, 1), _synthetic_fold(120, 2)]
     params = {**PARAMS, "batch_size": 16}
     trainers = lockstep_trainers(folds, params, ModelSpec(), "loss", None, CPU, [0, 1, 2])
-    assert hasattr(trainers[0], "stack") and trainers[0].stack is trainers[1].stack
-    assert not hasattr(trainers[2], "stack")
+    assert isinstance(trainers[0], FoldStack) and [p.number for p in trainers[0].progress] == [0, 1]
+    assert isinstance(trainers[1], FoldTrainer) and trainers[1].progress[0].number == 2
     run_folds(trainers, 3)
     alone = _one_by_one(folds, params, None, 3, [0, 1, 2])
-    for s, a in zip(trainers, alone):
+    for s, a in zip(_by_fold(trainers), alone):
         assert s.last.loss == pytest.approx(a.last.loss, rel=1e-4)
 
 
@@ -157,7 +166,8 @@ def test_large_bidirectional_or_variable_length_networks_train_fold_by_fold():
             n_features=fold.n_features, vocab_size=None, out_dim=fold.out_dim, target_scale=None,
         ))
     packed = lockstep_trainers(ragged, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1, 2])
-    assert not any(hasattr(t, "stack") for t in big + both_ways + packed)
+    assert all(isinstance(t, FoldTrainer) for t in big + both_ways + packed)
+    assert len(big) == len(both_ways) == len(packed) == 3
 
 
 def test_stacked_divergence_names_the_epoch():
@@ -165,12 +175,4 @@ def test_stacked_divergence_names_the_epoch():
     fold.train.x[3, 2, 1] = math.nan
     trainers = lockstep_trainers([fold, _synthetic_fold(64, 1)], PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
     with pytest.raises(TrainingDiverged, match="epoch 1"):
-        trainers[0].step()
-
-
-def test_stacked_folds_refuse_to_advance_out_of_lockstep():
-    folds = [_synthetic_fold(64, 0), _synthetic_fold(64, 1)]
-    trainers = lockstep_trainers(folds, PARAMS, ModelSpec(), "accuracy", None, CPU, [0, 1])
-    trainers[0].step()
-    with pytest.raises(RuntimeError, match="together"):
         trainers[0].step()

@@ -8,7 +8,7 @@ import torch
 
 from hpo.data import FoldData, Split, load_dataset
 from hpo.cv import fold_indices
-from hpo.model import SequenceModel
+from hpo.model import Architecture, SequenceModel, predict_in_chunks
 from hpo.spec import ModelSpec, parse_spec
 from hpo.train import FoldTrainer, TrainingDiverged
 
@@ -72,18 +72,17 @@ def test_short_training_on_digits_learns():
     trainer = FoldTrainer(fold, PARAMS, ModelSpec(), "accuracy", 3, CPU, 0)
     for _ in range(8):
         trainer.step()
-    assert trainer.score > 0.9
+    assert trainer.progress[0].score > 0.9
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch_score():
     fold = _digits_fold()
     trainer = FoldTrainer(fold, {**PARAMS, "lr": 0.05}, ModelSpec(), "accuracy", 1, CPU, 0)
-    epochs = 0
-    while not trainer.stopped and epochs < 60:
+    progress = trainer.progress[0]
+    while not trainer.stopped and progress.epochs < 60:
         trainer.step()
-        epochs += 1
-    assert trainer.stopped and trainer.epochs > trainer.best_epoch
-    assert trainer.epochs - trainer.best_epoch == 1
+    assert progress.stopped and progress.epochs > progress.best_epoch
+    assert progress.epochs - progress.best_epoch == 1
 
 
 def test_nan_input_diverges_with_a_reason():
@@ -103,7 +102,7 @@ def test_same_seed_same_result_other_seed_differs():
         trainer = FoldTrainer(fold, PARAMS, ModelSpec(), "accuracy", None, CPU, seed)
         trainer.step()
         trainer.step()
-        return trainer.last.loss
+        return trainer.progress[0].last.loss
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -117,5 +116,61 @@ def test_regression_metrics_are_in_target_units():
     fold = FoldData(train=split, val=split, n_features=1, vocab_size=None, out_dim=1, target_scale=(100.0, 10.0))
     trainer = FoldTrainer(fold, PARAMS, ModelSpec(), "rmse", None, CPU, 0)
     trainer.step()
-    out = trainer.predict(trainer.val_split)
-    assert trainer.last.score == pytest.approx(float(out.pow(2).mean().sqrt()) * 10.0, rel=1e-5)
+    out = predict_in_chunks(trainer.network(0), x, None)
+    assert trainer.progress[0].last.score == pytest.approx(float(out.pow(2).mean().sqrt()) * 10.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("summary", ["last", "mean", "max", "attention"])
+@pytest.mark.parametrize("frontend", ["none", "conv", "pool"])
+def test_every_summary_and_frontend_reads_only_the_valid_steps(summary, frontend):
+    torch.manual_seed(0)
+    model = SequenceModel(cell="gru", hidden_size=8, out_dim=3, n_features=2, bidirectional=True, summary=summary,
+                          frontend=frontend, frontend_stride=3).eval()
+    short, other = torch.randn(1, 7, 2), torch.randn(1, 12, 2)
+    out = model(torch.cat([torch.cat([short, torch.zeros(1, 5, 2)], 1), other]), torch.tensor([7, 12]))
+    torch.testing.assert_close(out[0], model(short)[0])
+    torch.testing.assert_close(out[1], model(other)[0])
+
+
+def test_an_archived_architecture_with_the_new_fields_rebuilds_the_same_network():
+    arch = Architecture(cell="lstm", hidden_size=8, out_dim=2, n_features=3, embedding_dim=8, num_layers=2,
+                        bidirectional=True, dropout=0.1, summary="attention", frontend="conv", frontend_stride=5)
+    weights = arch.build().state_dict()
+    rebuilt = Architecture.model_validate_json(arch.model_dump_json()).build()
+    rebuilt.load_state_dict(weights, strict=True)
+    assert Architecture.model_validate({k: v for k, v in arch.model_dump().items()
+                                        if k not in ("summary", "frontend", "frontend_stride")}).summary == "last"
+
+
+def _imbalanced_fold():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 5, 2, generator=gen)
+    y = (torch.arange(96) % 8 == 0).long()  # 1 in 8 rows is class 1
+    split = Split(x, y, None)
+    return FoldData(train=split, val=split, n_features=2, vocab_size=None, out_dim=2, target_scale=None)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "rmsprop", "sgd"])
+def test_each_optimizer_trains(optimizer):
+    trainer = FoldTrainer(_imbalanced_fold(), {**PARAMS, "optimizer": optimizer, "weight_decay": 1e-3},
+                          ModelSpec(), "loss", None, CPU, 0)
+    expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
+                "sgd": torch.optim.SGD}[optimizer]
+    assert type(trainer.optimizer) is expected and trainer.optimizer.param_groups[0]["weight_decay"] == 1e-3
+    trainer.step()
+    trainer.step()
+    assert math.isfinite(trainer.progress[0].last.loss)
+
+
+def test_lr_schedules_and_class_weighting():
+    fold = _imbalanced_fold()
+    cosine = FoldTrainer(fold, {**PARAMS, "lr_schedule": "cosine"}, ModelSpec(), "loss", None, CPU, 0, max_epochs=4)
+    lrs = []
+    for _ in range(4):
+        cosine.step()
+        lrs.append(cosine.optimizer.param_groups[0]["lr"])
+    assert lrs[0] == PARAMS["lr"] > lrs[1] > lrs[2] > lrs[3] > 0
+    plateau = FoldTrainer(fold, {**PARAMS, "lr_schedule": "plateau"}, ModelSpec(), "loss", 2, CPU, 0)
+    assert plateau.plateau is not None
+    weighted = FoldTrainer(fold, {**PARAMS, "class_weighting": "balanced"}, ModelSpec(), "loss", None, CPU, 0)
+    torch.testing.assert_close(weighted.class_weight, torch.tensor([96 / (2 * 84), 96 / (2 * 12)]))

@@ -47,6 +47,8 @@ class FoldData:
     (regression and forecasting), None for classification. ``preprocessing`` is the input
     transform fitted on the training rows (a ``SequenceScaling``, ``TextVocabulary`` or
     ``SeriesScaling``), kept so that a final model can apply it to new inputs.
+    ``holdout``, when set, holds rows that neither train nor choose the epoch: they are
+    scored once, at the end (a CV fold's outer validation rows, see ``hpo.cv.nested_fold``).
     """
 
     train: Split
@@ -56,6 +58,7 @@ class FoldData:
     out_dim: int
     target_scale: tuple[float, float] | None
     preprocessing: Any = None
+    holdout: Split | None = None
 
 
 class Dataset(ABC):

@@ -33,7 +33,7 @@ from hpo.data.forecast import SeriesScaling
 from hpo.data.sequences import SequenceScaling
 from hpo.data.text import TextVocabulary
 from hpo.export.inputs import InputError, PredictInput, input_field, prepare
-from hpo.model import SequenceModel
+from hpo.model import Architecture, predict_in_chunks
 
 FORMAT = "hpo-model"
 FORMAT_VERSION = 2
@@ -43,7 +43,6 @@ ARCHIVE_SUFFIX = ".hpo.zip"
 MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_WEIGHTS_BYTES = 8 * 2**30
 MAX_MEMBERS = 64
-PREDICT_CHUNK = 4096
 Preprocessing = SequenceScaling | TextVocabulary | SeriesScaling
 _PREPROCESSING: dict[str, type[Preprocessing]] = {
     c.kind: c for c in (SequenceScaling, TextVocabulary, SeriesScaling)  # type: ignore[misc]
@@ -53,20 +52,6 @@ ModelKind = Literal["ensemble", "refit"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Architecture(_Strict):
-    """The ``SequenceModel`` arguments that rebuild the network the weights belong to."""
-
-    cell: Literal["rnn", "lstm", "gru"]
-    hidden_size: int = Field(ge=1, le=4096)
-    out_dim: int = Field(ge=1)
-    n_features: int | None = Field(default=None, ge=1)
-    vocab_size: int | None = Field(default=None, ge=3)
-    embedding_dim: int = Field(ge=1)
-    num_layers: int = Field(ge=1, le=4)
-    bidirectional: bool
-    dropout: float = Field(ge=0.0, lt=1.0)
 
 
 class TargetScale(_Strict):
@@ -149,7 +134,7 @@ class _Member:
         except (KeyError, TypeError, DataError) as exc:
             raise ValueError(f"{where}.preprocessing is incomplete ({type(exc).__name__}: {exc})") from None
         self.target = info.target
-        self.network = SequenceModel(**info.architecture.model_dump())
+        self.network = info.architecture.build()
         try:
             self.network.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
@@ -162,16 +147,7 @@ class _Member:
     def outputs(self, data: PredictInput, device: torch.device) -> np.ndarray:
         """Raw network outputs ``[n, out_dim]`` for raw inputs, in chunks."""
         x, lengths = prepare(self.preprocessing, data)
-        outputs = []
-        for start in range(0, len(x), PREDICT_CHUNK):
-            chunk = slice(start, start + PREDICT_CHUNK)
-            chunk_lengths = None if lengths is None else lengths[chunk]
-            if chunk_lengths is not None:  # cut the batch to its longest sequence, as in training
-                x_chunk = x[chunk, : int(chunk_lengths.max())]
-            else:
-                x_chunk = x[chunk]
-            outputs.append(self.network(x_chunk.to(device), chunk_lengths).float().cpu())
-        return torch.cat(outputs).numpy()
+        return predict_in_chunks(self.network, x, lengths, device).float().cpu().numpy()
 
 
 class Model:

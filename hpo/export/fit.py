@@ -31,15 +31,16 @@ from sklearn.model_selection import train_test_split
 
 from hpo.cv import Interrupted
 from hpo.data import Dataset, FoldData, load_dataset
-from hpo.data.base import MIN_SAMPLES, Split
+from hpo.data.base import MIN_SAMPLES
 from hpo.data.forecast import SeriesScaling
 from hpo.export.archive import (
-    Architecture, LearningCheck, Manifest, MemberInfo, Model, TargetScale, member_weights, now_iso,
+    LearningCheck, Manifest, MemberInfo, Model, TargetScale, member_weights, now_iso,
 )
 from hpo.settings import DEFAULT_DATA_DIR
 from hpo.spec import StudySpec
 from hpo.studies import best_of, study_spec
-from hpo.train import EVAL_CHUNK, FoldTrainer, batch_inputs, pick_device
+from hpo.model import predict_in_chunks
+from hpo.train import FoldTrainer, pick_device, trial_architecture
 
 MONITOR_ROWS = 512  # training rows scored each epoch when there is no holdout
 MAX_HOLDOUT = 0.5
@@ -142,16 +143,18 @@ def fit_model(
     networks, scores = [], []
     for n in range(seeds):
         seed = spec.training.seed + n
-        trainer = FoldTrainer(fold, params, spec.model, spec.training.metric, None, device, seed)
+        trainer = FoldTrainer(fold, params, spec.model, spec.training.metric, None, device, seed,
+                              max_epochs=epochs)
         score = math.nan
         for epoch in range(1, epochs + 1):
             done = n * epochs + epoch
             if should_stop is not None and should_stop():
                 raise Interrupted(f"the fit was stopped before epoch {done} of {epochs * seeds}")
-            score = trainer.step()
+            trainer.step()
+            score = trainer.progress[0].score
             if on_epoch is not None:
                 on_epoch(done, epochs * seeds, score)
-        networks.append(trainer.model)
+        networks.append(trainer.network())
         scores.append(score)
     members = [member_info(spec, params, fold, spec.training.seed + n, epochs=epochs) for n in range(seeds)]
     metric = spec.training.metric
@@ -222,17 +225,7 @@ def member_info(spec: StudySpec, params: dict[str, Any], fold: FoldData, seed: i
                 epochs: int | None = None) -> MemberInfo:
     """How to rebuild one member: its architecture (as ``FoldTrainer`` builds it), its
     fold's preprocessing and target scale."""
-    architecture = Architecture(
-        cell=params.get("cell", spec.model.cell),
-        hidden_size=int(params["hidden_size"]),
-        out_dim=fold.out_dim,
-        n_features=fold.n_features,
-        vocab_size=fold.vocab_size,
-        embedding_dim=spec.model.embedding_dim,
-        num_layers=int(params.get("num_layers", spec.model.num_layers)),
-        bidirectional=spec.model.bidirectional,
-        dropout=float(params["dropout"]),
-    )
+    architecture = trial_architecture(fold, params, spec.model)
     target = None if fold.target_scale is None else TargetScale(mean=fold.target_scale[0], std=fold.target_scale[1])
     return MemberInfo(architecture=architecture, preprocessing=fold.preprocessing.to_dict(), target=target,
                       seed=seed, fold=fold_number, epochs=epochs)
@@ -259,21 +252,6 @@ def _model(kind: str, spec: StudySpec, dataset: Dataset, params: dict[str, Any],
     return Model(manifest, member_weights(networks))
 
 
-@torch.inference_mode()
-def _split_outputs(network: torch.nn.Module, split: Split) -> torch.Tensor:
-    """A network's outputs for a whole split, in chunks, on the CPU."""
-    device = next(network.parameters()).device
-    was_training = network.training
-    network.eval()
-    n = split.y.shape[0]
-    outs = []
-    for start in range(0, n, EVAL_CHUNK):
-        x, lengths = batch_inputs(split, torch.arange(start, min(n, start + EVAL_CHUNK)))
-        outs.append(network(x.to(device), lengths).float().cpu())
-    network.train(was_training)
-    return torch.cat(outs)
-
-
 def learning_check(task: str, networks: list[torch.nn.Module], folds: list[FoldData]) -> LearningCheck:
     """Did the networks learn? Each is scored on its own training rows against the trivial
     answer there: the majority class (accuracy), else the training mean (regression) or the
@@ -290,7 +268,8 @@ def learning_check(task: str, networks: list[torch.nn.Module], folds: list[FoldD
     """
     scores, baselines, rows = [], [], 0
     for network, fold in zip(networks, folds, strict=True):
-        split, outputs = fold.train, _split_outputs(network, fold.train)
+        split = fold.train
+        outputs = predict_in_chunks(network, split.x, split.lengths).float().cpu()
         rows += len(split.y)
         if task == "classification":
             y = split.y.cpu()

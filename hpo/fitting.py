@@ -1,0 +1,60 @@
+"""Defaults fitted to the data: what a spec leaves out (``StudySpec.fit_to_data``) is sized
+from the folds the trials will train on.
+
+Every worker of a study loads the same data and builds the same folds, so every worker
+derives the same values (the same distributions for Optuna).
+"""
+
+from __future__ import annotations
+
+import math
+
+from hpo.data import FoldData
+from hpo.spec import ParamSpec, StudySpec
+
+BATCH_SIZES = (8, 16, 32, 64, 128, 256)
+LONG_SEQUENCE = 200  # steps from which a frontend that shortens the sequence is searched
+FRONTEND_STEPS = (100, 50)  # the recurrent layer then reads about this many steps
+EPOCHS_AT_5000_ROWS = 20
+MAX_FITTED_EPOCHS = 150
+
+
+def fit_spec_to_data(spec: StudySpec, folds: list[FoldData]) -> StudySpec:
+    """The spec with its ``fit_to_data`` fields sized from the folds.
+
+    - ``search_space.batch_size``: the choices of ``BATCH_SIZES`` up to half the smallest
+      fold's training rows (8 always among them), so that an epoch has at least two steps.
+    - ``training.max_epochs``: 20 at 5,000 training rows, more for fewer rows (as
+      ``1 / sqrt(rows)``: small data needs more passes for as many updates), at most 150.
+    - ``training.patience``: a fifth of ``max_epochs``, between 3 and 20.
+    - ``search_space.frontend``: for sequences of ``LONG_SEQUENCE`` steps or more, a
+      strided ``conv`` or ``pool`` front-end is searched, with strides that leave about
+      100 or 50 steps for the recurrent layer.
+
+    Args:
+        spec: the study's spec.
+        folds: the folds trials train on (their ``train`` splits are counted).
+
+    Returns:
+        A copy of the spec; the spec itself is unchanged. A grid search keeps its search
+        space (its grid is fixed when the study starts).
+    """
+    fitted = set(spec.fit_to_data or ())
+    rows = min(len(fold.train.y) for fold in folds)
+    space = spec.search_space.model_copy()
+    training = spec.training.model_copy()
+    if "training.max_epochs" in fitted:
+        training.max_epochs = min(MAX_FITTED_EPOCHS, max(EPOCHS_AT_5000_ROWS, math.ceil(
+            EPOCHS_AT_5000_ROWS * math.sqrt(5000 / max(rows, 1)))))
+    if "training.patience" in fitted:
+        training.patience = min(20, max(3, training.max_epochs // 5))
+    if spec.sampler.name != "grid":
+        if "search_space.batch_size" in fitted:
+            choices = [b for b in BATCH_SIZES if b <= max(8, rows // 2)]
+            space.batch_size = ParamSpec(choices=choices)
+        steps = folds[0].train.x.shape[1]
+        if "search_space.frontend" in fitted and folds[0].n_features is not None and steps >= LONG_SEQUENCE:
+            strides = sorted({max(2, round(steps / target)) for target in FRONTEND_STEPS})
+            space.frontend = ParamSpec(choices=["conv", "pool"])
+            space.frontend_stride = ParamSpec(choices=strides)
+    return spec.model_copy(update={"search_space": space, "training": training})

@@ -1,0 +1,61 @@
+"""Defaults fitted to the data, and the searchable dimensions' validation."""
+
+import pytest
+import torch
+
+from hpo.data import FoldData, Split
+from hpo.fitting import fit_spec_to_data
+from hpo.spec import SpecError, parse_spec
+
+
+def _folds(rows, steps=8, k=3):
+    split = Split(torch.zeros(rows, steps, 1), torch.zeros(rows, dtype=torch.long), None)
+    return [FoldData(train=split, val=split, n_features=1, vocab_size=None, out_dim=2, target_scale=None)] * k
+
+
+def _spec(**fields):
+    return parse_spec({"name": "t", "dataset": {"id": "d"}, **fields})
+
+
+def test_a_small_training_set_gets_small_batches_and_more_epochs_and_patience():
+    fitted = fit_spec_to_data(_spec(), _folds(23))
+    assert fitted.search_space.batch_size.choices == [8]
+    assert (fitted.training.max_epochs, fitted.training.patience) == (150, 20)
+    large = fit_spec_to_data(_spec(), _folds(5000))
+    assert large.search_space.batch_size.choices == [8, 16, 32, 64, 128, 256]
+    assert (large.training.max_epochs, large.training.patience) == (20, 4)
+    middle = fit_spec_to_data(_spec(), _folds(100))
+    assert middle.search_space.batch_size.choices == [8, 16, 32]
+    assert 20 < middle.training.max_epochs < 150
+
+
+def test_what_the_spec_gives_is_kept_and_the_spec_round_trips_its_fitted_fields():
+    spec = _spec(search_space={"batch_size": {"choices": [256]}}, training={"max_epochs": 7, "patience": None})
+    assert spec.fit_to_data == ["search_space.frontend"]
+    fitted = fit_spec_to_data(spec, _folds(23, steps=400))
+    assert fitted.search_space.batch_size.choices == [256]
+    assert (fitted.training.max_epochs, fitted.training.patience) == (7, None)
+    again = parse_spec(_spec().model_dump(mode="json"))  # as a worker reads it back from the study
+    assert fit_spec_to_data(again, _folds(23)).search_space.batch_size.choices == [8]
+
+
+def test_long_sequences_search_a_frontend_that_shortens_them():
+    fitted = fit_spec_to_data(_spec(), _folds(100, steps=1460))
+    assert fitted.search_space.frontend.choices == ["conv", "pool"]
+    assert fitted.search_space.frontend_stride.choices == [15, 29]
+    assert fit_spec_to_data(_spec(), _folds(100, steps=150)).search_space.frontend is None
+
+
+@pytest.mark.parametrize(("fields", "field", "message"), [
+    ({"task": "regression", "search_space": {"class_weighting": "balanced"}}, "search_space.class_weighting",
+     "regression has none"),
+    ({"search_space": {"frontend_stride": 4}}, "search_space.frontend_stride", "give search_space.frontend"),
+    ({"search_space": {"summary": "median"}}, "search_space.summary", "not one of last, mean, max, attention"),
+    ({"search_space": {"bidirectional": {"choices": [1, 0]}}}, "search_space.bidirectional", "not one of False"),
+    ({"search_space": {"optimizer": {"choices": ["adam", "lbfgs"]}}}, "search_space.optimizer", "'lbfgs'"),
+    ({"fit_to_data": ["training.seed"]}, "fit_to_data.0", "training.max_epochs"),
+])
+def test_the_new_dimensions_are_validated_with_the_field_and_what_is_accepted(fields, field, message):
+    with pytest.raises(SpecError) as caught:
+        _spec(**fields)
+    assert any(e["field"] == field and message in e["message"] for e in caught.value.errors), caught.value.errors
