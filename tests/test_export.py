@@ -289,10 +289,10 @@ def _trained_folds(dataset, params: dict, folds: list[tuple[np.ndarray, np.ndarr
     built = [dataset.fold(train, val) for train, val in folds]
     networks = []
     for i, fold in enumerate(built):
-        trainer = FoldTrainer(fold, params, spec.model, "accuracy", None, pick_device(), i)
+        trainer = FoldTrainer(fold, params, spec.model, "accuracy", None, pick_device(), i, max_epochs=epochs)
         for _ in range(epochs):
             trainer.step()
-        networks.append(trainer.model)
+        networks.append(trainer.network())
     return spec, networks, built
 
 

@@ -20,7 +20,7 @@ from hpo.export.store import NO_LOSS, ensure_tables, utcnow
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
 from hpo.studies import create_study
-from hpo.train import build_model
+from hpo.train import trial_architecture
 
 SPEC = parse_spec({"name": "stored", "dataset": {"builtin": "digits"}, "model": {"cell": "gru"},
                    "cv": {"folds": 2}, "search_space": {"hidden_size": 8, "lr": 0.01, "batch_size": 64},
@@ -132,7 +132,7 @@ def test_a_worker_keeps_the_best_trials_fold_models(storage):
         params = suggest_params(trial, SPEC.search_space)
         trial.set_user_attr("cv_loss", cv_loss)
         trial.set_user_attr("fold_best_epochs", [1, 1])
-        networks = [build_model(fold, params, SPEC.model, i) for i, fold in enumerate(folds)]
+        networks = [trial_architecture(fold, params, SPEC.model).build() for fold in folds]
         kept = keep_if_best(storage, SPEC, dataset, trial, value, networks, folds, [0, 1], [1, 1])
         study.tell(trial, value)
         return kept
