@@ -11,6 +11,7 @@ from typing import Any, Literal, Self
 from optuna.trial import FrozenTrial, TrialState as OptunaTrialState
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hpo.data.store import DatasetInfo
 from hpo.db.models import StudyRecord
 from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec
@@ -233,20 +234,13 @@ class BestTrial(BaseModel):
         )
 
 
-class DatasetOut(BaseModel):
-    """An uploaded dataset, built from its row (``DatasetOut.model_validate(record)``)."""
+class DatasetOut(DatasetInfo):
+    """An uploaded dataset, built from its row (``DatasetOut.model_validate(record)``): the
+    store's record and its owner."""
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    name: str
-    format: str
-    task: str
-    options: dict[str, Any]
-    size_bytes: int
-    summary: dict[str, Any]
     owner: str | None
-    created_at: str
 
     @field_validator("options", mode="before")
     @classmethod
