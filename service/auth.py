@@ -19,7 +19,6 @@ caller; ``service.deps.get_session`` restricts a non-admin caller's session to i
 
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -33,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import keys, logins
 from service.errors import problem
+from service.templating import templates
 
 log = logging.getLogger("service")
 
@@ -199,23 +199,6 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 router = APIRouter(include_in_schema=False)
 
-_LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in · hpo</title><link rel="stylesheet" href="/assets/app.css"></head>
-<body><header class="topbar"><a class="brand" href="/">hpo</a></header>
-<main><div class="card" style="max-width:32rem;margin:2rem auto;padding:1.5rem">
-<h1>Sign in</h1>
-<p>This service needs an API key. Ask its administrator for one (<code>hpo keys create</code>).</p>
-{error}
-<form method="post" action="/login">
-<input type="hidden" name="next" value="{next}">
-<label for="key">API key</label>
-<input id="key" name="key" type="password" autocomplete="current-password" required style="width:100%">
-<p><button class="button primary" type="submit">Sign in</button></p>
-</form></div></main></body></html>
-"""
-
-
 def _safe_next(target: str | None) -> str:
     """Only a path on this server (never ``//evil.example``): no open redirect."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -223,15 +206,16 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def _login_page(next_path: str, error: str | None = None, status_code: int = 200) -> HTMLResponse:
-    error_html = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    body = _LOGIN_PAGE.format(error=error_html, next=html.escape(_safe_next(next_path), quote=True))
-    return HTMLResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
+def _login_page(request: Request, next_path: str, error: str | None = None, status_code: int = 200
+                ) -> HTMLResponse:
+    """The sign-in page on the pages' one layout (Jinja2 escapes ``next`` and ``error``)."""
+    return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next_path), "error": error},
+                                      status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
 @router.get(LOGIN_PATH)
-def login_page(next: str = "/") -> HTMLResponse:
-    return _login_page(next)
+def login_page(request: Request, next: str = "/") -> HTMLResponse:
+    return _login_page(request, next)
 
 
 @router.post(LOGIN_PATH)
@@ -244,9 +228,9 @@ def login(request: Request, key: Annotated[str, Form(max_length=256)] = "",
             record = keys.find_key(session, key.strip())
             token = logins.start_login(session, record, COOKIE_MAX_AGE_S) if record is not None else None
     except SQLAlchemyError:
-        return _login_page(next, "the database is unavailable; try again in a moment", 503)
+        return _login_page(request, next, "the database is unavailable; try again in a moment", 503)
     if token is None:
-        return _login_page(next, "that API key is not valid (unknown, mistyped or revoked)", 401)
+        return _login_page(request, next, "that API key is not valid (unknown, mistyped or revoked)", 401)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", path="/")

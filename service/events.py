@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import Request
 from fastapi.sse import ServerSentEvent
@@ -29,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.auth import AuthError
 from service.catalog import LoadedStudy, StudyNotFound
-from service.views import trial_view
+from service.schemas import StudySummary, TrialOut
 
 log = logging.getLogger("service")
 RETRY_MS = 2000
@@ -50,7 +49,7 @@ def parse_last_event_id(value: str | None) -> int | None:
 
 @dataclass
 class Snapshot:
-    study: dict[str, Any]
+    study: StudySummary
     trials: list[FrozenTrial]
 
 
@@ -61,11 +60,11 @@ class ChangeTracker:
     resume_after_ms: int | None = None
     watermark_ms: int = 0
     trial_keys: dict[int, tuple] = field(default_factory=dict)
-    study_view: dict[str, Any] | None = None
+    study: StudySummary | None = None
 
     def events(self, snapshot: Snapshot) -> list[ServerSentEvent]:
         out: list[ServerSentEvent] = []
-        first = self.study_view is None
+        first = self.study is None
         for trial in sorted(snapshot.trials, key=lambda t: t.number):
             self.watermark_ms = max(self.watermark_ms, event_id_of(trial))
         for trial in sorted(snapshot.trials, key=lambda t: t.number):
@@ -78,14 +77,14 @@ class ChangeTracker:
                 and event_id_of(trial) <= self.resume_after_ms
             )
             if not already_seen:
-                out.append(_event("trial", trial_view(trial, intermediate=True), self.watermark_ms))
-        if snapshot.study != self.study_view:
-            self.study_view = snapshot.study
+                out.append(_event("trial", TrialOut.of(trial, intermediate=True), self.watermark_ms))
+        if snapshot.study != self.study:
+            self.study = snapshot.study
             out.append(_event("study", snapshot.study, self.watermark_ms))
         return out
 
 
-def _event(name: str, data: dict[str, Any], event_id: int) -> ServerSentEvent:
+def _event(name: str, data: StudySummary | TrialOut, event_id: int) -> ServerSentEvent:
     return ServerSentEvent(event=name, data=data, id=str(event_id))
 
 
@@ -176,7 +175,7 @@ async def study_events(
         await asyncio.sleep(poll_s)
 
 
-def snapshot_reader(load: Callable[[], LoadedStudy], view: Callable[[LoadedStudy], dict[str, Any]]
+def snapshot_reader(load: Callable[[], LoadedStudy], view: Callable[[LoadedStudy], StudySummary]
                     ) -> Callable[[], Snapshot]:
     """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be deleted)."""
 

@@ -1,4 +1,5 @@
-"""``/metrics`` in Prometheus' text exposition format, read from the database at scrape time.
+"""``/metrics`` in Prometheus' text exposition format (written by ``prometheus_client``),
+read from the database at scrape time.
 
 Covers every study in the storage that hpo created (submitted over HTTP or run with the
 CLI), since the workers serve them all.
@@ -6,19 +7,21 @@ CLI), since the workers serve them all.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from optuna.trial import TrialState
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from hpo.spec import parse_spec
 from hpo.studies import SPEC_ATTR, STATES, progress
 from service.trial_cache import TrialCache
 from service.views import TRIAL_STATE_NAMES, trial_duration_s
 
-log = logging.getLogger("service")
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 FINISHED_TRIAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -58,23 +61,32 @@ def collect(cache: TrialCache) -> Totals:
     return totals
 
 
+class TotalsCollector:
+    """The metric families of one scrape's :class:`Totals` (a ``prometheus_client`` collector)."""
+
+    def __init__(self, totals: Totals):
+        self.totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.totals
+        trials = GaugeMetricFamily("hpo_trials", "Trials in the database, by state.", labels=["state"])
+        for state in TRIAL_STATE_NAMES.values():
+            trials.add_metric([state], totals.trials[state])
+        yield trials
+        yield SummaryMetricFamily("hpo_trial_duration_seconds", "Wall time of finished (complete or pruned) trials.",
+                                  count_value=totals.duration_count, sum_value=totals.duration_sum_s)
+        studies = GaugeMetricFamily("hpo_studies", "Studies in the database, by state.", labels=["state"])
+        for state in STATES:
+            studies.add_metric([state], totals.studies[state])
+        yield studies
+        yield GaugeMetricFamily("hpo_queue_depth", "Trials still to run in queued or running studies.",
+                                value=totals.queue_depth)
+        yield GaugeMetricFamily("hpo_trial_cache_trials", "Trials this API process holds in its trial cache.",
+                                value=totals.cached_trials)
+
+
 def render(totals: Totals) -> str:
-    lines = [
-        "# HELP hpo_trials Trials in the database, by state.",
-        "# TYPE hpo_trials gauge",
-        *(f'hpo_trials{{state="{s}"}} {totals.trials[s]}' for s in TRIAL_STATE_NAMES.values()),
-        "# HELP hpo_trial_duration_seconds Wall time of finished (complete or pruned) trials.",
-        "# TYPE hpo_trial_duration_seconds summary",
-        f"hpo_trial_duration_seconds_sum {totals.duration_sum_s:.6f}",
-        f"hpo_trial_duration_seconds_count {totals.duration_count}",
-        "# HELP hpo_studies Studies in the database, by state.",
-        "# TYPE hpo_studies gauge",
-        *(f'hpo_studies{{state="{s}"}} {totals.studies[s]}' for s in STATES),
-        "# HELP hpo_queue_depth Trials still to run in queued or running studies.",
-        "# TYPE hpo_queue_depth gauge",
-        f"hpo_queue_depth {totals.queue_depth}",
-        "# HELP hpo_trial_cache_trials Trials this API process holds in its trial cache.",
-        "# TYPE hpo_trial_cache_trials gauge",
-        f"hpo_trial_cache_trials {totals.cached_trials}",
-    ]
-    return "\n".join(lines) + "\n"
+    """``totals`` in Prometheus' text format 0.0.4 (:data:`CONTENT_TYPE`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TotalsCollector(totals))
+    return generate_latest(registry).decode()

@@ -1,14 +1,22 @@
-"""Response shapes of the REST API (they document ``/openapi.json``)."""
+"""The answers of the REST API: each built here, once, from what it describes (they also
+document ``/openapi.json``). Times are ISO 8601 with an offset (UTC); non-finite numbers
+(a diverged fold's NaN) become ``null``: JSON has no NaN.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
+from optuna.trial import FrozenTrial, TrialState as OptunaTrialState
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hpo.jsonable import finite
-from service.views import record_time
+from hpo.data.store import DatasetInfo
+from hpo.db.models import StudyRecord
+from hpo.jsonable import finite, utc_time
+from hpo.spec import StudySpec
+from hpo.studies import FAIL_REASON_ATTR, Progress, is_surplus
+from service.views import API_PREFIX, TRIAL_STATE_NAMES, record_time, trial_duration_s
 
 StudyState = Literal["queued", "running", "completed", "cancelled", "failed"]
 TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
@@ -30,6 +38,12 @@ class StudyLinks(BaseModel):
     trials: str
     best: str
     events: str
+
+    @classmethod
+    def of(cls, study_id: str) -> Self:
+        """The REST addresses of study ``study_id``."""
+        base = f"{API_PREFIX}/studies/{study_id}"
+        return cls(self=base, trials=f"{base}/trials", best=f"{base}/best", events=f"{base}/events")
 
 
 class TrialCounts(BaseModel):
@@ -60,9 +74,58 @@ class StudySummary(BaseModel):
     reason: str | None = Field(description="Why a study failed or stopped early.")
     links: StudyLinks
 
+    @classmethod
+    def of(cls, record: StudyRecord, spec: StudySpec, prog: Progress, /, **extra: Any) -> Self:
+        """A study's identity, state and counts.
+
+        Args:
+            record: the study's row.
+            spec: its validated spec.
+            prog: its progress (:func:`hpo.studies.progress`).
+            extra: the fields a subclass adds.
+
+        Returns:
+            The answer.
+        """
+        return cls(
+            id=record.id,
+            name=record.name,
+            optuna_study_name=record.optuna_study_name,
+            owner=record.owner,
+            created_at=record_time(record.created_at),
+            dataset_id=record.dataset_id,
+            direction=spec.direction,
+            metric=spec.training.metric,
+            **prog.as_dict(),
+            links=StudyLinks.of(record.id),
+            **extra,
+        )
+
 
 class StudyDetail(StudySummary):
     spec: dict[str, Any] = Field(description="The validated spec, defaults filled in.")
+
+    @classmethod
+    def of(cls, record: StudyRecord, spec: StudySpec, prog: Progress, /, **extra: Any) -> Self:
+        """A study's identity, state and counts, and its spec (see :meth:`StudySummary.of`)."""
+        return super().of(record, spec, prog, spec=record.spec, **extra)
+
+
+class StudyCard(StudySummary):
+    """A study as the studies page lists it (``/api/v1/views/studies``)."""
+
+    sampler: str
+    pruner: str
+    cell: str
+    dataset: str | None = Field(description="The built-in dataset's name, the uploaded one's id, or a path.")
+    dataset_kind: Literal["builtin", "uploaded"]
+    dashboard_url: str
+
+
+class StudyOnPage(StudyDetail):
+    """A study as its page shows it (``/api/v1/views/studies/{id}``)."""
+
+    dashboard_url: str
 
 
 class StudyPage(BaseModel):
@@ -94,6 +157,38 @@ class TrialOut(BaseModel):
         default=None, description="Per-epoch validation scores; only with include=intermediate."
     )
 
+    @classmethod
+    def of(cls, trial: FrozenTrial, *, intermediate: bool = False) -> Self:
+        """A trial: parameters, CV score and per-fold scores, state, timing.
+
+        Args:
+            trial: the trial.
+            intermediate: also its per-epoch scores (left unset otherwise, so that an answer
+                built with ``exclude_unset`` leaves the field out).
+
+        Returns:
+            The answer.
+        """
+        attrs = trial.user_attrs
+        steps = trial.intermediate_values
+        per_epoch = {"intermediate_values": [IntermediateValue(step=s, value=finite(v))
+                                             for s, v in sorted(steps.items())]} if intermediate else {}
+        return cls(
+            number=trial.number,
+            state=TRIAL_STATE_NAMES[trial.state],
+            value=finite(trial.value) if trial.state == OptunaTrialState.COMPLETE else None,
+            params=finite(dict(trial.params)),
+            fold_scores=finite(attrs.get("fold_scores")),
+            fold_std=finite(attrs.get("fold_std")),
+            fail_reason=attrs.get(FAIL_REASON_ATTR),
+            surplus=is_surplus(trial),
+            started_at=utc_time(trial.datetime_start),
+            completed_at=utc_time(trial.datetime_complete),
+            duration_s=trial_duration_s(trial),
+            last_step=max(steps) if steps else None,
+            **per_epoch,
+        )
+
 
 class TrialPage(BaseModel):
     items: list[TrialOut]
@@ -113,21 +208,39 @@ class BestTrial(BaseModel):
     fold_scores: list[float | None] | None
     fold_std: float | None
 
+    @classmethod
+    def of(cls, record: StudyRecord, spec: StudySpec, trial: FrozenTrial) -> Self:
+        """The best trial of a study (the caller picks it: :func:`hpo.studies.ranked`).
 
-class DatasetOut(BaseModel):
-    """An uploaded dataset, built from its row (``DatasetOut.model_validate(record)``)."""
+        Args:
+            record: the study's row.
+            spec: its validated spec.
+            trial: its best complete trial.
+
+        Returns:
+            The answer.
+        """
+        attrs = trial.user_attrs
+        return cls(
+            study=record.optuna_study_name,
+            study_id=record.id,
+            number=trial.number,
+            value=finite(trial.value),
+            metric=spec.training.metric,
+            direction=spec.direction,
+            params=finite(dict(trial.params)),
+            fold_scores=finite(attrs.get("fold_scores")),
+            fold_std=finite(attrs.get("fold_std")),
+        )
+
+
+class DatasetOut(DatasetInfo):
+    """An uploaded dataset, built from its row (``DatasetOut.model_validate(record)``): the
+    store's record and its owner."""
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    name: str
-    format: str
-    task: str
-    options: dict[str, Any]
-    size_bytes: int
-    summary: dict[str, Any]
     owner: str | None
-    created_at: str
 
     @field_validator("options", mode="before")
     @classmethod

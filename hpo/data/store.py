@@ -15,10 +15,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from hpo.data.base import DataError
 from hpo.data.formats import check_options, inspect_file, resolve_format
@@ -33,9 +34,9 @@ STAGING_GRACE_S = 60.0
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
 
-@dataclass
-class DatasetInfo:
-    """What the store knows about one uploaded dataset (``created_at`` is ISO 8601, UTC)."""
+class DatasetInfo(BaseModel):
+    """What the store knows about one uploaded dataset (``created_at`` is ISO 8601, UTC); the
+    API's answer (:class:`service.schemas.DatasetOut`) extends it."""
 
     id: str
     name: str
@@ -121,7 +122,7 @@ class DatasetStore:
                 summary=summary,
                 created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
-            (work / _META).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+            (work / _META).write_text(json.dumps(info.model_dump(), indent=2), encoding="utf-8")
             os.rename(work, self.root / info.id)
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already when the rename succeeded

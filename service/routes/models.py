@@ -23,11 +23,12 @@ from hpo.export import (
     model_archive, model_status, request_model,
 )
 from hpo.export.fit import MAX_HOLDOUT, MAX_SEEDS
+from hpo.jsonable import finite
 from service.deps import SettingsDep, StorageDep
 from service.errors import problem
 from service.limits import parse_json_body, too_large_message
 from service.routes.studies import ERRORS, LoadedDep
-from service.views import API_PREFIX, finite
+from service.views import API_PREFIX
 
 router = APIRouter(prefix="/studies", tags=["models"])
 

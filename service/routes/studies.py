@@ -18,8 +18,7 @@ from service.deps import PageDep, SessionDep, SettingsDep, StorageDep, TrialCach
 from service.errors import problem
 from service.events import snapshot_reader, study_events
 from service.limits import check_study_size, parse_json_body
-from service.schemas import BestTrial, ErrorResponse, StudyDetail, StudyPage, StudyState
-from service.views import best_view, study_view
+from service.schemas import BestTrial, ErrorResponse, StudyDetail, StudyPage, StudyState, StudySummary
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -117,8 +116,8 @@ def get_loaded_study(study_id: str, session: SessionDep, cache: TrialCacheDep) -
 LoadedDep = Annotated[LoadedStudy, Depends(get_loaded_study)]
 
 
-def _detail(loaded: LoadedStudy) -> dict[str, Any]:
-    return study_view(loaded.record, loaded.spec, loaded.progress(), with_spec=True)
+def _detail(loaded: LoadedStudy) -> StudyDetail:
+    return StudyDetail.of(loaded.record, loaded.spec, loaded.progress())
 
 
 def _check_queue(session: SessionDep, cache: TrialCacheDep, settings: SettingsDep, owner: str | None) -> None:
@@ -132,35 +131,35 @@ def _check_queue(session: SessionDep, cache: TrialCacheDep, settings: SettingsDe
              summary="Submit a study")
 def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: SessionDep, storage: StorageDep,
                  cache: TrialCacheDep, settings: SettingsDep, principal: PrincipalDep,
-                 response: Response) -> dict[str, Any]:
+                 response: Response) -> StudyDetail:
     """Validate a spec and queue its study; workers start on it at once. Refused with 422
     past the server's caps on trials, folds and epochs, and with 429 while the caller has
     too many unfinished studies."""
     check_study_size(spec, settings)
     _check_queue(session, cache, settings, principal.name)
     loaded = catalog.submit(session, storage, spec, owner=principal.name)
-    view = _detail(loaded)
-    response.headers["Location"] = view["links"]["self"]
-    return view
+    detail = _detail(loaded)
+    response.headers["Location"] = detail.links.self
+    return detail
 
 
 @router.get("", response_model=StudyPage, responses=ERRORS, summary="List studies")
 def list_studies(session: SessionDep, cache: TrialCacheDep, page: PageDep,
-                 state: StudyState | None = None) -> dict[str, Any]:
+                 state: StudyState | None = None) -> StudyPage:
     """Studies, newest first, optionally only those in one state."""
     studies, total = catalog.list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
-    items = [study_view(loaded.record, loaded.spec, prog) for loaded, prog in studies]
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return StudyPage(items=[StudySummary.of(loaded.record, loaded.spec, prog) for loaded, prog in studies],
+                     total=total, limit=page.limit, offset=page.offset)
 
 
 @router.get("/{study_id}", response_model=StudyDetail, responses=ERRORS, summary="A study's state")
-def get_study(loaded: LoadedDep) -> dict[str, Any]:
+def get_study(loaded: LoadedDep) -> StudyDetail:
     """The spec, state, trial counts, best value, timing and ETA of a study."""
     return _detail(loaded)
 
 
 @router.post("/{study_id}/cancel", response_model=StudyDetail, responses=ERRORS, summary="Cancel a study")
-def cancel_study(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
+def cancel_study(loaded: LoadedDep, storage: StorageDep) -> StudyDetail:
     """Stop a study: no new trials start; running ones stop at their next epoch."""
     state = loaded.progress().state
     if state in ("completed", "failed"):
@@ -171,7 +170,7 @@ def cancel_study(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
 
 @router.post("/{study_id}/resume", response_model=StudyDetail, responses=SUBMIT_ERRORS, summary="Resume a study")
 def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, cache: TrialCacheDep,
-                 settings: SettingsDep) -> dict[str, Any]:
+                 settings: SettingsDep) -> StudyDetail:
     """Let workers run a cancelled study's remaining trials (429 while its owner has too
     many unfinished studies)."""
     if loaded.progress().state == "cancelled":
@@ -188,14 +187,14 @@ def delete_study(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep) -
 
 
 @router.get("/{study_id}/best", response_model=BestTrial, responses=ERRORS, summary="The best trial")
-def best_trial(loaded: LoadedDep) -> dict[str, Any]:
+def best_trial(loaded: LoadedDep) -> BestTrial:
     """The best complete trial: its parameters, CV score and per-fold scores."""
     prog = loaded.progress()
     if prog.best_trial is None:
         raise problem(409, f"no trial of study {loaded.record.id!r} has completed yet (state: {prog.state}, "
                            f"{prog.running} running, {prog.pruned} pruned, {prog.failed} failed)")
     trial = next(t for t in loaded.study.get_trials(deepcopy=False) if t.number == prog.best_trial)
-    return best_view(loaded.record, loaded.spec, trial)
+    return BestTrial.of(loaded.record, loaded.spec, trial)
 
 
 @router.get(
@@ -225,7 +224,7 @@ async def study_event_stream(
             record = catalog.get_record(session, study_id)
         return cache.open(record)
 
-    read = snapshot_reader(load, lambda s: study_view(s.record, s.spec, s.progress()))
+    read = snapshot_reader(load, lambda s: StudySummary.of(s.record, s.spec, s.progress()))
     async for event in study_events(request, read, poll_s=settings.events_poll_s,
                                     heartbeat_s=settings.events_heartbeat_s,
                                     last_event_id=last_event_id_header or last_event_id,

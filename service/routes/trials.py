@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from optuna.trial import FrozenTrial
@@ -12,7 +12,7 @@ from service.deps import PageDep
 from service.errors import problem
 from service.routes.studies import ERRORS, LoadedDep
 from service.schemas import TrialOut, TrialPage, TrialState
-from service.views import TRIAL_STATES_BY_NAME, trial_duration_s, trial_view
+from service.views import TRIAL_STATES_BY_NAME, trial_duration_s
 
 router = APIRouter(prefix="/studies", tags=["trials"])
 
@@ -48,20 +48,20 @@ def list_trials(
     state: TrialState | None = None,
     sort: SortKey = "number",
     include: Annotated[Literal["intermediate"] | None, Query(description="`intermediate`: per-epoch scores")] = None,
-) -> dict[str, Any]:
+) -> TrialPage:
     """Trials with their parameters, CV score, per-fold scores, state and timing."""
     trials = loaded.study.get_trials(deepcopy=False)
     if state is not None:
         trials = [t for t in trials if t.state == TRIAL_STATES_BY_NAME[state]]
     ordered = sort_trials(trials, sort, loaded.spec.direction)
-    items = [trial_view(t, intermediate=include == "intermediate") for t in page.window(ordered)]
-    return {"items": items, "total": len(ordered), "limit": page.limit, "offset": page.offset}
+    items = [TrialOut.of(t, intermediate=include == "intermediate") for t in page.window(ordered)]
+    return TrialPage(items=items, total=len(ordered), limit=page.limit, offset=page.offset)
 
 
 @router.get("/{study_id}/trials/{number}", response_model=TrialOut, responses=ERRORS, summary="One trial")
-def get_trial(loaded: LoadedDep, number: int) -> dict[str, Any]:
+def get_trial(loaded: LoadedDep, number: int) -> TrialOut:
     """One trial by its number, with its per-epoch scores."""
     for trial in loaded.study.get_trials(deepcopy=False):
         if trial.number == number:
-            return trial_view(trial, intermediate=True)
+            return TrialOut.of(trial, intermediate=True)
     raise problem(404, f"study {loaded.record.id!r} has no trial number {number}", field="number")

@@ -3,8 +3,8 @@
 The REST resources answer one question each; these routes answer what a page shows
 (a study's history columns, a few learning curves, importances, a page of trials), all
 read through the app's :class:`~service.trial_cache.TrialCache`, so a study of thousands
-of trials opens, pages and streams in milliseconds once read. Shapes reuse
-:mod:`service.views`.
+of trials opens, pages and streams in milliseconds once read. Studies and trials are the
+answers of :mod:`service.schemas`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from service.catalog import LoadedStudy, StudyNotFound, list_page, load
 from service.deps import PageDep, SessionDep, TrialCacheDep
 from service.events import event_id_of
 from service.routes.studies import LoadedDep
-from service.schemas import ErrorResponse, StudyState
-from service.views import best_view, study_links, study_view
+from service.schemas import BestTrial, ErrorResponse, StudyCard, StudyLinks, StudyOnPage, StudyState
 from service.web.plots import (
     DEFAULT_CURVE_POINTS, complete_columns, curve_view, pick_curves, search_space_view,
 )
@@ -46,19 +45,18 @@ def dashboard_url(loaded: LoadedStudy) -> str:
     return f"/studies/{loaded.record.id}/dashboard"
 
 
-def summary_view(loaded: LoadedStudy, prog: Progress) -> dict[str, Any]:
+def study_card(loaded: LoadedStudy, prog: Progress) -> StudyCard:
     """A study as the studies page lists it: state and counts, plus sampler and dataset."""
     spec = loaded.spec
-    dataset = spec.dataset.builtin or spec.dataset.id or spec.dataset.path
-    return {
-        **study_view(loaded.record, spec, prog),
-        "sampler": spec.sampler.name,
-        "pruner": spec.pruner.name,
-        "cell": spec.model.cell,
-        "dataset": dataset,
-        "dataset_kind": "builtin" if spec.dataset.builtin else "uploaded",
-        "dashboard_url": dashboard_url(loaded),
-    }
+    return StudyCard.of(
+        loaded.record, spec, prog,
+        sampler=spec.sampler.name,
+        pruner=spec.pruner.name,
+        cell=spec.model.cell,
+        dataset=spec.dataset.builtin or spec.dataset.id or spec.dataset.path,
+        dataset_kind="builtin" if spec.dataset.builtin else "uploaded",
+        dashboard_url=dashboard_url(loaded),
+    )
 
 
 @router.get("/studies", responses=ERRORS, summary="Studies, for the studies page")
@@ -66,7 +64,7 @@ def list_study_summaries(session: SessionDep, cache: TrialCacheDep, page: PageDe
                          state: StudyState | None = None) -> dict[str, Any]:
     """Studies, newest first (optionally in one state), with sampler, dataset and progress."""
     studies, total = list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
-    items = [summary_view(loaded, prog) for loaded, prog in studies]
+    items = [study_card(loaded, prog) for loaded, prog in studies]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
@@ -78,11 +76,10 @@ def study_overview(loaded: LoadedDep, cache: TrialCacheDep) -> dict[str, Any]:
     trials = loaded.study.get_trials(deepcopy=False)  # read after the progress: it holds every trial the progress saw
     space = search_space_view(loaded.spec)
     best_trial = next((t for t in trials if t.number == prog.best_trial), None)
-    best = best_view(loaded.record, loaded.spec, best_trial) if best_trial is not None else None
+    best = BestTrial.of(loaded.record, loaded.spec, best_trial) if best_trial is not None else None
     study_id = loaded.record.id
     return {
-        "study": {**study_view(loaded.record, loaded.spec, prog, with_spec=True),
-                  "dashboard_url": dashboard_url(loaded)},
+        "study": StudyOnPage.of(loaded.record, loaded.spec, prog, dashboard_url=dashboard_url(loaded)),
         "space": space,
         "complete": complete_columns(trials, [p["name"] for p in space]),
         "best": best,
@@ -90,7 +87,7 @@ def study_overview(loaded: LoadedDep, cache: TrialCacheDep) -> dict[str, Any]:
         "links": {
             "curves": f"{VIEWS}/studies/{study_id}/curves",
             "importance": f"{VIEWS}/studies/{study_id}/importance",
-            **study_links(study_id),
+            **StudyLinks.of(study_id).model_dump(),
         },
     }
 

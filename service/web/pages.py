@@ -18,18 +18,16 @@ from typing import Any
 import plotly
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from service.auth import DASHBOARD_PREFIX, PrincipalDep, admin_only_reason
 from service.deps import StorageDep
 from service.errors import problem
 from service.routes.studies import LoadedDep
+from service.templating import templates
 from service.web.api import prefetch
 from service.web.form import form_choices
 
-WEB_DIR = Path(__file__).parent
-TEMPLATES_DIR = WEB_DIR / "templates"
-STATIC_DIR = WEB_DIR / "static"
+STATIC_DIR = Path(__file__).parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 ASSETS = "/assets"
 MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
@@ -40,10 +38,6 @@ PLOTLY_MAX_AGE_S = 7 * 24 * 3600
 router = APIRouter(include_in_schema=False)
 _gzip_lock = threading.Lock()
 
-
-templates = Jinja2Templates(directory=TEMPLATES_DIR)
-# plotly's version is in its bundle's address: a new plotly gets past browsers' week-long cache.
-templates.env.globals["plotly_version"] = plotly.__version__
 FORM = form_choices()
 
 

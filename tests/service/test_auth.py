@@ -4,6 +4,7 @@ only what keys of its name created (404 for the rest), unless it is an admin key
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from sqlalchemy import select
@@ -227,3 +228,16 @@ def test_keys_command(sqlite_url, capsys):
     with pytest.raises(SystemExit) as bad_name:
         hpo_main(["keys", "create", "--name", "no spaces", "--database", sqlite_url])
     assert bad_name.value.code == 1 and "--name" in capsys.readouterr().err
+
+
+def test_sign_in_page_is_on_the_pages_layout(api, tokens):
+    """The sign-in page has every page's header and navigation (the one base template) and
+    escapes the address it sends the browser back to."""
+    studies_page = api.get("/", headers={"Accept": "text/html", **bearer(tokens["alice"])})
+    sign_in = api.get("/login", params={"next": '/studies/"><script>alert(1)</script>'})
+    header = re.compile(r"<header.*?</header>", re.S)
+
+    assert studies_page.status_code == 200 and sign_in.status_code == 200
+    assert header.search(sign_in.text).group(0) == header.search(studies_page.text).group(0)
+    assert "<title>Sign in · hpo</title>" in sign_in.text
+    assert "<script>alert(1)" not in sign_in.text and "&#34;&gt;&lt;script&gt;" in sign_in.text
