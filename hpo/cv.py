@@ -125,6 +125,7 @@ def run_folds(
     on_epoch: Callable[[int, float], None] | None = None,
     on_fold: Callable[[int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    out_of_time: Callable[[], bool] | None = None,
 ) -> list[Trainer]:
     """The epoch loop: train the trainers' folds and return the trainers that ran.
 
@@ -133,7 +134,9 @@ def run_folds(
     can act). With ``per_fold``, trainers run one after another and ``on_fold(fold number,
     validation score)`` follows each of their folds (for pruners that compare per-fold
     scores, such as Wilcoxon); ``trainers`` may then be a lazy iterable so skipped folds are
-    never built. A trainer's held-out rows are scored once, when it has finished.
+    never built. A trainer's held-out rows are scored once, when it has finished. When
+    ``out_of_time()`` turns true after a step (not with ``per_fold``), the folds stop where
+    they are: each keeps its chosen epoch so far and its held-out rows are scored.
 
     Raises:
         Interrupted: as soon as ``should_stop()`` is true at an epoch boundary.
@@ -167,7 +170,7 @@ def run_folds(
                 trainer.step()
         if on_epoch is not None:
             on_epoch(epoch, float(np.mean([p.score for t in trainers for p in t.progress])))
-        if all(t.stopped for t in trainers):
+        if all(t.stopped for t in trainers) or (out_of_time is not None and out_of_time()):
             break
     for trainer in trainers:
         trainer.score_holdout()

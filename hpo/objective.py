@@ -17,6 +17,8 @@ from hpo.lockstep import lockstep_trainers
 from hpo.samplers import suggest_params
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR
+
+STOPPED_BY_ATTR = "stopped_by"
 from hpo.train import FoldTrainer, Trainer, fold_models, fold_summary, pick_device
 
 TrialCompleted = Callable[[optuna.Trial, float, list[torch.nn.Module], list[FoldData], list[int], list[int]], None]
@@ -41,9 +43,11 @@ class Objective:
         dataset: the loaded dataset.
         device: where to train (CUDA when available by default).
         should_stop: polled every epoch; when true the trial fails as interrupted.
-        past_deadline: polled at every report; when true (the study's ``budget.timeout_s``
-            has passed) a trial with folds still training stops there as pruned, keeping
-            the score it reached.
+        past_deadline: polled after every epoch; when true (the study's ``budget.timeout_s``
+            has passed) a trial whose folds train together stops there and is scored with
+            what each fold reached (its chosen epoch so far), so a budget always leaves
+            complete trials and a model; a trial trained fold by fold (Wilcoxon), whose
+            later folds never started, stops as pruned.
         on_complete: called when a trial's folds all finished, before its value is told:
             ``(trial, value, fold networks, their FoldData, fold indices, epochs)``; the
             workers keep the best trial's fold models with it (``hpo.export.ensemble``).
@@ -111,7 +115,7 @@ class Objective:
             trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with {spec.training.metric} {value:.4g}")
-            if self.past_deadline is not None and unfinished() and self.past_deadline():
+            if per_fold and self.past_deadline is not None and unfinished() and self.past_deadline():
                 raise optuna.TrialPruned(f"budget.timeout_s ({spec.budget.timeout_s:g}) reached: stopped at "
                                          f"step {step} with {spec.training.metric} {value:.4g}")
 
@@ -128,7 +132,10 @@ class Objective:
                 on_epoch=report,
                 on_fold=report,
                 should_stop=self.should_stop,
+                out_of_time=None if per_fold else self.past_deadline,
             )
+            if unfinished():
+                trial.set_user_attr(STOPPED_BY_ATTR, f"budget.timeout_s ({spec.budget.timeout_s:g}) reached")
         finally:
             progress = sorted((p for t in built for p in t.progress if p.epochs), key=lambda p: p.number)
             for key, value in fold_summary(progress).items():
