@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from hpo.console import best_table, results
+from hpo.dataset_commands import add_dataset_commands  # hpo datasets upload | list | show | delete
 from hpo.export.commands import add_model_commands  # hpo model fit | download | predict
 from hpo.settings import add_database_flags, add_remote_flags, setting_default, settings_of
 from hpo.spec import SpecError, load_spec
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="the study as JSON")
 
     add_model_commands(sub)
+    add_dataset_commands(sub)
     return parser
 
 

@@ -63,3 +63,27 @@ def test_cancel_prints_one_line(live_server, tmp_path):
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout == f"{study['id']} cancelled\n"
     assert json.loads(as_json.stdout)["id"] == study["id"]
+
+
+def test_datasets_upload_list_show_delete(live_server, tmp_path):
+    data = tmp_path / "spam.csv"
+    data.write_text("text,label\n" + "".join(f"message {i},{'spam' if i % 3 else 'ham'}\n" for i in range(24)))
+    url = live_server.url
+
+    uploaded = hpo("datasets", "upload", str(data), "--task", "classification", url=url, cwd=tmp_path)
+    dataset_id = uploaded.stdout.strip()
+    listed = hpo("datasets", "list", url=url, cwd=tmp_path)
+    listed_json = hpo("datasets", "list", "--json", url=url, cwd=tmp_path)
+    shown = hpo("datasets", "show", dataset_id, url=url, cwd=tmp_path)
+    refused = hpo("datasets", "upload", str(data), "--task", "classification", "--max-length", "2", url=url,
+                  cwd=tmp_path)
+    deleted = hpo("datasets", "delete", dataset_id, url=url, cwd=tmp_path)
+    gone = hpo("datasets", "show", dataset_id, "--json", url=url, cwd=tmp_path)
+
+    assert uploaded.returncode == 0 and "dataset: {id: " + dataset_id + "}" in uploaded.stderr, uploaded
+    assert dataset_id in listed.stdout and "spam.csv" in listed.stdout, listed
+    assert [d["id"] for d in json.loads(listed_json.stdout)["items"]] == [dataset_id]
+    assert f"id: {dataset_id}\n" in shown.stdout and "task: classification" in shown.stdout, shown
+    assert refused.returncode == 1 and "HTTP 422: max_length" in refused.stderr, refused
+    assert deleted.stdout == f"{dataset_id} deleted\n"
+    assert gone.returncode == 1 and "HTTP 404" in gone.stderr
