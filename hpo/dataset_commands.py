@@ -74,20 +74,18 @@ def cmd_upload(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from rich.table import Table
-
-    from hpo.console import results
-
     with _client(args) as client:
         page = client.datasets()
     if args.json:
         _print_json(page)
         return
-    table = Table("id", "name", "task", "format", "size", "created", title=f"{len(page['items'])} of {page['total']} dataset(s)")
+    # Plain columns, the name last: nothing is cut when the output is redirected.
     for d in page["items"]:
-        table.add_row(d["id"], d["name"], d["task"], d["format"], f"{d['size_bytes'] / 1024:.1f} KiB",
-                      d["created_at"][:19].replace("T", " "))
-    results.print(table)
+        print(f"{d['id']}  {d['task']:<14} {d['format']:<4} {d['size_bytes'] / 1024:>9.1f} KiB  "
+              f"{d['created_at'][:19].replace('T', ' ')}  {d['name']}")
+    if page["total"] > len(page["items"]):
+        print(f"(the first {len(page['items'])} of {page['total']}; --json and the API page through them)",
+              file=sys.stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> None:
