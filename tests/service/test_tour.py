@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_the_readme_tour_runs_as_written(tmp_path):
         # The server's database is the commands' default one, as `sqlite:///hpo.db` is for both in the tour.
         env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")} | {
             "HPO_URL": server.url, "HPO_DATABASE_URL": database, "HPO_DATA_DIR": str(tmp_path / "data")}
-        env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"  # `hpo` and `python` of this venv
+        env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `hpo` and `python` of this venv
         address = server.url.removeprefix("http://")
 
         def fill(command: str, study: dict | None) -> str:
