@@ -10,6 +10,8 @@ import json
 import sys
 from typing import Any
 
+from hpo.console import best_table, results
+from hpo.dataset_commands import add_dataset_commands  # hpo datasets upload | list | show | delete
 from hpo.export.commands import add_model_commands  # hpo model fit | download | predict
 from hpo.settings import add_database_flags, add_remote_flags, setting_default, settings_of
 from hpo.spec import SpecError, load_spec
@@ -41,6 +43,14 @@ def _spec_or_exit(path: str):
 
 def cmd_validate(args: argparse.Namespace) -> None:
     spec = _spec_or_exit(args.spec)
+    if spec.dataset.path is not None:  # a file on this machine: load it as hpo run would
+        from hpo.data import DataError, load_dataset
+
+        try:
+            load_dataset(spec)
+        except DataError as exc:
+            print(f"{args.spec}: dataset.path: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     print(f"{args.spec}: ok ({spec.task}, {spec.sampler.name} sampler, {spec.n_trials} trials, "
           f"{spec.cv.folds}-fold {spec.cv.strategy} CV, {spec.direction} {spec.training.metric})")
 
@@ -59,25 +69,39 @@ def cmd_run(args: argparse.Namespace) -> None:
     best = local.run(spec, storage_url=settings.database_url, jobs=args.jobs, data_dir=settings.data_dir,
                      show_progress=not args.quiet)
     if best is None:
-        raise UsageError("no trial completed; see the failed trials' fail_reason (hpo best --json shows them)")
+        raise UsageError("no trial completed (each failed trial's reason is above)")
     if args.json:
         _print_json(best)
+    elif args.quiet:
+        print(f"best {best['metric']} {best['value']:.6g} (trial {best['number']})")
+    else:
+        results.print(best_table(best, best["metric"]))
 
 
 def cmd_best(args: argparse.Namespace) -> None:
-    from hpo.console import best_table, console
-
-    if args.url:
-        best = _client(args).best(args.study)
-        metric = best.get("metric", "value")
-    else:
+    if args.storage or args.database:  # a database, by the study's name
         from hpo import local
 
-        best, metric = local.best(args.study, _database(args))
+        try:
+            best, metric = local.best(args.study, _database(args))
+        except KeyError as exc:
+            raise KeyError(f"{exc.args[0]}; to ask a server by study id instead, leave out --storage "
+                           f"(server: --url or $HPO_URL, now {settings_of(args).url})") from None
+    else:  # the server, by the study's id
+        from hpo.client import APIError
+
+        try:
+            best = _client(args).best(args.study)
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            raise LookupError(f"{exc}; to read a database by study name instead: hpo best NAME --storage URL "
+                              f"(e.g. --storage {setting_default('database_url')})") from None
+        metric = best.get("metric", "value")
     if args.json:
         _print_json(best)
     else:
-        console.print(best_table(best, metric))
+        results.print(best_table(best, metric))
 
 
 # ---- service -----------------------------------------------------------------------------
@@ -162,7 +186,11 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
-    _print_json(_client(args).cancel(args.study))
+    study = _client(args).cancel(args.study)
+    if args.json:
+        _print_json(study)
+    else:
+        print(f"{study['id']} {study['state']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,11 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("validate", cmd_validate, "Check a spec; exit non-zero naming each bad field.")
     p.add_argument("spec")
 
-    p = add("best", cmd_best, "Print a study's best parameters (from a storage or a server).")
-    p.add_argument("study", help="study name (with --storage) or id (with --url)")
-    p.add_argument("--storage", help="Optuna storage URL (same as --database)")
-    p.add_argument("--url", help="ask this server instead of a storage")
-    p.add_argument("--api-key", help="API key (default: $HPO_API_KEY)")
+    p = add("best", cmd_best, "Print a study's best parameters: from the server by study id, or from a "
+                              "database by study name (--storage).")
+    p.add_argument("study", help="the study's id (from hpo submit), or its name with --storage")
+    p.add_argument("--storage", help="read this database (Optuna storage URL) by study name instead of asking "
+                                     "the server")
+    remote(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--database", help=argparse.SUPPRESS)
 
@@ -235,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, help)
         p.add_argument("spec" if name == "submit" else "study")
         remote(p)
-        if name == "submit":
-            p.add_argument("--json", action="store_true")
+        if name in ("submit", "cancel"):
+            p.add_argument("--json", action="store_true", help="the study as JSON")
 
     add_model_commands(sub)
+    add_dataset_commands(sub)
     return parser
 
 
@@ -253,9 +283,17 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as exc:  # refusals from a server or a storage: one line, no traceback
+        import httpx
+
         from hpo.client import APIError
 
-        if not isinstance(exc, (APIError, ValueError, KeyError, OSError)):
+        if isinstance(exc, httpx.TransportError):
+            url = getattr(args, "url", None) or settings_of(args).url
+            other = ", or read a database by study name with --storage URL" if hasattr(args, "storage") else ""
+            print(f"hpo {args.command}: cannot reach the server at {url} ({exc}); start it with hpo serve, "
+                  f"or name another with --url or $HPO_URL{other}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if not isinstance(exc, (APIError, ValueError, LookupError, OSError)):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"hpo {args.command}: {message}", file=sys.stderr)

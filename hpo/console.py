@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and logs
+results = Console()  # what a command answers: stdout, so that it can be redirected
 
 
 def _best_text(status: dict[str, Any]) -> str:

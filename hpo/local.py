@@ -13,12 +13,13 @@ import threading
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
-from hpo.console import best_table, console, follow
+from hpo.console import console, follow
 from hpo.settings import DEFAULT_DATA_DIR, DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
 from hpo.spec import StudySpec
 from hpo.storage import open_storage
-from hpo.studies import best_of, create_study, progress, study_spec
+from hpo.studies import FAIL_REASON_ATTR, best_of, create_study, is_surplus, progress, study_spec
 from hpo.worker import WorkerOptions, start_worker_processes, stop_worker_processes, worker_loop
 
 
@@ -70,7 +71,8 @@ def _start_method() -> str:
 
 def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
         show_progress: bool = True) -> dict[str, Any] | None:
-    """Run (or resume) the spec's study until its budget is spent; print the best trial.
+    """Run (or resume) the spec's study until its budget is spent; print each trial that failed
+    in this run (one line on stderr, with its reason).
 
     Args:
         spec: the study spec (``spec.name`` names the study: running it again resumes it).
@@ -78,7 +80,7 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
         jobs: trials in parallel (this process and ``jobs - 1`` worker processes, one
             PyTorch thread each); by default one per CPU core.
         data_dir: where uploaded datasets live.
-        show_progress: draw the live progress bar and the final table.
+        show_progress: draw the live progress bar.
 
     Returns:
         The best trial as data, or ``None`` when no trial completed.
@@ -106,6 +108,7 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
         stop.set()
         stop_worker_processes(procs)
         thread.join()
+    already_failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     try:
         if show_progress:
             follow(lambda: progress(study, spec).as_dict(), keep_going=alive)
@@ -115,7 +118,8 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
                 p.join()
     finally:
         shutdown()
-    found = best_trial(study, spec)
-    if found is not None and show_progress:
-        console.print(best_table(found, spec.training.metric))
-    return found
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number not in already_failed and not is_surplus(trial):
+            console.print(f"trial {trial.number} failed: {trial.user_attrs.get(FAIL_REASON_ATTR, 'no reason recorded')}",
+                          markup=False, highlight=False)
+    return best_trial(study, spec)

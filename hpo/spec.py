@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["classification", "regression", "forecasting"]
 Cell = Literal["rnn", "lstm", "gru"]
@@ -304,10 +305,14 @@ class BudgetSpec(_Strict):
 DEFAULT_N_TRIALS = 20
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
 class StudySpec(_Strict):
     """A whole study: what to tune, on which data, how to score it, and how long to try."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    # The pattern stays in the JSON schema; the validator below says it in words.
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
     task: Task = "classification"
     dataset: DatasetSpec
     model: ModelSpec = ModelSpec()
@@ -318,6 +323,14 @@ class StudySpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     budget: BudgetSpec = BudgetSpec()
     enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+
+    @field_validator("name")
+    @classmethod
+    def _name_in_words(cls, name: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"{name!r} is not a study name: use 1 to 128 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit")
+        return name
     fit_to_data: list[Literal[FITTED_FIELDS]] | None = None  # type: ignore[valid-type]
 
     @model_validator(mode="before")

@@ -133,6 +133,15 @@ def fail_study(storage: BaseStorage, study_name: str, reason: str) -> None:
     storage.set_study_user_attr(storage.get_study_id_from_name(study_name), ERROR_ATTR, reason)
 
 
+def clear_failure(storage: BaseStorage, study_name: str) -> None:
+    """Forget why a study could not run (a worker's ``fail_study``): workers try it again.
+
+    Raises:
+        KeyError: no study has that name (any more).
+    """
+    storage.set_study_user_attr(storage.get_study_id_from_name(study_name), ERROR_ATTR, None)
+
+
 def is_cancelled(storage: BaseStorage, study_id: int) -> bool:
     return bool(storage.get_study_user_attrs(study_id).get(CANCELLED_ATTR))
 

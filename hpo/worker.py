@@ -388,6 +388,8 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     storage = open_storage(
         options.database_url, heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period
     )
+    if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
     picker = StudyPicker(storage, options, worker_index, stop)
     outage_s = 0.0
     while not stop.is_set():

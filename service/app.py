@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from hpo.data import DatasetStore
@@ -34,6 +35,8 @@ from service.trial_cache import TrialCache
 
 log = logging.getLogger("service")
 API_PREFIX = "/api/v1"
+# Swagger UI's and ReDoc's scripts, served from the fastapi-offline package (the machine may be offline).
+DOCS_ASSETS = "/assets/api-docs"
 DESCRIPTION = """Hyperparameter optimization of recurrent networks, as a service.
 
 Submit a study spec, watch its trials arrive (`/events` streams them), then ask for the
@@ -101,13 +104,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         The app; its resources open when it starts (lifespan).
     """
     settings = settings or Settings()
-    app = FastAPI(
+    app = FastAPIOffline(
         title="hpo",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=_lifespan,
         openapi_url="/openapi.json",
         docs_url="/docs",
+        redoc_url="/redoc",
+        static_url=DOCS_ASSETS,
     )
     app.state.settings = settings
     app.state.event_reads = SharedReads(max_age_s=settings.events_poll_s)  # one read per study and poll

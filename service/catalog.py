@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 from hpo.db.models import StudyRecord
 from hpo.export import remove_models
 from hpo.spec import SpecError, StudySpec
-from hpo.studies import Progress, create_study, set_cancelled
+from hpo.studies import ERROR_ATTR, Progress, clear_failure, create_study, set_cancelled
 from service import records
+from service.errors import problem
 from service.trial_cache import LoadedStudy, StudyNotFound, TrialCache
 
 ID_ALPHABET = string.ascii_lowercase + string.digits  # url-safe and never mistaken for a CLI flag
@@ -183,7 +184,21 @@ def cancel(storage: BaseStorage, loaded: LoadedStudy) -> None:
 
 
 def resume(storage: BaseStorage, loaded: LoadedStudy) -> None:
-    set_cancelled(storage, loaded.record.optuna_study_name, False)
+    """Resume a cancelled study, or retry one that failed because it could not run (e.g. its
+    dataset was missing on the workers): they try it again.
+
+    Raises:
+        HTTPException: 409 for a study that failed on its own trials (every one failed, or its
+            timeout passed): a retry would repeat them, so it is refused with the reason.
+    """
+    name = loaded.record.optuna_study_name
+    prog = loaded.progress()
+    if prog.state == "failed":
+        if not loaded.study.user_attrs.get(ERROR_ATTR):
+            raise problem(409, f"study {loaded.record.id!r} failed on its own trials ({prog.reason}); a retry would "
+                               "run the same spec again: fix the cause, then submit it as a new study")
+        clear_failure(storage, name)
+    set_cancelled(storage, name, False)
 
 
 def delete(session: Session, cache: TrialCache, loaded: LoadedStudy) -> None:

@@ -61,6 +61,9 @@ class BodySizeLimitMiddleware:
         else:
             limit = self.max_body_bytes
             refusal = too_large_message(limit, "the request body")
+            if scope["path"].endswith("/predict"):  # large inputs have a way in: say which
+                refusal += (f"; send larger inputs as a multipart `file` (NPZ, CSV or TSV, up to "
+                            f"{self.max_upload_bytes / 2**20:.4g} MiB) to the same endpoint")
         try:
             declared = int(headers.get("content-length", ""))
         except ValueError:

@@ -1,10 +1,12 @@
 """The `hpo` command line, run as a real process."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -97,3 +99,40 @@ def test_flags_win_over_the_environment_which_wins_over_the_defaults(monkeypatch
     assert settings_of(parser.parse_args(["worker", "--grace-period", "9"])).grace_period == 9
     assert settings_of(parser.parse_args(["status", "x"])).url == "http://example.invalid:1"
     assert settings_of(parser.parse_args(["model", "download", "x", "--url", "http://h:2"])).url == "http://h:2"
+
+
+def test_validate_loads_the_dataset_file(tmp_path):
+    spec = tmp_path / "file.yaml"
+    spec.write_text("name: file\ntask: regression\ndataset: {path: nope.npz}\n")
+    missing = hpo("validate", str(spec), cwd=tmp_path)
+    np.savez(tmp_path / "huge.npz", X=np.ones((20, 6, 2), dtype=np.float32), y=np.linspace(1e199, 1e200, 20))
+    spec.write_text("name: file\ntask: regression\ndataset: {path: huge.npz}\n")
+    huge = hpo("validate", str(spec), cwd=tmp_path)
+
+    assert missing.returncode == 2 and f"{spec}: dataset.path: nope.npz: no such file" in missing.stderr
+    assert huge.returncode == 2 and "dataset.path: huge.npz: y holds values up to 1e+200" in huge.stderr
+
+
+def test_run_prints_one_line_per_failed_trial(tmp_path):
+    spec = tmp_path / "missing.yaml"
+    spec.write_text("name: missing\ntask: regression\ndataset: {path: nope.npz}\ncv: {folds: 2}\n"
+                    "budget: {n_trials: 2}\n")
+    run = hpo("run", str(spec), "--jobs", "1", "--storage", f"sqlite:///{tmp_path}/hpo.db", cwd=tmp_path)
+
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    failed = [line for line in run.stderr.splitlines() if " failed: " in line]
+    assert failed == [f"trial {n} failed: cannot load the dataset: nope.npz: no such file" for n in (0, 1)]
+    assert "no trial completed (each failed trial's reason is above)" in run.stderr
+
+
+def test_run_answers_on_stdout_quiet_or_not(tmp_path):
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: one\ndataset: {builtin: digits}\ncv: {folds: 2}\ntraining: {max_epochs: 1}\n"
+                    "search_space: {hidden_size: 16, batch_size: 256}\nbudget: {n_trials: 1}\n")
+    storage = f"sqlite:///{tmp_path}/hpo.db"
+    quiet = hpo("run", str(spec), "--jobs", "1", "--quiet", "--storage", storage, cwd=tmp_path)
+    again = hpo("run", str(spec), "--jobs", "1", "--n-trials", "1", "--storage", storage, cwd=tmp_path)
+
+    assert quiet.returncode == 0, quiet.stderr
+    assert re.fullmatch(r"best accuracy \d\.\d+ \(trial 0\)\n", quiet.stdout), quiet.stdout
+    assert again.returncode == 0 and "Best trial #0: accuracy" in again.stdout, again

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.spec import SpecError, load_spec, parse_spec, parse_spec_text
+from hpo.spec import NAME_PATTERN, SpecError, load_spec, parse_spec, parse_spec_text
 
 STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
 
@@ -166,3 +166,15 @@ def test_the_largest_seed_runs_on_every_worker():
     spec = parse_spec({"name": "s", "dataset": {"builtin": "digits"}, "sampler": {"seed": 2**32 - 1}})
     for offset in range(3):  # the worker index is added to the seed
         make_sampler(spec, offset)
+
+
+@pytest.mark.parametrize("name", ["has space", "-leading-dash", "x" * 129, "", "ünïcode"])
+def test_a_bad_study_name_is_refused_in_words_not_a_regex(name):
+    with pytest.raises(SpecError) as refused:
+        parse_spec({"name": name, "dataset": {"builtin": "digits"}})
+
+    [error] = refused.value.errors
+    assert error["field"] == "name"
+    assert error["message"] == (f"{name!r} is not a study name: use 1 to 128 letters, digits, '.', '_' or '-', "
+                                "starting with a letter or digit")
+    assert StudySpec.model_json_schema()["properties"]["name"]["pattern"] == NAME_PATTERN

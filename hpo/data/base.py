@@ -18,6 +18,8 @@ import torch
 
 TASKS = ("classification", "regression", "forecasting")
 MIN_SAMPLES = 4  # fewer rows (or forecasting windows) cannot be cross-validated meaningfully
+# Scores square errors in 32-bit floats (max ~3.4e38): larger targets would score inf in every trial.
+MAX_ABS_TARGET = 1e15
 _INT_LABEL = re.compile(r"^[+-]?\d+$")
 
 
@@ -123,6 +125,21 @@ def check_finite(name: str, values: np.ndarray) -> None:
         raise DataError(f"{name} contains infinite values ({n_inf} values); only finite numbers are accepted")
 
 
+def check_target_range(name: str, values: np.ndarray) -> None:
+    """Refuse real-valued targets too large in magnitude to be scored.
+
+    Raises:
+        DataError: e.g. ``"y holds values up to 1e+200 in magnitude; targets must lie within
+            +-1e+15 ..."``.
+    """
+    largest = float(np.abs(values).max(initial=0.0))
+    if largest > MAX_ABS_TARGET:
+        raise DataError(
+            f"{name} holds values up to {largest:.3g} in magnitude; targets must lie within "
+            f"+-{MAX_ABS_TARGET:g} (larger errors overflow when scored): rescale them, e.g. divide by a power of ten"
+        )
+
+
 def check_indices(name: str, idx: np.ndarray, n: int) -> np.ndarray:
     """Validate fold indices and return them as an int64 array.
 
@@ -190,6 +207,7 @@ class Targets:
             raise DataError(f"{name} must have shape [n] or [n, k] for regression; got shape {y.shape}")
         values = y.astype(np.float64).reshape(len(y), -1)
         check_finite(name, values)
+        check_target_range(name, values)
         return cls(task, values, None)
 
     @property

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from hpo.data.base import (
-    MIN_SAMPLES, DataError, Dataset, FoldData, Split, check_indices, fit_standardizer, sha256_of,
+    MIN_SAMPLES, DataError, Dataset, FoldData, Split, check_indices, check_target_range, fit_standardizer,
+    sha256_of,
 )
 from hpo.data.readers import missing_column, parse_table
 
@@ -52,8 +53,9 @@ def parse_series(text: str, delimiter: str, target_column: str | None = None) ->
         The validated series.
 
     Raises:
-        DataError: for a missing or non-numeric target column, no numeric column, or an
-            empty, NaN or infinite value (naming its column and line).
+        DataError: for a missing or non-numeric target column, no numeric column, an
+            empty, NaN or infinite value (naming its column and line), or a target too large
+            to be scored.
     """
     header, rows = parse_table(text, delimiter)
     if target_column is not None and target_column not in header:
@@ -77,6 +79,7 @@ def parse_series(text: str, delimiter: str, target_column: str | None = None) ->
                 raise DataError(f"column {header[j]!r} holds {raw!r} at line {line}; only finite numbers are accepted")
     kept = [header[j] for j in numeric]
     numeric_at = set(numeric)  # a set: a list here made wide tables quadratic
+    check_target_range(f"target column {target!r}", values[:, kept.index(target)])
     dropped = [h for j, h in enumerate(header) if j not in numeric_at]
     return Series(values, kept, target, dropped)
 

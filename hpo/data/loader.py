@@ -49,7 +49,10 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
             info = store.get(ds.id or "")
             path = store.path_of(info.id)
         except KeyError:
-            raise DataError(f"unknown dataset id {ds.id!r}; upload it first or pick a listed one") from None
+            raise DataError(
+                f"unknown dataset id {ds.id!r}: no such upload in the data folder {Path(data_dir).resolve()} on "
+                "this machine; upload it first, or give workers the server's --data-dir (e.g. a shared volume)"
+            ) from None
         source, fmt, options = f"dataset {info.id} ({info.name})", info.format, {**info.options, **overrides}
         if info.task != spec.task:
             raise DataError(f"{source} was uploaded for {info.task}; the spec's task is {spec.task}")

@@ -171,9 +171,10 @@ def cancel_study(loaded: LoadedDep, storage: StorageDep) -> StudyDetail:
 @router.post("/{study_id}/resume", response_model=StudyDetail, responses=SUBMIT_ERRORS, summary="Resume a study")
 def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, cache: TrialCacheDep,
                  settings: SettingsDep) -> StudyDetail:
-    """Let workers run a cancelled study's remaining trials (429 while its owner has too
-    many unfinished studies)."""
-    if loaded.progress().state == "cancelled":
+    """Let workers run a cancelled study's remaining trials, or retry a study that failed
+    because it could not run (409 for one that failed on its own trials; 429 while its owner
+    has too many unfinished studies)."""
+    if loaded.progress().state in ("cancelled", "failed"):
         _check_queue(session, cache, settings, loaded.record.owner)
     catalog.resume(storage, loaded)
     return _detail(loaded)

@@ -270,3 +270,28 @@ def test_a_full_data_disk_is_507_and_keeps_nothing(api, data_dir):
     assert "no space left" in response.json()["detail"][0]["message"]
     assert api.get(DATASETS).json()["total"] == 0
     assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
+
+
+def _huge_series_csv() -> bytes:
+    return b"t,v\n" + b"".join(b"%d,%d.5e200\n" % (i, 1 + i % 7) for i in range(40))
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "task", "message"),
+    [
+        ("huge.npz", npz_bytes(X=np.ones((20, 6, 2)), y=np.linspace(1e199, 1e200, 20)), "regression",
+         "y holds values up to 1e+200 in magnitude; targets must lie within"),
+        ("nan.npz", npz_bytes(X=np.ones((20, 6, 2)), y=np.where(np.arange(20) == 4, np.nan, 1.0)), "regression",
+         "y contains NaN (1 values)"),
+        ("huge.csv", _huge_series_csv(), "forecasting",
+         "target column 'v' holds values up to 7.5e+200 in magnitude; targets must lie within"),
+    ],
+)
+def test_targets_that_cannot_train_are_refused_at_upload(shared_api, filename, content, task, message):
+    """Targets near 1e200 are finite, but their squared errors overflow: every trial would score inf."""
+    response = upload(shared_api, filename, content, task=task)
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["field"] == "file" and message in error["message"], error
+    assert shared_api.get(DATASETS).json()["total"] == 0

@@ -83,3 +83,18 @@ def test_absurd_offsets_are_422_not_a_database_overflow(shared_api, path):
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "offset"
+
+
+def test_a_predict_body_over_the_limit_says_that_a_file_upload_works(shared_api):
+    """Inputs too large for a JSON body fit in a multipart file on the same endpoint."""
+    max_body = shared_api.app.state.settings.max_body_bytes
+    body = '{"x": [' + ",".join(["0.5"] * (max_body // 4)) + "]}"
+
+    predict = shared_api.post("/api/v1/studies/any/predict", content=body,
+                              headers={"Content-Type": "application/json"})
+    submit = shared_api.post("/api/v1/studies", content=body, headers={"Content-Type": "application/json"})
+
+    assert predict.status_code == 413
+    message = predict.json()["detail"][0]["message"]
+    assert "send larger inputs as a multipart `file` (NPZ, CSV or TSV, up to 0.25 MiB) to the same endpoint" in message
+    assert submit.status_code == 413 and "multipart" not in submit.json()["detail"][0]["message"]

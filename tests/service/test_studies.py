@@ -12,7 +12,7 @@ import yaml
 from hpo.export import model_archive, model_job
 from hpo.db.models import model_archives, model_jobs
 from hpo.export.store import ensure_tables, utcnow
-from hpo.studies import SPEC_ATTR
+from hpo.studies import SPEC_ATTR, fail_study
 from tests.support.servers import MAX_BODY_BYTES
 from tests.support.studies import add_trial, tiny_spec
 
@@ -287,3 +287,28 @@ def test_delete_removes_the_models(api, storage):
     assert model_job(storage, created["optuna_study_name"]) is None
     assert model_archive(storage, other["optuna_study_name"], "ensemble") is not None  # another study's stays
     assert model_job(storage, other["optuna_study_name"]) is not None
+
+
+def test_a_study_that_could_not_run_is_retried_by_resume(api, storage):
+    created = api.post(STUDIES, json=tiny_spec()).json()
+    fail_study(storage, created["optuna_study_name"], "cannot load the dataset: nope.npz: no such file")
+    failed = api.get(f"{STUDIES}/{created['id']}").json()
+
+    resumed = api.post(f"{STUDIES}/{created['id']}/resume")
+
+    assert failed["state"] == "failed" and "nope.npz" in failed["reason"]
+    assert resumed.status_code == 200 and resumed.json()["state"] == "queued", resumed.text
+    assert api.get(f"{STUDIES}/{created['id']}").json()["state"] == "queued"
+
+
+def test_a_study_that_failed_on_its_trials_is_not_resumed_and_says_why(api, storage):
+    created = api.post(STUDIES, json=tiny_spec()).json()
+    for _ in range(3):
+        add_trial(storage, created["optuna_study_name"], state="failed", fail_reason="TrainingDiverged: loss nan")
+
+    refused = api.post(f"{STUDIES}/{created['id']}/resume")
+
+    assert refused.status_code == 409
+    message = refused.json()["detail"][0]["message"]
+    assert "failed on its own trials (TrainingDiverged: loss nan)" in message and "submit it as a new study" in message
+    assert api.get(f"{STUDIES}/{created['id']}").json()["state"] == "failed"

@@ -251,3 +251,13 @@ def test_new_study_form_offers_what_the_spec_accepts(api):
     assert data["builtin_tasks"] == spec.BUILTIN_DATASETS
     assert [p["name"] for p in data["tuned_params"]] == list(spec.TUNED_PARAMS)
     assert "const METRICS = {" not in api.get("/assets/new.js").text  # nothing copied into the script
+
+
+def test_the_form_says_what_the_readme_says(api):
+    """The README's tour says "press *Submit*"; after an upload the picker is above the upload box."""
+    html = api.get("/new").text
+    script = api.get("/assets/new.js").text
+
+    assert re.search(r'id="submit">Submit</button>', html) and re.search(r'id="yaml-submit">Submit</button>', html)
+    assert "Start study" not in html
+    assert html.index('id="f-dataset-id"') < html.index('id="upload"') and "selected above." in script

@@ -247,7 +247,7 @@ async function upload() {
   $("u-submit").disabled = true;
   try {
     const dataset = await api(`${API}/datasets`, { method: "POST", body: form });
-    status.textContent = `Uploaded ${dataset.name} as ${dataset.id}; selected below.`;
+    status.textContent = `Uploaded ${dataset.name} as ${dataset.id}; selected above.`;
     await loadDatasets(dataset.id);
     setSource("uploaded");
     $("f-task").value = dataset.task;

@@ -58,7 +58,9 @@ function renderHead() {
   );
   const running = ["queued", "running"].includes(s.state);
   $("cancel").classList.toggle("hidden", !running);
-  $("resume").classList.toggle("hidden", s.state !== "cancelled");
+  // A failed study may be retried: the server does, or answers why not (shown below the header).
+  $("resume").classList.toggle("hidden", !["cancelled", "failed"].includes(s.state));
+  $("resume").textContent = s.state === "failed" ? "Retry study" : "Resume study";
   if (s.dashboard_url) {
     $("dashboard-link").href = s.dashboard_url;
     $("dashboard-link").classList.remove("hidden");
