@@ -77,7 +77,6 @@ class DatasetDeleted(Exception):
     """A study's uploaded dataset was deleted: the study cannot run (again)."""
 
     def __init__(self, study_id: str, dataset_id: str):
-        self.dataset_id = dataset_id
         super().__init__(f"study {study_id!r} reads dataset {dataset_id!r}, which was deleted; the study cannot "
                          "run again (upload the data again and submit a new study)")
 

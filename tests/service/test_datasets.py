@@ -133,7 +133,7 @@ def test_a_study_whose_dataset_was_deleted_cannot_resume(api):
 
 
 def test_a_dataset_deleted_twice_at_once_is_deleted_once(api, data_dir):
-    """Both requests found the row; the one that locks it second gets 404, not a 500."""
+    """Both requests found the row; the one that locks it second finds nothing to delete (404)."""
     dataset = upload(api, "spam.csv", text_csv()).json()
     app = api.app
     with app.state.sessions() as first, app.state.sessions() as second:
