@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hpo.db.models import DatasetRecord
+from hpo.studies import fail_study, set_cancelled
 from service import datasets
 from service.app import create_app
 from tests.support.servers import MAX_UPLOAD_BYTES
@@ -130,6 +131,21 @@ def test_a_study_whose_dataset_was_deleted_cannot_resume(api):
     assert resumed.json()["detail"][0]["field"] == "dataset.id"
     assert dataset["id"] in resumed.json()["detail"][0]["message"]
     assert api.get(f"{STUDIES}/{study['id']}").json()["state"] == "cancelled"  # left as it was
+
+
+def test_a_study_failed_for_its_deleted_dataset_cannot_be_retried(api):
+    dataset = upload(api, "spam.csv", text_csv()).json()
+    study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]})).json()
+    api.post(f"{STUDIES}/{study['id']}/cancel")
+    assert api.delete(f"{DATASETS}/{dataset['id']}").status_code == 204
+    fail_study(api.app.state.storage, study["optuna_study_name"], "the study cannot run: dataset deleted")
+    set_cancelled(api.app.state.storage, study["optuna_study_name"], False)  # as a worker leaves it
+
+    retried = api.post(f"{STUDIES}/{study['id']}/resume")
+
+    assert retried.status_code == 409, retried.text
+    assert retried.json()["detail"][0]["field"] == "dataset.id"
+    assert api.get(f"{STUDIES}/{study['id']}").json()["state"] == "failed"  # its reason kept
 
 
 def test_a_dataset_deleted_twice_at_once_is_deleted_once(api, data_dir):
