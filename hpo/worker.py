@@ -176,9 +176,13 @@ class StudyRunner:
         """Run one trial of the study (failures are stored on the trial, not raised).
 
         Raises:
+            DataError: the study's uploaded dataset was deleted (no trial starts).
             Exception: a database outage (see :func:`database_error`); the trial it
                 interrupted is kept in ``orphaned`` for :meth:`fail_orphaned`.
         """
+        from hpo.data import check_dataset_exists
+
+        check_dataset_exists(self.spec, self._options.data_dir)  # not from memory once deleted: the study fails
         self._trial_number = None
         try:
             self.study.optimize(self._budgeted_objective, n_trials=1, catch=(Exception,))

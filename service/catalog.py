@@ -44,7 +44,8 @@ def new_id() -> str:
 
 
 def check_dataset(session: Session, spec: StudySpec) -> None:
-    """Refuse data the service cannot give its workers.
+    """Refuse data the service cannot give its workers; an uploaded dataset's row stays
+    locked (:func:`records.lock_dataset`) until the session's transaction ends.
 
     Raises:
         SpecError: for a server-side ``dataset.path``, an unknown ``dataset.id``, or a
@@ -58,7 +59,8 @@ def check_dataset(session: Session, spec: StudySpec) -> None:
         }])
     if spec.dataset.id is None:
         return
-    dataset = records.get_dataset(session, spec.dataset.id)
+    # Locked until the caller commits: a delete deciding at the same time waits, then sees the study.
+    dataset = records.get_dataset(session, spec.dataset.id) if records.lock_dataset(session, spec.dataset.id) else None
     if dataset is None:
         raise SpecError([{
             "field": "dataset.id",
@@ -71,11 +73,36 @@ def check_dataset(session: Session, spec: StudySpec) -> None:
         }])
 
 
+class DatasetDeleted(Exception):
+    """A study's uploaded dataset was deleted: the study cannot run (again)."""
+
+    def __init__(self, study_id: str, dataset_id: str):
+        super().__init__(f"study {study_id!r} reads dataset {dataset_id!r}, which was deleted; the study cannot "
+                         "run again (upload the data again and submit a new study)")
+
+
+def dataset_still_exists(session: Session, dataset_id: str) -> bool:
+    """Whether an uploaded dataset still exists, decided against a concurrent delete.
+
+    :func:`submit` calls it once the new study is visible to workers: a delete that decided
+    first has removed the row (the study is then taken back), and one that decides after
+    this sees the study queued and is refused.
+    """
+    exists = records.lock_dataset(session, dataset_id)
+    session.commit()  # the lock only waits out a delete deciding now; later ones see the study
+    return exists
+
+
 def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: str | None = None) -> LoadedStudy:
     """Record a study and create its Optuna study (workers pick it up from there).
 
+    Submitting races with deleting the study's dataset; one transaction decides (see
+    :func:`dataset_still_exists`): either the study exists and the delete is refused, or
+    the dataset is gone and the submission is refused, leaving no study behind.
+
     Raises:
-        SpecError: when the spec's dataset cannot be used (see :func:`check_dataset`).
+        SpecError: when the spec's dataset cannot be used (see :func:`check_dataset`), or
+            was deleted while the study was being submitted.
     """
     check_dataset(session, spec)
     study_id = new_id()
@@ -93,7 +120,14 @@ def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: st
     session.commit()
     try:
         study = create_study(storage, spec, study_name=record.optuna_study_name)
+        if spec.dataset.id is not None and not dataset_still_exists(session, spec.dataset.id):
+            raise SpecError([{
+                "field": "dataset.id",
+                "message": f"dataset {spec.dataset.id!r} was deleted while the study was being submitted; "
+                           "upload the data again",
+            }])
     except BaseException:
+        _delete_optuna_study(storage, record.optuna_study_name)
         session.delete(record)
         session.commit()
         raise
@@ -183,15 +217,22 @@ def cancel(storage: BaseStorage, loaded: LoadedStudy) -> None:
     set_cancelled(storage, loaded.record.optuna_study_name, True)
 
 
-def resume(storage: BaseStorage, loaded: LoadedStudy) -> None:
+def resume(session: Session, storage: BaseStorage, loaded: LoadedStudy) -> None:
     """Resume a cancelled study, or retry one that failed because it could not run (e.g. its
     dataset was missing on the workers): they try it again.
 
+    A delete of its dataset deciding at the same moment may still win (the check and the
+    resume are two transactions): the workers then fail the study with that reason before
+    any trial starts (``hpo.data.check_dataset_exists``).
+
     Raises:
+        DatasetDeleted: the study's uploaded dataset was deleted (the study is left as it was).
         HTTPException: 409 for a study that failed on its own trials (every one failed, or its
             timeout passed): a retry would repeat them, so it is refused with the reason.
     """
-    name = loaded.record.optuna_study_name
+    name, dataset_id = loaded.record.optuna_study_name, loaded.record.dataset_id
+    if dataset_id is not None and not dataset_still_exists(session, dataset_id):
+        raise DatasetDeleted(loaded.record.id, dataset_id)
     prog = loaded.progress()
     if prog.state == "failed":
         if not loaded.study.user_attrs.get(ERROR_ATTR):
@@ -205,12 +246,17 @@ def delete(session: Session, cache: TrialCache, loaded: LoadedStudy) -> None:
     """Delete the study's row, its Optuna study (cancelled first, so running trials stop)
     and its models and model jobs."""
     name = loaded.record.optuna_study_name
-    try:
-        set_cancelled(cache.backend, name, True)
-        optuna.delete_study(study_name=name, storage=cache.backend)
-    except KeyError:
-        pass  # already gone from Optuna's tables
+    _delete_optuna_study(cache.backend, name)
     cache.forget(name)
     remove_models(cache.backend, name)
     session.delete(loaded.record)
     session.commit()
+
+
+def _delete_optuna_study(storage: BaseStorage, name: str) -> None:
+    """Delete an Optuna study, cancelled first so that its running trials stop."""
+    try:
+        set_cancelled(storage, name, True)
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass  # already gone from Optuna's tables (or never created)

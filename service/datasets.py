@@ -73,14 +73,23 @@ def _parse_time(value: Any) -> dt.datetime:
 def delete(session: Session, cache: TrialCache, store: DatasetStore, record: DatasetRecord) -> None:
     """Delete a dataset's row and file.
 
+    The row is locked (:func:`records.lock_dataset`) before its studies are looked at, so
+    one transaction decides between this and a study submitted or resumed at the same
+    moment (see :func:`catalog.submit`).
+
     Raises:
         DatasetInUse: when a queued or running study reads it.
+        KeyError: when another request deleted it first.
     """
-    users = catalog.with_progress(cache, records.studies_using_dataset(session, record.id))
+    dataset_id = record.id
+    if not records.lock_dataset(session, dataset_id):
+        session.rollback()
+        raise KeyError(dataset_id)
+    users = catalog.with_progress(cache, records.studies_using_dataset(session, dataset_id))
     unfinished = [loaded.record.id for loaded, prog in users if prog.state not in catalog.FINISHED_STATES]
     if unfinished:
-        raise DatasetInUse(record.id, unfinished)
-    dataset_id = record.id
+        session.rollback()  # the lock goes at once, not when the answer has been sent
+        raise DatasetInUse(dataset_id, unfinished)
     session.delete(record)
     session.commit()
     try:

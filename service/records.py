@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import TypeVar
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from hpo.db.models import DatasetRecord, StudyRecord
@@ -76,6 +76,29 @@ def studies_of_owner(session: Session, owner: str | None) -> Sequence[StudyRecor
 
 def get_dataset(session: Session, dataset_id: str) -> DatasetRecord | None:
     return session.get(DatasetRecord, dataset_id) if is_valid_id(dataset_id) else None
+
+
+def lock_dataset(session: Session, dataset_id: str) -> bool:
+    """Lock a dataset's row until the session's transaction ends, and say whether it exists.
+
+    Submitting a study, resuming one and deleting a dataset each take this lock before they
+    decide, so one transaction decides between them. The lock is a write of the row (of
+    nothing in it): SQLite ignores ``SELECT ... FOR UPDATE``, and a write is what both
+    databases serialize (a row lock on PostgreSQL, the database's write lock on SQLite).
+    Owners are not looked at: the caller checks that the session may see the dataset.
+
+    Args:
+        session: the session whose transaction holds the lock (commit or roll back soon).
+        dataset_id: the dataset's id.
+
+    Returns:
+        Whether the dataset's row exists (it was not deleted by a transaction that committed first).
+    """
+    if not is_valid_id(dataset_id):
+        return False
+    statement = (update(DatasetRecord).where(DatasetRecord.id == dataset_id).values(name=DatasetRecord.name)
+                 .execution_options(synchronize_session=False))
+    return session.execute(statement).rowcount == 1
 
 
 def page_of(session: Session, model: type[Row], limit: int, offset: int) -> tuple[Sequence[Row], int]:

@@ -2,6 +2,7 @@
 the budget bound that spares a read, stale trials, surplus trials, and its light imports."""
 
 import datetime as dt
+import io
 import itertools
 import random
 import subprocess
@@ -9,11 +10,13 @@ import sys
 import threading
 import time
 
+import numpy as np
 import optuna
 import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState, create_trial
 
+from hpo.data import DataError, DatasetStore
 from hpo.spec import parse_spec
 from hpo.storage import open_storage
 from hpo.studies import (
@@ -189,6 +192,25 @@ def test_a_runner_loads_its_dataset_at_its_first_trial(sqlite_url, tmp_path):
     runner.refresh(cancelled=False)
     runner.run_one()
     assert "cannot load the dataset" in runner.study.trials[0].user_attrs[FAIL_REASON_ATTR]
+
+
+def test_a_runner_never_trains_on_a_deleted_dataset_it_holds_in_memory(sqlite_url, tmp_path):
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    np.savez(buffer, X=rng.normal(size=(20, 6, 2)).astype(np.float32), y=np.arange(20) % 2)
+    store = DatasetStore(tmp_path / "data")
+    info = store.save("kept.npz", buffer.getvalue(), task="classification")
+    storage, picker = picker_on(sqlite_url, data_dir=str(tmp_path / "data"))
+    create_study(storage, spec("kept", n_trials=3, dataset={"id": info.id}))
+    runner = picker.pick(storage.get_all_studies())
+    runner.run_one()
+    assert [t.state for t in runner.study.trials] == [TrialState.COMPLETE]  # the data is now in memory
+
+    store.delete(info.id)
+
+    with pytest.raises(DataError, match=f"{info.id}.*deleted"):
+        runner.run_one()
+    assert len(runner.study.trials) == 1  # no trial started
 
 
 @pytest.mark.parametrize("module", ["hpo.local", "hpo.worker", "hpo.cli"])

@@ -5,7 +5,8 @@ after their declared sizes and dtypes are checked, and text is parsed, never eva
 """
 
 from hpo.data.base import DataError, Dataset, FoldData, Split
-from hpo.data.loader import load_dataset
+from hpo.data.loader import check_dataset_exists, load_dataset
 from hpo.data.store import DatasetInfo, DatasetStore
 
-__all__ = ["DataError", "Dataset", "DatasetInfo", "DatasetStore", "FoldData", "Split", "load_dataset"]
+__all__ = ["DataError", "Dataset", "DatasetInfo", "DatasetStore", "FoldData", "Split", "check_dataset_exists",
+           "load_dataset"]

@@ -60,3 +60,25 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
         return open_file(path, format=fmt, task=spec.task, options=options, lookback=lookback, horizon=horizon)
     except DataError as exc:
         raise DataError(f"{source}: {exc}") from None
+
+
+def check_dataset_exists(spec: StudySpec, data_dir: str | Path | None) -> None:
+    """Refuse a study whose uploaded dataset was deleted (a worker checks before each trial,
+    since it keeps the data in memory from the study's first trial).
+
+    Args:
+        spec: the validated study spec (only ``dataset.id`` is checked: builtins cannot go,
+            and a missing ``dataset.path`` fails its trials as it loads).
+        data_dir: the dataset store's data directory.
+
+    Raises:
+        DataError: when ``dataset.id`` names no stored dataset any more.
+    """
+    dataset_id = spec.dataset.id
+    if dataset_id is None or data_dir is None:
+        return
+    try:
+        DatasetStore(data_dir).get(dataset_id)
+    except KeyError:
+        raise DataError(f"dataset.id: dataset {dataset_id!r} was deleted; it is never trained on again "
+                        "(upload the data again and submit a new study)") from None

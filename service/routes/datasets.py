@@ -77,6 +77,8 @@ def delete_dataset(session: SessionDep, cache: TrialCacheDep, store: DatasetStor
     record = _get_record(session, dataset_id)
     try:
         datasets.delete(session, cache, store, record)
+    except KeyError:
+        raise problem(404, f"no dataset with id {dataset_id!r}", field="dataset_id") from None
     except datasets.DatasetInUse as exc:
         raise problem(409, str(exc), field="dataset_id") from None
     return Response(status_code=204)

@@ -172,11 +172,14 @@ def cancel_study(loaded: LoadedDep, storage: StorageDep) -> StudyDetail:
 def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, cache: TrialCacheDep,
                  settings: SettingsDep) -> StudyDetail:
     """Let workers run a cancelled study's remaining trials, or retry a study that failed
-    because it could not run (409 for one that failed on its own trials; 429 while its owner
-    has too many unfinished studies)."""
+    because it could not run (409 for one that failed on its own trials or whose uploaded
+    dataset was deleted; 429 while its owner has too many unfinished studies)."""
     if loaded.progress().state in ("cancelled", "failed"):
         _check_queue(session, cache, settings, loaded.record.owner)
-    catalog.resume(storage, loaded)
+    try:
+        catalog.resume(session, storage, loaded)
+    except catalog.DatasetDeleted as exc:
+        raise problem(409, str(exc), field="dataset.id") from None
     return _detail(loaded)
 
 

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from hpo.db.models import DatasetRecord
+from hpo.studies import fail_study, set_cancelled
+from service import datasets
 from service.app import create_app
 from tests.support.servers import MAX_UPLOAD_BYTES
 from tests.support.studies import tiny_spec
@@ -113,6 +116,47 @@ def test_a_dataset_in_use_cannot_be_deleted(api, data_dir):
     assert refused.status_code == 409
     assert study["id"] in refused.json()["detail"][0]["message"]
     assert allowed.status_code == 204
+    assert dataset_dirs(data_dir) == []
+
+
+def test_a_study_whose_dataset_was_deleted_cannot_resume(api):
+    dataset = upload(api, "spam.csv", text_csv()).json()
+    study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]})).json()
+    api.post(f"{STUDIES}/{study['id']}/cancel")
+    assert api.delete(f"{DATASETS}/{dataset['id']}").status_code == 204
+
+    resumed = api.post(f"{STUDIES}/{study['id']}/resume")
+
+    assert resumed.status_code == 409, resumed.text
+    assert resumed.json()["detail"][0]["field"] == "dataset.id"
+    assert dataset["id"] in resumed.json()["detail"][0]["message"]
+    assert api.get(f"{STUDIES}/{study['id']}").json()["state"] == "cancelled"  # left as it was
+
+
+def test_a_study_failed_for_its_deleted_dataset_cannot_be_retried(api):
+    dataset = upload(api, "spam.csv", text_csv()).json()
+    study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]})).json()
+    api.post(f"{STUDIES}/{study['id']}/cancel")
+    assert api.delete(f"{DATASETS}/{dataset['id']}").status_code == 204
+    fail_study(api.app.state.storage, study["optuna_study_name"], "the study cannot run: dataset deleted")
+    set_cancelled(api.app.state.storage, study["optuna_study_name"], False)  # as a worker leaves it
+
+    retried = api.post(f"{STUDIES}/{study['id']}/resume")
+
+    assert retried.status_code == 409, retried.text
+    assert retried.json()["detail"][0]["field"] == "dataset.id"
+    assert api.get(f"{STUDIES}/{study['id']}").json()["state"] == "failed"  # its reason kept
+
+
+def test_a_dataset_deleted_twice_at_once_is_deleted_once(api, data_dir):
+    """Both requests found the row; the one that locks it second finds nothing to delete (404)."""
+    dataset = upload(api, "spam.csv", text_csv()).json()
+    app = api.app
+    with app.state.sessions() as first, app.state.sessions() as second:
+        rows = [session.get(DatasetRecord, dataset["id"]) for session in (first, second)]
+        datasets.delete(first, app.state.trial_cache, app.state.dataset_store, rows[0])
+        with pytest.raises(KeyError):
+            datasets.delete(second, app.state.trial_cache, app.state.dataset_store, rows[1])
     assert dataset_dirs(data_dir) == []
 
 
