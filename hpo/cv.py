@@ -107,7 +107,8 @@ def nested_fold(fold: FoldData, spec: StudySpec) -> FoldData:
     if len(kept) < MIN_SAMPLES:
         raise ValueError(
             f"cv.inner_holdout: a fold's {len(y)} training rows leave {len(kept)} to train on after the inner "
-            f"validation split; at least {MIN_SAMPLES} are needed (use fewer cv.folds or a smaller inner_holdout)"
+            f"validation split; at least {MIN_SAMPLES} are needed (use fewer cv.folds, a smaller inner_holdout, "
+            "or for a series a shorter training.lookback)"
         )
     return dataclasses.replace(fold, train=_rows(fold.train, kept), val=_rows(fold.train, held), holdout=fold.val)
 

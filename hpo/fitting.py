@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from hpo.data import FoldData
+from hpo.cv import fold_indices, nested_fold
+from hpo.data import Dataset, FoldData
 from hpo.spec import ParamSpec, StudySpec
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
@@ -17,6 +18,31 @@ LONG_SEQUENCE = 200  # steps from which a frontend that shortens the sequence is
 FRONTEND_STEPS = (100, 50)  # the recurrent layer then reads about this many steps
 EPOCHS_AT_5000_ROWS = 20
 MAX_FITTED_EPOCHS = 150
+
+
+def fitted_folds(spec: StudySpec, dataset: Dataset) -> tuple[StudySpec, list[FoldData]]:
+    """The trials' nested folds (:func:`hpo.cv.nested_fold`) and the spec they were built with.
+
+    With ``cv.folds`` among the spec's ``fit_to_data``, small data gets fewer folds: the
+    most, up to the default, that leave every fold's training part enough rows for its
+    inner split (a 24-month series cannot feed five time-ordered folds).
+
+    Raises:
+        ValueError: when even two folds cannot be built (the message says why).
+    """
+    most = spec.cv.folds
+    counts = list(range(most, 1, -1)) if "cv.folds" in (spec.fit_to_data or ()) else [most]
+    for folds in counts[:-1]:
+        try:
+            return _nested_folds(spec, dataset, folds)
+        except ValueError:
+            continue  # too few rows for this many folds: try one fewer
+    return _nested_folds(spec, dataset, counts[-1])
+
+
+def _nested_folds(spec: StudySpec, dataset: Dataset, folds: int) -> tuple[StudySpec, list[FoldData]]:
+    spec = spec.model_copy(update={"cv": spec.cv.model_copy(update={"folds": folds})})
+    return spec, [nested_fold(dataset.fold(train, val), spec) for train, val in fold_indices(dataset, spec)]
 
 
 def fit_spec_to_data(spec: StudySpec, folds: list[FoldData]) -> StudySpec:

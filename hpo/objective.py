@@ -10,9 +10,9 @@ import numpy as np
 import optuna
 import torch
 
-from hpo.cv import fold_indices, nested_fold, run_folds
+from hpo.cv import run_folds
 from hpo.data import Dataset, FoldData
-from hpo.fitting import fit_spec_to_data
+from hpo.fitting import fit_spec_to_data, fitted_folds
 from hpo.lockstep import lockstep_trainers
 from hpo.samplers import suggest_params
 from hpo.spec import StudySpec
@@ -72,11 +72,9 @@ class Objective:
 
     def folds(self) -> list[FoldData]:
         if self._folds is None:
-            self._folds = [
-                nested_fold(self.dataset.fold(tr, va), self.spec) for tr, va in fold_indices(self.dataset, self.spec)
-            ]
-            # What the spec leaves out is fitted to the folds: the same for every worker of the study.
-            self.spec = fit_spec_to_data(self.spec, self._folds)
+            # What the spec leaves out is fitted to the data: the same for every worker of the study.
+            spec, self._folds = fitted_folds(self.spec, self.dataset)
+            self.spec = fit_spec_to_data(spec, self._folds)
         return self._folds
 
     def __call__(self, trial: optuna.Trial) -> float:

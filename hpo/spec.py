@@ -147,7 +147,9 @@ _PARAMS: dict[str, tuple[str, dict[str, Any], tuple[float, float] | tuple[Any, .
 TUNED_PARAMS = ("lr", "batch_size", "hidden_size", "dropout", "clip_norm")
 PARAM_NAMES = tuple(_PARAMS)
 # Fields that, left out of a spec, are fitted to the data by the workers (hpo.fitting).
-FITTED_FIELDS = ("search_space.batch_size", "search_space.frontend", "training.max_epochs", "training.patience")
+FITTED_FIELDS = (
+    "search_space.batch_size", "search_space.frontend", "training.max_epochs", "training.patience", "cv.folds",
+)
 
 
 class SearchSpace(_Strict):
@@ -323,6 +325,7 @@ class StudySpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     budget: BudgetSpec = BudgetSpec()
     enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    fit_to_data: list[Literal[FITTED_FIELDS]] | None = None  # type: ignore[valid-type]
 
     @field_validator("name")
     @classmethod
@@ -331,7 +334,6 @@ class StudySpec(_Strict):
             raise ValueError(f"{name!r} is not a study name: use 1 to 128 letters, digits, '.', '_' or '-', "
                              "starting with a letter or digit")
         return name
-    fit_to_data: list[Literal[FITTED_FIELDS]] | None = None  # type: ignore[valid-type]
 
     @model_validator(mode="before")
     @classmethod

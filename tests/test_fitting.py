@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hpo.data import FoldData, Split
-from hpo.fitting import fit_spec_to_data
+from hpo.data import FoldData, Split, load_dataset
+from hpo.fitting import fit_spec_to_data, fitted_folds
 from hpo.spec import SpecError, parse_spec
 
 
@@ -31,7 +31,7 @@ def test_a_small_training_set_gets_small_batches_and_more_epochs_and_patience():
 
 def test_what_the_spec_gives_is_kept_and_the_spec_round_trips_its_fitted_fields():
     spec = _spec(search_space={"batch_size": {"choices": [256]}}, training={"max_epochs": 7, "patience": None})
-    assert spec.fit_to_data == ["search_space.frontend"]
+    assert spec.fit_to_data == ["search_space.frontend", "cv.folds"]
     fitted = fit_spec_to_data(spec, _folds(23, steps=400))
     assert fitted.search_space.batch_size.choices == [256]
     assert (fitted.training.max_epochs, fitted.training.patience) == (7, None)
@@ -59,3 +59,17 @@ def test_the_new_dimensions_are_validated_with_the_field_and_what_is_accepted(fi
     with pytest.raises(SpecError) as caught:
         _spec(**fields)
     assert any(e["field"] == field and message in e["message"] for e in caught.value.errors), caught.value.errors
+
+
+def test_left_out_cv_folds_shrink_until_a_short_series_can_be_split(tmp_path):
+    # 30 monthly values, lookback 12: five time-ordered folds leave too few training windows for an inner split.
+    path = tmp_path / "short.csv"
+    path.write_text("sales\n" + "\n".join(str(100 + 7 * i + (i % 3)) for i in range(30)) + "\n")
+    spec = parse_spec({"name": "short", "task": "forecasting", "dataset": {"path": str(path)}})
+    dataset = load_dataset(spec)
+    with pytest.raises(ValueError, match="inner"):
+        fitted_folds(parse_spec({**spec.model_dump(mode="json", exclude={"fit_to_data"}),
+                                 "cv": {"folds": 5, "strategy": "timeseries"}}), dataset)
+    fitted, folds = fitted_folds(spec, dataset)
+    assert 2 <= fitted.cv.folds < 5 and len(folds) == fitted.cv.folds
+    assert all(fold.holdout is not None for fold in folds)
