@@ -149,6 +149,7 @@ PARAM_NAMES = tuple(_PARAMS)
 # Fields that, left out of a spec, are fitted to the data by the workers (hpo.fitting).
 FITTED_FIELDS = (
     "search_space.batch_size", "search_space.frontend", "training.max_epochs", "training.patience", "cv.folds",
+    "training.lookback",
 )
 
 

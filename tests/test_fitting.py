@@ -31,7 +31,7 @@ def test_a_small_training_set_gets_small_batches_and_more_epochs_and_patience():
 
 def test_what_the_spec_gives_is_kept_and_the_spec_round_trips_its_fitted_fields():
     spec = _spec(search_space={"batch_size": {"choices": [256]}}, training={"max_epochs": 7, "patience": None})
-    assert spec.fit_to_data == ["search_space.frontend", "cv.folds"]
+    assert spec.fit_to_data == ["search_space.frontend", "cv.folds", "training.lookback"]
     fitted = fit_spec_to_data(spec, _folds(23, steps=400))
     assert fitted.search_space.batch_size.choices == [256]
     assert (fitted.training.max_epochs, fitted.training.patience) == (7, None)
@@ -63,9 +63,11 @@ def test_the_new_dimensions_are_validated_with_the_field_and_what_is_accepted(fi
 
 def test_left_out_cv_folds_shrink_until_a_short_series_can_be_split(tmp_path):
     # 30 monthly values, lookback 12: five time-ordered folds leave too few training windows for an inner split.
+    # (The lookback is given: fitted, it would be shorter, see the next test.)
     path = tmp_path / "short.csv"
     path.write_text("sales\n" + "\n".join(str(100 + 7 * i + (i % 3)) for i in range(30)) + "\n")
-    spec = parse_spec({"name": "short", "task": "forecasting", "dataset": {"path": str(path)}})
+    spec = parse_spec({"name": "short", "task": "forecasting", "dataset": {"path": str(path)},
+                       "training": {"lookback": 12}})
     dataset = load_dataset(spec)
     with pytest.raises(ValueError, match="inner"):
         fitted_folds(parse_spec({**spec.model_dump(mode="json", exclude={"fit_to_data"}),
@@ -73,3 +75,17 @@ def test_left_out_cv_folds_shrink_until_a_short_series_can_be_split(tmp_path):
     fitted, folds = fitted_folds(spec, dataset)
     assert 2 <= fitted.cv.folds < 5 and len(folds) == fitted.cv.folds
     assert all(fold.holdout is not None for fold in folds)
+
+
+def test_a_short_series_left_without_lookback_gets_a_shorter_one_and_can_be_cross_validated(tmp_path):
+    # ShampooSales' shape: 24 monthly values; with the default lookback 12 even two nested folds cannot be built.
+    path = tmp_path / "shampoo.csv"
+    path.write_text("sales\n" + "\n".join(str(100 + 7 * i + (i % 3)) for i in range(24)) + "\n")
+    given = parse_spec({"name": "s", "task": "forecasting", "dataset": {"path": str(path)}, "training": {"lookback": 12}})
+    with pytest.raises(ValueError, match="inner"):
+        fitted_folds(given, load_dataset(given))
+    spec = parse_spec({"name": "s", "task": "forecasting", "dataset": {"path": str(path)}})
+    dataset = load_dataset(spec)
+    assert dataset.lookback == 6
+    fitted, folds = fitted_folds(spec, dataset)
+    assert fitted.cv.folds >= 2 and all(fold.preprocessing.lookback == 6 for fold in folds)

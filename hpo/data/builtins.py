@@ -19,7 +19,7 @@ def load_builtin(
     name: str,
     *,
     max_length: int = DEFAULT_MAX_LENGTH,
-    lookback: int = DEFAULT_LOOKBACK,
+    lookback: int | None = DEFAULT_LOOKBACK,
     horizon: int = DEFAULT_HORIZON,
 ) -> Dataset:
     """Load a built-in dataset (raw arrays are cached in-process).

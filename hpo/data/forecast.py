@@ -117,8 +117,10 @@ class ForecastDataset(Dataset):
     class_names = None
     classes = None
 
-    def __init__(self, series: Series, lookback: int, horizon: int):
+    def __init__(self, series: Series, lookback: int | None, horizon: int):
         rows = len(series.values)
+        if lookback is None:  # fitted: the default, shortened for a short series so that windows stay many
+            lookback = min(DEFAULT_LOOKBACK, max(1, (rows - horizon + 1) // 4))
         n_windows = rows - lookback - horizon + 1
         if n_windows < MIN_SAMPLES:
             raise DataError(

@@ -64,7 +64,7 @@ def open_file(
     format: str | None,
     task: str,
     options: Mapping[str, Any] | None = None,
-    lookback: int = DEFAULT_LOOKBACK,
+    lookback: int | None = DEFAULT_LOOKBACK,
     horizon: int = DEFAULT_HORIZON,
     max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
 ) -> Dataset:

@@ -33,7 +33,9 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
     """
     ds = spec.dataset
     fmt: str | None
-    lookback, horizon = spec.training.lookback, spec.training.horizon
+    horizon = spec.training.horizon
+    # Left out of the spec, a series' lookback is fitted to its length (ForecastDataset).
+    lookback = None if "training.lookback" in (spec.fit_to_data or ()) else spec.training.lookback
     if ds.builtin is not None:
         return load_builtin(ds.builtin, max_length=ds.max_length, lookback=lookback, horizon=horizon)
     overrides = {k: getattr(ds, k) for k in OPTION_NAMES if k in ds.model_fields_set and getattr(ds, k) is not None}
