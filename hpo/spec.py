@@ -300,9 +300,12 @@ class TrainingSpec(_Strict):
     seed: Seed = 0
 
 
+MAX_TIMEOUT_S = 366 * 24 * 3600  # a year: a longer wall-clock budget is a mistake, not a deadline
+
+
 class BudgetSpec(_Strict):
     n_trials: int | None = Field(default=None, ge=1, le=100_000)
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
 
 
 DEFAULT_N_TRIALS = 20

@@ -178,3 +178,10 @@ def test_a_bad_study_name_is_refused_in_words_not_a_regex(name):
     assert error["message"] == (f"{name!r} is not a study name: use 1 to 128 letters, digits, '.', '_' or '-', "
                                 "starting with a letter or digit")
     assert StudySpec.model_json_schema()["properties"]["name"]["pattern"] == NAME_PATTERN
+
+
+@pytest.mark.parametrize("timeout_s", [2**64, 1e300, 366 * 24 * 3600 + 1])
+def test_a_timeout_beyond_a_year_is_refused_naming_the_field(timeout_s):
+    with pytest.raises(SpecError) as refused:
+        parse_spec({"name": "t", "dataset": {"builtin": "digits"}, "budget": {"timeout_s": timeout_s}})
+    assert refused.value.errors[0]["field"] == "budget.timeout_s"
