@@ -77,11 +77,12 @@ def test_run_with_two_workers_runs_every_trial_once(database_url, tmp_path):
 
 
 def test_run_exits_non_zero_when_no_trial_completed(tmp_path):
-    """A budget that ends during the first trial: it stops there (pruned), none completes."""
+    """A budget that ends during the first trial of a fold-by-fold (Wilcoxon) study: its last
+    fold never starts, so it stops as pruned and none completes."""
     spec = tmp_path / "short.yaml"
-    spec.write_text("name: short\ndataset: {builtin: digits}\ncv: {folds: 2}\npruner: {name: none}\n"
+    spec.write_text("name: short\ndataset: {builtin: digits}\ncv: {folds: 3}\npruner: {name: wilcoxon}\n"
                     "search_space: {hidden_size: 16, batch_size: 128}\n"
-                    "training: {max_epochs: 300, patience: null}\nbudget: {n_trials: 5, timeout_s: 0.01}\n")
+                    "training: {max_epochs: 3, patience: null}\nbudget: {n_trials: 5, timeout_s: 0.01}\n")
     run = hpo("run", str(spec), "--jobs", "1", "--quiet", "--storage", f"sqlite:///{tmp_path}/hpo.db")
     assert run.returncode == 2, run.stderr
     assert "no trial completed" in run.stderr and "Traceback" not in run.stderr

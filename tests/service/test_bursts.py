@@ -10,6 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from tests.support.aio import run_async
 from tests.support.servers import ServeProcess
 from tests.support.studies import tiny_spec
 
@@ -42,7 +43,7 @@ async def burst(base_url: str) -> list[httpx.Response | Exception]:
 def run_burst(database_url: str, folder, env: dict[str, str]) -> tuple[list[httpx.Response | Exception], str]:
     with ServeProcess(database_url, folder / "data", folder / "serve.log", env=env) as server:
         httpx.post(f"{server.url}{STUDIES}", json=tiny_spec(), timeout=30).raise_for_status()
-        answers = asyncio.run(burst(server.url))
+        answers = run_async(burst(server.url))
         return answers, server.output(20_000)
 
 

@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from service.events import SharedReads, Snapshot
+from tests.support.aio import run_async
 from tests.support.databases import postgres_admin
 from tests.support.servers import ServeProcess
 from tests.support.studies import tiny_spec
@@ -179,7 +180,7 @@ def test_streams_of_a_study_share_one_read_per_poll():
         later = await shared.read("a", read("a"))  # stale: read again
         return [*first, again, later]
 
-    snapshots = asyncio.run(many_streams())
+    snapshots = run_async(many_streams())
 
     assert sorted(reads) == ["a", "a", "b"]
     assert [s.study["key"] for s in snapshots] == ["a"] * 50 + ["b"] * 50 + ["a", "a"]
