@@ -336,11 +336,15 @@ class Client:
         Args:
             study_id: the study.
             inputs: ``{"x": [[[...]]]}`` (numeric sequences), ``{"texts": [...]}`` (text)
-                or ``{"series": [[...]]}`` (forecasting); NumPy arrays are sent as lists.
+                or ``{"series": [[...]]}`` (forecasting: the next ``horizon`` values after
+                the series; with ``"rolling": True``, a forecast from every window of it);
+                NumPy arrays are sent as lists.
 
         Returns:
             ``labels`` (typed as the training labels were) and ``probabilities`` with
-            ``classes`` (classification), or ``predictions`` in the target's units; ``kind``.
+            ``classes`` (classification), or ``predictions`` in the target's units (rolling:
+            one list per window, ``positions[i]`` the first row ``predictions[i]``
+            forecasts); ``kind``.
 
         Raises:
             APIError: 409 until the model is ready; 422 naming the input that does not fit.

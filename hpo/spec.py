@@ -32,6 +32,8 @@ METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
     "forecasting": ("rmse", "mae"),
 }
 MAXIMIZED_METRICS = ("accuracy", "f1_macro")
+# What a forecasting network learns when the spec does not say: see README, training.forecast_target.
+DEFAULT_FORECAST_TARGET = "difference"
 MAX_GRID_SIZE = 100_000
 
 
@@ -297,6 +299,9 @@ class TrainingSpec(_Strict):
     metric: Metric | None = None
     lookback: int = Field(default=12, ge=1, le=10_000)
     horizon: int = Field(default=1, ge=1, le=1000)
+    # Forecasting: the network learns the value (level) or its change from the window's last
+    # value (difference, added back when predicting); default difference for forecasting.
+    forecast_target: Literal["level", "difference"] | None = None
     seed: Seed = 0
 
 
@@ -373,6 +378,12 @@ class StudySpec(_Strict):
         if self.task != "classification" and strategy == "stratified":
             errors.append(("cv.strategy", f"stratified needs class labels; use kfold or timeseries for {self.task}"))
         self.cv.strategy = strategy
+
+        if self.task == "forecasting":
+            self.training.forecast_target = self.training.forecast_target or DEFAULT_FORECAST_TARGET
+        elif self.training.forecast_target is not None:
+            errors.append(("training.forecast_target", f"applies to forecasting; {self.task} has no series to "
+                                                       "difference (leave it out)"))
 
         metric = self.training.metric or METRICS_BY_TASK[self.task][0]
         if metric not in METRICS_BY_TASK[self.task]:

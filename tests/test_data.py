@@ -30,10 +30,12 @@ class _Payload:
         return (UNPICKLED.append, ("unpickled",))
 
 
-def spec(task: str = "classification", lookback: int = 12, horizon: int = 1, **dataset):
-    return parse_spec(
-        {"name": "t", "task": task, "dataset": dataset, "training": {"lookback": lookback, "horizon": horizon}}
-    )
+def spec(task: str = "classification", lookback: int = 12, horizon: int = 1, forecast_target: str | None = None,
+         **dataset):
+    training = {"lookback": lookback, "horizon": horizon}
+    if forecast_target is not None:
+        training["forecast_target"] = forecast_target
+    return parse_spec({"name": "t", "task": task, "dataset": dataset, "training": training})
 
 
 def npz(tmp_path: Path, name: str = "d.npz", **arrays) -> Path:
@@ -85,7 +87,7 @@ def test_sms_spam_builtin():
 
 
 def test_airline_builtin():
-    ds = load_dataset(spec("forecasting", lookback=12, horizon=3, builtin="airline"))
+    ds = load_dataset(spec("forecasting", lookback=12, horizon=3, forecast_target="level", builtin="airline"))
     assert ds.n_samples == 144 - 12 - 3 + 1 and ds.labels is None and ds.class_names is None
     assert ds.describe()["dropped_columns"] == ["month"]
     fold = ds.fold(np.arange(100), np.arange(102, 130))
@@ -294,7 +296,7 @@ def series_csv(tmp_path: Path, rows: int, name: str = "s.csv", outlier_from: int
 
 def test_forecast_windows_and_training_only_scaler(tmp_path):
     lookback, horizon, rows = 5, 3, 60
-    ds = load_dataset(spec("forecasting", lookback, horizon, path=str(series_csv(tmp_path, rows))))
+    ds = load_dataset(spec("forecasting", lookback, horizon, "level", path=str(series_csv(tmp_path, rows))))
     assert ds.n_samples == rows - lookback - horizon + 1
     train, val = np.arange(0, 30), np.arange(32, 52)
     fold = ds.fold(train, val)
@@ -306,7 +308,8 @@ def test_forecast_windows_and_training_only_scaler(tmp_path):
     for k, i in enumerate(train):
         np.testing.assert_allclose(original[k], sales[i + lookback : i + lookback + horizon], atol=1e-4)
     assert fold.train.x.shape == (30, lookback, 2) and fold.n_features == 2  # temp + sales; date dropped
-    leaky = load_dataset(spec("forecasting", lookback, horizon, path=str(series_csv(tmp_path, rows, "o.csv", end))))
+    leaky = load_dataset(spec("forecasting", lookback, horizon, "level",
+                              path=str(series_csv(tmp_path, rows, "o.csv", end))))
     leaky_fold = leaky.fold(train, val)
     assert torch.equal(fold.train.x, leaky_fold.train.x) and leaky_fold.target_scale == fold.target_scale
 

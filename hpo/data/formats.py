@@ -66,6 +66,7 @@ def open_file(
     options: Mapping[str, Any] | None = None,
     lookback: int | None = DEFAULT_LOOKBACK,
     horizon: int = DEFAULT_HORIZON,
+    forecast_target: str = "level",
     max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
 ) -> Dataset:
     """Load and validate a user file.
@@ -78,6 +79,7 @@ def open_file(
         options: see ``check_options``.
         lookback: input steps per forecasting window.
         horizon: forecast steps per forecasting window.
+        forecast_target: ``level`` or ``difference`` (see ``ForecastDataset``).
         max_uncompressed: most bytes an NPZ archive may unpack to.
 
     Returns:
@@ -91,7 +93,7 @@ def open_file(
     if fmt == "npz":
         return sequences_from_npz(path, task, max_uncompressed)
     if task == "forecasting":
-        return ForecastDataset(_read_series(path, fmt, opts), lookback, horizon)
+        return ForecastDataset(_read_series(path, fmt, opts), lookback, horizon, forecast_target)
     return text_from_table(
         read_utf8(path),
         DELIMITERS[fmt],
