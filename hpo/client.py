@@ -212,7 +212,8 @@ class Client:
         Args:
             path: an ``.npz``, ``.csv`` or ``.tsv`` file.
             task: ``classification``, ``regression`` or ``forecasting``.
-            **options: ``format``, ``target_column``, ``text_column``, ``label_column``, ``max_length``.
+            **options: ``format``, ``target_column``, ``text_column``, ``label_column``, ``max_length``;
+                for a series ``time_column`` and ``feature_columns`` (a list of names).
 
         Returns:
             The stored dataset (``id`` to put in a spec as ``dataset: {id: ...}``, ``summary``, ...).
@@ -221,7 +222,8 @@ class Client:
             APIError: 422 with the reason a file was refused, 413 when it is too large.
         """
         path = Path(path)
-        form = {"task": task, **{k: str(v) for k, v in options.items() if v is not None}}
+        form = {"task": task, **{k: ",".join(v) if isinstance(v, (list, tuple)) else str(v)
+                                 for k, v in options.items() if v is not None}}
         with path.open("rb") as file:
             return self._request("POST", f"{API}/datasets", data=form, files={"file": (path.name, file)})
 

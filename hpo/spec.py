@@ -60,6 +60,9 @@ class DatasetSpec(_Strict):
     target_column: str | None = None
     text_column: str | None = None
     label_column: str | None = None
+    # Forecasting column roles: time orders the rows and is never an input; features are the other inputs.
+    time_column: str | None = None
+    feature_columns: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, max_length=1000)
     max_length: int = Field(default=64, ge=4, le=1024)
 
     @model_validator(mode="after")
@@ -369,6 +372,9 @@ class StudySpec(_Strict):
             errors.append(("task", f"dataset {self.dataset.builtin} is a {builtin_task} dataset; got task {self.task}"))
         if self.dataset.format == "npz" and self.task == "forecasting":
             errors.append(("dataset.format", "forecasting reads a csv series; got npz"))
+        for role in ("time_column", "feature_columns"):
+            if self.task != "forecasting" and getattr(self.dataset, role) is not None:
+                errors.append((f"dataset.{role}", f"a column role of a forecasting series; {self.task} has none"))
         if self.task != "classification" and self.search_space.class_weighting is not None:
             errors.append(("search_space.class_weighting", f"weights classes; {self.task} has none"))
 

@@ -18,7 +18,8 @@ from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK, parse_series
 from hpo.data.readers import MAX_COLUMNS, parse_table
 from hpo.data.sequences import sequences_from_npz
 from hpo.data.text import DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS
-from hpo.spec import DatasetSpec, TrainingSpec, parse_spec
+from hpo.data.formats import open_file
+from hpo.spec import DatasetSpec, SpecError, TrainingSpec, parse_spec
 
 UNPICKLED: list[str] = []
 
@@ -426,3 +427,76 @@ def test_a_table_with_too_many_values_is_refused_at_the_line_that_passes_the_lim
 
     with pytest.raises(DataError, match=r"more than 10 values \(rows x columns\) by line 7; at most 10"):
         parse_table(text, ",", max_cells=10)
+
+
+# --- forecasting column roles -------------------------------------------------------------
+
+
+YEARLY = "year,temp,sales\n" + "".join(f"{1900 + r},{r % 7},{100 + 3 * r}\n" for r in range(30))
+
+
+def test_a_time_column_orders_the_rows_and_is_never_an_input():
+    default = parse_series(YEARLY, ",")
+    assert default.columns == ["year", "temp", "sales"]  # unchanged without roles: every numeric column
+
+    series = parse_series(YEARLY, ",", time_column="year")
+
+    assert series.columns == ["temp", "sales"] and series.target == "sales" and series.time == "year"
+    assert series.describe()["time_column"] == "year" and series.describe()["feature_columns"] == ["temp"]
+    assert "year" in series.describe()["dropped_columns"]
+    only_target = parse_series(YEARLY, ",", "sales", feature_columns=[], time_column="year")
+    assert only_target.columns == ["sales"] and only_target.describe()["feature_columns"] == []
+    assert parse_series(YEARLY, ",", feature_columns=["sales"], time_column="year").columns == ["sales"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("year,v\n1901,1\n1900,2\n1902,3\n", "time column 'year' goes back in time at line 3 \\('1900' after '1901' "
+                                         "at line 2\\)"),
+    ("year,v\n1900,1\n1900,2\n1902,3\n", "time column 'year' repeats time at line 3"),
+    ("month,v\n2020-01,1\n2020-03,2\n2020-02,3\n", "goes back in time at line 4"),
+    ("month,v\n2020-01,1\nMarch,2\n", "time column 'month' holds 'March' at line 3; times must be numbers or "
+                                      "ISO 8601 dates"),
+    ("year,v\n1900,1\n,2\n", "time column 'year' is empty at line 3"),
+])
+def test_times_out_of_order_are_refused_with_their_lines(text, message):
+    with pytest.raises(DataError, match=message):
+        parse_series(text, ",", time_column=text.split(",")[0])
+
+
+def test_iso_dates_order_a_series():
+    text = "day,v\n" + "".join(f"2020-01-{d:02d},{d}\n" for d in range(1, 11)) + "2020-02-01T00:00,11\n"
+    assert parse_series(text, ",", time_column="day").columns == ["v"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"time_column": "when"}, "no time column 'when'; columns found: year, temp, sales"),
+    ({"feature_columns": ["rain"]}, "no feature column 'rain'"),
+    ({"time_column": "year", "target_column": "year"}, "time column 'year' orders the rows and is never an input"),
+    ({"time_column": "year", "feature_columns": ["year"]}, "time column 'year' orders the rows"),
+])
+def test_column_roles_that_do_not_fit_the_table_are_refused(tmp_path, options, message):
+    path = write(tmp_path, "y.csv", YEARLY)
+    with pytest.raises(DataError, match=message):
+        open_file(path, format=None, task="forecasting", options=options)
+
+
+def test_feature_columns_must_be_numeric_and_roles_belong_to_series(tmp_path):
+    path = write(tmp_path, "n.csv", "note,sales\n" + "".join(f"x{r},{r}\n" for r in range(20)))
+    with pytest.raises(DataError, match="feature column 'note' is not numeric \\(line 2: 'x0'\\)"):
+        open_file(path, format=None, task="forecasting", options={"feature_columns": "note"})
+    with pytest.raises(DataError, match="time_column is a column role of a forecasting series; task classification"):
+        open_file(path, format=None, task="classification", options={"time_column": "note"})
+    with pytest.raises(DataError, match="feature_columns names a column twice"):
+        open_file(path, format=None, task="forecasting", options={"feature_columns": "sales, sales"})
+
+
+def test_a_spec_gives_column_roles_to_a_series_file(tmp_path):
+    path = write(tmp_path, "y.csv", YEARLY)
+    base = {"name": "t", "task": "forecasting", "training": {"lookback": 4}}
+    with_year = load_dataset(parse_spec({**base, "dataset": {"path": str(path)}}))
+    without = load_dataset(parse_spec({**base, "dataset": {"path": str(path), "time_column": "year",
+                                                           "feature_columns": []}}))
+    assert with_year.fold(np.arange(10), np.arange(12, 20)).n_features == 3
+    assert without.fold(np.arange(10), np.arange(12, 20)).n_features == 1
+    with pytest.raises(SpecError, match="dataset.time_column"):
+        parse_spec({"name": "c", "dataset": {"builtin": "digits", "time_column": "t"}})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,71 +20,132 @@ from hpo.data.readers import missing_column, parse_table
 DEFAULT_LOOKBACK = 12  # as hpo.spec.TrainingSpec.lookback
 DEFAULT_HORIZON = 1  # as hpo.spec.TrainingSpec.horizon
 FORECAST_TARGETS = ("level", "difference")  # as hpo.spec.TrainingSpec.forecast_target
+_MONTH = re.compile(r"^\d{4}-\d{2}$")
 
 
 @dataclass(frozen=True)
 class Series:
-    """A validated multivariate series: float64 ``values [T, C]``, one column the target."""
+    """A validated multivariate series: float64 ``values [T, C]``, one column the target.
+
+    ``columns`` are the model's inputs (the target's history among them), ``time`` the
+    column that ordered the rows (never an input), ``dropped`` every other column.
+    """
 
     values: np.ndarray
     columns: list[str]
     target: str
     dropped: list[str]
+    time: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able summary of the series (rows, columns, target, dropped columns)."""
+        """JSON-able summary of the series: rows, columns and their roles."""
         return {
             "task": "forecasting",
             "rows": len(self.values),
             "columns": self.columns,
             "target": self.target,
+            "feature_columns": [c for c in self.columns if c != self.target],
+            "time_column": self.time,
             "dropped_columns": self.dropped,
         }
 
 
-def parse_series(text: str, delimiter: str, target_column: str | None = None) -> Series:
+def parse_series(text: str, delimiter: str, target_column: str | None = None, *,
+                 feature_columns: list[str] | None = None, time_column: str | None = None) -> Series:
     """Read a series from CSV/TSV text with a header row.
 
-    Columns whose non-empty values are all numbers are kept, the rest (e.g. dates) dropped.
+    Column roles: the ``target_column`` is forecast (its history is an input too); the
+    ``feature_columns`` are the other inputs (default: every column whose non-empty values
+    are all numbers); the ``time_column`` is never an input: the rows must be in strictly
+    increasing time order (numbers or ISO 8601 dates). Other columns are dropped.
 
     Args:
         text: the decoded file.
         delimiter: ``","`` (csv) or ``"\\t"`` (tsv).
-        target_column: the column to forecast (default: the last numeric column).
+        target_column: the column to forecast (default: the last numeric column that is
+            not the time column).
+        feature_columns: the input columns besides the target (default: every other
+            numeric column); ``[]``: the target's own history only.
+        time_column: the column that orders the rows.
 
     Returns:
         The validated series.
 
     Raises:
-        DataError: for a missing or non-numeric target column, no numeric column, an
-            empty, NaN or infinite value (naming its column and line), or a target too large
-            to be scored.
+        DataError: for a missing or non-numeric target or feature column, a time column
+            that is also a target or feature, times that are not increasing (naming both
+            lines) or not readable, no numeric column, an empty, NaN or infinite value
+            (naming its column and line), or a target too large to be scored.
     """
     header, rows = parse_table(text, delimiter)
-    if target_column is not None and target_column not in header:
-        raise missing_column("target", target_column, header)
-    numeric = [j for j in range(len(header)) if _numeric_column([f[j].strip() for _, f in rows])]
+    for role, name in (("target", target_column), ("time", time_column)):
+        if name is not None and name not in header:
+            raise DataError(str(missing_column(role, name, header)), f"{role}_column")
+    missing = [c for c in feature_columns or [] if c not in header]
+    if missing:
+        raise DataError(f"no feature column {missing[0]!r}; columns found: {', '.join(header)} "
+                        "(set feature_columns to some of them)", "feature_columns")
+    if time_column is not None and (time_column == target_column or time_column in (feature_columns or [])):
+        raise DataError(f"time column {time_column!r} orders the rows and is never an input; it cannot also be "
+                        "the target or a feature column", "time_column")
+    numeric = [j for j in range(len(header)) if header[j] != time_column
+               and _numeric_column([f[j].strip() for _, f in rows])]
+    numeric_at = set(numeric)  # sets: lists here made wide tables quadratic
     if not numeric:
         raise DataError(f"no numeric column to forecast; columns found: {', '.join(header)}")
     target = target_column or header[numeric[-1]]
-    if header.index(target) not in numeric:
-        j = header.index(target)
-        line, value = next((line, f[j]) for line, f in rows if not _is_number(f[j]))
-        raise DataError(f"target column {target!r} is not numeric (line {line}: {value!r})")
-    values = np.empty((len(rows), len(numeric)), dtype=np.float64)
+    chosen = numeric if feature_columns is None else sorted({header.index(c) for c in [*feature_columns, target]})
+    for j in [header.index(target), *chosen]:
+        if j not in numeric_at:
+            line, value = next((line, f[j]) for line, f in rows if not _is_number(f[j]))
+            role = "target" if header[j] == target else "feature"
+            raise DataError(f"{role} column {header[j]!r} is not numeric (line {line}: {value!r})",
+                            "target_column" if role == "target" else "feature_columns")
+    values = np.empty((len(rows), len(chosen)), dtype=np.float64)
     for r, (line, fields) in enumerate(rows):
-        for c, j in enumerate(numeric):
+        for c, j in enumerate(chosen):
             raw = fields[j].strip()
             if not raw:
                 raise DataError(f"column {header[j]!r} is empty at line {line}; every value must be a number")
             values[r, c] = float(raw)
             if not math.isfinite(values[r, c]):
                 raise DataError(f"column {header[j]!r} holds {raw!r} at line {line}; only finite numbers are accepted")
-    kept = [header[j] for j in numeric]
-    numeric_at = set(numeric)  # a set: a list here made wide tables quadratic
+    kept = [header[j] for j in chosen]
+    if time_column is not None:
+        _check_time_order(time_column, [(line, f[header.index(time_column)].strip()) for line, f in rows])
+    chosen_at = set(chosen)
     check_target_range(f"target column {target!r}", values[:, kept.index(target)])
-    dropped = [h for j, h in enumerate(header) if j not in numeric_at]
-    return Series(values, kept, target, dropped)
+    dropped = [h for j, h in enumerate(header) if j not in chosen_at]
+    return Series(values, kept, target, dropped, time_column)
+
+
+def _check_time_order(name: str, times: list[tuple[int, str]]) -> None:
+    """Refuse times that are not strictly increasing, or neither all numbers nor all ISO 8601 dates.
+
+    Raises:
+        DataError: naming the column, the line(s) and the values.
+    """
+    empty = next((line for line, raw in times if not raw), None)
+    if empty is not None:
+        raise DataError(f"time column {name!r} is empty at line {empty}; every row needs its time", "time_column")
+    numbers = all(_is_number(raw) for _, raw in times)
+    keys = [float(raw) if numbers else _iso_time(name, line, raw) for line, raw in times]
+    for (line_a, raw_a), (line_b, raw_b), a, b in zip(times, times[1:], keys, keys[1:], strict=False):
+        if not a < b:
+            what = "repeats" if a == b else "goes back in"
+            raise DataError(f"time column {name!r} {what} time at line {line_b} ({raw_b!r} after {raw_a!r} at line "
+                            f"{line_a}); rows must be in increasing time order, each time once: sort the file",
+                            "time_column")
+
+
+def _iso_time(name: str, line: int, raw: str) -> dt.datetime:
+    """An ISO 8601 date or date-time (``2020-01-31``, ``2020-01-31T12:00``, or a month ``2020-01``), UTC-naive."""
+    try:
+        parsed = dt.datetime.fromisoformat(raw if not _MONTH.fullmatch(raw) else f"{raw}-01")
+    except ValueError:
+        raise DataError(f"time column {name!r} holds {raw!r} at line {line}; times must be numbers or ISO 8601 "
+                        "dates (2020-01-31, 2020-01-31T12:00, 2020-01)", "time_column") from None
+    return parsed if parsed.tzinfo is None else parsed.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _numeric_column(values: list[str]) -> bool:

@@ -30,8 +30,7 @@ class InputError(DataError):
     """New data that a model cannot read; ``field`` names where (``x``, ``texts``, ``series``, ``file``)."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {message}", field)
 
 
 @dataclass
