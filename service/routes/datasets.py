@@ -43,8 +43,9 @@ def upload_dataset(
     max_length: Annotated[int | None, Form(ge=4, le=1024, description="Longest token sequence kept.")] = None,
     time_column: Annotated[str | None, Form(description="Forecasting: the column that orders the rows (never an "
                                                         "input; times must increase).")] = None,
-    feature_columns: Annotated[str | None, Form(description="Forecasting: the input columns besides the target, "
-                                                            "separated by commas (default: every numeric one).")] = None,
+    feature_columns: Annotated[str | None, Form(
+        description="Forecasting: the input columns besides the target, separated by commas (default: every "
+                    "numeric one).")] = None,
 ) -> DatasetOut:
     """Validate a file fully and keep it; a refused file leaves nothing behind."""
     if file.size is not None and file.size > settings.max_upload_bytes:
