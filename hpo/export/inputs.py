@@ -253,9 +253,9 @@ def check_rolling(rolling: Any) -> bool:
     Raises:
         InputError: for anything else (``"true"``, 1, null).
     """
-    if not isinstance(rolling, bool):
+    if not isinstance(rolling, (bool, np.bool_)):
         raise InputError("rolling", f"must be true or false; got {rolling!r}")
-    return rolling
+    return bool(rolling)
 
 
 def inputs_from_file(preprocessing: Any, filename: str, content: bytes, *, format: str | None = None,
