@@ -8,7 +8,7 @@ giving only the task, the dataset and the wall-clock budget (plus the seed: ``sa
 and ``training.seed``), wait for the study, take its final model (requesting the fit with
 ``POST .../model`` when none is ready when the study ends), predict the TEST file over the
 predict API and score it. Forecasting is one step ahead with the true history: for each
-test row t of ``NAME_full.csv`` the model is sent rows 0..t-1. The test files are read
+test row t of ``NAME_full.csv`` the model forecasts from rows 0..t-1 (one rolling call). The test files are read
 only here, for scoring; their labels never reach the server.
 
     .venv/bin/python -m bench.bench_quality --quick                    # one seed, all six datasets, ~25-30 min
@@ -124,14 +124,15 @@ def score_classification(client: Client, study_id: str, folder: Path, entry: dic
 
 
 def score_forecasting(client: Client, study_id: str, folder: Path, entry: dict[str, Any]) -> dict[str, float]:
-    """One step ahead over the test rows of ``NAME_full.csv``, each from the true rows before it."""
+    """One step ahead over the test rows of ``NAME_full.csv``, each from the true rows before
+    it: one rolling call over the whole series, of which the test rows' forecasts are scored."""
     full = parse_series((folder / entry["files"]["full"]).read_text(encoding="utf-8"), ",",
                         entry["target_column"])
     target = full.columns.index(entry["target_column"])
-    errors = []
-    for t in range(entry["n_train"], len(full.values)):
-        predicted = client.predict(study_id, {"series": full.values[:t].tolist()})["predictions"][0]
-        errors.append(float(predicted) - float(full.values[t, target]))
+    answer = client.predict(study_id, {"series": full.values.tolist(), "rolling": True})
+    forecast_at = dict(zip(answer["positions"], answer["predictions"], strict=True))
+    test_rows = range(entry["n_train"], len(full.values))
+    errors = [float(forecast_at[t][0]) - float(full.values[t, target]) for t in test_rows]
     errors_array = np.asarray(errors)
     mse = float(np.mean(errors_array ** 2))
     return {"rmse": math.sqrt(mse), "mse": mse, "mae": float(np.mean(np.abs(errors_array)))}

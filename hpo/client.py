@@ -212,7 +212,8 @@ class Client:
         Args:
             path: an ``.npz``, ``.csv`` or ``.tsv`` file.
             task: ``classification``, ``regression`` or ``forecasting``.
-            **options: ``format``, ``target_column``, ``text_column``, ``label_column``, ``max_length``.
+            **options: ``format``, ``target_column``, ``text_column``, ``label_column``, ``max_length``;
+                for a series ``time_column`` and ``feature_columns`` (a list of names).
 
         Returns:
             The stored dataset (``id`` to put in a spec as ``dataset: {id: ...}``, ``summary``, ...).
@@ -221,7 +222,8 @@ class Client:
             APIError: 422 with the reason a file was refused, 413 when it is too large.
         """
         path = Path(path)
-        form = {"task": task, **{k: str(v) for k, v in options.items() if v is not None}}
+        form = {"task": task, **{k: ",".join(v) if isinstance(v, (list, tuple)) else str(v)
+                                 for k, v in options.items() if v is not None}}
         with path.open("rb") as file:
             return self._request("POST", f"{API}/datasets", data=form, files={"file": (path.name, file)})
 
@@ -336,11 +338,15 @@ class Client:
         Args:
             study_id: the study.
             inputs: ``{"x": [[[...]]]}`` (numeric sequences), ``{"texts": [...]}`` (text)
-                or ``{"series": [[...]]}`` (forecasting); NumPy arrays are sent as lists.
+                or ``{"series": [[...]]}`` (forecasting: the next ``horizon`` values after
+                the series; with ``"rolling": True``, a forecast from every window of it);
+                NumPy arrays are sent as lists.
 
         Returns:
             ``labels`` (typed as the training labels were) and ``probabilities`` with
-            ``classes`` (classification), or ``predictions`` in the target's units; ``kind``.
+            ``classes`` (classification), or ``predictions`` in the target's units (rolling:
+            one list per window, ``positions[i]`` the first row ``predictions[i]``
+            forecasts); ``kind``.
 
         Raises:
             APIError: 409 until the model is ready; 422 naming the input that does not fit.

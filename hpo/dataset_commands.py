@@ -15,7 +15,8 @@ from typing import Any
 from hpo.settings import add_remote_flags, settings_of
 
 TASKS = ("classification", "regression", "forecasting")
-UPLOAD_OPTIONS = ("format", "target_column", "text_column", "label_column", "max_length")
+UPLOAD_OPTIONS = ("format", "target_column", "text_column", "label_column", "max_length", "time_column",
+                  "feature_columns")
 
 
 def add_dataset_commands(sub: Any) -> None:
@@ -32,6 +33,9 @@ def add_dataset_commands(sub: Any) -> None:
     p.add_argument("--text-column", help="column of texts to classify (csv; default: text)")
     p.add_argument("--label-column", help="column of class labels (csv; default: label)")
     p.add_argument("--max-length", type=int, help="tokens kept per text, 4..1024 (default: 64)")
+    p.add_argument("--time-column", help="forecasting: the column that orders the rows (never an input)")
+    p.add_argument("--feature-columns", metavar="A,B",
+                   help="forecasting: the input columns besides the target (default: every numeric one)")
     p.set_defaults(func=cmd_upload)
 
     p = actions.add_parser("list", help="List the uploaded datasets.")

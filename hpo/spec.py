@@ -32,6 +32,8 @@ METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
     "forecasting": ("rmse", "mae"),
 }
 MAXIMIZED_METRICS = ("accuracy", "f1_macro")
+# What a forecasting network learns when the spec does not say: see README, training.forecast_target.
+DEFAULT_FORECAST_TARGET = "difference"
 MAX_GRID_SIZE = 100_000
 
 
@@ -58,6 +60,9 @@ class DatasetSpec(_Strict):
     target_column: str | None = None
     text_column: str | None = None
     label_column: str | None = None
+    # Forecasting column roles: time orders the rows and is never an input; features are the other inputs.
+    time_column: str | None = None
+    feature_columns: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, max_length=1000)
     max_length: int = Field(default=64, ge=4, le=1024)
 
     @model_validator(mode="after")
@@ -297,6 +302,9 @@ class TrainingSpec(_Strict):
     metric: Metric | None = None
     lookback: int = Field(default=12, ge=1, le=10_000)
     horizon: int = Field(default=1, ge=1, le=1000)
+    # Forecasting: the network learns the value (level) or its change from the window's last
+    # value (difference, added back when predicting); default difference for forecasting.
+    forecast_target: Literal["level", "difference"] | None = None
     seed: Seed = 0
 
 
@@ -364,6 +372,9 @@ class StudySpec(_Strict):
             errors.append(("task", f"dataset {self.dataset.builtin} is a {builtin_task} dataset; got task {self.task}"))
         if self.dataset.format == "npz" and self.task == "forecasting":
             errors.append(("dataset.format", "forecasting reads a csv series; got npz"))
+        for role in ("time_column", "feature_columns"):
+            if self.task != "forecasting" and getattr(self.dataset, role) is not None:
+                errors.append((f"dataset.{role}", f"a column role of a forecasting series; {self.task} has none"))
         if self.task != "classification" and self.search_space.class_weighting is not None:
             errors.append(("search_space.class_weighting", f"weights classes; {self.task} has none"))
 
@@ -373,6 +384,12 @@ class StudySpec(_Strict):
         if self.task != "classification" and strategy == "stratified":
             errors.append(("cv.strategy", f"stratified needs class labels; use kfold or timeseries for {self.task}"))
         self.cv.strategy = strategy
+
+        if self.task == "forecasting":
+            self.training.forecast_target = self.training.forecast_target or DEFAULT_FORECAST_TARGET
+        elif self.training.forecast_target is not None:
+            errors.append(("training.forecast_target", f"applies to forecasting; {self.task} has no series to "
+                                                       "difference (leave it out)"))
 
         metric = self.training.metric or METRICS_BY_TASK[self.task][0]
         if metric not in METRICS_BY_TASK[self.task]:

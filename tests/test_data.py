@@ -18,7 +18,8 @@ from hpo.data.forecast import DEFAULT_HORIZON, DEFAULT_LOOKBACK, parse_series
 from hpo.data.readers import MAX_COLUMNS, parse_table
 from hpo.data.sequences import sequences_from_npz
 from hpo.data.text import DEFAULT_MAX_LENGTH, MAX_LENGTH_BOUNDS
-from hpo.spec import DatasetSpec, TrainingSpec, parse_spec
+from hpo.data.formats import open_file
+from hpo.spec import DatasetSpec, SpecError, TrainingSpec, parse_spec
 
 UNPICKLED: list[str] = []
 
@@ -30,10 +31,12 @@ class _Payload:
         return (UNPICKLED.append, ("unpickled",))
 
 
-def spec(task: str = "classification", lookback: int = 12, horizon: int = 1, **dataset):
-    return parse_spec(
-        {"name": "t", "task": task, "dataset": dataset, "training": {"lookback": lookback, "horizon": horizon}}
-    )
+def spec(task: str = "classification", lookback: int = 12, horizon: int = 1, forecast_target: str | None = None,
+         **dataset):
+    training = {"lookback": lookback, "horizon": horizon}
+    if forecast_target is not None:
+        training["forecast_target"] = forecast_target
+    return parse_spec({"name": "t", "task": task, "dataset": dataset, "training": training})
 
 
 def npz(tmp_path: Path, name: str = "d.npz", **arrays) -> Path:
@@ -85,7 +88,7 @@ def test_sms_spam_builtin():
 
 
 def test_airline_builtin():
-    ds = load_dataset(spec("forecasting", lookback=12, horizon=3, builtin="airline"))
+    ds = load_dataset(spec("forecasting", lookback=12, horizon=3, forecast_target="level", builtin="airline"))
     assert ds.n_samples == 144 - 12 - 3 + 1 and ds.labels is None and ds.class_names is None
     assert ds.describe()["dropped_columns"] == ["month"]
     fold = ds.fold(np.arange(100), np.arange(102, 130))
@@ -294,7 +297,7 @@ def series_csv(tmp_path: Path, rows: int, name: str = "s.csv", outlier_from: int
 
 def test_forecast_windows_and_training_only_scaler(tmp_path):
     lookback, horizon, rows = 5, 3, 60
-    ds = load_dataset(spec("forecasting", lookback, horizon, path=str(series_csv(tmp_path, rows))))
+    ds = load_dataset(spec("forecasting", lookback, horizon, "level", path=str(series_csv(tmp_path, rows))))
     assert ds.n_samples == rows - lookback - horizon + 1
     train, val = np.arange(0, 30), np.arange(32, 52)
     fold = ds.fold(train, val)
@@ -306,7 +309,8 @@ def test_forecast_windows_and_training_only_scaler(tmp_path):
     for k, i in enumerate(train):
         np.testing.assert_allclose(original[k], sales[i + lookback : i + lookback + horizon], atol=1e-4)
     assert fold.train.x.shape == (30, lookback, 2) and fold.n_features == 2  # temp + sales; date dropped
-    leaky = load_dataset(spec("forecasting", lookback, horizon, path=str(series_csv(tmp_path, rows, "o.csv", end))))
+    leaky = load_dataset(spec("forecasting", lookback, horizon, "level",
+                              path=str(series_csv(tmp_path, rows, "o.csv", end))))
     leaky_fold = leaky.fold(train, val)
     assert torch.equal(fold.train.x, leaky_fold.train.x) and leaky_fold.target_scale == fold.target_scale
 
@@ -423,3 +427,76 @@ def test_a_table_with_too_many_values_is_refused_at_the_line_that_passes_the_lim
 
     with pytest.raises(DataError, match=r"more than 10 values \(rows x columns\) by line 7; at most 10"):
         parse_table(text, ",", max_cells=10)
+
+
+# --- forecasting column roles -------------------------------------------------------------
+
+
+YEARLY = "year,temp,sales\n" + "".join(f"{1900 + r},{r % 7},{100 + 3 * r}\n" for r in range(30))
+
+
+def test_a_time_column_orders_the_rows_and_is_never_an_input():
+    default = parse_series(YEARLY, ",")
+    assert default.columns == ["year", "temp", "sales"]  # unchanged without roles: every numeric column
+
+    series = parse_series(YEARLY, ",", time_column="year")
+
+    assert series.columns == ["temp", "sales"] and series.target == "sales" and series.time == "year"
+    assert series.describe()["time_column"] == "year" and series.describe()["feature_columns"] == ["temp"]
+    assert "year" in series.describe()["dropped_columns"]
+    only_target = parse_series(YEARLY, ",", "sales", feature_columns=[], time_column="year")
+    assert only_target.columns == ["sales"] and only_target.describe()["feature_columns"] == []
+    assert parse_series(YEARLY, ",", feature_columns=["sales"], time_column="year").columns == ["sales"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("year,v\n1901,1\n1900,2\n1902,3\n", "time column 'year' goes back in time at line 3 \\('1900' after '1901' "
+                                         "at line 2\\)"),
+    ("year,v\n1900,1\n1900,2\n1902,3\n", "time column 'year' repeats time at line 3"),
+    ("month,v\n2020-01,1\n2020-03,2\n2020-02,3\n", "goes back in time at line 4"),
+    ("month,v\n2020-01,1\nMarch,2\n", "time column 'month' holds 'March' at line 3; times must be numbers or "
+                                      "ISO 8601 dates"),
+    ("year,v\n1900,1\n,2\n", "time column 'year' is empty at line 3"),
+])
+def test_times_out_of_order_are_refused_with_their_lines(text, message):
+    with pytest.raises(DataError, match=message):
+        parse_series(text, ",", time_column=text.split(",")[0])
+
+
+def test_iso_dates_order_a_series():
+    text = "day,v\n" + "".join(f"2020-01-{d:02d},{d}\n" for d in range(1, 11)) + "2020-02-01T00:00,11\n"
+    assert parse_series(text, ",", time_column="day").columns == ["v"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"time_column": "when"}, "no time column 'when'; columns found: year, temp, sales"),
+    ({"feature_columns": ["rain"]}, "no feature column 'rain'"),
+    ({"time_column": "year", "target_column": "year"}, "time column 'year' orders the rows and is never an input"),
+    ({"time_column": "year", "feature_columns": ["year"]}, "time column 'year' orders the rows"),
+])
+def test_column_roles_that_do_not_fit_the_table_are_refused(tmp_path, options, message):
+    path = write(tmp_path, "y.csv", YEARLY)
+    with pytest.raises(DataError, match=message):
+        open_file(path, format=None, task="forecasting", options=options)
+
+
+def test_feature_columns_must_be_numeric_and_roles_belong_to_series(tmp_path):
+    path = write(tmp_path, "n.csv", "note,sales\n" + "".join(f"x{r},{r}\n" for r in range(20)))
+    with pytest.raises(DataError, match="feature column 'note' is not numeric \\(line 2: 'x0'\\)"):
+        open_file(path, format=None, task="forecasting", options={"feature_columns": "note"})
+    with pytest.raises(DataError, match="time_column is a column role of a forecasting series; task classification"):
+        open_file(path, format=None, task="classification", options={"time_column": "note"})
+    with pytest.raises(DataError, match="feature_columns names a column twice"):
+        open_file(path, format=None, task="forecasting", options={"feature_columns": "sales, sales"})
+
+
+def test_a_spec_gives_column_roles_to_a_series_file(tmp_path):
+    path = write(tmp_path, "y.csv", YEARLY)
+    base = {"name": "t", "task": "forecasting", "training": {"lookback": 4}}
+    with_year = load_dataset(parse_spec({**base, "dataset": {"path": str(path)}}))
+    without = load_dataset(parse_spec({**base, "dataset": {"path": str(path), "time_column": "year",
+                                                           "feature_columns": []}}))
+    assert with_year.fold(np.arange(10), np.arange(12, 20)).n_features == 3
+    assert without.fold(np.arange(10), np.arange(12, 20)).n_features == 1
+    with pytest.raises(SpecError, match="dataset.time_column"):
+        parse_spec({"name": "c", "dataset": {"builtin": "digits", "time_column": "t"}})

@@ -24,7 +24,12 @@ _INT_LABEL = re.compile(r"^[+-]?\d+$")
 
 
 class DataError(ValueError):
-    """A dataset was refused; the message names the problem and what is accepted."""
+    """A dataset was refused; the message names the problem and what is accepted, ``field``
+    the upload option it concerns (e.g. ``time_column``), when it is one."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass

@@ -21,6 +21,7 @@ def load_builtin(
     max_length: int = DEFAULT_MAX_LENGTH,
     lookback: int | None = DEFAULT_LOOKBACK,
     horizon: int = DEFAULT_HORIZON,
+    forecast_target: str = "level",
 ) -> Dataset:
     """Load a built-in dataset (raw arrays are cached in-process).
 
@@ -30,6 +31,7 @@ def load_builtin(
         max_length: tokens kept per text (sms_spam).
         lookback: input steps per window (airline).
         horizon: forecast steps per window (airline).
+        forecast_target: ``level`` or ``difference`` (airline; see ``ForecastDataset``).
 
     Returns:
         The dataset.
@@ -44,7 +46,7 @@ def load_builtin(
         texts, labels = _sms_spam()
         return TextDataset(list(texts), Targets.from_array("classification", labels), max_length)
     if name == "airline":
-        return ForecastDataset(_airline(), lookback, horizon)
+        return ForecastDataset(_airline(), lookback, horizon, forecast_target)
     raise DataError(f"unknown builtin dataset {name!r}; accepted: {', '.join(BUILTIN_DATASETS)}")
 
 

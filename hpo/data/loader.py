@@ -36,8 +36,9 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
     horizon = spec.training.horizon
     # Left out of the spec, a series' lookback is fitted to its length (ForecastDataset).
     lookback = None if "training.lookback" in (spec.fit_to_data or ()) else spec.training.lookback
+    window = {"lookback": lookback, "horizon": horizon, "forecast_target": spec.training.forecast_target or "level"}
     if ds.builtin is not None:
-        return load_builtin(ds.builtin, max_length=ds.max_length, lookback=lookback, horizon=horizon)
+        return load_builtin(ds.builtin, max_length=ds.max_length, **window)
     overrides = {k: getattr(ds, k) for k in OPTION_NAMES if k in ds.model_fields_set and getattr(ds, k) is not None}
     if ds.path is not None:
         source, path, fmt, options = ds.path, Path(ds.path), ds.format, overrides
@@ -59,7 +60,7 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
         if info.task != spec.task:
             raise DataError(f"{source} was uploaded for {info.task}; the spec's task is {spec.task}")
     try:
-        return open_file(path, format=fmt, task=spec.task, options=options, lookback=lookback, horizon=horizon)
+        return open_file(path, format=fmt, task=spec.task, options=options, **window)
     except DataError as exc:
         raise DataError(f"{source}: {exc}") from None
 

@@ -85,7 +85,8 @@ class DatasetStore:
             content: the file's bytes.
             task: ``classification``, ``regression`` or ``forecasting``.
             format: ``npz``, ``csv`` or ``tsv``.
-            options: ``target_column``, ``text_column``, ``label_column``, ``max_length``.
+            options: ``target_column``, ``text_column``, ``label_column``, ``max_length``;
+                a series' ``time_column`` and ``feature_columns`` (see ``hpo.data.forecast.parse_series``).
 
         Returns:
             The stored dataset's info.
@@ -98,7 +99,7 @@ class DatasetStore:
         if len(content) > self.max_bytes:
             raise DataError(f"{name}: upload is {len(content)} bytes; at most {self.max_bytes} are accepted")
         fmt = resolve_format(name, format, task)
-        opts = check_options(options)
+        opts = check_options(options, task)
         staging = self.data_dir / _STAGING
         staging.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ class DatasetStore:
                     data_path, format=fmt, task=task, options=opts, max_uncompressed=self.max_uncompressed
                 )
             except DataError as exc:
-                raise DataError(f"{name}: {exc}") from None
+                raise DataError(f"{name}: {exc}", exc.field) from None
             info = DatasetInfo(
                 id=self._new_id(),
                 name=name,

@@ -32,11 +32,13 @@ from hpo.data.base import DataError
 from hpo.data.forecast import SeriesScaling
 from hpo.data.sequences import SequenceScaling
 from hpo.data.text import TextVocabulary
-from hpo.export.inputs import InputError, PredictInput, input_field, prepare
+from hpo.export.inputs import InputError, PredictInput, check_rolling, input_field, prepare
 from hpo.model import Architecture, predict_in_chunks
 
 FORMAT = "hpo-model"
-FORMAT_VERSION = 2
+# Version 3 added a series' forecast_target (difference models); a version-2 archive reads as before.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.safetensors"
 ARCHIVE_SUFFIX = ".hpo.zip"
@@ -105,7 +107,7 @@ class Manifest(_Strict):
     """
 
     format: Literal["hpo-model"] = FORMAT
-    format_version: Literal[2] = FORMAT_VERSION
+    format_version: Literal[2, 3] = FORMAT_VERSION
     kind: ModelKind
     task: Literal["classification", "regression", "forecasting"]
     spec: dict[str, Any]
@@ -144,10 +146,15 @@ class _Member:
         self.network.to(device).eval()
 
     @torch.inference_mode()
-    def outputs(self, data: PredictInput, device: torch.device) -> np.ndarray:
-        """Raw network outputs ``[n, out_dim]`` for raw inputs, in chunks."""
-        x, lengths = prepare(self.preprocessing, data)
-        return predict_in_chunks(self.network, x, lengths, device).float().cpu().numpy()
+    def answer(self, data: PredictInput, device: torch.device) -> np.ndarray:
+        """Class probabilities ``[n, C]``, or values ``[n, out_dim]`` in the target's units
+        (a difference forecast added to its window's last value), for raw inputs."""
+        prepared = prepare(self.preprocessing, data)
+        outputs = predict_in_chunks(self.network, prepared.x, prepared.lengths, device).float().cpu().numpy()
+        if self.target is None:
+            return _softmax(outputs)
+        values = outputs.astype(np.float64) * self.target.std + self.target.mean
+        return values if prepared.base is None else values + prepared.base[:, None]
 
 
 class Model:
@@ -202,7 +209,7 @@ class Model:
         """What the model reads (every member reads the same fields and shapes)."""
         return self.members[0].preprocessing
 
-    def predict(self, x: Any, lengths: Any = None) -> np.ndarray:
+    def predict(self, x: Any, lengths: Any = None, *, rolling: bool = False) -> np.ndarray:
         """Predict for raw inputs.
 
         Args:
@@ -212,20 +219,25 @@ class Model:
                 (``[rows]`` for one column), of which the last ``lookback`` rows are read.
             lengths: numeric models only: true lengths ``[n]`` of zero-padded ``x``;
                 required for zero-padded sequences when training ones varied in length.
+            rolling: forecasting only: forecast from every window of the series, each
+                from the true rows before it.
 
         Returns:
             Class labels ``[n]`` (as the training labels were typed); values ``[n]``
             (``[n, k]`` for k targets) in original units (regression); the next
-            ``horizon`` values ``[horizon]`` of the target column (forecasting).
+            ``horizon`` values ``[horizon]`` of the target column (forecasting), or with
+            ``rolling`` ``[rows - lookback + 1, horizon]``: row ``i`` forecasts rows
+            ``lookback + i`` onwards from the rows before them (the last one forecasts
+            past the series' end, as without ``rolling``).
 
         Raises:
             InputError: (a ``ValueError``) naming what is wrong with the input.
         """
-        answer = self._answer(PredictInput(x, lengths))
+        answer = self._answer(PredictInput(x, lengths, check_rolling(rolling)))
         if self.classes is not None:
             return np.array(self.classes)[answer.argmax(1)]
         if self.task == "forecasting":
-            return answer[0]
+            return answer if rolling else answer[0]
         return answer[:, 0] if answer.shape[1] == 1 else answer
 
     def predict_proba(self, x: Any, lengths: Any = None) -> np.ndarray:
@@ -259,9 +271,15 @@ class Model:
                 "probabilities": answer.tolist(),
             }
         if self.task == "forecasting":
-            assert isinstance(self.preprocessing, SeriesScaling)
-            return {"task": self.task, "kind": self.kind, "target": self.preprocessing.target,
-                    "horizon": self.preprocessing.horizon, "predictions": answer[0].tolist()}
+            scaling = self.preprocessing
+            assert isinstance(scaling, SeriesScaling)
+            forecast = {"task": self.task, "kind": self.kind, "target": scaling.target, "horizon": scaling.horizon}
+            if not data.rolling:
+                return {**forecast, "predictions": answer[0].tolist()}
+            # Window i reads rows [i, i + lookback): its forecast starts at row lookback + i.
+            return {**forecast, "rolling": True, "n": len(answer),
+                    "positions": list(range(scaling.lookback, scaling.lookback + len(answer))),
+                    "predictions": answer.tolist()}
         predictions = answer[:, 0] if answer.shape[1] == 1 else answer
         return {"task": self.task, "kind": self.kind, "n": len(answer), "predictions": predictions.tolist()}
 
@@ -292,15 +310,7 @@ class Model:
 
     def _answer(self, data: PredictInput) -> np.ndarray:
         """The members' mean answer: probabilities ``[n, C]``, or values ``[n, out_dim]`` in original units."""
-        answers = []
-        for member in self.members:
-            outputs = member.outputs(data, self.device)
-            if self.classes is not None:
-                answers.append(_softmax(outputs))
-            else:
-                assert member.target is not None
-                answers.append(outputs.astype(np.float64) * member.target.std + member.target.mean)
-        return np.mean(answers, axis=0)
+        return np.mean([member.answer(data, self.device) for member in self.members], axis=0)
 
     def _check_coherent(self) -> None:
         """Refuse a manifest whose parts contradict each other (e.g. a hand-edited one)."""
@@ -410,7 +420,7 @@ def read_archive(source: str | Path | bytes) -> tuple[Manifest, dict[str, torch.
         field = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise ValueError(f"{where}: {MANIFEST_NAME}: {field}: {first['msg']} "
                          f"({exc.error_count()} problem(s)); is it an hpo model archive of format version "
-                         f"{FORMAT_VERSION}?") from None
+                         f"{' or '.join(map(str, READABLE_VERSIONS))}?") from None
     if manifest.weights is None:
         raise ValueError(f"{where}: {MANIFEST_NAME} records no weights sha256")
     digest = hashlib.sha256(blob).hexdigest()

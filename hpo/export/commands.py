@@ -51,6 +51,8 @@ def add_model_commands(sub: Any) -> None:
                                  '({"x": ...}, {"texts": [...]} or {"series": [[...]]})')
     p.add_argument("--format", choices=["npz", "csv", "tsv", "json"], help="default: from the input's suffix")
     p.add_argument("--text-column", help="the csv/tsv column holding the texts (default: text)")
+    p.add_argument("--rolling", action="store_true",
+                   help="forecasting: a forecast from every window of the series, not only after its end")
     p.set_defaults(func=cmd_model_predict)
 
 
@@ -116,7 +118,10 @@ def cmd_model_predict(args: argparse.Namespace) -> None:
             body = json.loads(content)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if args.rolling and isinstance(body, dict):
+            body = {**body, "rolling": True}
         data = inputs_from_json(model.preprocessing, body)
     else:
-        data = inputs_from_file(model.preprocessing, path.name, content, format=fmt, column=args.text_column)
+        data = inputs_from_file(model.preprocessing, path.name, content, format=fmt, column=args.text_column,
+                                rolling=args.rolling)
     print(json.dumps(model.predict_dict(data), indent=2))

@@ -284,8 +284,9 @@ def learning_check(task: str, networks: list[torch.nn.Module], folds: list[FoldD
         if task == "forecasting":
             scaling = fold.preprocessing
             assert isinstance(scaling, SeriesScaling)
-            # Inputs and targets of the target column share its scaling (SeriesScaling.target_scale).
-            last = split.x[:, -1, scaling.columns.index(scaling.target)].cpu().double()[:, None] * std + mean
+            # Inputs and targets of the target column share its scaling (SeriesScaling.target_scale): the last
+            # input scaled back is persistence's answer (0 for a difference model's: no change).
+            last = split.x[:, -1, scaling.target_index].cpu().double()[:, None] * std + mean
             baselines.append(float((last - y).pow(2).mean().sqrt()))
         else:
             baselines.append(float((y - y.mean(0)).pow(2).mean().sqrt()))

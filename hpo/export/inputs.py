@@ -30,17 +30,29 @@ class InputError(DataError):
     """New data that a model cannot read; ``field`` names where (``x``, ``texts``, ``series``, ``file``)."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {message}", field)
 
 
 @dataclass
 class PredictInput:
     """Raw inputs: ``values`` (sequences, texts or one series) and, for zero-padded numeric
-    sequences, their true ``lengths``."""
+    sequences, their true ``lengths``. ``rolling`` (series only): forecast from every
+    window of the series, not only from its last one."""
 
     values: Any
     lengths: Any = None
+    rolling: bool = False
+
+
+@dataclass
+class Prepared:
+    """Network inputs: ``x``, ``lengths`` (None for fixed-length input) and, for a series,
+    ``base`` float64 ``[n]``: what each window adds to its scaled-back outputs
+    (``SeriesScaling.base``)."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor | None = None
+    base: np.ndarray | None = None
 
 
 def input_field(preprocessing: Any) -> str:
@@ -48,11 +60,11 @@ def input_field(preprocessing: Any) -> str:
     return {"numeric": "x", "text": "texts", "series": "series"}[preprocessing.kind]
 
 
-def prepare(preprocessing: Any, data: PredictInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+def prepare(preprocessing: Any, data: PredictInput) -> Prepared:
     """Check raw inputs against the model and apply its training-time preprocessing.
 
-    Returns:
-        ``(x, lengths)`` for the network (``lengths`` None for fixed-length input).
+    A series gives one window, its last ``lookback`` rows; with ``data.rolling``, every
+    window: rows ``[s, s + lookback)`` for each ``s`` from 0 to ``rows - lookback``.
 
     Raises:
         InputError: naming the field and the problem.
@@ -60,15 +72,21 @@ def prepare(preprocessing: Any, data: PredictInput) -> tuple[torch.Tensor, torch
     if data.lengths is not None and not isinstance(preprocessing, SequenceScaling):
         raise InputError("lengths", "only numeric sequence models take lengths; "
                                     f"this one reads {input_field(preprocessing)}")
+    if data.rolling and not isinstance(preprocessing, SeriesScaling):
+        raise InputError("rolling", f"only forecasting models roll over a series; this one reads "
+                                    f"{input_field(preprocessing)}")
     if isinstance(preprocessing, SequenceScaling):
         x, lengths = _sequences(preprocessing, data.values, data.lengths)
         scaled = _finite_after_scaling("x", preprocessing.transform(x, lengths))
-        return torch.from_numpy(scaled), None if lengths is None else torch.from_numpy(lengths)
+        return Prepared(torch.from_numpy(scaled), None if lengths is None else torch.from_numpy(lengths))
     if isinstance(preprocessing, TextVocabulary):
         ids, lengths = preprocessing.encode([tokenize(t) for t in _texts(data.values)])
-        return torch.from_numpy(ids), torch.from_numpy(lengths)
-    window = _series(preprocessing, data.values)[-preprocessing.lookback:]
-    return torch.from_numpy(_finite_after_scaling("series", preprocessing.transform(window)))[None], None
+        return Prepared(torch.from_numpy(ids), torch.from_numpy(lengths))
+    values = _series(preprocessing, data.values)
+    last = len(values) - preprocessing.lookback
+    starts = np.arange(last + 1) if data.rolling else np.array([last])
+    scaled = _finite_after_scaling("series", preprocessing.inputs(values, starts))
+    return Prepared(torch.from_numpy(scaled), None, preprocessing.base(values, starts))
 
 
 def _finite_after_scaling(field: str, scaled: np.ndarray) -> np.ndarray:
@@ -203,36 +221,51 @@ def _series(scaling: SeriesScaling, series: Any) -> np.ndarray:
                                    "one row per time step")
     if len(values) < scaling.lookback:
         raise InputError("series", f"has {len(values)} rows; the model reads the last {scaling.lookback} (lookback)")
+    if len(values) > MAX_PREDICT_ROWS:
+        raise InputError("series", f"has {len(values)} rows; at most {MAX_PREDICT_ROWS} per call")
     if not np.isfinite(values).all():
         raise InputError("series", "contains NaN or infinite values; only finite numbers are accepted")
     return values
 
 
 def inputs_from_json(preprocessing: Any, body: Any) -> PredictInput:
-    """The inputs in a JSON body: ``{"x": [...], "lengths": [...]}``, ``{"texts": [...]}`` or ``{"series": [...]}``.
+    """The inputs in a JSON body: ``{"x": [...], "lengths": [...]}``, ``{"texts": [...]}`` or
+    ``{"series": [...], "rolling": false}``.
 
     Raises:
-        InputError: for a missing or unexpected field.
+        InputError: for a missing or unexpected field, or a ``rolling`` that is not a boolean.
     """
     field = input_field(preprocessing)
     if not isinstance(body, Mapping):
         raise InputError("body", f"must be a JSON object with {field!r}; got {type(body).__name__}")
-    allowed = {field, "lengths"} if field == "x" else {field}
+    allowed = {field, "lengths"} if field == "x" else {field, "rolling"} if field == "series" else {field}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InputError(unknown[0], f"unknown field; this model reads {' and '.join(sorted(allowed))}")
     if field not in body:
         raise InputError(field, f"required: this {preprocessing.kind} model reads {field!r}")
-    return PredictInput(body[field], body.get("lengths"))
+    return PredictInput(body[field], body.get("lengths"), rolling=check_rolling(body.get("rolling", False)))
+
+
+def check_rolling(rolling: Any) -> bool:
+    """``rolling`` as given: true or false.
+
+    Raises:
+        InputError: for anything else (``"true"``, 1, null).
+    """
+    if not isinstance(rolling, (bool, np.bool_)):
+        raise InputError("rolling", f"must be true or false; got {rolling!r}")
+    return bool(rolling)
 
 
 def inputs_from_file(preprocessing: Any, filename: str, content: bytes, *, format: str | None = None,
-                     column: str | None = None) -> PredictInput:
+                     column: str | None = None, rolling: bool = False) -> PredictInput:
     """The inputs in a file of the dataset upload formats (targets, if present, are ignored).
 
     Numeric models read an ``.npz`` (``X``, or ``values`` + ``lengths``); text models a
     csv/tsv table's ``column`` (default ``text``, or the only column); forecasting models
-    a csv/tsv series with the training columns (by name; other columns are ignored).
+    a csv/tsv series with the training columns (by name; other columns are ignored), one
+    forecast after its end or, with ``rolling``, one from every window.
 
     Raises:
         InputError: naming the problem (``field`` is ``file``).
@@ -263,7 +296,8 @@ def inputs_from_file(preprocessing: Any, filename: str, content: bytes, *, forma
         if missing:
             raise DataError(f"the series lacks the model's column(s) {', '.join(missing)}; numeric columns found: "
                             f"{', '.join(series.columns)}")
-        return PredictInput(series.values[:, [series.columns.index(c) for c in preprocessing.columns]])
+        return PredictInput(series.values[:, [series.columns.index(c) for c in preprocessing.columns]],
+                            rolling=rolling)
     except InputError:
         raise
     except DataError as exc:

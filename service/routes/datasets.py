@@ -41,6 +41,11 @@ def upload_dataset(
     text_column: Annotated[str | None, Form(description="Text to tokenize (csv).")] = None,
     label_column: Annotated[str | None, Form(description="Class labels (csv).")] = None,
     max_length: Annotated[int | None, Form(ge=4, le=1024, description="Longest token sequence kept.")] = None,
+    time_column: Annotated[str | None, Form(description="Forecasting: the column that orders the rows (never an "
+                                                        "input; times must increase).")] = None,
+    feature_columns: Annotated[str | None, Form(
+        description="Forecasting: the input columns besides the target, separated by commas (default: every "
+                    "numeric one).")] = None,
 ) -> DatasetOut:
     """Validate a file fully and keep it; a refused file leaves nothing behind."""
     if file.size is not None and file.size > settings.max_upload_bytes:
@@ -49,7 +54,9 @@ def upload_dataset(
     if len(content) > settings.max_upload_bytes:
         raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
     options = {k: v for k, v in {"target_column": target_column, "text_column": text_column,
-                                 "label_column": label_column, "max_length": max_length}.items() if v is not None}
+                                 "label_column": label_column, "max_length": max_length,
+                                 "time_column": time_column, "feature_columns": feature_columns}.items()
+               if v is not None}
     try:
         record = datasets.upload(session, store, file.filename, content, task=task, format=format, options=options,
                                  owner=principal.name)

@@ -38,14 +38,16 @@ _PREDICT_BODY = {
     "requestBody": {
         "required": True,
         "description": "New data: JSON (`{\"x\": [[[...]]]}` numeric, `{\"texts\": [...]}` text, "
-                       "`{\"series\": [[...]]}` forecasting) or a multipart `file` in the dataset upload "
-                       "formats (npz; csv/tsv), with optional `format` and `text_column` fields.",
+                       "`{\"series\": [[...]]}` forecasting, with `\"rolling\": true` for a forecast from "
+                       "every window of the series) or a multipart `file` in the dataset upload formats "
+                       "(npz; csv/tsv), with optional `format`, `text_column` and `rolling` fields.",
         "content": {
             "application/json": {"schema": {"type": "object"}},
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "file": {"type": "string", "format": "binary"},
                 "format": {"type": "string", "enum": ["npz", "csv", "tsv"]},
                 "text_column": {"type": "string"},
+                "rolling": {"type": "boolean"},
             }, "required": ["file"]}},
         },
     }
@@ -118,6 +120,10 @@ class Prediction(BaseModel):
     predictions: list[Any] | None = None
     target: str | None = None
     horizon: int | None = None
+    rolling: bool | None = Field(default=None, description="Forecasts from every window: `predictions[i]` "
+                                                           "forecasts rows from `positions[i]` on.")
+    positions: list[int] | None = Field(default=None, description="Rolling forecasts: the first row each "
+                                                                  "forecasts (its window is the rows before it).")
 
 
 def model_view(study_id: str, status: dict[str, Any] | None) -> dict[str, Any]:
@@ -221,7 +227,7 @@ async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, sett
             content = await upload.read(settings.max_upload_bytes + 1)
             if len(content) > settings.max_upload_bytes:
                 raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
-            options = {k: form.get(k) for k in ("format", "text_column")}
+            options = {k: form.get(k) for k in ("format", "text_column", "rolling")}
             filename = upload.filename or "upload"
         data = await run_in_threadpool(_file_input, model, filename, content, options)
     elif media == "application/json" or media.endswith("+json"):
@@ -271,11 +277,14 @@ def _json_input(model: Model, body: Any) -> PredictInput:
 
 
 def _file_input(model: Model, filename: str, content: bytes, options: dict[str, Any]) -> PredictInput:
-    fmt, column = options.get("format"), options.get("text_column")
+    fmt, column, rolling = options.get("format"), options.get("text_column"), options.get("rolling")
     if fmt is not None and (not isinstance(fmt, str) or fmt not in ("npz", "csv", "tsv")):
         raise problem(422, f"format must be npz, csv or tsv; got {fmt!r}", field="format")
+    if rolling is not None and rolling not in ("true", "false"):
+        raise problem(422, f"rolling must be true or false; got {rolling!r}", field="rolling")
     try:
         return inputs_from_file(model.preprocessing, filename, content, format=fmt,
-                                column=column if isinstance(column, str) and column else None)
+                                column=column if isinstance(column, str) and column else None,
+                                rolling=rolling == "true")
     except InputError as exc:
         raise problem(422, str(exc), field=exc.field) from None

@@ -123,3 +123,29 @@ def test_cancel_a_running_study(server, page, api, tmp_path):
     assert page.is_hidden("#cancel")
     assert api.get(f"/studies/{study['id']}").json()["state"] == "cancelled"
     page.screenshot(path=tmp_path / "study-cancelled.png", full_page=True)
+
+
+def test_an_uploaded_series_shows_its_column_roles(server, page, tmp_path):
+    yearly = tmp_path / "yearly.csv"
+    yearly.write_text("year,temp,sales\n" + "".join(f"{1900 + r},{r % 7},{100 + 3 * r}\n" for r in range(30)))
+    unsorted = tmp_path / "unsorted.csv"
+    unsorted.write_text("year,sales\n1901,1\n1900,2\n" + "".join(f"{1902 + r},{r}\n" for r in range(20)))
+    page.goto(f"{server.url}/new")
+    page.click("#upload summary")
+    page.select_option("#u-task", "forecasting")
+    page.fill("#u-time", "year")
+
+    page.set_input_files("#u-file", str(unsorted))
+    page.click("#u-submit")
+    error = page.locator('[data-upload-field="time_column"] .field-error')
+    error.wait_for()
+    assert "goes back in time at line 3" in error.text_content()
+
+    page.set_input_files("#u-file", str(yearly))
+    page.click("#u-submit")
+
+    page.wait_for_function("document.querySelector('#u-status').textContent.includes('Columns:')")
+    roles = "target sales · inputs: temp, sales · time: year (orders the rows, not an input)"
+    assert roles in page.text_content("#u-status")
+    assert page.text_content("#dataset-roles") == roles
+    page.screenshot(path=tmp_path / "new-upload-roles.png", full_page=True)

@@ -79,6 +79,10 @@ def test_datasets_upload_list_show_delete(live_server, tmp_path):
                   cwd=tmp_path)
     deleted = hpo("datasets", "delete", dataset_id, url=url, cwd=tmp_path)
     gone = hpo("datasets", "show", dataset_id, "--json", url=url, cwd=tmp_path)
+    series = tmp_path / "yearly.csv"
+    series.write_text("year,temp,sales\n" + "".join(f"{1900 + r},{r % 7},{100 + 3 * r}\n" for r in range(30)))
+    with_roles = hpo("datasets", "upload", str(series), "--task", "forecasting", "--time-column", "year",
+                     "--feature-columns", "temp", "--json", url=url, cwd=tmp_path)
 
     assert uploaded.returncode == 0 and "dataset: {id: " + dataset_id + "}" in uploaded.stderr, uploaded
     assert dataset_id in listed.stdout and "spam.csv" in listed.stdout, listed
@@ -87,3 +91,5 @@ def test_datasets_upload_list_show_delete(live_server, tmp_path):
     assert refused.returncode == 1 and "HTTP 422: max_length" in refused.stderr, refused
     assert deleted.stdout == f"{dataset_id} deleted\n"
     assert gone.returncode == 1 and "HTTP 404" in gone.stderr
+    summary = json.loads(with_roles.stdout)["summary"]
+    assert (summary["columns"], summary["time_column"]) == (["temp", "sales"], "year"), with_roles

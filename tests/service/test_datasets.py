@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from hpo.data import load_dataset
 from hpo.db.models import DatasetRecord
+from hpo.spec import parse_spec
 from hpo.studies import fail_study, set_cancelled
 from service import datasets
 from service.app import create_app
@@ -230,6 +232,8 @@ BAD_UPLOADS = {
     "binary-junk-csv": ("junk.csv", bytes(range(256)) * 16, 422),
     "non-numeric-series": ("series.csv", b"t,v\n1,2\n2,three\n3,4\n" * 8, 422, {"task": "forecasting"}),
     "too-wide-series": ("wide.csv", _wide_series(1001), 422, {"task": "forecasting"}),
+    "unsorted-times": ("years.csv", b"year,v\n1901,1\n1900,2\n" + b"".join(b"%d,3\n" % y for y in range(1902, 1920)),
+                       422, {"task": "forecasting", "time_column": "year"}),
     "just-over-the-limit": ("big.csv", b"x" * (MAX_UPLOAD_BYTES + 1), 413),
     "far-over-the-limit": ("huge.csv", b"x" * (MAX_UPLOAD_BYTES + 2 * 2**20), 413),
 }
@@ -244,7 +248,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(shared_api, case):
 
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
-    assert detail[0]["field"] in ("file", "body") and detail[0]["message"]
+    assert detail[0]["field"] in ("file", "body", *(form[0] if form else {})) and detail[0]["message"]
     assert shared_api.get(DATASETS).json()["total"] == 0
     assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
 
@@ -339,3 +343,27 @@ def test_targets_that_cannot_train_are_refused_at_upload(shared_api, filename, c
     [error] = response.json()["detail"]
     assert error["field"] == "file" and message in error["message"], error
     assert shared_api.get(DATASETS).json()["total"] == 0
+
+
+def test_a_series_upload_says_its_columns_roles_and_a_year_column_is_no_input(api, data_dir):
+    yearly = "year,temp,sales\n" + "".join(f"{1900 + r},{r % 7},{100 + 3 * r}\n" for r in range(30))
+    plain = upload(api, "yearly.csv", yearly.encode(), task="forecasting").json()
+    assert plain["summary"]["columns"] == ["year", "temp", "sales"]  # as before: every numeric column an input
+
+    response = upload(api, "yearly.csv", yearly.encode(), task="forecasting", time_column="year",
+                      feature_columns="temp")
+
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["options"] == {"time_column": "year", "feature_columns": ["temp"]}
+    summary = dataset["summary"]
+    assert (summary["target"], summary["feature_columns"], summary["time_column"]) == ("sales", ["temp"], "year")
+    assert summary["columns"] == ["temp", "sales"] and "year" in summary["dropped_columns"]
+    spec = parse_spec({"name": "y", "task": "forecasting", "dataset": {"id": dataset["id"]},
+                       "training": {"lookback": 4}})
+    assert load_dataset(spec, data_dir).fold(np.arange(10), np.arange(12, 20)).n_features == 2
+
+    refused = upload(api, "yearly.csv", yearly.encode(), task="forecasting", time_column="when")
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["field"] == "time_column"
+    assert "no time column 'when'" in refused.json()["detail"][0]["message"]

@@ -273,6 +273,16 @@ def test_forecasting_model_predicts_the_next_values_in_passengers(api, database_
     body = answer.json()
     assert body["target"] == "passengers" and body["horizon"] == 2
     np.testing.assert_allclose(body["predictions"], local.predict(series), rtol=1e-6)
+    rolling = api.post(f"{STUDIES}/{study['id']}/predict", json={"series": series.tolist(), "rolling": True}).json()
+    assert rolling["rolling"] is True and rolling["positions"] == list(range(6, 31))
+    np.testing.assert_allclose(rolling["predictions"], local.predict(series, rolling=True), rtol=1e-6)
+    np.testing.assert_allclose(rolling["predictions"][-1], body["predictions"], rtol=1e-6)
+    csv = "month,passengers\n" + "".join(f"m{i},{v}\n" for i, v in enumerate(series.ravel()))
+    from_file = api.post(f"{STUDIES}/{study['id']}/predict", files={"file": ("s.csv", csv.encode())},
+                         data={"rolling": "true"}).json()
+    assert from_file["predictions"] == rolling["predictions"]
+    bad = api.post(f"{STUDIES}/{study['id']}/predict", json={"series": series.tolist(), "rolling": "yes"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "rolling"
     too_short = api.post(f"{STUDIES}/{study['id']}/predict", json={"series": series[:3].ravel().tolist()})
     assert too_short.status_code == 422
     assert too_short.json()["detail"][0] == {

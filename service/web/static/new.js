@@ -209,16 +209,36 @@ function submitYaml() {
 }
 
 // ---- Datasets ----------------------------------------------------------------------------------
+const uploaded = new Map(); // dataset id -> the API's dataset (its summary says the columns' roles)
+
+// A series' column roles in words: "target sales · inputs: sales, temp · time: year (orders the rows) · dropped: note".
+function columnRoles(dataset) {
+  const s = (dataset && dataset.summary) || {};
+  if (dataset?.task !== "forecasting" || !s.target) return "";
+  const parts = [`target ${s.target}`, `inputs: ${(s.columns || []).join(", ")}`];
+  if (s.time_column) parts.push(`time: ${s.time_column} (orders the rows, not an input)`);
+  const dropped = (s.dropped_columns || []).filter((c) => c !== s.time_column);
+  if (dropped.length) parts.push(`dropped: ${dropped.join(", ")}`);
+  return parts.join(" · ");
+}
+
+function showRoles() {
+  $("dataset-roles").textContent = columnRoles(uploaded.get(value("f-dataset-id")));
+}
+
 async function loadDatasets(selectId) {
   const select = $("f-dataset-id");
   try {
     const page = await api(`${API}/datasets?limit=100`);
+    uploaded.clear();
+    for (const d of page.items) uploaded.set(d.id, d);
     const options = page.items.map((d) => el("option", { value: d.id }, `${d.name} · ${d.task} · ${d.id}`));
     select.replaceChildren(...(options.length ? options : [el("option", { value: "" }, "none uploaded yet: upload one below")]));
     if (selectId) select.value = selectId;
   } catch (err) {
     select.replaceChildren(el("option", { value: "" }, `could not list datasets (${err.message})`));
   }
+  showRoles();
 }
 
 function setSource(source) {
@@ -239,7 +259,9 @@ async function upload() {
   const form = new FormData();
   form.append("file", file);
   form.append("task", value("u-task"));
-  for (const [name, id] of [["format", "u-format"], ["target_column", "u-target"], ["text_column", "u-text"], ["label_column", "u-label"]]) {
+  const fields = [["format", "u-format"], ["target_column", "u-target"], ["time_column", "u-time"],
+    ["feature_columns", "u-features"], ["text_column", "u-text"], ["label_column", "u-label"]];
+  for (const [name, id] of fields) {
     if (value(id).trim()) form.append(name, value(id).trim());
   }
   const status = $("u-status");
@@ -247,7 +269,8 @@ async function upload() {
   $("u-submit").disabled = true;
   try {
     const dataset = await api(`${API}/datasets`, { method: "POST", body: form });
-    status.textContent = `Uploaded ${dataset.name} as ${dataset.id}; selected above.`;
+    const roles = columnRoles(dataset);
+    status.textContent = `Uploaded ${dataset.name} as ${dataset.id}; selected above.${roles ? ` Columns: ${roles}.` : ""}`;
     await loadDatasets(dataset.id);
     setSource("uploaded");
     $("f-task").value = dataset.task;
@@ -296,6 +319,7 @@ function init() {
   }
   $("spec-form").addEventListener("submit", submitForm);
   $("u-submit").addEventListener("click", upload);
+  $("f-dataset-id").addEventListener("change", showRoles);
   $("tab-form").addEventListener("click", () => showTab("form"));
   $("tab-yaml").addEventListener("click", () => showTab("yaml"));
   $("yaml").addEventListener("input", () => (yamlEdited = true));
