@@ -14,6 +14,7 @@ only here, for scoring; their labels never reach the server.
     .venv/bin/python -m bench.bench_quality --quick                    # one seed, all six datasets, ~25-30 min
     .venv/bin/python -m bench.bench_quality                            # 3 seeds, ~1 h 15
     .venv/bin/python -m bench.bench_quality --datasets Lynx --budget-s 60 --set pruner.name=none
+    .venv/bin/python -m bench.bench_quality --quick --refit-seeds 3      # also score a 3-seed refit of each study
 """
 
 from __future__ import annotations
