@@ -14,6 +14,7 @@ only here, for scoring; their labels never reach the server.
     .venv/bin/python -m bench.bench_quality --quick                    # one seed, all six datasets, ~25-30 min
     .venv/bin/python -m bench.bench_quality                            # 3 seeds, ~1 h 15
     .venv/bin/python -m bench.bench_quality --datasets Lynx --budget-s 60 --set pruner.name=none
+    .venv/bin/python -m bench.bench_quality --quick --refit-seeds 3      # also score a 3-seed refit of each study
 """
 
 from __future__ import annotations
@@ -138,10 +139,18 @@ def score_forecasting(client: Client, study_id: str, folder: Path, entry: dict[s
     return {"rmse": math.sqrt(mse), "mse": mse, "mae": float(np.mean(np.abs(errors_array)))}
 
 
+def score(client: Client, study_id: str, folder: Path, entry: dict[str, Any]) -> dict[str, float]:
+    """The study's model on the dataset's test split."""
+    return (score_classification(client, study_id, folder, entry) if entry["task"] == "classification"
+            else score_forecasting(client, study_id, folder, entry))
+
+
 def run_one(result: dict[str, Any], folder: Path, entry: dict[str, Any], budget_s: float,
-            overlay: dict[str, Any], workdir: Path) -> dict[str, Any]:
+            overlay: dict[str, Any], workdir: Path, refit_seeds: int = 0) -> dict[str, Any]:
     """One dataset, one seed, on a fresh server, recorded into ``result`` as it goes (``error``
-    when something refused; what was recorded before an exception stays)."""
+    when something refused; what was recorded before an exception stays). With ``refit_seeds``,
+    the same study's best trial is then refit on all the training data (``{"kind": "refit",
+    "seeds": refit_seeds}``) and scored too, as ``refit``."""
     name, seed, task = result["dataset"], result["seed"], entry["task"]
     train_file = folder / (entry["files"]["train"]["file"] if task == "classification" else entry["files"]["train"])
     result.update(task=task, load_avg_start=os.getloadavg()[0])
@@ -164,15 +173,22 @@ def run_one(result: dict[str, Any], folder: Path, entry: dict[str, Any], budget_
         if result["model_requested"]:
             client.fit_model(study["id"])
         model = client.wait_model(study["id"], poll_s=2, timeout_s=MODEL_TIMEOUT_S)
-        result["model"] = {k: model.get(k) for k in ("state", "trial_number", "cv_score", "reason", "model")}
+        result["model"] = {k: model.get(k) for k in ("state", "kind", "trial_number", "cv_score", "reason", "model")}
         result["model_s"] = time.monotonic() - start - result["study_s"]
         if model["state"] != "ready":
             result["error"] = f"model {model['state']}: {model.get('reason')}"
             return finish(result, start)
-        result["test"] = (score_classification(client, study["id"], folder, entry) if task == "classification"
-                          else score_forecasting(client, study["id"], folder, entry))
+        result["test"] = score(client, study["id"], folder, entry)
         # The final trial's counts: trials still running when the budget ended have finished by now.
         result["trials"] = client.get(study["id"])["trials"]
+        if refit_seeds and model.get("kind") != "refit":
+            refit_start = time.monotonic()
+            client.fit_model(study["id"], seeds=refit_seeds)
+            refit = client.wait_model(study["id"], poll_s=2, timeout_s=MODEL_TIMEOUT_S)
+            result["refit"] = {k: refit.get(k) for k in ("state", "kind", "seeds", "trial_number", "reason", "model")}
+            if refit["state"] == "ready":
+                result["refit"]["test"] = score(client, study["id"], folder, entry)
+            result["refit"]["s"] = time.monotonic() - refit_start
     return finish(result, start)
 
 
@@ -211,8 +227,9 @@ def summarize(name: str, entry: dict[str, Any], runs: list[dict[str, Any]]) -> d
     tests = [r["test"][metric] for r in scored]
     cvs = [r["best"]["value"] for r in scored]
     gaps = [cv - test if metric == "accuracy" else test - cv for cv, test in zip(cvs, tests)]
+    refits = [r["refit"]["test"][metric] for r in scored if "test" in r.get("refit", {})]
     return {"dataset": name, "metric": metric, "runs": len(runs), "scored": len(scored),
-            "test": tests, "cv": cvs, "gap": gaps,
+            "test": tests, "refit": refits, "cv": cvs, "gap": gaps,
             "trials": [r["trials"]["complete"] + r["trials"]["pruned"] for r in runs if "trials" in r],
             "pruned": [r["trials"]["pruned"] for r in runs if "trials" in r],
             "wall_s": [r["wall_s"] for r in runs], "errors": [r["error"] for r in runs if "error" in r],
@@ -220,10 +237,11 @@ def summarize(name: str, entry: dict[str, Any], runs: list[dict[str, Any]]) -> d
 
 
 def table(summaries: list[dict[str, Any]]) -> str:
-    """The summaries as a Markdown table."""
-    lines = ["| dataset | metric | test (mean ± sd) | best CV | CV−test gap | baseline | trivial | best deep "
-             "| trials (pruned) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """The summaries as a Markdown table (with a ``refit`` column when refits were scored)."""
+    with_refit = any(s["refit"] for s in summaries)
+    lines = ["| dataset | metric | test (mean ± sd) | " + ("refit test | " if with_refit else "")
+             + "best CV | CV−test gap | baseline | trivial | best deep | trials (pruned) | wall s |",
+             "|---|---|---|" + ("---|" if with_refit else "") + "---|---|---|---|---|---|---|"]
     for s in summaries:
         digits = 3 if s["metric"] == "accuracy" or s["references"]["baseline"] < 10 else 1
         ref = s["references"]
@@ -231,7 +249,8 @@ def table(summaries: list[dict[str, Any]]) -> str:
         trials = f"{statistics.mean(s['trials']):.0f} ({statistics.mean(s['pruned']):.0f})" if s["trials"] else "–"
         failed = f" ({len(s['errors'])} of {s['runs']} failed)" if s["errors"] else ""
         lines.append(
-            f"| {s['dataset']} | {s['metric']} | {mean_sd(s['test'], digits)}{failed} | {mean_sd(s['cv'], digits)} "
+            f"| {s['dataset']} | {s['metric']} | {mean_sd(s['test'], digits)}{failed} | "
+            + (f"{mean_sd(s['refit'], digits)} | " if with_refit else "") + f"{mean_sd(s['cv'], digits)} "
             f"| {mean_sd(s['gap'], digits)} | {ref['baseline_name']} {ref['baseline']:.{digits}f} "
             f"| {ref['trivial_name']} {ref['trivial']:.{digits}f} | {deep} | {trials} "
             f"| {statistics.mean(s['wall_s']):.0f} |")
@@ -248,6 +267,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="one seed")
     parser.add_argument("--set", dest="overlay", action="append", default=[], metavar="PATH=VALUE",
                         help="lay this over every spec, e.g. pruner.name=none or model.kind=refit (repeatable)")
+    parser.add_argument("--refit-seeds", type=int, default=0, metavar="N",
+                        help="also refit each study's best trial on all the training data, N seeds averaged "
+                             "({\"kind\": \"refit\", \"seeds\": N}), and score that model too (default 0: no)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args(argv)
 
@@ -263,7 +285,7 @@ def main(argv: list[str]) -> None:
     overlay = parse_overlay(args.overlay)
 
     header(f"quality suite: {len(names)} datasets x {len(seeds)} seeds, budget {args.budget_s:g} s, "
-           f"{WORKERS} workers" + (f", overlay {json.dumps(overlay)}" if overlay else ""))
+           f"{WORKERS} workers" + (f", refit with {args.refit_seeds} seeds" if args.refit_seeds else "") + (f", overlay {json.dumps(overlay)}" if overlay else ""))
     started = dt.datetime.now().astimezone()
     runs = []
     for seed in seeds:
@@ -272,13 +294,15 @@ def main(argv: list[str]) -> None:
             start = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="bench-quality-") as workdir:
                 try:
-                    run_one(result, args.data, manifest[name], args.budget_s, overlay, Path(workdir))
+                    run_one(result, args.data, manifest[name], args.budget_s, overlay, Path(workdir),
+                            args.refit_seeds)
                 except Exception as exc:  # one dataset's refusal or timeout is a result; the others still run
                     result["error"] = f"{type(exc).__name__}: {exc}"
                     finish(result, start)
             runs.append(result)
-            score = result.get("test") or {"error": result.get("error")}
-            print(f"{name} seed {seed}: {json.dumps(score)} cv {result.get('best', {}).get('value')} "
+            scored = result.get("test") or {"error": result.get("error")}
+            refit = f" refit {json.dumps(result['refit'].get('test') or result['refit'])}" if "refit" in result else ""
+            print(f"{name} seed {seed}: {json.dumps(scored)}{refit} cv {result.get('best', {}).get('value')} "
                   f"trials {result.get('trials')} wall {result['wall_s']:.0f} s", flush=True)
 
     summaries = [summarize(n, manifest[n], [r for r in runs if r["dataset"] == n]) for n in names]

@@ -51,6 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         except DataError as exc:
             print(f"{args.spec}: dataset.path: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+    spec = spec.with_trial_cap(settings_of(args).max_n_trials)
     print(f"{args.spec}: ok ({spec.task}, {spec.sampler.name} sampler, {spec.n_trials} trials, "
           f"{spec.cv.folds}-fold {spec.cv.strategy} CV, {spec.direction} {spec.training.metric})")
 
@@ -66,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1; got {args.jobs}")
     settings = settings_of(args)
+    spec = spec.with_trial_cap(settings.max_n_trials)
     best = local.run(spec, storage_url=settings.database_url, jobs=args.jobs, data_dir=settings.data_dir,
                      show_progress=not args.quiet)
     if best is None:

@@ -426,12 +426,23 @@ class StudySpec(_Strict):
 
     @property
     def n_trials(self) -> int:
-        """The trial budget: as given, else every grid point for grid search, else 20."""
+        """The trial budget: as given, else every grid point for grid search, else 20 (a
+        budget of ``timeout_s`` alone is made a cap by :meth:`with_trial_cap` when the study
+        is submitted)."""
         if self.budget.n_trials is not None:
             return self.budget.n_trials
         if self.sampler.name == "grid":
             return math.prod(len(v) for v in self.grid().values())
         return DEFAULT_N_TRIALS
+
+    def with_trial_cap(self, max_n_trials: int) -> StudySpec:
+        """The spec as its study runs: a wall-clock budget alone (``budget.timeout_s`` without
+        ``budget.n_trials``, not a grid) starts trials until its time ends, up to
+        ``max_n_trials`` (the server's ``HPO_MAX_N_TRIALS``), written into ``budget.n_trials``
+        so that every worker counts to the same number. Any other spec is returned as it is."""
+        if self.budget.timeout_s is None or self.budget.n_trials is not None or self.sampler.name == "grid":
+            return self
+        return self.model_copy(update={"budget": self.budget.model_copy(update={"n_trials": max_n_trials})})
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's values per parameter.

@@ -325,4 +325,7 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
         if durations:
             remaining = prog.n_trials - prog.finished
             prog.eta_s = statistics.mean(durations) * remaining / max(1, prog.running)
+            if spec.budget.timeout_s and started_at:  # no trial starts after the budget's end
+                left = spec.budget.timeout_s - (now - started_at).total_seconds()
+                prog.eta_s = min(prog.eta_s, max(0.0, left))
     return prog

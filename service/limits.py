@@ -96,7 +96,8 @@ def check_study_size(spec: StudySpec, settings: Settings) -> None:
     errors = []
     n_trials = spec.n_trials
     if n_trials > settings.max_n_trials:
-        where = "" if spec.budget.n_trials is not None else f" (the grid's {n_trials} points)"
+        where = ("" if spec.budget.n_trials is not None else f" (the grid's {n_trials} points)"
+                 if spec.sampler.name == "grid" else " (the default budget)")
         errors.append(("budget.n_trials", f"{n_trials} trials{where} exceed this server's limit of "
                                           f"{settings.max_n_trials} (HPO_MAX_N_TRIALS)"))
     if len(spec.enqueue_trials) > settings.max_n_trials:

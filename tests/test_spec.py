@@ -81,6 +81,14 @@ def test_grid_needs_a_finite_grid_and_a_fitting_budget():
     assert "sampler.grid_points" in fields(base(sampler={"name": "grid", "grid_points": 1000}))
 
 
+def test_a_wall_clock_budget_alone_is_capped_only_by_the_servers_limit():
+    assert parse_spec(base(budget={"timeout_s": 60})).with_trial_cap(1000).n_trials == 1000
+    assert parse_spec(base(budget={"timeout_s": 60, "n_trials": 7})).with_trial_cap(1000).n_trials == 7
+    assert parse_spec(base(budget={})).with_trial_cap(1000).n_trials == 20
+    grid = parse_spec(base(sampler={"name": "grid", "grid_points": 2}, budget={"timeout_s": 60}))
+    assert grid.with_trial_cap(1000).n_trials == grid.n_trials == 80
+
+
 def test_out_of_bounds_values_and_bad_enqueued_trials():
     assert "search_space.dropout" in fields(base(search_space={"dropout": {"low": 0.0, "high": 2.0}}))
     errors = fields(base(enqueue_trials=[{"lr": "fast", "momentum": 0.9}]))

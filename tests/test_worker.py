@@ -235,6 +235,20 @@ def test_a_timed_out_study_is_completed_only_once_no_trial_runs():
     assert "timeout_s" in prog.reason
 
 
+def test_the_eta_of_a_timed_study_is_at_most_the_time_its_budget_has_left():
+    timed = spec("s", budget={"timeout_s": 60}).with_trial_cap(1000)
+    start = dt.datetime.now()
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=TrialState.COMPLETE, value=0.5, datetime_start=start,
+        datetime_complete=start + dt.timedelta(seconds=10), params={}, distributions={}, user_attrs={},
+        system_attrs={}, intermediate_values={}))
+    study.ask()  # one trial running
+    prog = progress(study, timed, start + dt.timedelta(seconds=45))
+    assert prog.n_trials == 1000 and prog.state == "running"
+    assert prog.eta_s == pytest.approx(15)  # not 999 trials x 10 s: the budget ends in 15 s
+
+
 def test_a_running_trial_stops_at_its_next_epoch_when_the_budget_ends(sqlite_url):
     max_epochs = 300
     storage = open_storage(sqlite_url)

@@ -135,6 +135,7 @@ def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: S
     """Validate a spec and queue its study; workers start on it at once. Refused with 422
     past the server's caps on trials, folds and epochs, and with 429 while the caller has
     too many unfinished studies."""
+    spec = spec.with_trial_cap(settings.max_n_trials)
     check_study_size(spec, settings)
     _check_queue(session, cache, settings, principal.name)
     loaded = catalog.submit(session, storage, spec, owner=principal.name)

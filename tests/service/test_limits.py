@@ -32,6 +32,7 @@ def refused_fields(response) -> list[str]:
     [
         ({"budget": {"n_trials": 11}}, "budget.n_trials", "11 trials exceed this server's limit of 10"),
         ({"sampler": {"name": "grid", "grid_points": 4}, "budget": {}}, "budget.n_trials", "grid's 128 points"),
+        ({"budget": {}}, "budget.n_trials", "20 trials (the default budget) exceed"),
         ({"enqueue_trials": [{"lr": 0.01}] * 11}, "enqueue_trials", "11 queued trials"),
         ({"cv": {"folds": 4}}, "cv.folds", "4 folds exceed this server's limit of 3 (HPO_MAX_FOLDS)"),
         ({"training": {"max_epochs": 6}}, "training.max_epochs", "6 epochs exceed this server's limit of 5"),
@@ -50,6 +51,23 @@ def test_at_the_caps_is_accepted(capped):
     spec = tiny_spec(budget={"n_trials": 10}, cv={"folds": 3}, training={"max_epochs": 5})
 
     assert capped.post(STUDIES, json=spec).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("budget", "n_trials"),
+    [
+        ({"timeout_s": 300}, 10),  # a wall-clock budget alone: trials until the time ends, up to the server's cap
+        ({"timeout_s": 300, "n_trials": 4}, 4),
+    ],
+)
+def test_a_timeout_alone_runs_up_to_the_servers_trial_cap(capped, budget, n_trials):
+    response = capped.post(STUDIES, json=tiny_spec(budget=budget))
+    assert response.status_code == 201, response.text
+    study = response.json()
+
+    assert study["n_trials"] == n_trials
+    assert study["spec"]["budget"]["timeout_s"] == 300
+    assert capped.get(f"{STUDIES}/{study['id']}").json()["n_trials"] == n_trials
 
 
 def test_unfinished_studies_per_owner_are_capped(capped):
