@@ -333,13 +333,15 @@ def run_arm(url: str, admin_url: str, postmaster: int | None, workers: int, n_tr
 def print_arm(res: dict[str, Any]) -> None:
     lost = res["claimed_not_told"] + res["left_unfinished"] + res["short_of_budget"]
     duplicated = res["claimed_twice"] + res["told_twice"] + res["duplicate_numbers"]
+    used = (res["worker_cpu_ms"] + res["proxy_cpu_ms"] + res["pg_cpu_ms"]) * res["per_s"] / 1000  # this fleet's cores
     print(f"{'proxy ' if res['proxy'] else 'direct'} {res['workers']:3d} workers: {res['per_s']:6.1f} trials/s  "
           f"claim p50 {res['claim_p50_ms']:6.1f} ms p95 {res['claim_p95_ms']:7.1f} ms  "
           f"connections {res['connections']:3d} (lock waits {res['lock_waits']:2d})  "
           f"errors {res['warnings']} warnings, {len(res['died'])} died  lost {lost} duplicated {duplicated} "
           f"surplus {res['surplus']}  CPU/trial: workers {res['worker_cpu_ms']:.1f} ms, proxy "
-          f"{res['proxy_cpu_ms']:.1f} ms, PostgreSQL {res['pg_cpu_ms']:.1f} ms; host CPU "
-          f"{100 * res['host_cpu']:.0f} %  wall {res['wall_s']:.1f} s  load {res['load']:.1f}", flush=True)
+          f"{res['proxy_cpu_ms']:.1f} ms, PostgreSQL {res['pg_cpu_ms']:.1f} ms = {used:.2f} cores busy "
+          f"(proxy {res['proxy_cpu_ms'] * res['per_s'] / 1000:.2f}); host CPU {100 * res['host_cpu']:.0f} %  "
+          f"wall {res['wall_s']:.1f} s  load {res['load']:.1f}", flush=True)
     for kind, n in res["warning_kinds"].items():
         print(f"      {n:5d} x {kind}")
     for error in res["died"][:3]:

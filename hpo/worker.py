@@ -62,12 +62,12 @@ OUTAGE_REASON = "the database became unreachable while the trial ran (its result
 
 
 def database_error(exc: BaseException) -> BaseException | None:
-    """The database error ``exc`` is, or was raised while handling (Optuna can mask a failed
+    """The database (or storage proxy) error ``exc`` is, or was raised while handling (Optuna can mask a failed
     ``tell`` with an ``UnboundLocalError`` when it cannot read the trial back); else ``None``."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, (SQLAlchemyError, StorageInternalError)):
+        if isinstance(current, (SQLAlchemyError, StorageInternalError, ConnectionError)):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
@@ -393,15 +393,16 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     stop = stop or threading.Event()
     if options.threads:
         torch.set_num_threads(options.threads)
-    storage = open_storage(
-        options.database_url, heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period
-    )
-    if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-    picker = StudyPicker(storage, options, worker_index, stop)
+    picker: StudyPicker | None = None
     outage_s = 0.0
     while not stop.is_set():
         try:
+            if picker is None:  # a database (or proxy) refusing connections at start is waited out too
+                storage = open_storage(options.database_url, heartbeat_interval=options.heartbeat_interval,
+                                       grace_period=options.grace_period)
+                if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
+                    optuna.logging.set_verbosity(optuna.logging.ERROR)
+                picker = StudyPicker(storage, options, worker_index, stop)
             picker.fail_orphaned()
             runner = picker.keep_current()
             if runner is None:
