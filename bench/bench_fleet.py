@@ -351,7 +351,7 @@ def print_arm(res: dict[str, Any]) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[8, 16, 32, 64], help="fleet sizes")
-    parser.add_argument("--trials", type=int, default=800, help="trials per arm (default 800)")
+    parser.add_argument("--trials", type=int, default=400, help="trials per arm (default 400)")
     parser.add_argument("--trial-ms", type=float, default=0.0, help="each trial waits this long, no CPU")
     parser.add_argument("--proxy", action="store_true", help="also each fleet through hpo storage-proxy")
     parser.add_argument("--shared", action="store_true", help="the shared server at 127.0.0.1:5432")
