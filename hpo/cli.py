@@ -116,6 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    from hpo.storage import PROXY_SCHEME, open_storage
     from hpo.worker import WorkerOptions, run_worker
 
     if args.concurrency < 1:
@@ -125,8 +126,34 @@ def cmd_worker(args: argparse.Namespace) -> None:
         database_url=settings.database_url, data_dir=settings.data_dir,
         heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
     )
+    if options.database_url.startswith(PROXY_SCHEME):  # refuse a bad URL or an absent proxy here, in one line
+        open_storage(options.database_url).close()
     print(f"hpo worker: {args.concurrency} process(es) on {options.database_url}", file=sys.stderr)
     run_worker(options, concurrency=args.concurrency)
+
+
+def cmd_storage_proxy(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from hpo.storage import PROXY_SCHEME, serve_proxy
+
+    settings = settings_of(args)
+    if settings.database_url.startswith(PROXY_SCHEME):
+        raise UsageError(f"--database must be the database itself, not another proxy ({settings.database_url})")
+    server = serve_proxy(settings.database_url, settings.proxy_host, settings.proxy_port,
+                         heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
+                         threads=settings.proxy_threads)
+    print(f"hpo storage-proxy: {settings.database_url} at grpc://{settings.proxy_host}:{settings.proxy_port}",
+          file=sys.stderr, flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(grace=5).wait()  # answers in flight are finished; new calls are refused
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> None:
@@ -245,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int, help="seconds of silence before a trial is failed (default: "
                    f"$HPO_GRACE_PERIOD or {setting_default('grace_period')})")
     database(p)
+
+    p = add("storage-proxy", cmd_storage_proxy, "Serve the database to workers over gRPC (Optuna's storage "
+            "proxy, with this project's claim and stale-trial rules): workers use --database grpc://HOST:PORT.")
+    p.add_argument("--host", dest="proxy_host", help="address to listen on (default: $HPO_PROXY_HOST or "
+                   f"{setting_default('proxy_host')})")
+    p.add_argument("--port", dest="proxy_port", type=int, help="port to listen on (default: $HPO_PROXY_PORT or "
+                   f"{setting_default('proxy_port')})")
+    p.add_argument("--threads", dest="proxy_threads", type=int, help="requests served at once, each holding at "
+                   f"most one database connection (default: $HPO_PROXY_THREADS or {setting_default('proxy_threads')})")
+    p.add_argument("--heartbeat-interval", type=int, help="the workers' seconds between heartbeats (default: "
+                   f"$HPO_HEARTBEAT_INTERVAL or {setting_default('heartbeat_interval')})")
+    p.add_argument("--grace-period", type=int, help="seconds of silence before a trial is failed (default: "
+                   f"$HPO_GRACE_PERIOD or {setting_default('grace_period')})")
+    add_database_flags(p)
 
     p = add("db", cmd_db_upgrade, "Database maintenance.")
     p.add_argument("action", choices=["upgrade"], help="upgrade: apply migrations")

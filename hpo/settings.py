@@ -23,6 +23,7 @@ DEFAULT_PORT = 8000
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_HEARTBEAT_S = 10
 DEFAULT_GRACE_S = 30
+DEFAULT_PROXY_PORT = 13000
 
 
 class Settings(BaseSettings):
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
                                  "during a burst, closed again once returned.")
     db_pool_timeout_s: float = Field(default=10.0, gt=0, description="Seconds a request waits for a free "
                                      "connection before it is answered 503 with `Retry-After`.")
+    proxy_host: str = Field(default=DEFAULT_HOST, description="Address `hpo storage-proxy` listens on.")
+    proxy_port: int = Field(default=DEFAULT_PROXY_PORT, ge=1, le=65535,
+                            description="Port `hpo storage-proxy` listens on (workers: `grpc://HOST:PORT`).")
+    proxy_threads: int = Field(default=10, ge=1, description="Requests `hpo storage-proxy` serves at once; "
+                               "each may hold one database connection.")
     events_poll_s: float = Field(default=0.5, gt=0, description="How often an event stream reads the database.")
     events_heartbeat_s: float = Field(default=15.0, gt=0, description="Seconds between keep-alive comments.")
 

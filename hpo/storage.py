@@ -15,25 +15,39 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
 - ``optuna.study._frozen.FrozenStudy`` and its ``_study_id``; ``Study._storage`` and
   ``Study._study_id``: a listed study's and a loaded study's storage id (Optuna has no
   public accessor for either).
+- The gRPC storage proxy (``hpo storage-proxy``, ``grpc://HOST:PORT`` URLs): Optuna's
+  ``make_server`` (what the public ``run_grpc_proxy_server`` runs, but returning the server,
+  so that the heartbeat methods Optuna's proxy lacks can be added to it);
+  ``GrpcStorageProxy._setup``, ``_stub``, ``_channel`` and ``_cache.grpc_client`` (its
+  stub, wrapped so that an unreachable proxy is an outage the worker waits out); and
+  ``optuna.storages._heartbeat.BaseHeartbeat``, which makes Optuna beat and fail stale
+  trials through the proxy. ``tests/test_proxy.py`` checks them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, json_to_distribution
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.exceptions import StorageInternalError
+from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage, RetryHeartbeatStaleTrialCallback
 
 # Private (checked against Optuna 5.0.0): not re-exported by Optuna; see the module docstring.
 from optuna.storages import _CachedStorage
+from optuna.storages._grpc.server import make_server
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
@@ -41,8 +55,11 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepare_sqlite, schema_lock
 from hpo.settings import DEFAULT_DATABASE_URL
 
-__all__ = ["BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "normalize_url", "open_storage", "study_id_of",
-           "study_storage"]
+__all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
+           "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage"]
+
+PROXY_SCHEME = "grpc://"
+_EXTRAS = "hpo.StorageExtras"  # the gRPC service the proxy adds to Optuna's: heartbeats
 
 
 def study_id_of(frozen: FrozenStudy) -> int:
@@ -234,12 +251,14 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int = 3,
-) -> BulkReadRDBStorage:
+) -> BulkReadRDBStorage | ProxiedStorage:
     """Open (and create the tables of) an Optuna RDB storage; any number of processes may
-    do so at once on a new database.
+    do so at once on a new database. A ``grpc://HOST:PORT`` URL opens a
+    :class:`ProxiedStorage` instead (the proxy's own settings decide the grace period).
 
     Args:
-        url: a SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user@host/db``.
+        url: a SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user@host/db``; or
+            the address of an ``hpo storage-proxy``: ``grpc://HOST:PORT``.
         heartbeat_interval: seconds between a running trial's heartbeats; ``None`` disables
             heartbeats (and stale-trial recovery).
         grace_period: seconds without a heartbeat after which a running trial is failed and
@@ -249,6 +268,8 @@ def open_storage(
     Returns:
         The storage.
     """
+    if url.startswith(PROXY_SCHEME):
+        return ProxiedStorage(url, heartbeat_interval=heartbeat_interval, max_retry=max_retry)
     url = normalize_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -292,3 +313,154 @@ class CachedStudyStorage(_CachedStorage):
         if states is None:
             self._on_read(len(trials))
         return trials
+
+
+def _dump(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode()
+
+
+def _load(data: bytes) -> dict[str, Any]:
+    return json.loads(data)
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``grpc://HOST:PORT`` URL.
+
+    Raises:
+        ValueError: naming the URL and the accepted form.
+    """
+    host, _, port = url[len(PROXY_SCHEME):].rstrip("/").rpartition(":")
+    if not url.startswith(PROXY_SCHEME) or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"storage URL {url!r}: a storage proxy's URL is grpc://HOST:PORT with a port in "
+                         "1-65535, e.g. grpc://127.0.0.1:13000")
+    return host.strip("[]"), int(port)
+
+
+class ProxyUnavailable(StorageInternalError):
+    """The storage proxy cannot be reached, or its database failed: an outage the worker
+    waits out (as it waits out its database's)."""
+
+
+class _Calls:
+    """A gRPC stub whose calls raise :class:`ProxyUnavailable` when the proxy is unreachable
+    or its storage failed (Optuna's client re-raises those as bare ``grpc.RpcError``)."""
+
+    OUTAGES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN,
+               grpc.StatusCode.INTERNAL)
+
+    def __init__(self, stub: Any, url: str):
+        self._stub, self._url = stub, url
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except grpc.RpcError as exc:
+                if exc.code() not in self.OUTAGES:
+                    raise
+                what = "is unreachable" if exc.code() == grpc.StatusCode.UNAVAILABLE else "failed"
+                raise ProxyUnavailable(f"the storage proxy at {self._url} {what} ({name}: {exc.details()})") from exc
+
+        return call
+
+
+class ProxiedStorage(GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's gRPC storage client for workers of an ``hpo storage-proxy``, with heartbeats.
+
+    Optuna's proxy has no heartbeat methods, so through it no trial would beat and a dead
+    worker's trial would stay running for ever. This client beats through two methods the
+    proxy adds (``hpo.StorageExtras``), and asks the proxy for the stale trials, which it
+    finds with :class:`BulkReadRDBStorage`'s rule; Optuna fails and retries them through
+    the proxy as it does on a database. Claims reach :class:`BulkReadRDBStorage`'s
+    conditional update unchanged, so a trial is claimed once whatever the client's cache
+    shows. A proxy that cannot be reached raises :class:`ProxyUnavailable`.
+
+    Args:
+        url: ``grpc://HOST:PORT``.
+        heartbeat_interval: seconds between a running trial's heartbeats; ``None``: none.
+        max_retry: how many times one stale trial is re-queued.
+        connect_timeout_s: how long to wait for the proxy to answer at first.
+
+    Raises:
+        ValueError: a malformed URL.
+        ConnectionError: no proxy answered within ``connect_timeout_s``.
+    """
+
+    def __init__(self, url: str, *, heartbeat_interval: int | None = None, max_retry: int = 3,
+                 connect_timeout_s: float = 10.0):
+        host, port = proxy_address(url)
+        self.url = url
+        self._interval = heartbeat_interval
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._on_stale = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+            super().__init__(host=host, port=port)
+        try:
+            socket.create_connection((host, port), timeout=connect_timeout_s).close()  # refused: at once
+            self.wait_server_ready(timeout=connect_timeout_s)
+        except OSError as exc:  # ConnectionError too: no gRPC answer within the timeout
+            self.close()
+            raise ConnectionError(f"no storage proxy answers at {url} ({exc.strerror or exc}); start one with: "
+                                  f"hpo storage-proxy --database DATABASE_URL --port {port}") from None
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._stub = _Calls(self._stub, self.url)
+        self._cache.grpc_client = self._stub
+        extras = {name: self._channel.unary_unary(f"/{_EXTRAS}/{name}", request_serializer=_dump,
+                                                  response_deserializer=_load)
+                  for name in ("RecordHeartbeat", "StaleTrialIds")}
+        self._extras = _Calls(SimpleNamespace(**extras), self.url)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self._extras.RecordHeartbeat({"trial_id": trial_id})
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._extras.StaleTrialIds({"study_id": study_id})["trial_ids"]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._on_stale
+
+
+def serve_proxy(database_url: str, host: str, port: int, *, heartbeat_interval: int, grace_period: int,
+                threads: int = 10) -> grpc.Server:
+    """Start Optuna's gRPC storage proxy over this project's storage (Optuna's cache of
+    finished trials over :class:`BulkReadRDBStorage`: atomic claims, its stale-trial rule),
+    plus the heartbeat methods :class:`ProxiedStorage` calls.
+
+    Args:
+        database_url: the database (SQLite or PostgreSQL URL).
+        host, port: where to listen.
+        heartbeat_interval, grace_period: the stale-trial rule's settings (as a worker's).
+        threads: requests served at once (each may hold one database connection).
+
+    Returns:
+        The started server (``stop()`` it).
+
+    Raises:
+        OSError: the address cannot be listened on.
+    """
+    backend = _CachedStorage(open_storage(database_url, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period))
+
+    def record_heartbeat(request: dict[str, Any], context: Any) -> dict[str, Any]:
+        backend.record_heartbeat(request["trial_id"])
+        return {}
+
+    def stale_trial_ids(request: dict[str, Any], context: Any) -> dict[str, Any]:
+        return {"trial_ids": backend._get_stale_trial_ids(request["study_id"])}
+
+    try:
+        server = make_server(backend, host, port, ThreadPoolExecutor(max_workers=threads))
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise OSError(f"cannot listen on {host}:{port} ({exc}); is another proxy running there?") from None
+    handlers = {name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_load, response_serializer=_dump)
+                for name, fn in (("RecordHeartbeat", record_heartbeat), ("StaleTrialIds", stale_trial_ids))}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_EXTRAS, handlers),))
+    server.start()
+    return server

@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hpo.samplers import make_pruner, make_sampler
 from hpo.settings import DEFAULT_DATA_DIR, DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
 from hpo.spec import SpecError, StudySpec, parse_spec
-from hpo.storage import FrozenStudy, open_storage, study_id_of, study_storage
+from hpo.storage import FrozenStudy, ProxiedStorage, open_storage, study_id_of, study_storage
 from hpo.studies import (
     CANCELLED_ATTR, ERROR_ATTR, FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, Progress, fail_study, is_cancelled,
     is_surplus, progress,
@@ -62,12 +62,12 @@ OUTAGE_REASON = "the database became unreachable while the trial ran (its result
 
 
 def database_error(exc: BaseException) -> BaseException | None:
-    """The database error ``exc`` is, or was raised while handling (Optuna can mask a failed
+    """The database (or storage proxy) error ``exc`` is, or was raised while handling (Optuna can mask a failed
     ``tell`` with an ``UnboundLocalError`` when it cannot read the trial back); else ``None``."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, (SQLAlchemyError, StorageInternalError)):
+        if isinstance(current, (SQLAlchemyError, StorageInternalError, ConnectionError)):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
@@ -79,7 +79,9 @@ class WorkerOptions:
     """How a worker process runs.
 
     Attributes:
-        database_url: the storage URL shared by the API and all workers.
+        database_url: the storage URL shared by the API and all workers, or an
+            ``hpo storage-proxy``'s ``grpc://HOST:PORT`` (trials only: fold models are not
+            kept and final model fits are left to workers on the database).
         data_dir: where uploaded datasets live (``{id: ...}`` datasets).
         heartbeat_interval: seconds between heartbeats of a running trial.
         grace_period: seconds without a heartbeat before a trial counts as dead.
@@ -219,7 +221,9 @@ class StudyRunner:
                 self._objective = Objective(
                     self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id),
                     past_deadline=self.past_deadline,
-                    on_complete=functools.partial(keep_fold_models, self.storage, self.spec, dataset),
+                    # Fold models go to the database's tables, which a proxy does not reach.
+                    on_complete=None if isinstance(self.storage, ProxiedStorage)
+                    else functools.partial(keep_fold_models, self.storage, self.spec, dataset),
                 )
             except Exception as exc:
                 self._load_error = exc
@@ -389,20 +393,22 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     stop = stop or threading.Event()
     if options.threads:
         torch.set_num_threads(options.threads)
-    storage = open_storage(
-        options.database_url, heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period
-    )
-    if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-    picker = StudyPicker(storage, options, worker_index, stop)
+    picker: StudyPicker | None = None
     outage_s = 0.0
     while not stop.is_set():
         try:
+            if picker is None:  # a database (or proxy) refusing connections at start is waited out too
+                storage = open_storage(options.database_url, heartbeat_interval=options.heartbeat_interval,
+                                       grace_period=options.grace_period)
+                if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
+                    optuna.logging.set_verbosity(optuna.logging.ERROR)
+                picker = StudyPicker(storage, options, worker_index, stop)
             picker.fail_orphaned()
             runner = picker.keep_current()
             if runner is None:
-                if run_pending_model_jobs(storage, options.data_dir, study_name=options.study_name,
-                                          should_stop=stop.is_set):
+                # A final model fit is stored in the database's tables, which a proxy does not reach.
+                if not isinstance(storage, ProxiedStorage) and run_pending_model_jobs(
+                        storage, options.data_dir, study_name=options.study_name, should_stop=stop.is_set):
                     continue  # a final model fit ran (a job the API queued); look for work again
                 runner = picker.pick(storage.get_all_studies())
             if runner is None:

@@ -4,7 +4,9 @@ the budget bound that spares a read, stale trials, surplus trials, and its light
 import datetime as dt
 import io
 import itertools
+import logging
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +24,9 @@ from hpo.storage import open_storage
 from hpo.studies import (
     FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, create_study, progress, set_cancelled, study_spec,
 )
-from hpo.worker import COUNTED_STATES, StudyPicker, StudyRunner, WorkerOptions, counted_at_most, worker_loop
+from hpo.worker import (
+    COUNTED_STATES, StudyPicker, StudyRunner, WorkerOptions, counted_at_most, import_training_libraries, worker_loop,
+)
 
 # The tests play the other workers with ask/tell on a storage with heartbeats.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -262,3 +266,17 @@ def test_a_running_trial_stops_at_its_next_epoch_when_the_budget_ends(sqlite_url
     assert max(trial.intermediate_values) < max_epochs - 1
     assert "timeout_s" in trial.user_attrs["stopped_by"]
     assert progress(study, study_spec(study)).state == "completed"
+
+
+def test_a_worker_started_while_its_database_refuses_connections_waits_instead_of_dying(caplog):
+    """64 workers on a PostgreSQL of 100 connections: those started past the limit got "too
+    many clients" at start and died (bench_fleet); now they back off like any outage."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"postgresql://postgres@127.0.0.1:{sock.getsockname()[1]}/none"
+    import_training_libraries()  # first: the stop below is timed from the worker's loop
+    stop = threading.Event()
+    threading.Timer(2.5, stop.set).start()
+    with caplog.at_level(logging.WARNING, logger="hpo.worker"):
+        worker_loop(WorkerOptions(database_url=url, threads=1), stop=stop)  # returns once stopped
+    assert "database unavailable (OperationalError); retrying in 1 s" in caplog.text

@@ -113,12 +113,13 @@ class PrivatePostgres:
     PostgreSQL binaries are missing.
     """
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, settings: str = "-c fsync=off"):
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
         if not found or not found[-1]:
             services_unavailable("PostgreSQL's initdb and pg_ctl are not installed")
         self.bin = os.path.dirname(found[-1])
         self.port = port
+        self.settings = settings  # more ``-c name=value`` for the server (the tests' default: no fsync)
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         self._as_postgres: list[str] = []
         if os.geteuid() == 0:
@@ -141,7 +142,7 @@ class PrivatePostgres:
         subprocess.run([*self._as_postgres, *args], check=True, capture_output=True, timeout=120)
 
     def _pg_ctl(self, *args: str) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {self.settings}"
         self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o", options, *args)
 
     def start(self) -> PrivatePostgres:
