@@ -80,7 +80,8 @@ class WorkerOptions:
 
     Attributes:
         database_url: the storage URL shared by the API and all workers.
-        data_dir: where uploaded datasets live (``{id: ...}`` datasets).
+        data_dir: this machine's cache of uploaded datasets (``{id: ...}`` datasets, fetched
+            from the database when first needed; it may start empty).
         heartbeat_interval: seconds between heartbeats of a running trial.
         grace_period: seconds without a heartbeat before a trial counts as dead.
         study_name: only run this study (``hpo run``); ``None`` serves every study.
@@ -136,6 +137,9 @@ class StudyRunner:
         self.started_at: dt.datetime | None = None
         self._options = options
         self._stop = stop
+        from hpo.data import DatasetStore
+
+        self._datasets = DatasetStore(storage.engine, options.data_dir)
         self._objective: Objective | None = None
         self._load_error: Exception | None = None
         self._trial_number: int | None = None
@@ -182,7 +186,7 @@ class StudyRunner:
         """
         from hpo.data import check_dataset_exists
 
-        check_dataset_exists(self.spec, self._options.data_dir)  # not from memory once deleted: the study fails
+        check_dataset_exists(self.spec, self._datasets)  # not from memory once deleted: the study fails
         self._trial_number = None
         try:
             self.study.optimize(self._budgeted_objective, n_trials=1, catch=(Exception,))
@@ -215,7 +219,7 @@ class StudyRunner:
 
             (storage, study_id), stop = study_storage(self.study), self._stop
             try:
-                dataset = load_dataset(self.spec, self._options.data_dir)
+                dataset = load_dataset(self.spec, self._datasets)
                 self._objective = Objective(
                     self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id),
                     past_deadline=self.past_deadline,
@@ -384,6 +388,7 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     import_training_libraries()
     import torch
 
+    from hpo.data import DatasetStore
     from hpo.export.jobs import run_pending_model_jobs
 
     stop = stop or threading.Event()
@@ -392,6 +397,7 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     storage = open_storage(
         options.database_url, heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period
     )
+    DatasetStore(storage.engine, options.data_dir).clear_staging()  # what a killed fetch left behind
     if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
         optuna.logging.set_verbosity(optuna.logging.ERROR)
     picker = StudyPicker(storage, options, worker_index, stop)
