@@ -17,8 +17,9 @@ validate an upload, or to train on it) is what takes memory in proportion to it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
+import io
 import os
 import re
 import secrets
@@ -40,7 +41,6 @@ from hpo.data.readers import DEFAULT_MAX_UNCOMPRESSED
 from hpo.db.models import DatasetRecord, dataset_chunks
 from hpo.jsonable import finite
 
-log = logging.getLogger("hpo.data")
 DEFAULT_MAX_BYTES = 100 * 2**20
 CHUNK_BYTES = 2**20  # one row of hpo_dataset_chunks
 _FETCH_BUFFER_CHUNKS = 2  # rows the driver holds at once while a file is fetched
@@ -125,7 +125,7 @@ class DatasetStore:
         name = _clean_name(filename)
         fmt = resolve_format(name, format, task)
         opts = check_options(options)
-        source = _BytesReader(content) if isinstance(content, bytes) else content
+        source = io.BytesIO(content) if isinstance(content, bytes) else content  # shares the bytes, no copy
         staged = self._staged_file("upload-")
         try:
             with staged.open("wb") as out:
@@ -145,7 +145,8 @@ class DatasetStore:
                 session.add(record)
                 session.flush()
                 _write_chunks(session.connection(), record.id, staged)
-            self._keep(staged, sha256)
+            with contextlib.suppress(OSError):  # stored; a copy in the cache only saves a fetch
+                self._keep(staged, sha256)
         finally:
             staged.unlink(missing_ok=True)  # gone already when it was kept in the cache
         return info
@@ -347,19 +348,7 @@ class DatasetStore:
                     return dataset_id
 
 
-class _BytesReader:
-    """``read(n)`` over bytes already in memory, without copying them into a BytesIO."""
-
-    def __init__(self, content: bytes):
-        self._view, self._at = memoryview(content), 0
-
-    def read(self, n: int) -> bytes:
-        part = self._view[self._at:self._at + n]
-        self._at += len(part)
-        return bytes(part)
-
-
-def _copy(source: IO[bytes] | _BytesReader, out: IO[bytes], *, limit: int, name: str) -> tuple[int, str]:
+def _copy(source: IO[bytes], out: IO[bytes], *, limit: int, name: str) -> tuple[int, str]:
     """Copy ``source`` to ``out`` in chunks; its size and SHA-256.
 
     Raises:
