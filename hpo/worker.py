@@ -47,6 +47,7 @@ from hpo.studies import (
 )
 
 if TYPE_CHECKING:
+    from hpo.data import DatasetStore
     from hpo.objective import Objective
 
 log = logging.getLogger("hpo.worker")
@@ -119,6 +120,14 @@ def counted_at_most(number: int, trials: list[FrozenTrial]) -> int:
     return number - sum(1 for t in trials if t.state is failed and t.number < number)
 
 
+def _dataset_store(storage: BaseStorage, options: WorkerOptions) -> DatasetStore:
+    """The uploaded datasets in the storage's database, cached under ``options.data_dir``
+    (imported here: ``hpo.data`` imports PyTorch)."""
+    from hpo.data import DatasetStore
+
+    return DatasetStore(storage.engine, options.data_dir)
+
+
 class StudyRunner:
     """One process's handle on one study: spec, sampler and pruner, and the dataset and
     folds (built at its first trial, once)."""
@@ -137,9 +146,7 @@ class StudyRunner:
         self.started_at: dt.datetime | None = None
         self._options = options
         self._stop = stop
-        from hpo.data import DatasetStore
-
-        self._datasets = DatasetStore(storage.engine, options.data_dir)
+        self._datasets = _dataset_store(storage, options)
         self._objective: Objective | None = None
         self._load_error: Exception | None = None
         self._trial_number: int | None = None
@@ -388,7 +395,6 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     import_training_libraries()
     import torch
 
-    from hpo.data import DatasetStore
     from hpo.export.jobs import run_pending_model_jobs
 
     stop = stop or threading.Event()
@@ -397,7 +403,7 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
     storage = open_storage(
         options.database_url, heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period
     )
-    DatasetStore(storage.engine, options.data_dir).clear_staging()  # what a killed fetch left behind
+    _dataset_store(storage, options).clear_staging()  # what a killed fetch left behind
     if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
         optuna.logging.set_verbosity(optuna.logging.ERROR)
     picker = StudyPicker(storage, options, worker_index, stop)
