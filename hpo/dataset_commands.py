@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from hpo.settings import add_database_flags, add_remote_flags, settings_of
+from hpo.settings import add_remote_flags, setting_default, settings_of
 
 TASKS = ("classification", "regression", "forecasting")
 UPLOAD_OPTIONS = ("format", "target_column", "text_column", "label_column", "max_length")
@@ -56,7 +56,8 @@ def add_dataset_commands(sub: Any) -> None:
                     "every worker reads them (hpo serve does this for its own --data-dir at start). Datasets "
                     "already there are left alone; a folder whose dataset has no row (deleted) is skipped.")
     p.add_argument("folder", metavar="DIR", help="the old data folder (it holds datasets/)")
-    add_database_flags(p)
+    p.add_argument("--database", help="storage URL (default: $HPO_DATABASE_URL or "
+                   f"{setting_default('database_url')})")
     p.add_argument("--json", action="store_true", help="the answer as JSON")
     p.set_defaults(func=cmd_import_folder)
 
