@@ -1,4 +1,5 @@
-"""``hpo datasets upload | list | show | delete``: a server's uploaded datasets from the command line.
+"""``hpo datasets upload | list | show | delete``: a server's uploaded datasets from the command line;
+``hpo datasets import-folder DIR``: an old data folder's files into the database.
 
 Registered by ``hpo.cli`` through :func:`add_dataset_commands`. Results go to stdout (the id,
 a table, or JSON with ``--json``), notes to stderr; refusals raise the client's ``APIError``
@@ -12,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from hpo.settings import add_remote_flags, settings_of
+from hpo.settings import add_remote_flags, setting_default, settings_of
 
 TASKS = ("classification", "regression", "forecasting")
 UPLOAD_OPTIONS = ("format", "target_column", "text_column", "label_column", "max_length", "time_column",
@@ -52,6 +53,17 @@ def add_dataset_commands(sub: Any) -> None:
     for action in actions.choices.values():
         add_remote_flags(action)
         action.add_argument("--json", action="store_true", help="the answer as JSON")
+
+    p = actions.add_parser(
+        "import-folder", help="Move the datasets an earlier version kept in a data folder into the database.",
+        description="Move the files an earlier version kept in DIR/datasets/<id>/ into the database, where "
+                    "every worker reads them (hpo serve does this for its own --data-dir at start). Datasets "
+                    "already there are left alone; a folder whose dataset has no row (deleted) is skipped.")
+    p.add_argument("folder", metavar="DIR", help="the old data folder (it holds datasets/)")
+    p.add_argument("--database", help="storage URL (default: $HPO_DATABASE_URL or "
+                   f"{setting_default('database_url')})")
+    p.add_argument("--json", action="store_true", help="the answer as JSON")
+    p.set_defaults(func=cmd_import_folder)
 
 
 def _client(args: argparse.Namespace):
@@ -108,3 +120,29 @@ def cmd_delete(args: argparse.Namespace) -> None:
     with _client(args) as client:
         client.delete_dataset(args.dataset)
     print(json.dumps({"id": args.dataset, "deleted": True}) if args.json else f"{args.dataset} deleted")
+
+
+def cmd_import_folder(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from hpo.data import DatasetStore
+    from hpo.db import make_engine, upgrade
+
+    if not (Path(args.folder) / "datasets").is_dir():
+        raise FileNotFoundError(f"{args.folder}: no datasets/ folder in it (give the old --data-dir)")
+    settings = settings_of(args)
+    upgrade(settings.database_url)  # the import writes into the tables of migration 0005
+    engine = make_engine(settings.database_url)
+    try:
+        report = DatasetStore(engine, settings.data_dir).import_folder(args.folder)
+    finally:
+        engine.dispose()
+    if args.json:
+        _print_json(report)
+        return
+    for dataset_id in report["imported"]:
+        print(f"{dataset_id} imported")
+    for dataset_id in report["present"]:
+        print(f"{dataset_id} already in the database")
+    for dataset_id, reason in report["skipped"].items():
+        print(f"{dataset_id} skipped: {reason}")

@@ -79,7 +79,7 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
         storage_url: Optuna storage URL.
         jobs: trials in parallel (this process and ``jobs - 1`` worker processes, one
             PyTorch thread each); by default one per CPU core.
-        data_dir: where uploaded datasets live.
+        data_dir: this machine's cache of uploaded datasets (fetched from the database).
         show_progress: draw the live progress bar.
 
     Returns:

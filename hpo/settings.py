@@ -39,7 +39,8 @@ class Settings(BaseSettings):
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL of the database shared with the workers (SQLite or PostgreSQL).",
     )
-    data_dir: str = Field(default=DEFAULT_DATA_DIR, description="Folder of uploaded datasets.")
+    data_dir: str = Field(default=DEFAULT_DATA_DIR, description="This machine's cache of uploaded datasets "
+                          "(they live in the database) and staging folder for uploads; may start empty.")
     host: str = Field(default=DEFAULT_HOST, description="Address `hpo serve` listens on.")
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="Port `hpo serve` listens on (0: any free port).")
     url: str = Field(default=DEFAULT_URL, description="The server the remote commands talk to (`HPO_URL`).")
@@ -109,7 +110,7 @@ def add_database_flags(parser: argparse.ArgumentParser) -> None:
     """Add ``--database`` and ``--data-dir`` (read back by :func:`settings_of`)."""
     parser.add_argument("--database", help="storage URL (default: $HPO_DATABASE_URL or "
                         f"{setting_default('database_url')})")
-    parser.add_argument("--data-dir", help="where uploaded datasets live (default: $HPO_DATA_DIR or "
+    parser.add_argument("--data-dir", help="local cache of uploaded datasets (default: $HPO_DATA_DIR or "
                         f"{setting_default('data_dir')})")
 
 

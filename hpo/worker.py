@@ -47,6 +47,7 @@ from hpo.studies import (
 )
 
 if TYPE_CHECKING:
+    from hpo.data import DatasetStore
     from hpo.objective import Objective
 
 log = logging.getLogger("hpo.worker")
@@ -81,8 +82,10 @@ class WorkerOptions:
     Attributes:
         database_url: the storage URL shared by the API and all workers, or an
             ``hpo storage-proxy``'s ``grpc://HOST:PORT`` (trials only: fold models are not
-            kept and final model fits are left to workers on the database).
-        data_dir: where uploaded datasets live (``{id: ...}`` datasets).
+            kept, final model fits are left to workers on the database, and uploaded
+            datasets cannot be fetched through it).
+        data_dir: this machine's cache of uploaded datasets (``{id: ...}`` datasets, fetched
+            from the database when first needed; it may start empty).
         heartbeat_interval: seconds between heartbeats of a running trial.
         grace_period: seconds without a heartbeat before a trial counts as dead.
         study_name: only run this study (``hpo run``); ``None`` serves every study.
@@ -120,6 +123,15 @@ def counted_at_most(number: int, trials: list[FrozenTrial]) -> int:
     return number - sum(1 for t in trials if t.state is failed and t.number < number)
 
 
+def _dataset_store(storage: BaseStorage, options: WorkerOptions) -> DatasetStore | None:
+    """The uploaded datasets in the storage's database, cached under ``options.data_dir``
+    (imported here: ``hpo.data`` imports PyTorch); ``None`` behind a storage proxy, which
+    carries trials only (a study of an uploaded dataset then fails with the reason)."""
+    from hpo.data import DatasetStore
+
+    return None if isinstance(storage, ProxiedStorage) else DatasetStore(storage.engine, options.data_dir)
+
+
 class StudyRunner:
     """One process's handle on one study: spec, sampler and pruner, and the dataset and
     folds (built at its first trial, once)."""
@@ -138,6 +150,7 @@ class StudyRunner:
         self.started_at: dt.datetime | None = None
         self._options = options
         self._stop = stop
+        self._datasets = _dataset_store(storage, options)
         self._objective: Objective | None = None
         self._load_error: Exception | None = None
         self._trial_number: int | None = None
@@ -184,7 +197,7 @@ class StudyRunner:
         """
         from hpo.data import check_dataset_exists
 
-        check_dataset_exists(self.spec, self._options.data_dir)  # not from memory once deleted: the study fails
+        check_dataset_exists(self.spec, self._datasets)  # not from memory once deleted: the study fails
         self._trial_number = None
         try:
             self.study.optimize(self._budgeted_objective, n_trials=1, catch=(Exception,))
@@ -217,7 +230,7 @@ class StudyRunner:
 
             (storage, study_id), stop = study_storage(self.study), self._stop
             try:
-                dataset = load_dataset(self.spec, self._options.data_dir)
+                dataset = load_dataset(self.spec, self._datasets)
                 self._objective = Objective(
                     self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id),
                     past_deadline=self.past_deadline,
@@ -400,6 +413,9 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
             if picker is None:  # a database (or proxy) refusing connections at start is waited out too
                 storage = open_storage(options.database_url, heartbeat_interval=options.heartbeat_interval,
                                        grace_period=options.grace_period)
+                store = _dataset_store(storage, options)
+                if store is not None:
+                    store.clear_staging()  # what a killed fetch left behind
                 if options.study_name is not None:  # hpo run: it prints each failed trial's reason in one line
                     optuna.logging.set_verbosity(optuna.logging.ERROR)
                 picker = StudyPicker(storage, options, worker_index, stop)

@@ -52,9 +52,20 @@ def _open_resources(app: FastAPI, settings: Settings) -> None:
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.storage = open_storage(settings.database_url)
     app.state.trial_cache = TrialCache(app.state.storage, max_cached_trials=settings.trial_cache_trials)
-    app.state.dataset_store = DatasetStore(settings.data_dir, max_bytes=settings.max_upload_bytes,
+    app.state.dataset_store = DatasetStore(app.state.engine, settings.data_dir, max_bytes=settings.max_upload_bytes,
                                            max_uncompressed=settings.max_unpacked_bytes)
     app.state.dataset_store.clear_staging()  # what an API killed mid-upload (kill -9) left behind
+    _import_old_datasets(app.state.dataset_store)
+
+
+def _import_old_datasets(store: DatasetStore) -> None:
+    """Move the files an earlier version kept in this API's data folder into the database
+    (see migration 0005 for why this is not done by the migration)."""
+    report = store.import_folder(store.data_dir)
+    if report["imported"]:
+        log.info("moved %d dataset(s) from %s into the database", len(report["imported"]), store.data_dir)
+    for dataset_id, reason in report["skipped"].items():
+        log.warning("dataset folder %s not imported: %s", dataset_id, reason)
 
 
 def _close_resources(app: FastAPI) -> None:

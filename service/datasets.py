@@ -1,23 +1,18 @@
-"""Uploaded datasets: the file (kept by ``hpo.data.DatasetStore`` under the data folder)
-and its row (listed by the API). Either both exist or neither does."""
+"""Uploaded datasets: kept by ``hpo.data.DatasetStore`` (row and bytes in the database, in one
+transaction), deleted here against the studies that read them."""
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.orm import Session
 
 from hpo.data import DatasetStore
-from hpo.jsonable import finite
 from service import catalog, records
-from hpo.db.models import DatasetRecord, utcnow
+from hpo.db.models import DatasetRecord
 from service.trial_cache import TrialCache
-
-log = logging.getLogger("service")
 
 
 class DatasetInUse(Exception):
@@ -37,41 +32,23 @@ def safe_filename(filename: str | None) -> str:
     return name or "upload"
 
 
-def upload(session: Session, store: DatasetStore, filename: str | None, content: bytes, *, task: str,
+def upload(session: Session, store: DatasetStore, filename: str | None, content: IO[bytes], *, task: str,
            format: str | None = None, options: dict[str, Any] | None = None,
            owner: str | None = None) -> DatasetRecord:
-    """Validate and keep an uploaded file, then record it.
+    """Validate and keep an uploaded file (read in chunks) with its row.
 
     Raises:
         hpo.data.DataError: the file was refused (nothing is kept).
     """
-    info = store.save(safe_filename(filename), content, task=task, format=format, options=options or {})
-    created = _parse_time(info.created_at)
-    record = DatasetRecord(
-        id=info.id, name=info.name, format=info.format, task=info.task, options=dict(info.options or {}),
-        size_bytes=info.size_bytes, summary=finite(dict(info.summary or {})), owner=owner, created_at=created,
-    )
-    try:
-        session.add(record)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        store.delete(info.id)
-        raise
+    info = store.save(safe_filename(filename), content, task=task, format=format, options=options or {},
+                      owner=owner)
+    record = records.get_dataset(session, info.id)
+    assert record is not None  # committed by the store, owned by the caller
     return record
 
 
-def _parse_time(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value
-    try:
-        return dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        return utcnow()
-
-
 def delete(session: Session, cache: TrialCache, store: DatasetStore, record: DatasetRecord) -> None:
-    """Delete a dataset's row and file.
+    """Delete a dataset's row and bytes (one transaction), then the API's cached copy.
 
     The row is locked (:func:`records.lock_dataset`) before its studies are looked at, so
     one transaction decides between this and a study submitted or resumed at the same
@@ -90,9 +67,6 @@ def delete(session: Session, cache: TrialCache, store: DatasetStore, record: Dat
     if unfinished:
         session.rollback()  # the lock goes at once, not when the answer has been sent
         raise DatasetInUse(dataset_id, unfinished)
-    session.delete(record)
+    sha256 = store.delete_rows(session.connection(), dataset_id)
     session.commit()
-    try:
-        store.delete(dataset_id)
-    except KeyError:
-        log.warning("dataset %s had a row but no file", dataset_id)
+    store.forget(sha256)

@@ -47,3 +47,16 @@ def storage(database_url):
     yield storage
     storage.remove_session()
     storage.engine.dispose()
+
+
+@pytest.fixture
+def dataset_store(sqlite_url, tmp_path):
+    """Uploaded datasets (``hpo.data.DatasetStore``) in a migrated SQLite database, cached
+    under ``tmp_path / "data"``."""
+    from hpo.data import DatasetStore
+    from hpo.db import make_engine, upgrade
+
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    yield DatasetStore(engine, tmp_path / "data")
+    engine.dispose()

@@ -348,8 +348,8 @@ def digits_npz_bytes(tmp_path: Path) -> bytes:
     return npz(tmp_path, "up.npz", X=np.random.default_rng(2).normal(size=(20, 4, 3)), y=np.arange(20) % 4).read_bytes()
 
 
-def test_store_roundtrip(tmp_path):
-    store = DatasetStore(tmp_path / "data")
+def test_store_roundtrip(tmp_path, dataset_store):
+    store = dataset_store
     first = store.save("dir/seqs.npz", digits_npz_bytes(tmp_path), task="classification")
     texts = "text,label\n" + "\n".join(f"word{i},{i % 2}" for i in range(8))
     second = store.save("t.csv", texts.encode(), task="classification", options={"max_length": 8})
@@ -358,11 +358,11 @@ def test_store_roundtrip(tmp_path):
     assert store.get(first.id) == first
     assert {i.id for i in store.list()} == {first.id, second.id}
     assert store.path_of(first.id).read_bytes() == digits_npz_bytes(tmp_path)
-    ds = load_dataset(spec(id=second.id), data_dir=tmp_path / "data")
+    ds = load_dataset(spec(id=second.id), store)
     assert ds.describe()["max_length"] == 8  # stored option
-    assert load_dataset(spec(id=second.id, max_length=16), data_dir=tmp_path / "data").describe()["max_length"] == 16
+    assert load_dataset(spec(id=second.id, max_length=16), store).describe()["max_length"] == 16
     with pytest.raises(DataError, match="was uploaded for classification; the spec's task is regression"):
-        load_dataset(spec("regression", id=second.id), data_dir=tmp_path / "data")
+        load_dataset(spec("regression", id=second.id), store)
     store.delete(first.id)
     assert [i.id for i in store.list()] == [second.id]
     for call in (store.get, store.delete, store.path_of):
@@ -371,11 +371,11 @@ def test_store_roundtrip(tmp_path):
     with pytest.raises(KeyError):
         store.get("../etc")
     with pytest.raises(DataError, match="unknown dataset id"):
-        load_dataset(spec(id=first.id), data_dir=tmp_path / "data")
+        load_dataset(spec(id=first.id), store)
 
 
-def test_store_forecasting_series(tmp_path):
-    info = DatasetStore(tmp_path).save("s.csv", series_csv(tmp_path, 30).read_bytes(), task="forecasting")
+def test_store_forecasting_series(tmp_path, dataset_store):
+    info = dataset_store.save("s.csv", series_csv(tmp_path, 30).read_bytes(), task="forecasting")
     assert info.summary == {
         "task": "forecasting",
         "rows": 30,
@@ -383,26 +383,25 @@ def test_store_forecasting_series(tmp_path):
         "target": "sales",
         "dropped_columns": ["date"],
     }
-    assert load_dataset(spec("forecasting", 4, 2, id=info.id), data_dir=tmp_path).n_samples == 30 - 4 - 2 + 1
+    assert load_dataset(spec("forecasting", 4, 2, id=info.id), dataset_store).n_samples == 30 - 4 - 2 + 1
 
 
 @pytest.mark.parametrize(
     ("filename", "content", "kwargs", "message"),
     [
         ("bad.csv", b"text,label\nx,a\n\xff,b\n", {}, "bad.csv: not UTF-8 text"),
-        ("big.npz", b"x" * 2000, {}, "big.npz: upload is 2000 bytes; at most 1000 are accepted"),
+        ("big.npz", b"x" * 2000, {}, "big.npz: upload is larger than 1000 bytes, the most accepted"),
         ("s.npz", b"", {"task": "forecasting"}, "forecasting reads a csv"),
         ("notes.txt", b"text,label\n", {}, "cannot read format 'txt'"),
         ("t.csv", b"text,label\nx,a\n", {"options": {"colour": "red"}}, "unknown option 'colour'"),
     ],
 )
-def test_refused_upload_leaves_nothing(tmp_path, filename, content, kwargs, message):
-    store = DatasetStore(tmp_path, max_bytes=1000)
+def test_refused_upload_leaves_nothing(tmp_path, dataset_store, filename, content, kwargs, message):
+    store = DatasetStore(dataset_store.engine, tmp_path / "data", max_bytes=1000)
     with pytest.raises(DataError, match=message):
         store.save(filename, content, **{"task": "classification", **kwargs})
     assert store.list() == []
-    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert leftovers == [] and not any((tmp_path / "datasets").glob("*"))
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
 
 
 def test_a_table_wider_than_the_column_limit_is_refused_naming_it():

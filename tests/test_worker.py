@@ -18,7 +18,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState, create_trial
 
-from hpo.data import DataError, DatasetStore
+from hpo.data import DataError
 from hpo.spec import parse_spec
 from hpo.storage import open_storage
 from hpo.studies import (
@@ -198,11 +198,11 @@ def test_a_runner_loads_its_dataset_at_its_first_trial(sqlite_url, tmp_path):
     assert "cannot load the dataset" in runner.study.trials[0].user_attrs[FAIL_REASON_ATTR]
 
 
-def test_a_runner_never_trains_on_a_deleted_dataset_it_holds_in_memory(sqlite_url, tmp_path):
+def test_a_runner_never_trains_on_a_deleted_dataset_it_holds_in_memory(sqlite_url, tmp_path, dataset_store):
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     np.savez(buffer, X=rng.normal(size=(20, 6, 2)).astype(np.float32), y=np.arange(20) % 2)
-    store = DatasetStore(tmp_path / "data")
+    store = dataset_store
     info = store.save("kept.npz", buffer.getvalue(), task="classification")
     storage, picker = picker_on(sqlite_url, data_dir=str(tmp_path / "data"))
     create_study(storage, spec("kept", n_trials=3, dataset={"id": info.id}))

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from hpo.spec import StudySpec
 
 
-def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset:
+def load_dataset(spec: StudySpec, store: DatasetStore | None = None) -> Dataset:
     """Load the dataset a study spec names: a builtin, a file path, or an uploaded id.
 
     For an uploaded id the stored format, task and options apply; ``target_column``,
@@ -22,14 +22,15 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
 
     Args:
         spec: the validated study spec.
-        data_dir: the dataset store's data directory (needed for ``dataset.id``).
+        store: the uploaded datasets (needed for ``dataset.id``; the file is fetched from
+            the database into its cache when not there yet).
 
     Returns:
         The dataset, ready to build folds.
 
     Raises:
         DataError: when the file is missing or refused, the id is unknown or was uploaded
-            for another task, or no data_dir is given for an id.
+            for another task, or no store is given for an id.
     """
     ds = spec.dataset
     fmt: str | None
@@ -45,16 +46,17 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
         if not path.is_file():
             raise DataError(f"{ds.path}: no such file")
     else:
-        if data_dir is None:
-            raise DataError(f"dataset.id {ds.id!r} needs the dataset store's data directory (data_dir)")
-        store = DatasetStore(data_dir)
+        if store is None:
+            raise DataError(f"dataset.id {ds.id!r} needs the database of uploaded datasets: a worker behind "
+                            "`hpo storage-proxy` cannot fetch uploads; run this study's workers with the database URL")
         try:
             info = store.get(ds.id or "")
             path = store.path_of(info.id)
         except KeyError:
             raise DataError(
-                f"unknown dataset id {ds.id!r}: no such upload in the data folder {Path(data_dir).resolve()} on "
-                "this machine; upload it first, or give workers the server's --data-dir (e.g. a shared volume)"
+                f"unknown dataset id {ds.id!r}: no such upload in the database "
+                f"{store.engine.url.render_as_string(hide_password=True)}; "
+                "upload it first (hpo datasets upload), to the server whose database the workers use"
             ) from None
         source, fmt, options = f"dataset {info.id} ({info.name})", info.format, {**info.options, **overrides}
         if info.task != spec.task:
@@ -65,23 +67,23 @@ def load_dataset(spec: StudySpec, data_dir: str | Path | None = None) -> Dataset
         raise DataError(f"{source}: {exc}") from None
 
 
-def check_dataset_exists(spec: StudySpec, data_dir: str | Path | None) -> None:
+def check_dataset_exists(spec: StudySpec, store: DatasetStore | None) -> None:
     """Refuse a study whose uploaded dataset was deleted (a worker checks before each trial,
     since it keeps the data in memory from the study's first trial).
 
     Args:
         spec: the validated study spec (only ``dataset.id`` is checked: builtins cannot go,
             and a missing ``dataset.path`` fails its trials as it loads).
-        data_dir: the dataset store's data directory.
+        store: the uploaded datasets.
 
     Raises:
         DataError: when ``dataset.id`` names no stored dataset any more.
     """
     dataset_id = spec.dataset.id
-    if dataset_id is None or data_dir is None:
+    if dataset_id is None or store is None:
         return
     try:
-        DatasetStore(data_dir).get(dataset_id)
+        store.get(dataset_id)
     except KeyError:
         raise DataError(f"dataset.id: dataset {dataset_id!r} was deleted; it is never trained on again "
                         "(upload the data again and submit a new study)") from None

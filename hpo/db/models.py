@@ -38,7 +38,7 @@ class StudyRecord(Base):
 
 
 class DatasetRecord(Base):
-    """An uploaded dataset; its file lives under the data folder (``hpo.data.DatasetStore``)."""
+    """An uploaded dataset; its bytes live in ``hpo_dataset_chunks`` (``hpo.data.DatasetStore``)."""
 
     __tablename__ = "hpo_datasets"
 
@@ -51,6 +51,19 @@ class DatasetRecord(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     owner: Mapped[str | None] = mapped_column(String(128), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # SHA-256 of the file's bytes (hex); None only for a dataset uploaded before the bytes
+    # moved into the database and not imported yet (``hpo datasets import-folder``).
+    sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+# An uploaded file's bytes, in rows of at most ``hpo.data.store.CHUNK_BYTES``, in ``idx`` order.
+dataset_chunks = sa.Table(
+    "hpo_dataset_chunks",
+    Base.metadata,
+    sa.Column("dataset_id", sa.String(64), sa.ForeignKey("hpo_datasets.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
 
 
 class ApiKeyRecord(Base):

@@ -80,6 +80,7 @@ def cmd_model_fit(args: argparse.Namespace) -> None:
             raise ValueError(f"the fit failed: {status.get('reason')}")
         return
 
+    from hpo.data import DatasetStore
     from hpo.export.fit import fit_study_model
     from hpo.export.jobs import model_summary
     from hpo.storage import open_storage
@@ -90,7 +91,8 @@ def cmd_model_fit(args: argparse.Namespace) -> None:
     def progress(epoch: int, epochs: int, score: float) -> None:
         print(f"epoch {epoch}/{epochs}: {score:.4g}", file=sys.stderr)
 
-    model = fit_study_model(storage, args.study, settings.data_dir, trial_number=args.trial, holdout=args.holdout,
+    datasets = DatasetStore(storage.engine, settings.data_dir)
+    model = fit_study_model(storage, args.study, datasets, trial_number=args.trial, holdout=args.holdout,
                             seeds=args.seeds, on_epoch=progress)
     out = Path(args.out or f"{args.study}.hpo.zip")
     archive = model.save(out)

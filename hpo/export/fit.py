@@ -18,7 +18,6 @@ import math
 import platform
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,13 +29,12 @@ from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import train_test_split
 
 from hpo.cv import Interrupted
-from hpo.data import Dataset, FoldData, load_dataset
+from hpo.data import Dataset, DatasetStore, FoldData, load_dataset
 from hpo.data.base import MIN_SAMPLES
 from hpo.data.forecast import SeriesScaling
 from hpo.export.archive import (
     LearningCheck, Manifest, MemberInfo, Model, TargetScale, member_weights, now_iso,
 )
-from hpo.settings import DEFAULT_DATA_DIR
 from hpo.spec import StudySpec
 from hpo.studies import best_of, study_spec
 from hpo.model import predict_in_chunks
@@ -302,7 +300,7 @@ def learning_check(task: str, networks: list[torch.nn.Module], folds: list[FoldD
 def fit_study_model(
     storage: str | BaseStorage,
     study_name: str,
-    data_dir: str | Path = DEFAULT_DATA_DIR,
+    datasets: DatasetStore | None = None,
     *,
     trial_number: int | None = None,
     holdout: float = 0.0,
@@ -315,7 +313,7 @@ def fit_study_model(
     once per seed (see :func:`fit_model`).
 
     Epochs: see :func:`final_epochs`. The model records the study, trial, CV score and
-    epochs it came from.
+    epochs it came from. ``datasets`` is where a ``dataset.id`` spec's file comes from.
 
     Raises:
         KeyError: no such study, or it was not created by hpo.
@@ -329,7 +327,7 @@ def fit_study_model(
     spec = study_spec(study)
     trial = pick_trial(study, trial_number)
     epochs, epochs_source = final_epochs(trial, spec)
-    dataset = load_dataset(spec, data_dir)
+    dataset = load_dataset(spec, datasets)
     source = trial_source(study_name, spec, trial.number, trial.value, trial.user_attrs)
     return fit_model(spec, dataset, trial.params, epochs=epochs, epochs_source=epochs_source, holdout=holdout,
                      seeds=seeds, device=device, on_epoch=on_epoch, should_stop=should_stop, source=source)

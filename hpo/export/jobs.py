@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
 from hpo.cv import Interrupted
+from hpo.data import DatasetStore
 from hpo.export.archive import Manifest
 from hpo.export.fit import MAX_HOLDOUT, MAX_SEEDS, fit_study_model, pick_trial
 from hpo.db.models import model_archives, model_jobs
@@ -208,7 +209,7 @@ def run_pending_model_jobs(
 
     Args:
         storage: the Optuna storage.
-        data_dir: where uploaded datasets live.
+        data_dir: this machine's cache of uploaded datasets (``hpo.data.DatasetStore``).
         study_name: only look at this study (``hpo run``); None: every study.
         should_stop: polled every epoch; when true the job goes back to ``queued``.
         heartbeat_s: seconds between heartbeats of the running job.
@@ -221,7 +222,7 @@ def run_pending_model_jobs(
     if job is None:
         return False
     if job["state"] == "running":
-        _ModelFit(storage, job, Path(data_dir), heartbeat_s, should_stop).run()
+        _ModelFit(storage, job, DatasetStore(storage.engine, data_dir), heartbeat_s, should_stop).run()
     return True
 
 
@@ -273,10 +274,10 @@ def claim_job(storage: RDBStorage, *, study_name: str | None = None,
 class _ModelFit:
     """One claimed job: fit, heartbeat, archive, final state."""
 
-    def __init__(self, storage: RDBStorage, job: dict[str, Any], data_dir: Path, heartbeat_s: float,
+    def __init__(self, storage: RDBStorage, job: dict[str, Any], datasets: DatasetStore, heartbeat_s: float,
                  should_stop: Callable[[], bool] | None):
         self.storage, self.engine = storage, _engine(storage)
-        self.job, self.data_dir, self.heartbeat_s = job, data_dir, heartbeat_s
+        self.job, self.datasets, self.heartbeat_s = job, datasets, heartbeat_s
         self.study_name = job["study_name"]
         self.should_stop = should_stop
         self.lock = threading.Lock()
@@ -292,7 +293,7 @@ class _ModelFit:
         try:
             try:
                 model = fit_study_model(
-                    self.storage, self.study_name, self.data_dir, trial_number=self.job["trial_number"],
+                    self.storage, self.study_name, self.datasets, trial_number=self.job["trial_number"],
                     holdout=float(self.job["holdout"]), seeds=int(self.job["seeds"]), on_epoch=self._on_epoch,
                     should_stop=self._stopping,
                 )

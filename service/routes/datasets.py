@@ -48,17 +48,14 @@ def upload_dataset(
                     "numeric one).")] = None,
 ) -> DatasetOut:
     """Validate a file fully and keep it; a refused file leaves nothing behind."""
-    if file.size is not None and file.size > settings.max_upload_bytes:
-        raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
-    content = file.file.read(settings.max_upload_bytes + 1)
-    if len(content) > settings.max_upload_bytes:
+    if file.size is not None and file.size > settings.max_upload_bytes:  # counted by the multipart parser
         raise problem(413, too_large_message(settings.max_upload_bytes, "the file"), field="file")
     options = {k: v for k, v in {"target_column": target_column, "text_column": text_column,
                                  "label_column": label_column, "max_length": max_length,
                                  "time_column": time_column, "feature_columns": feature_columns}.items()
                if v is not None}
     try:
-        record = datasets.upload(session, store, file.filename, content, task=task, format=format, options=options,
+        record = datasets.upload(session, store, file.filename, file.file, task=task, format=format, options=options,
                                  owner=principal.name)
     except DataError as exc:
         raise problem(422, str(exc), field=getattr(exc, "field", None) or "file") from None

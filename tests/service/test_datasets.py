@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from hpo.data import load_dataset
-from hpo.db.models import DatasetRecord
+from hpo.db.models import DatasetRecord, dataset_chunks
 from hpo.spec import parse_spec
 from hpo.studies import fail_study, set_cancelled
 from service import datasets
@@ -51,9 +52,10 @@ def stored_files(data_dir: Path) -> list[Path]:
     return [p for p in Path(data_dir).rglob("*") if p.is_file()] if Path(data_dir).exists() else []
 
 
-def dataset_dirs(data_dir: Path) -> list[Path]:
-    root = Path(data_dir) / "datasets"
-    return list(root.iterdir()) if root.exists() else []
+def stored_chunks(client) -> int:
+    """Rows of dataset bytes in the app's database."""
+    with client.app.state.engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(dataset_chunks)).scalar_one()
 
 
 def upload(client, name: str, content: bytes, **form):
@@ -73,13 +75,13 @@ def test_upload_list_get_delete(api, data_dir):
     assert api.get(f"{DATASETS}/{dataset['id']}").json() == dataset
     listed = api.get(DATASETS).json()
     assert listed["total"] == 1 and listed["items"] == [dataset]
-    assert len(dataset_dirs(data_dir)) == 1
+    assert stored_chunks(api) == 1 and len(stored_files(data_dir)) == 1  # the API's cached copy
 
     deleted = api.delete(f"{DATASETS}/{dataset['id']}")
 
     assert deleted.status_code == 204
     assert api.get(f"{DATASETS}/{dataset['id']}").status_code == 404
-    assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
+    assert stored_files(data_dir) == [] and stored_chunks(api) == 0
 
 
 def test_upload_npz_with_options(api):
@@ -118,7 +120,7 @@ def test_a_dataset_in_use_cannot_be_deleted(api, data_dir):
     assert refused.status_code == 409
     assert study["id"] in refused.json()["detail"][0]["message"]
     assert allowed.status_code == 204
-    assert dataset_dirs(data_dir) == []
+    assert stored_chunks(api) == 0 and stored_files(data_dir) == []
 
 
 def test_a_study_whose_dataset_was_deleted_cannot_resume(api):
@@ -159,7 +161,7 @@ def test_a_dataset_deleted_twice_at_once_is_deleted_once(api, data_dir):
         datasets.delete(first, app.state.trial_cache, app.state.dataset_store, rows[0])
         with pytest.raises(KeyError):
             datasets.delete(second, app.state.trial_cache, app.state.dataset_store, rows[1])
-    assert dataset_dirs(data_dir) == []
+    assert stored_chunks(api) == 0 and stored_files(data_dir) == []
 
 
 def _object_npz() -> bytes:
@@ -250,7 +252,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(shared_api, case):
     detail = response.json()["detail"]
     assert detail[0]["field"] in ("file", "body", *(form[0] if form else {})) and detail[0]["message"]
     assert shared_api.get(DATASETS).json()["total"] == 0
-    assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
+    assert stored_files(data_dir) == [] and stored_chunks(shared_api) == 0
 
 
 @pytest.mark.parametrize(
@@ -317,7 +319,7 @@ def test_a_full_data_disk_is_507_and_keeps_nothing(api, data_dir):
     assert response.status_code == 507, response.text
     assert "no space left" in response.json()["detail"][0]["message"]
     assert api.get(DATASETS).json()["total"] == 0
-    assert stored_files(data_dir) == [] and dataset_dirs(data_dir) == []
+    assert stored_files(data_dir) == [] and stored_chunks(api) == 0
 
 
 def _huge_series_csv() -> bytes:
@@ -361,7 +363,7 @@ def test_a_series_upload_says_its_columns_roles_and_a_year_column_is_no_input(ap
     assert summary["columns"] == ["temp", "sales"] and "year" in summary["dropped_columns"]
     spec = parse_spec({"name": "y", "task": "forecasting", "dataset": {"id": dataset["id"]},
                        "training": {"lookback": 4}})
-    assert load_dataset(spec, data_dir).fold(np.arange(10), np.arange(12, 20)).n_features == 2
+    assert load_dataset(spec, api.app.state.dataset_store).fold(np.arange(10), np.arange(12, 20)).n_features == 2
 
     refused = upload(api, "yearly.csv", yearly.encode(), task="forecasting", time_column="when")
     assert refused.status_code == 422

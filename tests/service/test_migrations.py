@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
+from hpo.cli import main as hpo_main
+from hpo.data import DataError, DatasetStore
 from hpo.export import model_job
 from hpo.storage import open_storage
 from hpo.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
 from hpo.db.models import Base
+from service.app import create_app
+from tests.support.servers import make_settings
 
-SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_logins", "hpo_model_archives",
-                  "hpo_model_jobs", VERSION_TABLE}
+SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_dataset_chunks", "hpo_api_keys", "hpo_logins",
+                  "hpo_model_archives", "hpo_model_jobs", VERSION_TABLE}
 
 
 @pytest.fixture
@@ -48,7 +55,7 @@ def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
-    assert ours == ["0004"]
+    assert ours == ["0005"]
     assert len(optunas) == 1 and optunas != ours
     open_storage(database_url).engine.dispose()  # Optuna still accepts the database
 
@@ -78,8 +85,8 @@ def test_downgrade_removes_only_the_service_tables(database_url):
     engine.dispose()
 
     tables = table_names(database_url)
-    assert not ({"hpo_studies", "hpo_datasets", "hpo_api_keys", "hpo_logins", "hpo_model_jobs",
-                 "hpo_model_archives"} & tables)
+    assert not ({"hpo_studies", "hpo_datasets", "hpo_dataset_chunks", "hpo_api_keys", "hpo_logins",
+                 "hpo_model_jobs", "hpo_model_archives"} & tables)
     assert {"studies", "trials"} <= tables
 
 
@@ -130,3 +137,54 @@ def test_upgrade_to_0003_moves_the_model_jobs_out_of_the_study_attributes(databa
         attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
         assert attrs == {"other": 1}  # the job attributes and the tombstone are gone
     storage.engine.dispose()
+
+
+def old_data_folder(database_url: str, folder, ids=("kept1", "deleted1")) -> bytes:
+    """A database at 0004 and a data folder as the previous version kept them: a row in
+    hpo_datasets for ``kept1`` only, files in ``folder/datasets/<id>/`` for every id."""
+    upgrade(database_url, "0004")
+    content = b"text,label\n" + b"".join(b"message %d,%s\n" % (i, b"spam" if i % 2 else b"ham") for i in range(24))
+    for dataset_id in ids:
+        (folder / "datasets" / dataset_id).mkdir(parents=True)
+        (folder / "datasets" / dataset_id / "data.csv").write_bytes(content)
+        (folder / "datasets" / dataset_id / "meta.json").write_text(json.dumps({"id": dataset_id}))
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO hpo_datasets (id, name, format, task, options, size_bytes, summary, created_at) "
+            "VALUES ('kept1', 'spam.csv', 'csv', 'classification', '{}', :size, '{}', CURRENT_TIMESTAMP)"
+        ), {"size": len(content)})
+    engine.dispose()
+    return content
+
+
+def test_upgrade_to_0005_then_the_old_data_folder_is_imported(database_url, tmp_path, capsys):
+    """After the upgrade, and ``hpo datasets import-folder``, a worker with an empty folder reads
+    the old files; a folder whose row was deleted is never brought back."""
+    old = tmp_path / "old-data"
+    content = old_data_folder(database_url, old)
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    worker = DatasetStore(engine, tmp_path / "worker")
+    with pytest.raises(DataError, match="hpo datasets import-folder"):
+        worker.path_of("kept1")  # not imported yet: its studies say what to do
+
+    hpo_main(["datasets", "import-folder", str(old), "--database", database_url, "--json"])
+    first = json.loads(capsys.readouterr().out)
+    hpo_main(["datasets", "import-folder", str(old), "--database", database_url, "--json"])
+    again = json.loads(capsys.readouterr().out)
+
+    assert first["imported"] == ["kept1"] and list(first["skipped"]) == ["deleted1"]
+    assert again["imported"] == [] and again["present"] == ["kept1"]
+    assert worker.path_of("kept1").read_bytes() == content
+    with pytest.raises(KeyError):
+        worker.get("deleted1")
+    engine.dispose()
+
+
+def test_the_api_imports_its_own_old_data_folder_at_start(database_url, tmp_path):
+    content = old_data_folder(database_url, tmp_path / "data", ids=("kept1",))
+
+    with TestClient(create_app(make_settings(database_url, tmp_path / "data"))) as client:
+        worker = DatasetStore(client.app.state.engine, tmp_path / "worker")
+        assert worker.path_of("kept1").read_bytes() == content
