@@ -381,6 +381,8 @@ def test_store_forecasting_series(tmp_path, dataset_store):
         "rows": 30,
         "columns": ["temp", "sales"],
         "target": "sales",
+        "feature_columns": ["temp"],
+        "time_column": None,
         "dropped_columns": ["date"],
     }
     assert load_dataset(spec("forecasting", 4, 2, id=info.id), dataset_store).n_samples == 30 - 4 - 2 + 1
