@@ -20,7 +20,7 @@ def set_param_fixed(page, name: str, value: str) -> None:
     page.fill(f"#f-search_space-{name}-value", value)
 
 
-def test_submit_through_the_form_lands_on_the_study_page(server, page, tmp_path):
+def test_submit_through_the_form_lands_on_the_study_page(server, page, api, tmp_path):
     page.goto(f"{server.url}/new")
     page.fill("#f-name", "browser-form")
     page.fill("#f-cv-folds", "2")
@@ -28,6 +28,13 @@ def test_submit_through_the_form_lands_on_the_study_page(server, page, tmp_path)
     page.fill("#f-budget-n_trials", "3")
     set_param_fixed(page, "hidden_size", "16")
     set_param_fixed(page, "batch_size", "128")
+    # The optional dimensions: searched among ticked values, fixed, or left at their default.
+    page.select_option("#f-search_space-summary-mode", "choices")
+    page.check("#f-search_space-summary-choice-0")
+    page.check("#f-search_space-summary-choice-1")
+    page.select_option("#f-search_space-optimizer-mode", "fixed")
+    page.select_option("#f-search_space-optimizer-value", label="adamw")
+    assert page.is_visible("#f-search_space-lr_schedule-mode")
     page.screenshot(path=tmp_path / "new-filled.png", full_page=True)
 
     page.click("#submit")
@@ -35,6 +42,9 @@ def test_submit_through_the_form_lands_on_the_study_page(server, page, tmp_path)
     page.wait_for_url(re.compile(r"/studies/[a-z0-9]+$"))
     page.wait_for_function("document.querySelector('#study-name').textContent === 'browser-form'")
     study_id = page.url.rsplit("/", 1)[1]
+    space = api.get(f"/studies/{study_id}").json()["spec"]["search_space"]
+    assert space["summary"]["choices"] == ["last", "mean"] and space["optimizer"]["value"] == "adamw"
+    assert space["lr_schedule"] is None and space["weight_decay"]["value"] == 0  # defaults, not sent
     # The header follows the study to its end without a reload.
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
     page.wait_for_selector("#best-json")

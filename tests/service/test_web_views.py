@@ -249,7 +249,16 @@ def test_new_study_form_offers_what_the_spec_accepts(api):
     data = json.loads(re.search(r'<script type="application/json" id="spec-choices">(.*?)</script>', html, re.S).group(1))
     assert data["metrics_by_task"] == {task: list(m) for task, m in spec.METRICS_BY_TASK.items()}
     assert data["builtin_tasks"] == spec.BUILTIN_DATASETS
-    assert [p["name"] for p in data["tuned_params"]] == list(spec.TUNED_PARAMS)
+    rows = {p["name"]: p for p in data["search_params"]}
+    assert list(rows) == list(spec.PARAM_NAMES)  # every dimension, the optional ones included
+    optional = [n for n in spec.PARAM_NAMES if spec.SearchSpace.model_fields[n].default is None]
+    assert optional == [n for n, p in rows.items() if p["optional"]]
+    for name in optional:
+        assert rows[name]["mode"] == "default" and rows[name]["default"] == spec.OPTIONAL_PARAM_DEFAULTS[name]
+        if spec.SearchSpace.kind(name) == "categorical":
+            assert rows[name]["values"] == list(spec.SearchSpace.allowed(name))
+    assert rows["weight_decay"]["mode"] == "fixed" and rows["weight_decay"]["value"] == "0"
+    assert rows["batch_size"]["mode"] == "default"  # left out, it is fitted to the data
     assert "const METRICS = {" not in api.get("/assets/new.js").text  # nothing copied into the script
 
 
