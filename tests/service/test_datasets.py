@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy
 from fastapi.testclient import TestClient
 
 from hpo.db.models import DatasetRecord
@@ -103,6 +104,33 @@ def test_study_on_an_uploaded_dataset(api):
     assert wrong_task.status_code == 422
     assert [e["field"] for e in wrong_task.json()["detail"]] == ["task"]
     assert "classification" in wrong_task.json()["detail"][0]["message"]
+
+
+def test_studies_name_their_datasets_in_one_query(api):
+    """The studies list, the page's list, a study and its page name the dataset, not its id;
+    a page of studies reads the names of all its uploads in one query."""
+    uploads = [upload(api, name, text_csv()).json() for name in ("spam.csv", "notes.csv")]
+    for dataset in (*uploads, uploads[0]):
+        api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]}))
+    builtin = api.post(STUDIES, json=tiny_spec()).json()
+    statements: list[str] = []
+    listen = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    sqlalchemy.event.listen(api.app.state.engine, "before_cursor_execute", listen)
+    try:
+        listed = api.get(STUDIES).json()["items"]
+        cards = api.get("/api/v1/views/studies").json()["items"]
+    finally:
+        sqlalchemy.event.remove(api.app.state.engine, "before_cursor_execute", listen)
+
+    names = {u["id"]: u["name"] for u in uploads}
+    assert [s["dataset_name"] for s in listed] == ["digits", "spam.csv", "notes.csv", "spam.csv"]
+    assert [c["dataset"] for c in cards] == ["digits", "spam.csv", "notes.csv", "spam.csv"]
+    assert all(s["dataset_name"] == names.get(s["dataset_id"], "digits") for s in listed)
+    assert sum("hpo_datasets" in s for s in statements) == 2  # one per list, not one per study
+    study = listed[1]
+    assert api.get(f"{STUDIES}/{study['id']}").json()["dataset_name"] == "spam.csv"
+    assert api.get(f"/api/v1/views/studies/{study['id']}").json()["study"]["dataset_name"] == "spam.csv"
+    assert api.get(f"{STUDIES}/{builtin['id']}").json()["dataset_name"] == "digits"
 
 
 def test_a_dataset_in_use_cannot_be_deleted(api, data_dir):

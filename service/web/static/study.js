@@ -45,7 +45,7 @@ function renderHead() {
   $("study-id").textContent = s.id;
   $("study-progress").replaceChildren(progressBar(s));
   const spec = s.spec || {};
-  const dataset = spec.dataset ? spec.dataset.builtin || spec.dataset.id || spec.dataset.path : "—";
+  const dataset = s.dataset_name || (spec.dataset ? spec.dataset.id || spec.dataset.path : "—");
   const t = s.trials;
   $("facts").replaceChildren(
     fact("Best " + s.metric, s.best_value === null ? "—" : fmtValue(s.best_value),
