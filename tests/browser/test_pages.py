@@ -133,3 +133,28 @@ def test_cancel_a_running_study(server, page, api, tmp_path):
     assert page.is_hidden("#cancel")
     assert api.get(f"/studies/{study['id']}").json()["state"] == "cancelled"
     page.screenshot(path=tmp_path / "study-cancelled.png", full_page=True)
+
+
+def test_the_dashboard_offers_no_control_that_would_write(server, page, api, tmp_path):
+    """optuna-dashboard is read-only here (its writes are 405): its create, rename, delete and
+    edit controls are on the page but hidden."""
+    study = api.post("/studies", json=tiny_spec("browser-dashboard")).json()
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # the worker stays free
+    page.goto(f"{server.url}/dashboard")
+    page.wait_for_selector(f"text={study['optuna_study_name']}")
+    page.wait_for_selector("button:has-text('Reload')")
+
+    controls = {icon: page.locator(f"button:has(svg[data-testid='{icon}'])")
+                for icon in ("AddBoxIcon", "DriveFileRenameOutlineIcon", "DeleteIcon")}
+    assert page.locator("button:has-text('Create')").count() == 1
+    for icon, buttons in controls.items():
+        assert buttons.count() >= 1, icon  # optuna-dashboard still draws them ...
+        assert all(not b.is_visible() for b in buttons.all()), icon  # ... hidden
+    page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+    optuna_id = page.request.get(f"{server.url}/studies/{study['id']}/dashboard").url.rsplit("/", 1)[1]
+    page.goto(f"{server.url}/dashboard/studies/{optuna_id}/note")
+    edit = page.locator("button:has(svg[data-testid='EditIcon'])")
+    edit.first.wait_for(state="attached")
+    assert not edit.first.is_visible()
+    refused = page.request.delete(f"{server.url}/api/studies/{optuna_id}")
+    assert refused.status == 405 and api.get(f"/studies/{study['id']}").status_code == 200

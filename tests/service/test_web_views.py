@@ -189,6 +189,26 @@ def test_optuna_dashboard_is_mounted(api, study):
     assert api.get("/api/v1/nope").status_code == 404  # the API's own namespace is not the dashboard's
 
 
+def test_optuna_dashboard_is_read_only(api, study):
+    optuna_id = int(api.get(f"/studies/{study['id']}/dashboard", follow_redirects=False).headers["location"]
+                    .removeprefix("/dashboard/studies/"))
+    writes = [api.post("/api/studies", json={"study_name": "behind-its-back", "directions": ["minimize"]}),
+              api.delete(f"/api/studies/{optuna_id}"),
+              api.post(f"/api/studies/{optuna_id}/rename", json={"study_name": "renamed"}),
+              api.put(f"/api/studies/{optuna_id}/note", json={"version": 1, "body": "hi"})]
+
+    for refused in writes:
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+        assert "read-only" in refused.json()["detail"][0]["message"]
+    names = [s["study_name"] for s in api.get("/api/studies").json()["study_summaries"]]
+    assert names == [study["optuna_study_name"]]  # nothing created, renamed or deleted
+    assert api.get(f"{STUDIES}/{study['id']}").status_code == 200
+    page = api.get(f"/dashboard/studies/{optuna_id}")
+    assert '<link rel="stylesheet" href="/assets/dashboard_readonly.css"></head>' in page.text
+    assert int(page.headers["content-length"]) == len(page.content)
+    assert "DeleteIcon" in api.get("/assets/dashboard_readonly.css").text
+
+
 def test_page_events_skip_what_the_overview_had(live_server, storage):
     with httpx.Client(base_url=live_server.url, timeout=10) as http:
         study = http.post(STUDIES, json=tiny_spec()).json()
