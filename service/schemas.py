@@ -17,7 +17,7 @@ from hpo.db.models import StudyRecord
 from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR, Progress, is_surplus
-from service.views import API_PREFIX, TRIAL_STATE_NAMES, record_time, trial_duration_s
+from service.views import API_PREFIX, TRIAL_STATE_NAMES, last_reported, record_time, trial_duration_s
 
 StudyState = Literal["queued", "running", "completed", "cancelled", "failed"]
 TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
@@ -160,6 +160,8 @@ class TrialOut(BaseModel):
     completed_at: str | None
     duration_s: float | None
     last_step: int | None = Field(description="The last epoch reported (pruning step).")
+    last_value: float | None = Field(description="The score reported for that epoch: where a pruned trial "
+                                                 "stopped (an inner-validation score, not a CV score).")
     intermediate_values: list[IntermediateValue] | None = Field(
         default=None, description="Per-epoch validation scores; only with include=intermediate."
     )
@@ -193,6 +195,7 @@ class TrialOut(BaseModel):
             completed_at=utc_time(trial.datetime_complete),
             duration_s=trial_duration_s(trial),
             last_step=max(steps) if steps else None,
+            last_value=finite(last_reported(trial)),
             **per_epoch,
         )
 

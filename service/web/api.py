@@ -21,7 +21,7 @@ from service.events import event_id_of
 from service.routes.studies import LoadedDep
 from service.schemas import BestTrial, ErrorResponse, StudyCard, StudyLinks, StudyOnPage, StudyState
 from service.web.plots import (
-    DEFAULT_CURVE_POINTS, complete_columns, curve_view, pick_curves, search_space_view,
+    DEFAULT_CURVE_POINTS, complete_columns, curve_view, pick_curves, pruned_columns, search_space_view,
 )
 
 router = APIRouter(prefix="/views", tags=["views"])
@@ -74,7 +74,8 @@ def list_study_summaries(session: SessionDep, cache: TrialCacheDep, page: PageDe
 @router.get("/studies/{study_id}", responses=ERRORS, summary="A study, for its page")
 def study_overview(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
-    columns (history, parallel coordinates), its best trial, and the event id to stream from,
+    columns (history, parallel coordinates), its pruned ones' last reported scores (the
+    history's "include pruned"), its best trial, and the event id to stream from,
     all from one read of its trials (the counts agree with the columns)."""
     trials = loaded.study.get_trials(deepcopy=False)
     prog = loaded.progress(trials)
@@ -87,6 +88,7 @@ def study_overview(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep)
                                 dataset_names=records.dataset_names(session, [loaded.record])),
         "space": space,
         "complete": complete_columns(trials, [p["name"] for p in space]),
+        "pruned": pruned_columns(trials),
         "best": best,
         "event_id": max((event_id_of(t) for t in trials), default=0),
         "links": {
@@ -121,8 +123,15 @@ def learning_curves(
 
 
 @router.get("/studies/{study_id}/importance", responses=ERRORS, summary="Parameter importances")
-def param_importance(loaded: LoadedDep, cache: TrialCacheDep, request: Request) -> dict[str, Any]:
+def param_importance(
+    loaded: LoadedDep,
+    cache: TrialCacheDep,
+    request: Request,
+    complete: Annotated[int | None, Query(ge=0, description="Over the first this many complete trials (in the "
+                                                            "order they completed): the ones the page counts.")] = None,
+) -> dict[str, Any]:
     """Each searched parameter's share of the score's variation (Optuna's importance
-    evaluators), once there are at least two complete trials; cached per trial count."""
+    evaluators), once there are enough complete trials (``MIN_TRIALS_FOR_IMPORTANCE``);
+    cached per trial count."""
     trials = loaded.study.get_trials(deepcopy=False)
-    return request.app.state.importance.get(loaded.study, loaded.spec, trials)
+    return request.app.state.importance.get(loaded.study, loaded.spec, trials, n_complete=complete)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.studies import tiny_spec
+from tests.support.studies import add_trial, tiny_spec
 
 pytestmark = pytest.mark.browser
 
@@ -158,3 +158,62 @@ def test_the_dashboard_offers_no_control_that_would_write(server, page, api, tmp
     assert not edit.first.is_visible()
     refused = page.request.delete(f"{server.url}/api/studies/{optuna_id}")
     assert refused.status == 405 and api.get(f"/studies/{study['id']}").status_code == 200
+
+
+def test_study_page_history_importance_folds_and_sorting(server, page, api, storage, tmp_path):
+    """Pruned trials in the history on request and with their last score in the table; no
+    importance shares below 11 complete trials; the per-fold chart zoomed to its scores; the
+    score column sorted best first; header, history and importance counts that agree live."""
+    searched_as_written = {"hidden_size": {"value": 16}, "batch_size": {"choices": [16, 32]}, "dropout": {"value": 0.1},
+                           "clip_norm": {"value": 1.0}}  # add_trial suggests lr and batch_size
+    study = api.post("/studies", json=tiny_spec("browser-history", search_space=searched_as_written,
+                                                budget={"n_trials": 40})).json()
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # trials written here, not by the worker
+    name = study["optuna_study_name"]
+    for value in (0.81, 0.86, 0.83, 0.9):
+        add_trial(storage, name, value=value, steps=[value - 0.1, value], fold_scores=[value - 0.01, value + 0.01])
+    add_trial(storage, name, state="pruned", steps=[0.3, 0.42])
+    for value in (0.5, 0.6, 0.7, 0.55, 0.65, 0.75):
+        add_trial(storage, name, value=value, fold_scores=[value, value])
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("body[data-loaded]")
+
+    assert "at least 11 complete trials (10 so far)" in page.text_content("#importance")
+    assert page.locator("#importance .placeholder").count() == 1  # no bars, no percentages
+    history = page.locator("#history")
+    assert (history.get_attribute("data-points"), history.get_attribute("data-pruned")) == ("10", "0")
+    page.check("#history-pruned")
+    page.wait_for_selector('#history[data-pruned="1"]')
+    assert "10 complete · 1 pruned" in page.text_content("#history-hint")
+    assert page.text_content('#trials tr[data-number="4"] .last-value').startswith("0.42")
+    low, high = page.evaluate("document.getElementById('folds').layout.yaxis.range")
+    assert 0.85 < low < 0.89 and 0.91 < high < 0.95, (low, high)  # the best trial's folds: 0.89 and 0.91
+
+    def rows() -> list[int]:
+        return page.evaluate("[...document.querySelectorAll('#trials tbody tr')].map(r => Number(r.dataset.number))")
+
+    score = page.locator("#trials th", has_text="accuracy")
+    score.click()
+    page.wait_for_function("document.querySelector('#trials tbody tr').dataset.number === '3'")
+    assert rows()[:4] == [3, 1, 2, 0] and score.get_attribute("aria-sort") == "descending"
+    page.locator("#trials th", has_text="accuracy").click()
+    page.wait_for_function("document.querySelector('#trials tbody tr').dataset.number === '4'")
+    assert rows()[:3] == [4, 5, 8]  # worst first (the pruned trial's last score is the lowest)
+
+    # Live: every count the page shows agrees with the header's (the importance says when it is catching up).
+    page.evaluate("""() => {
+        window.__counts = [];
+        const complete = (id) => (document.getElementById(id).textContent.match(/(\\d+) complete/) || [])[1];
+        new MutationObserver(() => window.__counts.push([complete('facts'), complete('history-hint'),
+                                                         document.getElementById('importance-hint').textContent]))
+            .observe(document.querySelector('main'), {subtree: true, childList: true, characterData: true});
+    }""")
+    add_trial(storage, name, value=0.85, fold_scores=[0.85, 0.85])
+    page.wait_for_function("document.getElementById('importance-hint').textContent.endsWith('over 11 complete trials')",
+                           timeout=60_000)
+    assert "11 complete" in page.text_content("#facts") and page.text_content("#history-hint").startswith("11 complete")
+    assert page.locator("#importance .placeholder").count() == 0 and "%" in page.text_content("#importance")
+    for header, hint, importance in page.evaluate("window.__counts"):
+        assert header == hint or hint is None, page.evaluate("window.__counts")
+        assert importance == "" or f"over {header} complete" in importance or "updating" in importance
+    page.screenshot(path=tmp_path / "study-history.png", full_page=True)

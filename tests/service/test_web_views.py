@@ -75,6 +75,10 @@ def test_overview_columns_best_and_updates(api, storage, study):
     assert len(view["complete"]["params"]["lr"]) == 3
     assert view["best"]["number"] == 1 and view["best"]["fold_scores"] == [0.9, 0.9]
     assert view["study"]["trials"]["running"] == 1 and view["event_id"] > 0
+    # A pruned trial: its last reported score, for the history's "include pruned" and the table.
+    assert view["pruned"] == {"number": [3], "value": [0.1]}
+    pruned = api.get(f"{STUDIES}/{study['id']}/trials", params={"state": "pruned"}).json()["items"][0]
+    assert pruned["value"] is None and pruned["last_value"] == 0.1 and pruned["last_step"] == 1
     # A running trial is read again; finished ones come from the cache.
     optuna.load_study(study_name=study["optuna_study_name"], storage=storage).tell(running, 0.95)
     view = api.get(url).json()
@@ -105,22 +109,32 @@ def test_downsample_keeps_the_ends():
     assert len(steps) == 200 and steps[0] == 0 and steps[-1] == 999 and values[-1] == 999.0
 
 
-def test_importance_needs_two_complete_trials(api, storage, study):
+def test_importance_needs_eleven_complete_trials_and_follows_the_page_count(api, storage, study):
+    """Below 11 complete trials PED-ANOVA's best tenth is one trial: no shares, a reason. A page
+    asks over the trials it counts (``complete``): the answer is over those, even once more
+    have completed."""
     url = f"{VIEWS}/{study['id']}/importance"
-    run_trial(storage, study, value=0.4)
+    for value in (0.4, 0.1, 0.7, 0.2):
+        run_trial(storage, study, value=value)
 
     not_yet = api.get(url).json()
 
-    assert not_yet["status"] == "not_enough" and "2 complete trials; 1 so far" in not_yet["message"]
-    for value in (0.1, 0.7, 0.2):
+    assert not_yet["status"] == "not_enough" and "importances" not in not_yet
+    assert "at least 11 complete trials (4 so far)" in not_yet["message"] and "single trial" in not_yet["message"]
+    for value in (0.3, 0.9, 0.6, 0.5, 0.8, 0.35, 0.65, 0.45):
         run_trial(storage, study, value=value)
     ready = api.get(url).json()
-    assert ready["status"] == "ok" and ready["n_complete"] == 4
+    assert ready["status"] == "ok" and ready["n_complete"] == 12
     # Fixed parameters (hidden_size here) are not searched, so they have no importance.
     assert set(ready["importances"]) == {"lr", "batch_size", "dropout", "clip_norm"}
     assert ready["fixed"]["hidden_size"] == 16
     assert abs(sum(ready["importances"].values()) - 1) < 1e-6
     assert api.get(url).json() == ready
+    as_counted = api.get(url, params={"complete": 11}).json()  # the page saw 11 complete trials
+    assert as_counted["status"] == "ok" and as_counted["n_complete"] == 11
+    assert api.get(url, params={"complete": 10}).json()["status"] == "not_enough"
+    assert api.get(url, params={"complete": 50}).json()["n_complete"] == 12
+    assert api.get(url, params={"complete": -1}).status_code == 422
 
 
 def test_study_list_filters_by_state(api, storage):
