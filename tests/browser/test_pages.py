@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from hpo.studies import fail_study, set_cancelled
 from tests.support.studies import add_trial, tiny_spec
 
 pytestmark = pytest.mark.browser
@@ -133,6 +134,31 @@ def test_cancel_a_running_study(server, page, api, tmp_path):
     assert page.is_hidden("#cancel")
     assert api.get(f"/studies/{study['id']}").json()["state"] == "cancelled"
     page.screenshot(path=tmp_path / "study-cancelled.png", full_page=True)
+
+
+def test_retry_a_study_that_could_not_run(server, page, api, storage, tmp_path):
+    """A study failed because it could not run (as a worker fails one whose data file it lacks)
+    shows why and a Retry button; retrying runs it to the end, without a reload."""
+    spec = tiny_spec("browser-retry", search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 256}},
+                     training={"max_epochs": 1}, budget={"n_trials": 1})
+    study = api.post("/studies", json=spec).json()
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # failed before the worker starts it
+    reason = "the study cannot run: dataset file missing on worker w1"
+    fail_study(storage, study["optuna_study_name"], reason)
+    set_cancelled(storage, study["optuna_study_name"], False)  # as a worker leaves a study it fails
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.failed")
+    assert reason in page.text_content("#head-message")
+    assert page.text_content("#resume") == "Retry study" and page.is_visible("#resume")
+    page.evaluate("window.__noReload = 'still here'")
+
+    page.click("#resume")
+
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+    assert page.text_content("#head-message") == "" and page.is_hidden("#resume")
+    assert page.evaluate("window.__noReload") == "still here"
+    assert api.get(f"/studies/{study['id']}").json()["trials"]["complete"] == 1
+    page.screenshot(path=tmp_path / "study-retried.png", full_page=True)
 
 
 def test_the_dashboard_offers_no_control_that_would_write(server, page, api, tmp_path):
