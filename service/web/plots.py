@@ -142,18 +142,19 @@ class ImportanceCache:
                 completed) only: the ones a page counted, so that its counts and the
                 importances agree while the study goes on. Default: all of them.
         """
-        complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
-                          key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
-        if n_complete is not None and n_complete < len(complete):
-            study = _study_of(study, complete[:n_complete])
-        n_complete = min(len(complete), n_complete if n_complete is not None else len(complete))
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        subset = None
+        if n_complete is not None and n_complete < len(complete):  # the study went on since the page counted
+            complete.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+            subset = complete[:n_complete]
+        n_complete = len(complete if subset is None else subset)
         key = study.study_name
         with self._lock:
             hit = self._results.get(key)
             if hit is not None and hit[0] == n_complete:
                 self._results.move_to_end(key)
                 return hit[1]
-        result = self._compute(study, spec, n_complete)
+        result = self._compute(study, spec, n_complete, subset)
         with self._lock:
             self._results[key] = (n_complete, result)
             self._results.move_to_end(key)
@@ -161,7 +162,8 @@ class ImportanceCache:
                 self._results.popitem(last=False)
         return result
 
-    def _compute(self, study: optuna.Study, spec: StudySpec, n_complete: int) -> dict[str, Any]:
+    def _compute(self, study: optuna.Study, spec: StudySpec, n_complete: int,
+                 subset: Sequence[FrozenTrial] | None) -> dict[str, Any]:
         searched = [p["name"] for p in search_space_view(spec) if p["fixed"] is None]
         fixed = {p["name"]: p["fixed"] for p in search_space_view(spec) if p["fixed"] is not None}
         base = {"evaluator": type(self.evaluator).__name__, "n_complete": n_complete, "fixed": fixed}
@@ -172,6 +174,8 @@ class ImportanceCache:
                     "message": f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials ({n_complete} so far): "
                                f"it compares the best 10 % of them with the rest, and below "
                                f"{MIN_TRIALS_FOR_IMPORTANCE} that is a single trial"}
+        if subset is not None:
+            study = _study_of(study, subset)
         try:
             importances = get_param_importances(study, evaluator=self.evaluator, params=searched)
         except (ValueError, RuntimeError) as exc:
@@ -180,7 +184,7 @@ class ImportanceCache:
 
 
 def _study_of(study: optuna.Study, trials: Sequence[FrozenTrial]) -> optuna.Study:
-    """An in-memory study of ``trials`` only, named as ``study`` (the importances' cache key)."""
-    subset = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    """An in-memory study of ``trials`` only."""
+    subset = optuna.create_study(directions=study.directions)
     subset.add_trials(trials)
     return subset
