@@ -235,9 +235,18 @@ class Client:
         """One uploaded dataset."""
         return self._request("GET", f"{API}/datasets/{dataset_id}")
 
-    def delete_dataset(self, dataset_id: str) -> None:
-        """Delete an uploaded dataset (refused while an unfinished study uses it)."""
-        self._request("DELETE", f"{API}/datasets/{dataset_id}")
+    def delete_dataset(self, dataset_id: str, force: bool = False) -> None:
+        """Delete an uploaded dataset.
+
+        Args:
+            dataset_id: the dataset's id.
+            force: delete it although finished studies still need it for a model.
+
+        Raises:
+            APIError: 409 naming the studies while an unfinished study reads it, or (without
+                ``force``) while a finished one still needs it for a model.
+        """
+        self._request("DELETE", f"{API}/datasets/{dataset_id}", params={"force": "true"} if force else None)
 
     # ---- the final model -------------------------------------------------------------
 

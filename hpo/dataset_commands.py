@@ -46,8 +46,11 @@ def add_dataset_commands(sub: Any) -> None:
     p.add_argument("dataset", help="the dataset's id")
     p.set_defaults(func=cmd_show)
 
-    p = actions.add_parser("delete", help="Delete a dataset (refused while an unfinished study uses it).")
+    p = actions.add_parser("delete", help="Delete a dataset (refused while an unfinished study uses it, or a "
+                                          "finished one needs it for a model; --force for the latter).")
     p.add_argument("dataset", help="the dataset's id")
+    p.add_argument("--force", action="store_true",
+                   help="delete it although finished studies still need it for a model (no refit of them then)")
     p.set_defaults(func=cmd_delete)
 
     for action in actions.choices.values():
@@ -118,7 +121,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_delete(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        client.delete_dataset(args.dataset)
+        client.delete_dataset(args.dataset, force=args.force)
     print(json.dumps({"id": args.dataset, "deleted": True}) if args.json else f"{args.dataset} deleted")
 
 

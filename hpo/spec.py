@@ -151,6 +151,12 @@ _PARAMS: dict[str, tuple[str, dict[str, Any], tuple[float, float] | tuple[Any, .
 }
 TUNED_PARAMS = ("lr", "batch_size", "hidden_size", "dropout", "clip_norm")
 PARAM_NAMES = tuple(_PARAMS)
+# What an optional entry left out of the search space means (as hpo.train builds the trial).
+OPTIONAL_PARAM_DEFAULTS = {
+    "cell": "model.cell", "num_layers": "model.num_layers", "bidirectional": "model.bidirectional",
+    "summary": "last", "frontend": "none; long sequences: fitted", "frontend_stride": "4", "optimizer": "adam",
+    "lr_schedule": "none", "class_weighting": "none",
+}
 # Fields that, left out of a spec, are fitted to the data by the workers (hpo.fitting).
 FITTED_FIELDS = (
     "search_space.batch_size", "search_space.frontend", "training.max_epochs", "training.patience", "cv.folds",
@@ -232,6 +238,11 @@ class SearchSpace(_Strict):
     @staticmethod
     def kind(name: str) -> str:
         return _PARAMS[name][0]
+
+    @staticmethod
+    def allowed(name: str) -> tuple[Any, ...]:
+        """A parameter's accepted values (categorical) or its accepted ``(low, high)`` bounds."""
+        return _PARAMS[name][2]
 
 
 def _declared_values(param: ParamSpec) -> list[Any]:

@@ -175,12 +175,18 @@ async def study_events(
         await asyncio.sleep(poll_s)
 
 
-def snapshot_reader(load: Callable[[], LoadedStudy], view: Callable[[LoadedStudy], StudySummary]
-                    ) -> Callable[[], Snapshot]:
-    """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be deleted)."""
+def snapshot_reader(load: Callable[[], LoadedStudy],
+                    view: Callable[[LoadedStudy, list[FrozenTrial]], StudySummary]) -> Callable[[], Snapshot]:
+    """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be deleted).
+
+    The study's counts are derived from the very trials the snapshot sends, so a page that
+    applies a poll's trial events together with its study event never shows counts that
+    disagree with its trials.
+    """
 
     def read() -> Snapshot:
         loaded = load()
-        return Snapshot(study=view(loaded), trials=loaded.study.get_trials(deepcopy=False))
+        trials = loaded.study.get_trials(deepcopy=False)
+        return Snapshot(study=view(loaded, trials), trials=trials)
 
     return read

@@ -6,6 +6,7 @@ document ``/openapi.json``). Times are ISO 8601 with an offset (UTC); non-finite
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any, Literal, Self
 
 from optuna.trial import FrozenTrial, TrialState as OptunaTrialState
@@ -16,7 +17,7 @@ from hpo.db.models import StudyRecord
 from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec
 from hpo.studies import FAIL_REASON_ATTR, Progress, is_surplus
-from service.views import API_PREFIX, TRIAL_STATE_NAMES, record_time, trial_duration_s
+from service.views import API_PREFIX, TRIAL_STATE_NAMES, last_reported, record_time, trial_duration_s
 
 StudyState = Literal["queued", "running", "completed", "cancelled", "failed"]
 TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
@@ -61,6 +62,8 @@ class StudySummary(BaseModel):
     owner: str | None
     created_at: str
     dataset_id: str | None
+    dataset_name: str | None = Field(description="The built-in dataset's name or the uploaded file's name "
+                                                 "(null once that upload is deleted, or for a dataset.path).")
     direction: Literal["maximize", "minimize"]
     metric: str
     state: StudyState
@@ -75,13 +78,15 @@ class StudySummary(BaseModel):
     links: StudyLinks
 
     @classmethod
-    def of(cls, record: StudyRecord, spec: StudySpec, prog: Progress, /, **extra: Any) -> Self:
+    def of(cls, record: StudyRecord, spec: StudySpec, prog: Progress, /, *, dataset_names: Mapping[str, str],
+           **extra: Any) -> Self:
         """A study's identity, state and counts.
 
         Args:
             record: the study's row.
             spec: its validated spec.
             prog: its progress (:func:`hpo.studies.progress`).
+            dataset_names: uploaded datasets' names by id (:func:`service.records.dataset_names`).
             extra: the fields a subclass adds.
 
         Returns:
@@ -94,6 +99,7 @@ class StudySummary(BaseModel):
             owner=record.owner,
             created_at=record_time(record.created_at),
             dataset_id=record.dataset_id,
+            dataset_name=spec.dataset.builtin or dataset_names.get(record.dataset_id or ""),
             direction=spec.direction,
             metric=spec.training.metric,
             **prog.as_dict(),
@@ -106,9 +112,10 @@ class StudyDetail(StudySummary):
     spec: dict[str, Any] = Field(description="The validated spec, defaults filled in.")
 
     @classmethod
-    def of(cls, record: StudyRecord, spec: StudySpec, prog: Progress, /, **extra: Any) -> Self:
+    def of(cls, record: StudyRecord, spec: StudySpec, prog: Progress, /, *, dataset_names: Mapping[str, str],
+           **extra: Any) -> Self:
         """A study's identity, state and counts, and its spec (see :meth:`StudySummary.of`)."""
-        return super().of(record, spec, prog, spec=record.spec, **extra)
+        return super().of(record, spec, prog, dataset_names=dataset_names, spec=record.spec, **extra)
 
 
 class StudyCard(StudySummary):
@@ -117,7 +124,7 @@ class StudyCard(StudySummary):
     sampler: str
     pruner: str
     cell: str
-    dataset: str | None = Field(description="The built-in dataset's name, the uploaded one's id, or a path.")
+    dataset: str | None = Field(description="The dataset's name (a deleted upload's id; or a path).")
     dataset_kind: Literal["builtin", "uploaded"]
     dashboard_url: str
 
@@ -153,6 +160,8 @@ class TrialOut(BaseModel):
     completed_at: str | None
     duration_s: float | None
     last_step: int | None = Field(description="The last epoch reported (pruning step).")
+    last_value: float | None = Field(description="The score reported for that epoch: where a pruned trial "
+                                                 "stopped (an inner-validation score, not a CV score).")
     intermediate_values: list[IntermediateValue] | None = Field(
         default=None, description="Per-epoch validation scores; only with include=intermediate."
     )
@@ -186,6 +195,7 @@ class TrialOut(BaseModel):
             completed_at=utc_time(trial.datetime_complete),
             duration_s=trial_duration_s(trial),
             last_step=max(steps) if steps else None,
+            last_value=finite(last_reported(trial)),
             **per_epoch,
         )
 

@@ -1,5 +1,5 @@
 """What the answers of :mod:`service.schemas` (and the metrics and pages) share: the API's
-prefix, the trial states' names, a stored time in UTC, a trial's duration."""
+prefix, the trial states' names, a stored time in UTC, a trial's duration and last score."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ def trial_duration_s(trial: FrozenTrial) -> float | None:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return None
+
+
+def last_reported(trial: FrozenTrial) -> float | None:
+    """The score a trial reported for its latest epoch (``None`` before its first)."""
+    steps = trial.intermediate_values
+    return steps[max(steps)] if steps else None

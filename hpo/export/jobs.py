@@ -107,6 +107,19 @@ def model_status(storage: RDBStorage, study_name: str) -> dict[str, Any] | None:
     return status
 
 
+def models_of(storage: RDBStorage, study_names: list[str]) -> dict[str, tuple[str | None, bool]]:
+    """For each of these studies that has a refit job or an archive: the job's state (``None``
+    without one) and whether an archive (ensemble or refit) is stored, in two queries."""
+    if not study_names:
+        return {}
+    with _engine(storage).connect() as connection:
+        jobs = dict(connection.execute(
+            sa.select(model_jobs.c.study_name, model_jobs.c.state).where(model_jobs.c.study_name.in_(study_names))).all())
+        archived = set(connection.scalars(
+            sa.select(model_archives.c.study_name).where(model_archives.c.study_name.in_(study_names))).all())
+    return {name: (jobs.get(name), name in archived) for name in set(jobs) | archived}
+
+
 def model_archive(storage: RDBStorage, study_name: str, kind: str) -> tuple[bytes, str] | None:
     """The stored archive of ``kind`` (``ensemble`` or ``refit``) and its sha256, or None."""
     with _engine(storage).connect() as connection:

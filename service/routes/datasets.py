@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from hpo.data import DataError
 from hpo.spec import Task
@@ -76,13 +76,22 @@ def get_dataset(session: SessionDep, dataset_id: str) -> DatasetOut:
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=ERRORS, summary="Delete a dataset")
-def delete_dataset(session: SessionDep, cache: TrialCacheDep, store: DatasetStoreDep, dataset_id: str) -> Response:
-    """Delete a dataset; refused (409) while a queued or running study reads it."""
+def delete_dataset(
+    session: SessionDep,
+    cache: TrialCacheDep,
+    store: DatasetStoreDep,
+    dataset_id: str,
+    force: Annotated[bool, Query(description="Delete it although finished studies still need it for a model "
+                                             "(their refits then fail).")] = False,
+) -> Response:
+    """Delete a dataset; refused (409, naming the studies) while a queued or running study
+    reads it, and, unless ``force=true``, while a finished study still needs it for a model:
+    a refit queued or running, or a complete trial but no stored model yet."""
     record = _get_record(session, dataset_id)
     try:
-        datasets.delete(session, cache, store, record)
+        datasets.delete(session, cache, store, record, force=force)
     except KeyError:
         raise problem(404, f"no dataset with id {dataset_id!r}", field="dataset_id") from None
-    except datasets.DatasetInUse as exc:
+    except (datasets.DatasetInUse, datasets.DatasetNeededForModels) as exc:
         raise problem(409, str(exc), field="dataset_id") from None
     return Response(status_code=204)

@@ -11,7 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from hpo.spec import SpecError, StudySpec, parse_spec, parse_spec_text
-from service import catalog
+from service import catalog, records
 from service.auth import PrincipalDep, authenticate, credentials_key
 from service.catalog import LoadedStudy, StudyNotFound, TooManyQueued
 from service.deps import PageDep, SessionDep, SettingsDep, StorageDep, TrialCacheDep
@@ -116,8 +116,9 @@ def get_loaded_study(study_id: str, session: SessionDep, cache: TrialCacheDep) -
 LoadedDep = Annotated[LoadedStudy, Depends(get_loaded_study)]
 
 
-def _detail(loaded: LoadedStudy) -> StudyDetail:
-    return StudyDetail.of(loaded.record, loaded.spec, loaded.progress())
+def _detail(session: SessionDep, loaded: LoadedStudy) -> StudyDetail:
+    names = records.dataset_names(session, [loaded.record])
+    return StudyDetail.of(loaded.record, loaded.spec, loaded.progress(), dataset_names=names)
 
 
 def _check_queue(session: SessionDep, cache: TrialCacheDep, settings: SettingsDep, owner: str | None) -> None:
@@ -139,7 +140,7 @@ def submit_study(spec: Annotated[StudySpec, Depends(spec_from_body)], session: S
     check_study_size(spec, settings)
     _check_queue(session, cache, settings, principal.name)
     loaded = catalog.submit(session, storage, spec, owner=principal.name)
-    detail = _detail(loaded)
+    detail = _detail(session, loaded)
     response.headers["Location"] = detail.links.self
     return detail
 
@@ -149,24 +150,26 @@ def list_studies(session: SessionDep, cache: TrialCacheDep, page: PageDep,
                  state: StudyState | None = None) -> StudyPage:
     """Studies, newest first, optionally only those in one state."""
     studies, total = catalog.list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
-    return StudyPage(items=[StudySummary.of(loaded.record, loaded.spec, prog) for loaded, prog in studies],
+    names = records.dataset_names(session, [loaded.record for loaded, _ in studies])
+    return StudyPage(items=[StudySummary.of(loaded.record, loaded.spec, prog, dataset_names=names)
+                            for loaded, prog in studies],
                      total=total, limit=page.limit, offset=page.offset)
 
 
 @router.get("/{study_id}", response_model=StudyDetail, responses=ERRORS, summary="A study's state")
-def get_study(loaded: LoadedDep) -> StudyDetail:
+def get_study(loaded: LoadedDep, session: SessionDep) -> StudyDetail:
     """The spec, state, trial counts, best value, timing and ETA of a study."""
-    return _detail(loaded)
+    return _detail(session, loaded)
 
 
 @router.post("/{study_id}/cancel", response_model=StudyDetail, responses=ERRORS, summary="Cancel a study")
-def cancel_study(loaded: LoadedDep, storage: StorageDep) -> StudyDetail:
+def cancel_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep) -> StudyDetail:
     """Stop a study: no new trials start; running ones stop at their next epoch."""
     state = loaded.progress().state
     if state in ("completed", "failed"):
         raise problem(409, f"study {loaded.record.id!r} has already {state}; there is nothing to cancel")
     catalog.cancel(storage, loaded)
-    return _detail(loaded)
+    return _detail(session, loaded)
 
 
 @router.post("/{study_id}/resume", response_model=StudyDetail, responses=SUBMIT_ERRORS, summary="Resume a study")
@@ -181,7 +184,7 @@ def resume_study(loaded: LoadedDep, session: SessionDep, storage: StorageDep, ca
         catalog.resume(session, storage, loaded)
     except catalog.DatasetDeleted as exc:
         raise problem(409, str(exc), field="dataset.id") from None
-    return _detail(loaded)
+    return _detail(session, loaded)
 
 
 @router.delete("/{study_id}", status_code=204, responses=ERRORS, summary="Delete a study")
@@ -229,7 +232,13 @@ async def study_event_stream(
             record = catalog.get_record(session, study_id)
         return cache.open(record)
 
-    read = snapshot_reader(load, lambda s: StudySummary.of(s.record, s.spec, s.progress()))
+    def read_dataset_names() -> dict[str, str]:
+        with sessions() as session:
+            return records.dataset_names(session, [loaded.record])
+
+    names = await run_in_threadpool(read_dataset_names)  # read once: an upload is never renamed
+    read = snapshot_reader(load, lambda s, trials: StudySummary.of(s.record, s.spec, s.progress(trials),
+                                                                  dataset_names=names))
     async for event in study_events(request, read, poll_s=settings.events_poll_s,
                                     heartbeat_s=settings.events_heartbeat_s,
                                     last_event_id=last_event_id_header or last_event_id,

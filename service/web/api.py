@@ -14,13 +14,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 
 from hpo.studies import Progress
+from service import records
 from service.catalog import LoadedStudy, StudyNotFound, list_page, load
 from service.deps import PageDep, SessionDep, TrialCacheDep
 from service.events import event_id_of
 from service.routes.studies import LoadedDep
 from service.schemas import BestTrial, ErrorResponse, StudyCard, StudyLinks, StudyOnPage, StudyState
 from service.web.plots import (
-    DEFAULT_CURVE_POINTS, complete_columns, curve_view, pick_curves, search_space_view,
+    DEFAULT_CURVE_POINTS, complete_columns, curve_view, pick_curves, pruned_columns, search_space_view,
 )
 
 router = APIRouter(prefix="/views", tags=["views"])
@@ -45,15 +46,16 @@ def dashboard_url(loaded: LoadedStudy) -> str:
     return f"/studies/{loaded.record.id}/dashboard"
 
 
-def study_card(loaded: LoadedStudy, prog: Progress) -> StudyCard:
+def study_card(loaded: LoadedStudy, prog: Progress, dataset_names: dict[str, str]) -> StudyCard:
     """A study as the studies page lists it: state and counts, plus sampler and dataset."""
     spec = loaded.spec
     return StudyCard.of(
         loaded.record, spec, prog,
+        dataset_names=dataset_names,
         sampler=spec.sampler.name,
         pruner=spec.pruner.name,
         cell=spec.model.cell,
-        dataset=spec.dataset.builtin or spec.dataset.id or spec.dataset.path,
+        dataset=spec.dataset.builtin or dataset_names.get(spec.dataset.id or "") or spec.dataset.id or spec.dataset.path,
         dataset_kind="builtin" if spec.dataset.builtin else "uploaded",
         dashboard_url=dashboard_url(loaded),
     )
@@ -64,24 +66,29 @@ def list_study_summaries(session: SessionDep, cache: TrialCacheDep, page: PageDe
                          state: StudyState | None = None) -> dict[str, Any]:
     """Studies, newest first (optionally in one state), with sampler, dataset and progress."""
     studies, total = list_page(session, cache, limit=page.limit, offset=page.offset, state=state)
-    items = [study_card(loaded, prog) for loaded, prog in studies]
+    names = records.dataset_names(session, [loaded.record for loaded, _ in studies])  # one query for the page
+    items = [study_card(loaded, prog, names) for loaded, prog in studies]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/studies/{study_id}", responses=ERRORS, summary="A study, for its page")
-def study_overview(loaded: LoadedDep, cache: TrialCacheDep) -> dict[str, Any]:
+def study_overview(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
-    columns (history, parallel coordinates), its best trial, and the event id to stream from."""
-    prog = loaded.progress()
-    trials = loaded.study.get_trials(deepcopy=False)  # read after the progress: it holds every trial the progress saw
+    columns (history, parallel coordinates), its pruned ones' last reported scores (the
+    history's "include pruned"), its best trial, and the event id to stream from,
+    all from one read of its trials (the counts agree with the columns)."""
+    trials = loaded.study.get_trials(deepcopy=False)
+    prog = loaded.progress(trials)
     space = search_space_view(loaded.spec)
     best_trial = next((t for t in trials if t.number == prog.best_trial), None)
     best = BestTrial.of(loaded.record, loaded.spec, best_trial) if best_trial is not None else None
     study_id = loaded.record.id
     return {
-        "study": StudyOnPage.of(loaded.record, loaded.spec, prog, dashboard_url=dashboard_url(loaded)),
+        "study": StudyOnPage.of(loaded.record, loaded.spec, prog, dashboard_url=dashboard_url(loaded),
+                                dataset_names=records.dataset_names(session, [loaded.record])),
         "space": space,
         "complete": complete_columns(trials, [p["name"] for p in space]),
+        "pruned": pruned_columns(trials),
         "best": best,
         "event_id": max((event_id_of(t) for t in trials), default=0),
         "links": {
@@ -116,8 +123,15 @@ def learning_curves(
 
 
 @router.get("/studies/{study_id}/importance", responses=ERRORS, summary="Parameter importances")
-def param_importance(loaded: LoadedDep, cache: TrialCacheDep, request: Request) -> dict[str, Any]:
+def param_importance(
+    loaded: LoadedDep,
+    cache: TrialCacheDep,
+    request: Request,
+    complete: Annotated[int | None, Query(ge=0, description="Over the first this many complete trials (in the "
+                                                            "order they completed): the ones the page counts.")] = None,
+) -> dict[str, Any]:
     """Each searched parameter's share of the score's variation (Optuna's importance
-    evaluators), once there are at least two complete trials; cached per trial count."""
+    evaluators), once there are enough complete trials (``MIN_TRIALS_FOR_IMPORTANCE``);
+    cached per trial count."""
     trials = loaded.study.get_trials(deepcopy=False)
-    return request.app.state.importance.get(loaded.study, loaded.spec, trials)
+    return request.app.state.importance.get(loaded.study, loaded.spec, trials, n_complete=complete)

@@ -9,8 +9,8 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 
 from hpo.spec import (
-    BUILTIN_DATASETS, METRICS_BY_TASK, TUNED_PARAMS, CVSpec, DatasetSpec, ModelSpec, PrunerSpec, SamplerSpec,
-    SearchSpace, StudySpec,
+    BUILTIN_DATASETS, FITTED_FIELDS, METRICS_BY_TASK, OPTIONAL_PARAM_DEFAULTS, PARAM_NAMES, CVSpec, DatasetSpec, ModelSpec,
+    PrunerSpec, SamplerSpec, SearchSpace, StudySpec,
 )
 
 # Friendlier names of a few choices; any other choice is shown as the spec spells it.
@@ -46,25 +46,38 @@ def _select(model: type[BaseModel], field: str) -> list[Choice]:
     return _choices(literal_values(model, field), model.model_fields[field].default)
 
 
-def _tuned_param(space: SearchSpace, name: str) -> dict[str, Any]:
-    """A tuned parameter's default as the form's search-space row starts from it."""
+def _search_param(space: SearchSpace, name: str) -> dict[str, Any]:
+    """A search-space row of the form, as it starts: the spec's default for the parameter
+    (an optional one left out starts at ``default``, which the form does not send), its
+    kind and, for a categorical one, the values the spec accepts."""
+    kind = SearchSpace.kind(name)
     param = getattr(space, name)
+    row: dict[str, Any] = {"name": name, "int": kind == "int", "optional": param is None}
+    if kind == "categorical":
+        row["values"] = list(SearchSpace.allowed(name))
+    if param is None:
+        return {**row, "modes": ["default", "choices", "fixed"], "mode": "default",
+                "default": OPTIONAL_PARAM_DEFAULTS[name]}
     mode = "choices" if param.choices is not None else "fixed" if param.value is not None else "range"
+    if f"search_space.{name}" in FITTED_FIELDS:  # sent, it would stop the workers fitting it to the data
+        row.update(modes=["default", "range", "choices", "fixed"], mode="default", default="fitted to the data")
     return {
-        "name": name,
-        "int": SearchSpace.kind(name) == "int",
+        "modes": ["range", "choices", "fixed"],
         "mode": mode,
+        **row,
         "low": None if param.low is None else f"{param.low:g}",
         "high": None if param.high is None else f"{param.high:g}",
         "log": bool(param.log),
         "choices": None if param.choices is None else ", ".join(map(str, param.choices)),
+        "value": None if param.value is None else f"{param.value:g}",
     }
 
 
 @dataclass(frozen=True)
 class FormChoices:
     """``selects``: each select's options by spec field; ``script_data``: what the page's
-    script needs (metrics per task, built-in datasets' tasks, tuned parameters' defaults)."""
+    script needs (metrics per task, built-in datasets' tasks, every search-space parameter's
+    row: the five tuned ones, weight decay, then the optional dimensions)."""
 
     selects: dict[str, list[Choice]]
     script_data: dict[str, Any]
@@ -87,6 +100,6 @@ def form_choices() -> FormChoices:
         script_data={
             "metrics_by_task": {task: list(metrics) for task, metrics in METRICS_BY_TASK.items()},
             "builtin_tasks": dict(BUILTIN_DATASETS),
-            "tuned_params": [_tuned_param(space, name) for name in TUNED_PARAMS],
+            "search_params": [_search_param(space, name) for name in PARAM_NAMES],
         },
     )

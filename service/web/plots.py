@@ -20,9 +20,12 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.jsonable import finite
 from hpo.spec import TUNED_PARAMS, StudySpec
 from hpo.studies import ranked
-from service.views import TRIAL_STATE_NAMES
+from service.views import TRIAL_STATE_NAMES, last_reported
 
-MIN_TRIALS_FOR_IMPORTANCE = 2
+# PED-ANOVA contrasts the best 10 % of the complete trials (its default target quantile) with
+# all of them: below 11 trials that best group is one trial, and the shares only say where
+# that one point lies (4 trials gave every parameter about 20 %), so none are shown.
+MIN_TRIALS_FOR_IMPORTANCE = 11
 DEFAULT_CURVE_POINTS = 200
 
 
@@ -59,6 +62,16 @@ def complete_columns(trials: Iterable[FrozenTrial], param_names: Sequence[str]) 
         "number": [t.number for t in complete],
         "value": [finite(t.value) for t in complete],
         "params": {name: [finite(t.params.get(name)) for t in complete] for name in param_names},
+    }
+
+
+def pruned_columns(trials: Iterable[FrozenTrial]) -> dict[str, list]:
+    """The pruned trials that reported an epoch: ``number`` and ``value``, the last score they
+    reported (an inner-validation score where they were stopped, not a CV score)."""
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    return {
+        "number": [t.number for t in pruned],
+        "value": [finite(last_reported(t)) for t in pruned],
     }
 
 
@@ -116,17 +129,32 @@ class ImportanceCache:
         self._results: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, study: optuna.Study, spec: StudySpec, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    def get(self, study: optuna.Study, spec: StudySpec, trials: Sequence[FrozenTrial],
+            n_complete: int | None = None) -> dict[str, Any]:
         """``{"status": "ok", "importances": {name: share}, ...}``, or ``"not_enough"`` /
-        ``"no_params"`` / ``"error"`` with a ``message`` saying why there is none."""
-        n_complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
+        ``"no_params"`` / ``"error"`` with a ``message`` saying why there is none.
+
+        Args:
+            study: the study.
+            spec: its spec.
+            trials: its trials, as just read.
+            n_complete: over the first this many complete trials (in the order they
+                completed) only: the ones a page counted, so that its counts and the
+                importances agree while the study goes on. Default: all of them.
+        """
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        subset = None
+        if n_complete is not None and n_complete < len(complete):  # the study went on since the page counted
+            complete.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+            subset = complete[:n_complete]
+        n_complete = len(complete if subset is None else subset)
         key = study.study_name
         with self._lock:
             hit = self._results.get(key)
             if hit is not None and hit[0] == n_complete:
                 self._results.move_to_end(key)
                 return hit[1]
-        result = self._compute(study, spec, n_complete)
+        result = self._compute(study, spec, n_complete, subset)
         with self._lock:
             self._results[key] = (n_complete, result)
             self._results.move_to_end(key)
@@ -134,7 +162,8 @@ class ImportanceCache:
                 self._results.popitem(last=False)
         return result
 
-    def _compute(self, study: optuna.Study, spec: StudySpec, n_complete: int) -> dict[str, Any]:
+    def _compute(self, study: optuna.Study, spec: StudySpec, n_complete: int,
+                 subset: Sequence[FrozenTrial] | None) -> dict[str, Any]:
         searched = [p["name"] for p in search_space_view(spec) if p["fixed"] is None]
         fixed = {p["name"]: p["fixed"] for p in search_space_view(spec) if p["fixed"] is not None}
         base = {"evaluator": type(self.evaluator).__name__, "n_complete": n_complete, "fixed": fixed}
@@ -142,10 +171,20 @@ class ImportanceCache:
             return {**base, "status": "no_params", "message": "every parameter is fixed; nothing is searched"}
         if n_complete < MIN_TRIALS_FOR_IMPORTANCE:
             return {**base, "status": "not_enough",
-                    "message": f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; "
-                               f"{n_complete} so far"}
+                    "message": f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials ({n_complete} so far): "
+                               f"it compares the best 10 % of them with the rest, and below "
+                               f"{MIN_TRIALS_FOR_IMPORTANCE} that is a single trial"}
+        if subset is not None:
+            study = _study_of(study, subset)
         try:
             importances = get_param_importances(study, evaluator=self.evaluator, params=searched)
         except (ValueError, RuntimeError) as exc:
             return {**base, "status": "error", "message": str(exc)}
         return {**base, "status": "ok", "importances": {k: finite(float(v)) for k, v in importances.items()}}
+
+
+def _study_of(study: optuna.Study, trials: Sequence[FrozenTrial]) -> optuna.Study:
+    """An in-memory study of ``trials`` only."""
+    subset = optuna.create_study(directions=study.directions)
+    subset.add_trials(trials)
+    return subset

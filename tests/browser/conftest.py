@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hpo.storage import open_storage
 from tests.support.databases import sqlite_url
 from tests.support.servers import ServeProcess
 from tests.support.services import services_unavailable
@@ -56,3 +57,13 @@ def page(browser, request):
 def api(server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def storage(server):
+    """Optuna's storage on the server's database, for writing trials by hand as a worker does
+    (into a cancelled study, which the embedded worker leaves alone)."""
+    storage = open_storage(server.database_url)
+    yield storage
+    storage.remove_session()
+    storage.engine.dispose()

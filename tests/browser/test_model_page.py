@@ -152,7 +152,7 @@ def test_a_failed_fit_says_why_and_can_be_asked_for_again(server, page, api, tmp
     page.goto(f"{server.url}/studies/{study['id']}")
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
     # Its data gone, the study's best trial cannot be refitted.
-    assert api.delete(f"/datasets/{dataset['id']}").status_code == 204
+    assert api.delete(f"/datasets/{dataset['id']}", params={"force": "true"}).status_code == 204
     wait_model_state(page, "ready", 20_000)  # its fold ensemble
     page.click("details.model-refit summary")
     page.wait_for_selector("#model-fit:enabled")

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.support.studies import tiny_spec
+from hpo.studies import fail_study, set_cancelled
+from tests.support.studies import add_trial, tiny_spec
 
 pytestmark = pytest.mark.browser
 
@@ -20,7 +21,7 @@ def set_param_fixed(page, name: str, value: str) -> None:
     page.fill(f"#f-search_space-{name}-value", value)
 
 
-def test_submit_through_the_form_lands_on_the_study_page(server, page, tmp_path):
+def test_submit_through_the_form_lands_on_the_study_page(server, page, api, tmp_path):
     page.goto(f"{server.url}/new")
     page.fill("#f-name", "browser-form")
     page.fill("#f-cv-folds", "2")
@@ -28,6 +29,13 @@ def test_submit_through_the_form_lands_on_the_study_page(server, page, tmp_path)
     page.fill("#f-budget-n_trials", "3")
     set_param_fixed(page, "hidden_size", "16")
     set_param_fixed(page, "batch_size", "128")
+    # The optional dimensions: searched among ticked values, fixed, or left at their default.
+    page.select_option("#f-search_space-summary-mode", "choices")
+    page.check("#f-search_space-summary-choice-0")
+    page.check("#f-search_space-summary-choice-1")
+    page.select_option("#f-search_space-optimizer-mode", "fixed")
+    page.select_option("#f-search_space-optimizer-value", label="adamw")
+    assert page.is_visible("#f-search_space-lr_schedule-mode")
     page.screenshot(path=tmp_path / "new-filled.png", full_page=True)
 
     page.click("#submit")
@@ -35,6 +43,9 @@ def test_submit_through_the_form_lands_on_the_study_page(server, page, tmp_path)
     page.wait_for_url(re.compile(r"/studies/[a-z0-9]+$"))
     page.wait_for_function("document.querySelector('#study-name').textContent === 'browser-form'")
     study_id = page.url.rsplit("/", 1)[1]
+    space = api.get(f"/studies/{study_id}").json()["spec"]["search_space"]
+    assert space["summary"]["choices"] == ["last", "mean"] and space["optimizer"]["value"] == "adamw"
+    assert space["lr_schedule"] is None and space["weight_decay"]["value"] == 0  # defaults, not sent
     # The header follows the study to its end without a reload.
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
     page.wait_for_selector("#best-json")
@@ -149,3 +160,112 @@ def test_an_uploaded_series_shows_its_column_roles(server, page, tmp_path):
     assert roles in page.text_content("#u-status")
     assert page.text_content("#dataset-roles") == roles
     page.screenshot(path=tmp_path / "new-upload-roles.png", full_page=True)
+
+
+def test_retry_a_study_that_could_not_run(server, page, api, storage, tmp_path):
+    """A study failed because it could not run (as a worker fails one whose data file it lacks)
+    shows why and a Retry button; retrying runs it to the end, without a reload."""
+    spec = tiny_spec("browser-retry", search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 256}},
+                     training={"max_epochs": 1}, budget={"n_trials": 1})
+    study = api.post("/studies", json=spec).json()
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # failed before the worker starts it
+    reason = "the study cannot run: dataset file missing on worker w1"
+    fail_study(storage, study["optuna_study_name"], reason)
+    set_cancelled(storage, study["optuna_study_name"], False)  # as a worker leaves a study it fails
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.failed")
+    assert reason in page.text_content("#head-message")
+    assert page.text_content("#resume") == "Retry study" and page.is_visible("#resume")
+    page.evaluate("window.__noReload = 'still here'")
+
+    page.click("#resume")
+
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+    assert page.text_content("#head-message") == "" and page.is_hidden("#resume")
+    assert page.evaluate("window.__noReload") == "still here"
+    assert api.get(f"/studies/{study['id']}").json()["trials"]["complete"] == 1
+    page.screenshot(path=tmp_path / "study-retried.png", full_page=True)
+
+
+def test_the_dashboard_offers_no_control_that_would_write(server, page, api, tmp_path):
+    """optuna-dashboard is read-only here (its writes are 405): its create, rename, delete and
+    edit controls are on the page but hidden."""
+    study = api.post("/studies", json=tiny_spec("browser-dashboard")).json()
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # the worker stays free
+    page.goto(f"{server.url}/dashboard")
+    page.wait_for_selector(f"text={study['optuna_study_name']}")
+    page.wait_for_selector("button:has-text('Reload')")
+
+    controls = {icon: page.locator(f"button:has(svg[data-testid='{icon}'])")
+                for icon in ("AddBoxIcon", "DriveFileRenameOutlineIcon", "DeleteIcon")}
+    assert page.locator("button:has-text('Create')").count() == 1
+    for icon, buttons in controls.items():
+        assert buttons.count() >= 1, icon  # optuna-dashboard still draws them ...
+        assert all(not b.is_visible() for b in buttons.all()), icon  # ... hidden
+    page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+    optuna_id = page.request.get(f"{server.url}/studies/{study['id']}/dashboard").url.rsplit("/", 1)[1]
+    page.goto(f"{server.url}/dashboard/studies/{optuna_id}/note")
+    edit = page.locator("button:has(svg[data-testid='EditIcon'])")
+    edit.first.wait_for(state="attached")
+    assert not edit.first.is_visible()
+    refused = page.request.delete(f"{server.url}/api/studies/{optuna_id}")
+    assert refused.status == 405 and api.get(f"/studies/{study['id']}").status_code == 200
+
+
+def test_study_page_history_importance_folds_and_sorting(server, page, api, storage, tmp_path):
+    """Pruned trials in the history on request and with their last score in the table; no
+    importance shares below 11 complete trials; the per-fold chart zoomed to its scores; the
+    score column sorted best first; header, history and importance counts that agree live."""
+    searched_as_written = {"hidden_size": {"value": 16}, "batch_size": {"choices": [16, 32]}, "dropout": {"value": 0.1},
+                           "clip_norm": {"value": 1.0}}  # add_trial suggests lr and batch_size
+    study = api.post("/studies", json=tiny_spec("browser-history", search_space=searched_as_written,
+                                                budget={"n_trials": 40})).json()
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # trials written here, not by the worker
+    name = study["optuna_study_name"]
+    for value in (0.81, 0.86, 0.83, 0.9):
+        add_trial(storage, name, value=value, steps=[value - 0.1, value], fold_scores=[value - 0.01, value + 0.01])
+    add_trial(storage, name, state="pruned", steps=[0.3, 0.42])
+    for value in (0.5, 0.6, 0.7, 0.55, 0.65, 0.75):
+        add_trial(storage, name, value=value, fold_scores=[value, value])
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("body[data-loaded]")
+
+    assert "at least 11 complete trials (10 so far)" in page.text_content("#importance")
+    assert page.locator("#importance .placeholder").count() == 1  # no bars, no percentages
+    history = page.locator("#history")
+    assert (history.get_attribute("data-points"), history.get_attribute("data-pruned")) == ("10", "0")
+    page.check("#history-pruned")
+    page.wait_for_selector('#history[data-pruned="1"]')
+    assert "10 complete · 1 pruned" in page.text_content("#history-hint")
+    assert page.text_content('#trials tr[data-number="4"] .last-value').startswith("0.42")
+    low, high = page.evaluate("document.getElementById('folds').layout.yaxis.range")
+    assert 0.85 < low < 0.89 and 0.91 < high < 0.95, (low, high)  # the best trial's folds: 0.89 and 0.91
+
+    def rows() -> list[int]:
+        return page.evaluate("[...document.querySelectorAll('#trials tbody tr')].map(r => Number(r.dataset.number))")
+
+    score = page.locator("#trials th", has_text="accuracy")
+    score.click()
+    page.wait_for_function("document.querySelector('#trials tbody tr').dataset.number === '3'")
+    assert rows()[:4] == [3, 1, 2, 0] and score.get_attribute("aria-sort") == "descending"
+    page.locator("#trials th", has_text="accuracy").click()
+    page.wait_for_function("document.querySelector('#trials tbody tr').dataset.number === '4'")
+    assert rows()[:3] == [4, 5, 8]  # worst first (the pruned trial's last score is the lowest)
+
+    # Live: every count the page shows agrees with the header's (the importance says when it is catching up).
+    page.evaluate("""() => {
+        window.__counts = [];
+        const complete = (id) => (document.getElementById(id).textContent.match(/(\\d+) complete/) || [])[1];
+        new MutationObserver(() => window.__counts.push([complete('facts'), complete('history-hint'),
+                                                         document.getElementById('importance-hint').textContent]))
+            .observe(document.querySelector('main'), {subtree: true, childList: true, characterData: true});
+    }""")
+    add_trial(storage, name, value=0.85, fold_scores=[0.85, 0.85])
+    page.wait_for_function("document.getElementById('importance-hint').textContent.endsWith('over 11 complete trials')",
+                           timeout=60_000)
+    assert "11 complete" in page.text_content("#facts") and page.text_content("#history-hint").startswith("11 complete")
+    assert page.locator("#importance .placeholder").count() == 0 and "%" in page.text_content("#importance")
+    for header, hint, importance in page.evaluate("window.__counts"):
+        assert header == hint or hint is None, page.evaluate("window.__counts")
+        assert importance == "" or f"over {header} complete" in importance or "updating" in importance
+    page.screenshot(path=tmp_path / "study-history.png", full_page=True)

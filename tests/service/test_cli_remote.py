@@ -65,7 +65,7 @@ def test_cancel_prints_one_line(live_server, tmp_path):
     assert json.loads(as_json.stdout)["id"] == study["id"]
 
 
-def test_datasets_upload_list_show_delete(live_server, tmp_path):
+def test_datasets_upload_list_show_delete(live_server, storage, tmp_path):
     data = tmp_path / "spam.csv"
     data.write_text("text,label\n" + "".join(f"message {i},{'spam' if i % 3 else 'ham'}\n" for i in range(24)))
     url = live_server.url
@@ -77,7 +77,11 @@ def test_datasets_upload_list_show_delete(live_server, tmp_path):
     shown = hpo("datasets", "show", dataset_id, url=url, cwd=tmp_path)
     refused = hpo("datasets", "upload", str(data), "--task", "classification", "--max-length", "2", url=url,
                   cwd=tmp_path)
-    deleted = hpo("datasets", "delete", dataset_id, url=url, cwd=tmp_path)
+    with Client(url) as client:  # a finished study whose model only a refit (which reads the data) can make
+        study = client.submit(tiny_spec("cli-needs-data", dataset={"id": dataset_id}, budget={"n_trials": 1}))
+    add_trial(storage, study["optuna_study_name"], value=0.9)
+    kept = hpo("datasets", "delete", dataset_id, url=url, cwd=tmp_path)
+    deleted = hpo("datasets", "delete", dataset_id, "--force", url=url, cwd=tmp_path)
     gone = hpo("datasets", "show", dataset_id, "--json", url=url, cwd=tmp_path)
     series = tmp_path / "yearly.csv"
     series.write_text("year,temp,sales\n" + "".join(f"{1900 + r},{r % 7},{100 + 3 * r}\n" for r in range(30)))
@@ -89,6 +93,8 @@ def test_datasets_upload_list_show_delete(live_server, tmp_path):
     assert [d["id"] for d in json.loads(listed_json.stdout)["items"]] == [dataset_id]
     assert f"id: {dataset_id}\n" in shown.stdout and "task: classification" in shown.stdout, shown
     assert refused.returncode == 1 and "HTTP 422: max_length" in refused.stderr, refused
+    assert kept.returncode == 1 and "HTTP 409" in kept.stderr and f"{study['id']}: no model is stored" in kept.stderr
+    assert "--force" in kept.stderr and kept.stdout == "", kept
     assert deleted.stdout == f"{dataset_id} deleted\n"
     assert gone.returncode == 1 and "HTTP 404" in gone.stderr
     summary = json.loads(with_roles.stdout)["summary"]

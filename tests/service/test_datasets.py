@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import pickle
@@ -16,13 +17,14 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from hpo.data import load_dataset
-from hpo.db.models import DatasetRecord, dataset_chunks
+from hpo.db.models import DatasetRecord, dataset_chunks, model_archives
+from hpo.export import delete_model, request_model
 from hpo.spec import parse_spec
 from hpo.studies import fail_study, set_cancelled
 from service import datasets
 from service.app import create_app
 from tests.support.servers import MAX_UPLOAD_BYTES
-from tests.support.studies import tiny_spec
+from tests.support.studies import add_trial, tiny_spec
 
 DATASETS = "/api/v1/datasets"
 STUDIES = "/api/v1/studies"
@@ -109,6 +111,33 @@ def test_study_on_an_uploaded_dataset(api):
     assert "classification" in wrong_task.json()["detail"][0]["message"]
 
 
+def test_studies_name_their_datasets_in_one_query(api):
+    """The studies list, the page's list, a study and its page name the dataset, not its id;
+    a page of studies reads the names of all its uploads in one query."""
+    uploads = [upload(api, name, text_csv()).json() for name in ("spam.csv", "notes.csv")]
+    for dataset in (*uploads, uploads[0]):
+        api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]}))
+    builtin = api.post(STUDIES, json=tiny_spec()).json()
+    statements: list[str] = []
+    listen = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    sa.event.listen(api.app.state.engine, "before_cursor_execute", listen)
+    try:
+        listed = api.get(STUDIES).json()["items"]
+        cards = api.get("/api/v1/views/studies").json()["items"]
+    finally:
+        sa.event.remove(api.app.state.engine, "before_cursor_execute", listen)
+
+    names = {u["id"]: u["name"] for u in uploads}
+    assert [s["dataset_name"] for s in listed] == ["digits", "spam.csv", "notes.csv", "spam.csv"]
+    assert [c["dataset"] for c in cards] == ["digits", "spam.csv", "notes.csv", "spam.csv"]
+    assert all(s["dataset_name"] == names.get(s["dataset_id"], "digits") for s in listed)
+    assert sum("hpo_datasets" in s for s in statements) == 2  # one per list, not one per study
+    study = listed[1]
+    assert api.get(f"{STUDIES}/{study['id']}").json()["dataset_name"] == "spam.csv"
+    assert api.get(f"/api/v1/views/studies/{study['id']}").json()["study"]["dataset_name"] == "spam.csv"
+    assert api.get(f"{STUDIES}/{builtin['id']}").json()["dataset_name"] == "digits"
+
+
 def test_a_dataset_in_use_cannot_be_deleted(api, data_dir):
     dataset = upload(api, "spam.csv", text_csv()).json()
     study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]})).json()
@@ -121,6 +150,50 @@ def test_a_dataset_in_use_cannot_be_deleted(api, data_dir):
     assert study["id"] in refused.json()["detail"][0]["message"]
     assert allowed.status_code == 204
     assert stored_chunks(api) == 0 and stored_files(data_dir) == []
+
+
+def test_a_dataset_a_finished_study_needs_for_its_model_is_kept_unless_forced(api, data_dir):
+    """A finished study with a complete trial but no stored model can only get one from a
+    refit, which reads the data: deleting it is refused (409 naming the study) unless
+    forced; a queued refit needs it too; a stored archive does not."""
+    storage = api.app.state.storage
+    dataset = upload(api, "spam.csv", text_csv()).json()
+    study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]}, budget={"n_trials": 1})).json()
+    add_trial(storage, study["optuna_study_name"], value=0.9)
+    assert api.get(f"{STUDIES}/{study['id']}").json()["state"] == "completed"
+    url = f"{DATASETS}/{dataset['id']}"
+
+    no_model = api.delete(url)
+    request_model(storage, study["optuna_study_name"])
+    refit_queued = api.delete(url)
+    delete_model(storage, study["optuna_study_name"])
+    with storage.engine.begin() as connection:  # the workers' kept ensemble, as stored when the trial completed
+        connection.execute(model_archives.insert().values(
+            study_name=study["optuna_study_name"], kind="ensemble", trial_number=0, rank_score=0.9, cv_loss=0.1,
+            mean_epochs=1.0, archive=b"zip", sha256="0" * 64, summary={}, created_at=dt.datetime(2026, 1, 1)))
+    archived = api.delete(url)
+
+    for refused, why in ((no_model, "no model is stored yet"), (refit_queued, "its refit is queued")):
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["detail"][0]
+        assert error["field"] == "dataset_id" and f"{study['id']}: {why}" in error["message"]
+        assert "force=true" in error["message"]
+    assert archived.status_code == 204 and stored_chunks(api) == 0 and stored_files(data_dir) == []
+
+
+def test_a_needed_dataset_is_deleted_when_forced(api, data_dir):
+    storage = api.app.state.storage
+    dataset = upload(api, "spam.csv", text_csv()).json()
+    study = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]}, budget={"n_trials": 1})).json()
+    add_trial(storage, study["optuna_study_name"], value=0.9)
+    unfinished = api.post(STUDIES, json=tiny_spec(dataset={"id": dataset["id"]})).json()
+
+    still_running = api.delete(f"{DATASETS}/{dataset['id']}", params={"force": "true"})
+    api.post(f"{STUDIES}/{unfinished['id']}/cancel")
+    forced = api.delete(f"{DATASETS}/{dataset['id']}", params={"force": "true"})
+
+    assert still_running.status_code == 409 and unfinished["id"] in still_running.json()["detail"][0]["message"]
+    assert forced.status_code == 204 and stored_chunks(api) == 0 and stored_files(data_dir) == []
 
 
 def test_a_study_whose_dataset_was_deleted_cannot_resume(api):

@@ -75,6 +75,10 @@ def test_overview_columns_best_and_updates(api, storage, study):
     assert len(view["complete"]["params"]["lr"]) == 3
     assert view["best"]["number"] == 1 and view["best"]["fold_scores"] == [0.9, 0.9]
     assert view["study"]["trials"]["running"] == 1 and view["event_id"] > 0
+    # A pruned trial: its last reported score, for the history's "include pruned" and the table.
+    assert view["pruned"] == {"number": [3], "value": [0.1]}
+    pruned = api.get(f"{STUDIES}/{study['id']}/trials", params={"state": "pruned"}).json()["items"][0]
+    assert pruned["value"] is None and pruned["last_value"] == 0.1 and pruned["last_step"] == 1
     # A running trial is read again; finished ones come from the cache.
     optuna.load_study(study_name=study["optuna_study_name"], storage=storage).tell(running, 0.95)
     view = api.get(url).json()
@@ -105,22 +109,32 @@ def test_downsample_keeps_the_ends():
     assert len(steps) == 200 and steps[0] == 0 and steps[-1] == 999 and values[-1] == 999.0
 
 
-def test_importance_needs_two_complete_trials(api, storage, study):
+def test_importance_needs_eleven_complete_trials_and_follows_the_page_count(api, storage, study):
+    """Below 11 complete trials PED-ANOVA's best tenth is one trial: no shares, a reason. A page
+    asks over the trials it counts (``complete``): the answer is over those, even once more
+    have completed."""
     url = f"{VIEWS}/{study['id']}/importance"
-    run_trial(storage, study, value=0.4)
+    for value in (0.4, 0.1, 0.7, 0.2):
+        run_trial(storage, study, value=value)
 
     not_yet = api.get(url).json()
 
-    assert not_yet["status"] == "not_enough" and "2 complete trials; 1 so far" in not_yet["message"]
-    for value in (0.1, 0.7, 0.2):
+    assert not_yet["status"] == "not_enough" and "importances" not in not_yet
+    assert "at least 11 complete trials (4 so far)" in not_yet["message"] and "single trial" in not_yet["message"]
+    for value in (0.3, 0.9, 0.6, 0.5, 0.8, 0.35, 0.65, 0.45):
         run_trial(storage, study, value=value)
     ready = api.get(url).json()
-    assert ready["status"] == "ok" and ready["n_complete"] == 4
+    assert ready["status"] == "ok" and ready["n_complete"] == 12
     # Fixed parameters (hidden_size here) are not searched, so they have no importance.
     assert set(ready["importances"]) == {"lr", "batch_size", "dropout", "clip_norm"}
     assert ready["fixed"]["hidden_size"] == 16
     assert abs(sum(ready["importances"].values()) - 1) < 1e-6
     assert api.get(url).json() == ready
+    as_counted = api.get(url, params={"complete": 11}).json()  # the page saw 11 complete trials
+    assert as_counted["status"] == "ok" and as_counted["n_complete"] == 11
+    assert api.get(url, params={"complete": 10}).json()["status"] == "not_enough"
+    assert api.get(url, params={"complete": 50}).json()["n_complete"] == 12
+    assert api.get(url, params={"complete": -1}).status_code == 422
 
 
 def test_study_list_filters_by_state(api, storage):
@@ -189,6 +203,26 @@ def test_optuna_dashboard_is_mounted(api, study):
     assert api.get("/api/v1/nope").status_code == 404  # the API's own namespace is not the dashboard's
 
 
+def test_optuna_dashboard_is_read_only(api, study):
+    optuna_id = int(api.get(f"/studies/{study['id']}/dashboard", follow_redirects=False).headers["location"]
+                    .removeprefix("/dashboard/studies/"))
+    writes = [api.post("/api/studies", json={"study_name": "behind-its-back", "directions": ["minimize"]}),
+              api.delete(f"/api/studies/{optuna_id}"),
+              api.post(f"/api/studies/{optuna_id}/rename", json={"study_name": "renamed"}),
+              api.put(f"/api/studies/{optuna_id}/note", json={"version": 1, "body": "hi"})]
+
+    for refused in writes:
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+        assert "read-only" in refused.json()["detail"][0]["message"]
+    names = [s["study_name"] for s in api.get("/api/studies").json()["study_summaries"]]
+    assert names == [study["optuna_study_name"]]  # nothing created, renamed or deleted
+    assert api.get(f"{STUDIES}/{study['id']}").status_code == 200
+    page = api.get(f"/dashboard/studies/{optuna_id}")
+    assert '<link rel="stylesheet" href="/assets/dashboard_readonly.css"></head>' in page.text
+    assert int(page.headers["content-length"]) == len(page.content)
+    assert "DeleteIcon" in api.get("/assets/dashboard_readonly.css").text
+
+
 def test_page_events_skip_what_the_overview_had(live_server, storage):
     with httpx.Client(base_url=live_server.url, timeout=10) as http:
         study = http.post(STUDIES, json=tiny_spec()).json()
@@ -249,7 +283,16 @@ def test_new_study_form_offers_what_the_spec_accepts(api):
     data = json.loads(re.search(r'<script type="application/json" id="spec-choices">(.*?)</script>', html, re.S).group(1))
     assert data["metrics_by_task"] == {task: list(m) for task, m in spec.METRICS_BY_TASK.items()}
     assert data["builtin_tasks"] == spec.BUILTIN_DATASETS
-    assert [p["name"] for p in data["tuned_params"]] == list(spec.TUNED_PARAMS)
+    rows = {p["name"]: p for p in data["search_params"]}
+    assert list(rows) == list(spec.PARAM_NAMES)  # every dimension, the optional ones included
+    optional = [n for n in spec.PARAM_NAMES if spec.SearchSpace.model_fields[n].default is None]
+    assert optional == [n for n, p in rows.items() if p["optional"]]
+    for name in optional:
+        assert rows[name]["mode"] == "default" and rows[name]["default"] == spec.OPTIONAL_PARAM_DEFAULTS[name]
+        if spec.SearchSpace.kind(name) == "categorical":
+            assert rows[name]["values"] == list(spec.SearchSpace.allowed(name))
+    assert rows["weight_decay"]["mode"] == "fixed" and rows["weight_decay"]["value"] == "0"
+    assert rows["batch_size"]["mode"] == "default"  # left out, it is fitted to the data
     assert "const METRICS = {" not in api.get("/assets/new.js").text  # nothing copied into the script
 
 

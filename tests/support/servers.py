@@ -41,6 +41,7 @@ class ServeProcess(Process):
                  env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url
         super().__init__(hpo("serve", "--host", "127.0.0.1", "--port", str(self.port), "--database", database_url,
                              "--workers", str(workers), "--data-dir", str(data_dir), *args), log, env=env)
         try:

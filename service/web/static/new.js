@@ -7,27 +7,39 @@ const $ = (id) => document.getElementById(id);
 const SPEC = JSON.parse($("spec-choices").textContent);
 const METRICS = SPEC.metrics_by_task;
 const BUILTIN_TASKS = SPEC.builtin_tasks;
-// The five tuned hyperparameters and the spec's defaults for them.
-const PARAMS = SPEC.tuned_params;
+// Every search-space parameter: its modes, the spec's default, the values a categorical one accepts.
+const PARAMS = SPEC.search_params;
 
 // ---- The search-space rows -------------------------------------------------------------------
+const MODE_LABELS = { range: "range", choices: "choices", fixed: "fixed value" };
+
 function paramRow(p) {
   const id = (part) => `f-search_space-${p.name}-${part}`;
   const mode = el("select", { id: id("mode"), "aria-label": `${p.name} kind` },
-    el("option", { value: "range" }, "range"), el("option", { value: "choices" }, "choices"), el("option", { value: "fixed" }, "fixed value"));
+    ...p.modes.map((m) => el("option", { value: m }, m === "default" ? `default (${p.default})` : MODE_LABELS[m])));
   mode.value = p.mode;
-  const range = el("span", { class: "pinputs", "data-mode": "range" },
-    el("label", {}, "low ", el("input", { id: id("low"), type: "text", inputmode: "decimal", value: p.low || "" })),
-    el("label", {}, "high ", el("input", { id: id("high"), type: "text", inputmode: "decimal", value: p.high || "" })),
-    el("label", {}, el("input", { id: id("log"), type: "checkbox", checked: Boolean(p.log) }), " log scale"));
-  const choices = el("span", { class: "pinputs", "data-mode": "choices" },
-    el("input", {
-      id: id("choices"), type: "text", class: "wide", value: p.choices || "",
-      placeholder: "e.g. 32, 64, 128", "aria-label": `${p.name} choices`,
-    }));
-  const fixed = el("span", { class: "pinputs", "data-mode": "fixed" },
-    el("input", { id: id("value"), type: "text", inputmode: "decimal", placeholder: "value", "aria-label": `${p.name} value` }));
-  const inputs = el("div", {}, range, choices, fixed);
+  const parts = [el("span", { class: "pinputs", "data-mode": "default" })];
+  if (p.modes.includes("range")) {
+    parts.push(el("span", { class: "pinputs", "data-mode": "range" },
+      el("label", {}, "low ", el("input", { id: id("low"), type: "text", inputmode: "decimal", value: p.low || "" })),
+      el("label", {}, "high ", el("input", { id: id("high"), type: "text", inputmode: "decimal", value: p.high || "" })),
+      el("label", {}, el("input", { id: id("log"), type: "checkbox", checked: Boolean(p.log) }), " log scale")));
+  }
+  if (p.values) { // categorical: the spec's own values, as boxes to tick and a list to pick one from
+    parts.push(el("span", { class: "pinputs", "data-mode": "choices" },
+      ...p.values.map((v, i) => el("label", {}, el("input", { id: id(`choice-${i}`), type: "checkbox" }), ` ${v}`))));
+    parts.push(el("span", { class: "pinputs", "data-mode": "fixed" },
+      el("select", { id: id("value"), "aria-label": `${p.name} value` }, ...p.values.map((v, i) => el("option", { value: String(i) }, String(v))))));
+  } else {
+    parts.push(el("span", { class: "pinputs", "data-mode": "choices" },
+      el("input", {
+        id: id("choices"), type: "text", class: "wide", value: p.choices || "",
+        placeholder: "e.g. 32, 64, 128", "aria-label": `${p.name} choices`,
+      })));
+    parts.push(el("span", { class: "pinputs", "data-mode": "fixed" },
+      el("input", { id: id("value"), type: "text", inputmode: "decimal", value: p.value || "", placeholder: "value", "aria-label": `${p.name} value` })));
+  }
+  const inputs = el("div", {}, ...parts);
   const row = el("div", { class: "param-row", "data-field": `search_space.${p.name}` },
     el("span", { class: "pname" }, p.name), mode, inputs, el("div", { class: "field-error" }));
   const show = () => {
@@ -45,9 +57,15 @@ function number(text) {
   return Number.isFinite(n) ? n : t; // a non-number goes to the server, which names the field
 }
 
+/** The row's entry of the spec's search space; `undefined` leaves the spec's default. */
 function paramSpec(p) {
   const get = (part) => $(`f-search_space-${p.name}-${part}`);
   const mode = get("mode").value;
+  if (mode === "default") return undefined;
+  if (p.values) {
+    if (mode === "fixed") return { value: p.values[Number(get("value").value)] };
+    return { choices: p.values.filter((_, i) => get(`choice-${i}`).checked) };
+  }
   if (mode === "fixed") return { value: number(get("value").value) };
   if (mode === "choices") {
     return { choices: get("choices").value.split(",").map((s) => s.trim()).filter(Boolean).map(number) };
@@ -69,7 +87,10 @@ function buildSpec() {
   const source = document.querySelector('input[name="dataset-source"]:checked').value;
   const dataset = source === "builtin" ? { builtin: value("f-dataset-builtin") } : { id: value("f-dataset-id") || undefined };
   const searchSpace = {};
-  for (const p of PARAMS) searchSpace[p.name] = paramSpec(p);
+  for (const p of PARAMS) {
+    const entry = paramSpec(p);
+    if (entry !== undefined) searchSpace[p.name] = entry;
+  }
   return prune({
     name: value("f-name").trim(),
     task: value("f-task"),
@@ -307,7 +328,8 @@ function showTab(tab) {
 
 function init() {
   markNav();
-  $("params").replaceChildren(...PARAMS.map(paramRow));
+  $("params").replaceChildren(...PARAMS.filter((p) => !p.optional).map(paramRow));
+  $("params-optional").replaceChildren(...PARAMS.filter((p) => p.optional).map(paramRow));
   syncMetrics();
   $("f-task").addEventListener("change", syncMetrics);
   $("f-dataset-builtin").addEventListener("change", () => {

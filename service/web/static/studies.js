@@ -30,7 +30,8 @@ function row(study) {
     cell("Best", { class: "num", title: study.best_trial !== null ? `trial #${study.best_trial}` : null },
       best, el("div", { class: "sub" }, `${study.metric} (${study.direction === "maximize" ? "max" : "min"})`)),
     cell("Sampler", {}, study.sampler, el("div", { class: "sub" }, `${study.cell} · ${study.pruner} pruner`)),
-    cell("Dataset", {}, study.dataset || "—", el("div", { class: "sub" }, study.dataset_kind)),
+    cell("Dataset", {}, study.dataset || "—",
+      el("div", { class: "sub" }, study.dataset_kind === "uploaded" && study.dataset_id ? `uploaded · ${study.dataset_id}` : study.dataset_kind)),
     cell("Timing", {}, timingText(study)),
   );
 }

@@ -23,6 +23,8 @@ const page = {
   space: [],
   complete: { number: [], value: [], params: {} },
   seen: new Set(), // numbers of complete trials already in `complete`
+  pruned: { number: [], value: [] }, // pruned trials' last reported scores (the history's "include pruned")
+  seenPruned: new Set(),
   best: null, // trial view of the best trial
   selected: null, // trial view of the clicked trial
   curves: new Map(), // number -> {number, state, value, steps, values}
@@ -45,7 +47,7 @@ function renderHead() {
   $("study-id").textContent = s.id;
   $("study-progress").replaceChildren(progressBar(s));
   const spec = s.spec || {};
-  const dataset = spec.dataset ? spec.dataset.builtin || spec.dataset.id || spec.dataset.path : "—";
+  const dataset = s.dataset_name || (spec.dataset ? spec.dataset.id || spec.dataset.path : "—");
   const t = s.trials;
   $("facts").replaceChildren(
     fact("Best " + s.metric, s.best_value === null ? "—" : fmtValue(s.best_value),
@@ -87,6 +89,16 @@ async function studyAction(action) {
 }
 
 // ---- History and parallel coordinates (complete trials, as columns) -------------------------
+// A poll of the event stream sends its trials, then the study with counts derived from those
+// same trials: trials are added as they come, and drawn (with the counts) at the study event.
+function addPruned(trial) {
+  if (trial.state !== "pruned" || trial.last_value === null || page.seenPruned.has(trial.number)) return false;
+  page.seenPruned.add(trial.number);
+  page.pruned.number.push(trial.number);
+  page.pruned.value.push(trial.last_value);
+  return true;
+}
+
 function addComplete(trial) {
   if (trial.state !== "complete" || trial.value === null || page.seen.has(trial.number)) return false;
   page.seen.add(trial.number);
@@ -98,20 +110,31 @@ function addComplete(trial) {
   return true;
 }
 
+function renderHistoryHint() {
+  const c = page.complete;
+  const pruned = $("history-pruned").checked ? page.pruned.number.length : 0;
+  $("history-hint").textContent = c.number.length || pruned
+    ? `${c.number.length} complete` + (pruned ? ` · ${pruned} pruned (last epoch's score)` : "") + " · click a point for details"
+    : "";
+}
+
 async function renderHistory() {
   const c = page.complete;
   const s = page.study;
-  $("history-hint").textContent = c.number.length ? `${c.number.length} complete trials · click a point for details` : "";
-  if (!c.number.length) {
+  const pruned = $("history-pruned").checked ? page.pruned : null;
+  renderHistoryHint();
+  if (!c.number.length && !(pruned && pruned.number.length)) {
     placeholder("history", "No complete trial yet: each trial's score appears here as it completes.");
     return;
   }
-  const span = Math.max(...c.number) - Math.min(...c.number);
-  const node = await plot("history", historyTraces(c, s.direction, page.selected), {
+  const numbers = [...c.number, ...(pruned ? pruned.number : [])];
+  const span = Math.max(...numbers) - Math.min(...numbers);
+  const node = await plot("history", historyTraces(c, s.direction, page.selected, pruned), {
     xaxis: { title: { text: "trial" }, tickformat: "d", dtick: span < 10 ? 1 : undefined },
     yaxis: { title: { text: s.metric } },
   });
   node.dataset.points = String(c.number.length);
+  node.dataset.pruned = String(pruned ? pruned.number.length : 0);
   if (!node.dataset.bound) {
     node.dataset.bound = "1";
     node.on("plotly_click", (event) => {
@@ -239,9 +262,10 @@ async function renderCurves() {
 const refreshCurves = throttle(renderCurves, 500);
 
 // ---- Importance ------------------------------------------------------------------------------
+// Asked for over the complete trials the header counts, so that the two agree.
 async function loadImportance() {
   try {
-    page.importance = await api(`${base}/importance`);
+    page.importance = await api(`${base}/importance?complete=${page.study.trials.complete}`);
   } catch (err) {
     placeholder("importance", `Could not compute the importances: ${err.message}`);
     return;
@@ -254,13 +278,20 @@ async function loadImportance() {
       : imp.message);
     return;
   }
-  const evaluator = imp.evaluator.replace("ImportanceEvaluator", "").replace("PedAnova", "PED-ANOVA");
-  $("importance-hint").textContent = `${evaluator} over ${imp.n_complete} complete trials`;
+  renderImportanceHint();
   await plot("importance", importanceTraces(imp.importances), {
     margin: { l: 90, r: 16, t: 10, b: 40 },
     // room right of the longest bar for its percentage
     xaxis: { title: { text: "share of the score's variation" }, range: [0, 1.18], tickvals: [0, 0.25, 0.5, 0.75, 1] },
   });
+}
+
+function renderImportanceHint() {
+  const imp = page.importance;
+  if (!imp || imp.status !== "ok") return;
+  const evaluator = imp.evaluator.replace("ImportanceEvaluator", "").replace("PedAnova", "PED-ANOVA");
+  const behind = imp.n_complete !== page.study.trials.complete; // until the refresh below answers
+  $("importance-hint").textContent = `${evaluator} over ${imp.n_complete} complete trials` + (behind ? " · updating…" : "");
 }
 
 const refreshImportance = throttle(loadImportance, 5000);
@@ -309,11 +340,22 @@ async function renderFolds() {
   } else {
     await plot("folds", foldTraces(best, selected), {
       barmode: "group",
-      yaxis: { title: { text: page.study.metric } },
+      yaxis: { title: { text: page.study.metric }, range: foldRange(shown) },
       xaxis: { title: { text: "fold" } },
     });
   }
   renderSelected();
+}
+
+/** The per-fold chart's y range: the shown scores with a margin, not from 0, so that the
+ * differences between folds (often a few hundredths) can be seen. */
+function foldRange(trials) {
+  const scores = trials.flatMap((t) => t.fold_scores).filter((v) => v !== null && Number.isFinite(v));
+  if (!scores.length) return undefined;
+  const low = Math.min(...scores);
+  const high = Math.max(...scores);
+  const margin = Math.max((high - low) * 0.25, Math.abs(high) * 0.01, 1e-6);
+  return [low - margin, high + margin];
 }
 
 function renderSelected() {
@@ -402,8 +444,13 @@ function onStudyEvent(event) {
   renderHead();
   const countsChanged = JSON.stringify(before.trials) !== JSON.stringify(study.trials);
   if (countsChanged) {
+    renderHistoryHint(); // with the header: the same snapshot's counts
+    refreshComplete();
     refreshTable();
-    if (study.trials.complete !== before.trials.complete) refreshImportance();
+    if (study.trials.complete !== before.trials.complete) {
+      renderImportanceHint();
+      refreshImportance();
+    }
   }
   if (study.best_trial !== before.best_trial) updateBest(study.best_trial);
   if (settled(study)) {
@@ -416,7 +463,8 @@ function onStudyEvent(event) {
 
 function onTrialEvent(event) {
   const trial = JSON.parse(event.data);
-  if (addComplete(trial)) refreshComplete();
+  addComplete(trial); // drawn at this poll's study event, with the counts
+  addPruned(trial);
   if (upsertCurve(trial)) refreshCurves();
   if (page.selected && page.selected.number === trial.number) {
     page.selected = trial;
@@ -464,6 +512,8 @@ async function start() {
   page.space = overview.space;
   page.complete = overview.complete;
   page.seen = new Set(overview.complete.number);
+  page.pruned = overview.pruned;
+  page.seenPruned = new Set(overview.pruned.number);
   page.eventId = overview.event_id;
   if (overview.best) page.best = { ...overview.best, state: "complete" };
   $("spec").textContent = JSON.stringify(overview.study.spec, null, 2);
@@ -484,4 +534,5 @@ async function start() {
 $("cancel").addEventListener("click", () => studyAction("cancel"));
 $("resume").addEventListener("click", () => studyAction("resume"));
 $("trial-state").addEventListener("change", (event) => table.filter(event.target.value));
+$("history-pruned").addEventListener("change", () => renderHistory());
 start();

@@ -62,9 +62,9 @@ export function plotLayout(layout = {}) {
   };
 }
 
-/** Each complete trial's value by trial number, the best so far as a step line, and the
- * selected trial circled. */
-export function historyTraces(complete, direction, selected) {
+/** Each complete trial's value by trial number, the best so far as a step line, the selected
+ * trial circled, and (given `pruned`) each pruned trial's last reported score as a cross. */
+export function historyTraces(complete, direction, selected, pruned = null) {
   const order = complete.number.map((_, i) => i).sort((a, b) => complete.number[a] - complete.number[b]);
   const x = order.map((i) => complete.number[i]);
   const y = order.map((i) => complete.value[i]);
@@ -90,6 +90,14 @@ export function historyTraces(complete, direction, selected) {
       line: { color: COLORS.best, width: 2.5, shape: "hv" }, hoverinfo: "skip",
     },
   ];
+  if (pruned && pruned.number.length) {
+    traces.push({
+      type: "scatter", mode: "markers", name: "pruned (last epoch's score)", x: pruned.number, y: pruned.value,
+      customdata: pruned.number,
+      marker: { color: COLORS.pruned, symbol: "x", size: many ? 4 : 7, opacity: many ? 0.45 : 0.8 },
+      hovertemplate: "trial #%{x} (pruned)<br>last epoch: %{y:.4g}<extra></extra>",
+    });
+  }
   if (selected && selected.value !== null && selected.state === "complete") {
     traces.push({
       type: "scatter", mode: "markers", name: `trial #${selected.number}`, x: [selected.number], y: [selected.value],

@@ -9,7 +9,11 @@ function cell(trial, column) {
   switch (column.key) {
     case "number": return String(trial.number);
     case "state": return badge(trial.state);
-    case "value": return fmtValue(trial.value);
+    case "value":
+      // A pruned trial has no CV score; the score of the last epoch it reported says where it stopped.
+      return trial.state === "pruned" && trial.value === null && trial.last_value !== null && trial.last_value !== undefined
+        ? el("span", { class: "last-value", title: "pruned: the score it reported for its last epoch (an inner-validation score, not a CV score)" }, fmtValue(trial.last_value))
+        : fmtValue(trial.value);
     case "fold_std": return fmtValue(trial.fold_std, 2);
     case "last_step": return trial.last_step === null ? "—" : String(trial.last_step + 1);
     case "duration_s": return trial.state === "running" ? "running" : fmtDuration(trial.duration_s);
@@ -36,31 +40,38 @@ export class TrialTable {
     this.request = 0;
   }
 
+  /** The columns; `sorts`: a sortable column's first and second click (the score starts from
+   * the best, ranked as `/best` ranks trials, then the worst first). */
   columns() {
     const { study, space } = this.context();
     const params = space.filter((p) => p.fixed === null).map((p) => ({ key: `param:${p.name}`, label: p.name, num: true }));
+    const worstFirst = study.direction === "maximize" ? "value" : "-value";
     return [
-      { key: "number", label: "#", num: true, sort: "number" },
+      { key: "number", label: "#", num: true, sorts: ["number", "-number"] },
       { key: "state", label: "State" },
-      { key: "value", label: study.metric, num: true, sort: "value" },
+      { key: "value", label: study.metric, num: true, sorts: ["best", worstFirst] },
       ...params,
       { key: "fold_std", label: "Fold std", num: true },
       { key: "last_step", label: "Epochs", num: true },
-      { key: "duration_s", label: "Duration", num: true, sort: "duration_s" },
-      { key: "started_at", label: "Started", sort: "started_at" },
+      { key: "duration_s", label: "Duration", num: true, sorts: ["duration_s", "-duration_s"] },
+      { key: "started_at", label: "Started", sorts: ["started_at", "-started_at"] },
     ];
   }
 
+  /** How a sort orders its column, as `aria-sort` says it. */
+  order(sort) {
+    if (sort === "best") return this.context().study.direction === "maximize" ? "descending" : "ascending";
+    return sort.startsWith("-") ? "descending" : "ascending";
+  }
+
   renderHead() {
-    const sortKey = this.sort.replace(/^-/, "");
-    const descending = this.sort.startsWith("-");
     const row = el("tr", {}, ...this.columns().map((c) => {
-      const th = el("th", { class: [c.num ? "num" : "", c.sort ? "sortable" : ""].join(" ").trim() || null }, c.label);
-      if (c.sort) {
-        th.setAttribute("aria-sort", sortKey === c.sort ? (descending ? "descending" : "ascending") : "none");
+      const th = el("th", { class: [c.num ? "num" : "", c.sorts ? "sortable" : ""].join(" ").trim() || null }, c.label);
+      if (c.sorts) {
+        th.setAttribute("aria-sort", c.sorts.includes(this.sort) ? this.order(this.sort) : "none");
         th.title = "sort";
         th.addEventListener("click", () => {
-          this.sort = sortKey === c.sort && !descending ? `-${c.sort}` : c.sort;
+          this.sort = this.sort === c.sorts[0] ? c.sorts[1] : c.sorts[0];
           this.offset = 0;
           this.renderHead();
           this.load();
