@@ -55,7 +55,7 @@ def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
-    assert ours == ["0005"]
+    assert ours == ["0006"]
     assert len(optunas) == 1 and optunas != ours
     open_storage(database_url).engine.dispose()  # Optuna still accepts the database
 
@@ -136,6 +136,43 @@ def test_upgrade_to_0003_moves_the_model_jobs_out_of_the_study_attributes(databa
     for name in old:
         attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
         assert attrs == {"other": 1}  # the job attributes and the tombstone are gone
+    storage.engine.dispose()
+
+
+def test_upgrade_to_0006_keeps_stored_forecasting_studies_on_levels(database_url):
+    """Specs stored before forecast_target existed were learned as levels; the option's new
+    default (difference) must not switch them over when they run on or are refitted."""
+    upgrade(database_url, "0005")
+    storage = open_storage(database_url)
+    old = {
+        "series-old": {"task": "forecasting", "training": {"lookback": 4}},
+        "series-bare": {"task": "forecasting"},
+        "series-new": {"task": "forecasting", "training": {"forecast_target": "difference"}},
+        "digits": {"task": "classification", "training": {"max_epochs": 2}},
+    }
+    for name, spec in old.items():
+        storage.set_study_user_attr(
+            storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name), "hpo:spec", spec)
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        for name, spec in old.items():
+            connection.execute(text(
+                "INSERT INTO hpo_studies (id, optuna_study_name, name, spec, created_at) "
+                "VALUES (:id, :name, :name, :spec, CURRENT_TIMESTAMP)"), {"id": name, "name": name, "spec": json.dumps(spec)})
+
+    upgrade(database_url)
+
+    with engine.connect() as connection:
+        stored = dict(connection.execute(text("SELECT id, spec FROM hpo_studies")).all())
+    engine.dispose()
+    for name in old:
+        attr = storage.get_study_user_attrs(storage.get_study_id_from_name(name))["hpo:spec"]
+        row = stored[name] if isinstance(stored[name], dict) else json.loads(stored[name])
+        assert attr == row
+        expected = {"series-old": "level", "series-bare": "level", "series-new": "difference"}.get(name)
+        assert attr.get("training", {}).get("forecast_target") == expected, name
+        assert {**attr, "training": None} == {**old[name], "training": None}  # nothing else changed
+        assert attr.get("training", {}).get("lookback") == old[name].get("training", {}).get("lookback")
     storage.engine.dispose()
 
 
