@@ -71,7 +71,8 @@ def list_study_summaries(session: SessionDep, cache: TrialCacheDep, page: PageDe
 @router.get("/studies/{study_id}", responses=ERRORS, summary="A study, for its page")
 def study_overview(loaded: LoadedDep, cache: TrialCacheDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
-    columns (history, parallel coordinates), its best trial, and the event id to stream from."""
+    columns (history, parallel coordinates; a sample past 2,000, see ``complete_columns``),
+    its best trial, and the event id to stream from."""
     prog = loaded.progress()
     trials = loaded.study.get_trials(deepcopy=False)  # read after the progress: it holds every trial the progress saw
     space = search_space_view(loaded.spec)
@@ -81,7 +82,7 @@ def study_overview(loaded: LoadedDep, cache: TrialCacheDep) -> dict[str, Any]:
     return {
         "study": StudyOnPage.of(loaded.record, loaded.spec, prog, dashboard_url=dashboard_url(loaded)),
         "space": space,
-        "complete": complete_columns(trials, [p["name"] for p in space]),
+        "complete": complete_columns(trials, [p["name"] for p in space], loaded.spec.direction),
         "best": best,
         "event_id": max((event_id_of(t) for t in trials), default=0),
         "links": {

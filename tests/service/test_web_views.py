@@ -4,18 +4,21 @@ optuna-dashboard, without a browser (``tests/browser`` drives the pages in Chrom
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
 from typing import get_args
 
 import httpx
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from hpo import spec
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
-from service.web.plots import downsample
+from service.web.plots import PARALLEL_LINES, complete_columns, downsample
 from tests.support.studies import tiny_spec
 from test_events import named, read_until, sse_events
 
@@ -52,7 +55,7 @@ def test_overview_of_an_empty_study(api, study):
 
     assert view["study"]["state"] == "queued" and view["study"]["spec"]["cv"]["folds"] == 2
     assert view["study"]["dashboard_url"] == f"/studies/{study['id']}/dashboard"  # no internal Optuna id
-    assert view["complete"] == {"number": [], "value": [],
+    assert view["complete"] == {"number": [], "value": [], "total": 0,
                                 "params": {name: [] for name in ("lr", "batch_size", "hidden_size", "dropout",
                                                                  "clip_norm", "weight_decay")}}
     assert view["best"] is None and view["event_id"] == 0
@@ -103,6 +106,48 @@ def test_downsample_keeps_the_ends():
     assert downsample([0, 1, 2], [1.0, 2.0, 3.0], 5) == ([0, 1, 2], [1.0, 2.0, 3.0])
     steps, values = downsample(list(range(1000)), [float(v) for v in range(1000)], 200)
     assert len(steps) == 200 and steps[0] == 0 and steps[-1] == 999 and values[-1] == 999.0
+
+
+def best_so_far_steps(columns: dict, direction: str) -> list[tuple[int, float]]:
+    """Where the page's best-so-far line steps (study_plots.js: historyTraces)."""
+    sign, best, steps = (-1 if direction == "maximize" else 1), None, []
+    for number, value in sorted(zip(columns["number"], columns["value"])):
+        if value is not None and (best is None or sign * value < sign * best):
+            best = value
+            steps.append((number, value))
+    return steps
+
+
+def best_lines(columns: dict, direction: str) -> list[int]:
+    """The trials the page's parallel coordinates draw (study.js: bestColumns)."""
+    sign = -1 if direction == "maximize" else 1
+    order = sorted((i for i, v in enumerate(columns["value"]) if v is not None),
+                   key=lambda i: sign * columns["value"][i])
+    return sorted(columns["number"][i] for i in order[:PARALLEL_LINES])
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_trials(direction):
+    rng = random.Random(7)
+    distribution = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    trials = []
+    for number in range(800):
+        state = TrialState.PRUNED if number % 5 == 0 else TrialState.COMPLETE
+        value = math.inf if number == 13 else round(rng.random(), 2)  # ties; one not finite
+        trial = create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                             params={"lr": 10 ** rng.uniform(-4, -1)}, distributions=distribution)
+        trial.number = number
+        trials.append(trial)
+    full = complete_columns(trials, ["lr"], direction, max_points=10_000)
+    sample = complete_columns(trials, ["lr"], direction, max_points=400)
+
+    assert full["total"] == sample["total"] == 640 and len(full["number"]) == 640
+    assert len(sample["number"]) <= 400 and sample["number"] == sorted(sample["number"])
+    assert sample["number"][-1] == full["number"][-1]
+    assert best_so_far_steps(sample, direction) == best_so_far_steps(full, direction)
+    assert best_lines(sample, direction) == best_lines(full, direction)
+    rows = {n: (v, lr) for n, v, lr in zip(full["number"], full["value"], full["params"]["lr"])}
+    assert all(rows[n] == (v, lr) for n, v, lr in zip(sample["number"], sample["value"], sample["params"]["lr"]))
 
 
 def test_importance_needs_two_complete_trials(api, storage, study):

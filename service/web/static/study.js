@@ -21,7 +21,7 @@ const PARALLEL_MAX_LINES = 300;
 const page = {
   study: null,
   space: [],
-  complete: { number: [], value: [], params: {} },
+  complete: { number: [], value: [], params: {}, total: 0 }, // total: complete trials (columns hold a sample past 2,000)
   seen: new Set(), // numbers of complete trials already in `complete`
   best: null, // trial view of the best trial
   selected: null, // trial view of the clicked trial
@@ -92,6 +92,7 @@ function addComplete(trial) {
   page.seen.add(trial.number);
   page.complete.number.push(trial.number);
   page.complete.value.push(trial.value);
+  page.complete.total += 1;
   for (const p of page.space) {
     (page.complete.params[p.name] ||= []).push(trial.params[p.name] ?? null);
   }
@@ -101,7 +102,8 @@ function addComplete(trial) {
 async function renderHistory() {
   const c = page.complete;
   const s = page.study;
-  $("history-hint").textContent = c.number.length ? `${c.number.length} complete trials · click a point for details` : "";
+  const drawn = c.number.length < c.total ? ` (${c.number.length} drawn: every new best, the best ${PARALLEL_MAX_LINES}, evenly spaced others)` : "";
+  $("history-hint").textContent = c.number.length ? `${c.total} complete trials${drawn} · click a point for details` : "";
   if (!c.number.length) {
     placeholder("history", "No complete trial yet: each trial's score appears here as it completes.");
     return;
@@ -155,8 +157,8 @@ async function renderParallel() {
   }
   const narrow = window.innerWidth < 640;
   const shown = bestColumns(c, PARALLEL_MAX_LINES);
-  if (shown.number.length < c.number.length) {
-    $("parallel-hint").textContent = `best ${shown.number.length} of ${c.number.length} trials · ${$("parallel-hint").textContent}`;
+  if (shown.number.length < c.total) {
+    $("parallel-hint").textContent = `best ${shown.number.length} of ${c.total} trials · ${$("parallel-hint").textContent}`;
   }
   const node = await plot("parallel", [parallelTrace(shown, page.space, page.study, narrow)],
     { margin: narrow ? { l: 34, r: 48, t: 64, b: 20 } : { l: 60, r: 50, t: 40, b: 20 } });
