@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterable, Sequence
@@ -89,6 +90,20 @@ def _stored_time(local: dt.datetime | None) -> dt.datetime | None:
 def _local_time(utc: dt.datetime | None) -> dt.datetime | None:
     """Optuna's stored naive UTC as naive local time (what ``RDBStorage`` hands out)."""
     return None if utc is None else utc.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def _raw(column: sa.ColumnElement) -> sa.ColumnElement:
+    """A column read as the database driver hands it over, without SQLAlchemy's conversion."""
+    return sa.type_coerce(column, sa.types.NullType()).label(column.name)
+
+
+def _time_reader(dialect: str) -> Callable[[Any], dt.datetime | None]:
+    """Stored naive UTC (SQLite: ISO text; PostgreSQL: a datetime) -> naive local time, as
+    ``RDBStorage`` hands it out; no conversion at all when local time is UTC."""
+    parse = dt.datetime.fromisoformat if dialect == "sqlite" else (lambda value: value)
+    if time.timezone == 0 and not time.daylight:
+        return lambda value: None if value is None else parse(value)
+    return lambda value: None if value is None else _local_time(parse(value))
 
 
 class BulkReadRDBStorage(RDBStorage):
@@ -176,19 +191,21 @@ class BulkReadRDBStorage(RDBStorage):
             where = sa.and_(where, sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer)
         chosen = sa.select(trials_t.c.trial_id).where(where).scalar_subquery()
 
-        def rows_of(model: Any, *columns: str) -> Any:
+        def rows_of(model: Any, *columns: str) -> Sequence[Any]:
+            # Fetched at once, and with no type conversion per row (enums come back as their
+            # names, SQLite's times as text): a large study has a million of these rows.
             table = model.__table__
             return connection.execute(
-                sa.select(table.c.trial_id, *(table.c[c] for c in columns)).where(table.c.trial_id.in_(chosen))
-            )
+                sa.select(table.c.trial_id, *(_raw(table.c[c]) for c in columns)).where(table.c.trial_id.in_(chosen))
+            ).all()
 
         with self.engine.connect() as connection:
             studies_t = models.StudyModel.__table__
             if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
             rows = connection.execute(
-                sa.select(trials_t.c.trial_id, trials_t.c.number, trials_t.c.state, trials_t.c.datetime_start,
-                          trials_t.c.datetime_complete).where(where).order_by(trials_t.c.trial_id)
+                sa.select(trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
+                          _raw(trials_t.c.datetime_complete)).where(where).order_by(trials_t.c.trial_id)
             ).all()
             if not rows:  # nothing new: what Optuna's cache asks before most trials
                 return []
@@ -198,8 +215,9 @@ class BulkReadRDBStorage(RDBStorage):
             ):
                 params[trial_id].append((param_id, name, value, distribution))
             values: dict[int, dict[int, float]] = defaultdict(dict)
+            value_type = models.TrialValueModel.TrialValueType
             for trial_id, objective, value, kind in rows_of(models.TrialValueModel, "objective", "value", "value_type"):
-                values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+                values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
             user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
             for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json"):
                 user_attrs[trial_id][key] = json.loads(value_json)
@@ -208,23 +226,25 @@ class BulkReadRDBStorage(RDBStorage):
                 system_attrs[trial_id][key] = json.loads(value_json)
             intermediate: dict[int, dict[int, float]] = defaultdict(dict)
             to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+            step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType
             for trial_id, step, value, kind in rows_of(
                 models.TrialIntermediateValueModel, "step", "intermediate_value", "intermediate_value_type"
-            ):
-                intermediate[trial_id][step] = to_float(value, kind)
+            ):  # only NaN and infinities are stored as None (and a type saying which)
+                intermediate[trial_id][step] = value if value is not None else to_float(value, step_type[kind])
 
         trials = []
+        to_time = _time_reader(connection.dialect.name)
         for trial_id, number, state, start, complete in rows:
             ordered = sorted(params.get(trial_id, ()))
             distributions = {name: _distribution(d) for _, name, _, d in ordered}
             objective_values = values.get(trial_id)
             trials.append(FrozenTrial(
                 number=number,
-                state=state,
+                state=TrialState[state],
                 value=None,
                 values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
-                datetime_start=_local_time(start),
-                datetime_complete=_local_time(complete),
+                datetime_start=to_time(start),
+                datetime_complete=to_time(complete),
                 params={name: distributions[name].to_external_repr(value) for _, name, value, _ in ordered},
                 distributions=distributions,
                 user_attrs=user_attrs.get(trial_id, {}),
