@@ -190,16 +190,18 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def timed_pages(url: str, paths: list[str], rounds: int) -> dict[str, list[float]]:
-    """Each path ``rounds`` times, in turn (warm: after one untimed round)."""
+def timed_pages(server: ServeProcess, paths: list[str], rounds: int) -> tuple[dict[str, list[float]], float]:
+    """Each path ``rounds`` times, in turn (warm: after one untimed round), and the server's
+    CPU seconds per request (what the other tenants of a busy machine do not inflate)."""
     times: dict[str, list[float]] = {p: [] for p in paths}
-    with httpx.Client(base_url=url, timeout=300) as client:
+    with httpx.Client(base_url=server.url, timeout=300) as client:
         for path in paths:
             client.get(path).raise_for_status()
+        cpu0 = cpu_s(server.proc.pid)
         for _ in range(rounds):
             for path in paths:
                 times[path].append(timed_get(client, path))
-    return times
+    return times, (cpu_s(server.proc.pid) - cpu0) / (rounds * len(paths))
 
 
 def cpu_s(pid: int) -> float:
@@ -303,24 +305,28 @@ def measure(url: str, workdir: Path, study_id: str, args: argparse.Namespace) ->
                   f"folds and table drawn {x_goal(cold[0])}; parallel coordinates too {cold[1]:.2f} s")
             print(f"      warm (median of {args.repeat} reloads): {x_goal(warm[0])}; parallel coordinates {warm[1]:.2f} s")
     with serve(url, workdir) as server:
+        cpu0 = cpu_s(server.proc.pid)
         cold_data = open_study_page(server.url, study_id)
+        cold_data["cpu"] = cpu_s(server.proc.pid) - cpu0
         runs = [open_study_page(server.url, study_id) for _ in range(args.repeat)]
         warm_data = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
-        print(f"  study page data, cold: {x_goal(cold_data['total'])}\n      {describe(cold_data)}")
+        print(f"  study page data, cold: {x_goal(cold_data['total'])}; server CPU {cold_data['cpu']:.2f} s (start-up "
+              f"warming included)\n      {describe(cold_data)}")
         print(f"  study page data, warm (median of {args.repeat}): {x_goal(warm_data['total'])}\n"
               f"      {describe(warm_data)}")
 
-        trials = timed_pages(server.url, [f"/api/v1/studies/{study_id}/trials?{q}" for q in TRIAL_PAGES], args.rounds)
+        trials, cpu = timed_pages(server, [f"/api/v1/studies/{study_id}/trials?{q}" for q in TRIAL_PAGES], args.rounds)
         p50, p95 = percentiles([t for ts in trials.values() for t in ts])
         print(f"  GET .../trials, {len(TRIAL_PAGES)} kinds of page x {args.rounds}: p50 {1000 * p50:.0f} ms, "
-              f"p95 {1000 * p95:.0f} ms (goal < {1000 * PAGE_GOAL_S:.0f} ms)")
+              f"p95 {1000 * p95:.0f} ms (goal < {1000 * PAGE_GOAL_S:.0f} ms); server CPU {1000 * cpu:.0f} ms per request")
         for query, ts in trials.items():
             print(f"      {query.rsplit('?', 1)[1]:<50} p50 {1000 * statistics.median(ts):.0f} ms, max {1000 * max(ts):.0f} ms")
 
-        lists = timed_pages(server.url, [f"/api/v1/{p}?{q}" for p in ("studies", "views/studies") for q in STUDY_PAGES],
-                            args.rounds)
+        lists, cpu = timed_pages(server, [f"/api/v1/{p}?{q}" for p in ("studies", "views/studies") for q in STUDY_PAGES],
+                                 args.rounds)
         p50, p95 = percentiles([t for ts in lists.values() for t in ts])
-        print(f"  studies list ({args.studies} studies): p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms")
+        print(f"  studies list ({args.studies} studies): p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms; "
+              f"server CPU {1000 * cpu:.0f} ms per request")
         for query, ts in lists.items():
             print(f"      {query.removeprefix('/api/v1/'):<50} p50 {1000 * statistics.median(ts):.0f} ms, "
                   f"max {1000 * max(ts):.0f} ms")
