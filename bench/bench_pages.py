@@ -13,8 +13,9 @@ started ``hpo serve`` (no workers):
   importance, folds and table are drawn, and until the parallel coordinates are too;
 - the page's data requests, cold and warm (median of ``--repeat``);
 - ``GET /api/v1/studies/{id}/trials`` pages (first, deep, by value, best, by state): p50, p95;
-- the live stream: ``--streams`` streams open on the large study for ``--window`` seconds:
-  the server's CPU per poll, and on PostgreSQL the rows and transactions per poll;
+- the live stream: ``--streams`` streams open on the large study (as its page opens them)
+  for ``--window`` seconds: the server's CPU per poll, and on PostgreSQL the rows and
+  transactions per poll;
 - the studies list (first page, a deep page, filtered by state) with ``--studies`` studies.
 
     .venv/bin/python -m bench.bench_pages                    # 50,000 trials, 1,000 studies, SQLite
@@ -222,14 +223,16 @@ def postgres_counters(url: str) -> tuple[int, int] | None:
 
 
 def stream_cost(server: ServeProcess, url: str, study_id: str, n_streams: int, window_s: float) -> dict[str, float]:
-    """Open ``n_streams`` event streams on the study, wait until each has had its first
-    events, then measure the server over ``window_s`` seconds of polls."""
+    """Open ``n_streams`` event streams on the study as its page does (from the event id of
+    the data it drew), wait until each has had its first events, then measure the server
+    over ``window_s`` seconds of polls."""
     stop = threading.Event()
     ready = threading.Barrier(n_streams + 1)
+    event_id = httpx.get(f"{server.url}/api/v1/views/studies/{study_id}", timeout=300).json()["event_id"]
 
     def listen() -> None:
         with contextlib.suppress(httpx.TransportError), httpx.Client(base_url=server.url, timeout=None) as client, \
-                client.stream("GET", f"/api/v1/studies/{study_id}/events") as response:
+                client.stream("GET", f"/api/v1/studies/{study_id}/events?last_event_id={event_id}") as response:
             waiting = True
             for line in response.iter_lines():  # until the server stops
                 if waiting and line.startswith("event: study"):
