@@ -18,6 +18,7 @@ from optuna.trial import TrialState, create_trial
 from hpo import spec
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
+from hpo.studies import fail_study
 from service.web.plots import PARALLEL_LINES, complete_columns, downsample
 from tests.support.studies import tiny_spec
 from test_events import named, read_until, sse_events
@@ -182,6 +183,24 @@ def test_study_list_filters_by_state(api, storage):
     assert (item["sampler"], item["cell"]) == ("tpe", "lstm")
     assert (item["dataset"], item["dataset_kind"]) == ("digits", "builtin")
     assert item["best_value"] == 0.5 and item["trials"]["complete"] == 1
+
+
+def test_each_state_filter_lists_the_studies_in_that_state(api, storage):
+    """The filter derives states without loading each study: the same as each study's own."""
+    studies = [api.post(STUDIES, json=tiny_spec(name=name, budget={"n_trials": 2})).json()
+               for name in ("done", "running", "cancelled", "broken", "queued")]
+    for _ in range(2):
+        run_trial(storage, studies[0], value=0.5)
+    run_trial(storage, studies[1], value=0.5)
+    api.post(f"{STUDIES}/{studies[2]['id']}/cancel")
+    fail_study(storage, studies[3]["optuna_study_name"], "dataset gone")
+
+    everything = api.get(VIEWS).json()["items"]
+    assert sorted(s["state"] for s in everything) == ["cancelled", "completed", "failed", "queued", "running"]
+    for state in ("queued", "running", "completed", "failed", "cancelled"):
+        listed = api.get(VIEWS, params={"state": state}).json()
+        assert [s["id"] for s in listed["items"]] == [s["id"] for s in everything if s["state"] == state]
+        assert listed["total"] == 1
 
 
 def test_unknown_study_is_404(api):
