@@ -215,12 +215,14 @@ async def study_events(
         await asyncio.sleep(poll_s)
 
 
-def snapshot_reader(load: Callable[[], LoadedStudy], view: Callable[[LoadedStudy], StudySummary]
-                    ) -> Callable[[], Snapshot]:
-    """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be deleted)."""
+def snapshot_reader(load: Callable[[], LoadedStudy],
+                    view: Callable[[LoadedStudy, list[FrozenTrial]], StudySummary]) -> Callable[[], Snapshot]:
+    """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be
+    deleted) and reads its trials once, for the summary (``view``) and the trial events."""
 
     def read() -> Snapshot:
         loaded = load()
-        return Snapshot(study=view(loaded), trials=loaded.study.get_trials(deepcopy=False))
+        trials = loaded.study.get_trials(deepcopy=False)
+        return Snapshot(study=view(loaded, trials), trials=trials)
 
     return read

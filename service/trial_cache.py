@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
 from sqlalchemy.orm import Session
 
 from hpo.db.models import StudyRecord
@@ -48,8 +49,10 @@ class LoadedStudy:
     spec: StudySpec
     study: optuna.Study
 
-    def progress(self) -> Progress:
-        return progress(self.study, self.spec)
+    def progress(self, trials: list[FrozenTrial] | None = None) -> Progress:
+        """The study's progress (from ``trials`` when the caller has just read them: one pass
+        over a large study's trials fewer)."""
+        return progress(self.study, self.spec, trials=trials)
 
 
 class TrialCache:

@@ -228,7 +228,7 @@ async def study_event_stream(
             record = catalog.get_record(session, study_id)
         return cache.open(record)
 
-    read = snapshot_reader(load, lambda s: StudySummary.of(s.record, s.spec, s.progress()))
+    read = snapshot_reader(load, lambda s, trials: StudySummary.of(s.record, s.spec, s.progress(trials)))
     async for event in study_events(request, read, poll_s=settings.events_poll_s,
                                     heartbeat_s=settings.events_heartbeat_s,
                                     last_event_id=last_event_id_header or last_event_id,

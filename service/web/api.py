@@ -73,8 +73,8 @@ def study_overview(loaded: LoadedDep, cache: TrialCacheDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
     columns (history, parallel coordinates; a sample past 2,000, see ``complete_columns``),
     its best trial, and the event id to stream from."""
-    prog = loaded.progress()
-    trials = loaded.study.get_trials(deepcopy=False)  # read after the progress: it holds every trial the progress saw
+    trials = loaded.study.get_trials(deepcopy=False)
+    prog = loaded.progress(trials)  # the same trials: one pass over them fewer
     space = search_space_view(loaded.spec)
     best_trial = next((t for t in trials if t.number == prog.best_trial), None)
     best = BestTrial.of(loaded.record, loaded.spec, best_trial) if best_trial is not None else None
