@@ -68,9 +68,16 @@ class Snapshot:
         self.study = study
         self.trials = sorted(trials, key=lambda t: t.number)
         self.keys = {t.number: trial_key(t) for t in self.trials}
-        self.watermark_ms = max((event_id_of(t) for t in self.trials), default=0)
+        self._watermark_ms: int | None = None
         self.previous: Snapshot | None = None
         self.changed: list[FrozenTrial] = self.trials
+
+    @property
+    def watermark_ms(self) -> int:
+        """The latest event id of its trials."""
+        if self._watermark_ms is None:
+            self._watermark_ms = max((event_id_of(t) for t in self.trials), default=0)
+        return self._watermark_ms
 
     def follow(self, previous: Snapshot | None) -> Snapshot:
         """Link this read to the one before it (shared by every stream of the study; only the
@@ -79,6 +86,8 @@ class Snapshot:
             previous.previous = None  # no chain of old reads kept alive
             self.previous = previous
             self.changed = [t for t in self.trials if previous.keys.get(t.number) != self.keys[t.number]]
+            # A trial's times change only with its state (so with its key): only changed trials can move it.
+            self._watermark_ms = max([previous.watermark_ms, *(event_id_of(t) for t in self.changed)])
         return self
 
 
