@@ -1,42 +1,55 @@
-"""How fast a study of 5,000 trials opens in the browser pages, against the 2 s goal.
+"""How a study of 50,000 trials and a server of 1,000 studies open in the browser pages,
+against the goals: first view < 2 s cold, trial pages < 200 ms, a cheap live stream, a fast
+studies list.
 
-Writes a study of ``--trials`` trials (per-epoch values, per-fold scores; about 40 %
-pruned) through Optuna's API into a temporary SQLite database, starts ``hpo serve``
-(no workers) on a free port, and times the requests the study page makes when it opens:
-the overview, then curves, importance and the first page of the trial table in parallel
-(as the browser does), and the first live event. Cold = the first open right after the
-server answers (its trial cache still being warmed, as after a restart); warm = the same
-page opened again (median of ``--repeat``). A script's view, ``GET /api/v1/studies/{id}``
-plus the first page of ``.../trials``, is timed too. With Chromium installed, the page
-itself is also timed from navigation until every panel is drawn.
+Writes one study of ``--trials`` trials (per-epoch values, per-fold scores; about 40 %
+pruned) and ``--studies`` - 1 small ones (``--small-trials`` trials each) straight into the
+database (``hpo.storage.write_trials``: Optuna's tables, in bulk; no training), SQLite by
+default or a new PostgreSQL database with ``--postgres``. Then, each against a freshly
+started ``hpo serve`` (no workers):
 
-    .venv/bin/python -m bench.bench_pages              # 5,000 trials (~2-3 min to write them)
-    .venv/bin/python -m bench.bench_pages --keep /tmp/bench-pages   # keep the database, reuse it next time
+- the study page in headless Chromium, cold (navigation as soon as the server answers,
+  its caches empty) and warm (reloaded): seconds until the header, history, curves,
+  importance, folds and table are drawn, and until the parallel coordinates are too;
+- the page's data requests, cold and warm (median of ``--repeat``);
+- ``GET /api/v1/studies/{id}/trials`` pages (first, deep, by value, best, by state): p50, p95;
+- the live stream: ``--streams`` streams open on the large study (as its page opens them)
+  for ``--window`` seconds: the server's CPU per poll, and on PostgreSQL the rows and
+  transactions per poll;
+- the studies list (first page, a deep page, filtered by state) with ``--studies`` studies.
+
+    .venv/bin/python -m bench.bench_pages                    # 50,000 trials, 1,000 studies, SQLite
+    .venv/bin/python -m bench.bench_pages --postgres         # the same on PostgreSQL
+    .venv/bin/python -m bench.bench_pages --keep /tmp/bench-pages   # keep the SQLite database, reuse it
+    .venv/bin/python -m bench.bench_pages --trials 5000 --studies 20   # the earlier, smaller case
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
+import os
 import random
 import statistics
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpo.storage import open_storage
-from tests.support.databases import sqlite_url
+from hpo.storage import open_storage, write_trials
+from tests.support.databases import postgres_admin, postgres_database, sqlite_url
 from tests.support.servers import ServeProcess
 
 GOAL_S = 2.0
+PAGE_GOAL_S = 0.2
 CHROMIUM = Path("/usr/bin/chromium")
 SPEC = {
     "name": "bench-pages",
@@ -53,13 +66,20 @@ DISTRIBUTIONS = {
     "clip_norm": FloatDistribution(0.1, 10.0, log=True),
     "weight_decay": CategoricalDistribution([0.0]),
 }
+TRIAL_PAGES = [  # what the table and scripts ask for: first pages, a deep page, sorted, filtered
+    "limit=25&offset=0&sort=-number", "limit=25&offset=0&sort=number", "limit=25&offset=25000&sort=number",
+    "limit=25&offset=0&sort=-value", "limit=25&offset=0&sort=best", "limit=100&offset=0&sort=-duration_s",
+    "limit=25&offset=0&sort=-number&state=pruned", "limit=25&offset=100&sort=-value&state=complete",
+]
+STUDY_PAGES = ["limit=25&offset=0", "limit=25&offset=500", "limit=25&offset=0&state=completed"]
 
 
-def serve(workdir: Path) -> ServeProcess:
-    """``hpo serve`` (no workers) on the study's database, once it is ready."""
-    # The default limit of trials a study may ask for (1,000) is below the study's size.
-    return ServeProcess(sqlite_url(workdir), workdir, workdir / "serve.log",
-                        env={"HPO_MAX_N_TRIALS": "100000"})
+def serve(url: str, workdir: Path) -> ServeProcess:
+    """``hpo serve`` (no workers) on the database, once it is ready."""
+    # The default limits of trials a study may ask for (1,000) and of unfinished studies per
+    # owner (20) are below what is written here.
+    return ServeProcess(url, workdir, workdir / "serve.log",
+                        env={"HPO_MAX_N_TRIALS": "1000000", "HPO_MAX_QUEUED_STUDIES_PER_OWNER": "100000"})
 
 
 def synthetic_trial(rng: random.Random, number: int, start: dt.datetime, max_epochs: int, folds: int):
@@ -87,31 +107,48 @@ def synthetic_trial(rng: random.Random, number: int, start: dt.datetime, max_epo
     return trial
 
 
-def make_study(workdir: Path, n_trials: int) -> str:
-    """Submit the spec (the service's row) and write the trials through Optuna. Returns the study id."""
-    marker = workdir / "study.json"
+def write_study(storage, optuna_name: str, n_trials: int, rng: random.Random, progress: bool) -> None:
+    """``n_trials`` synthetic trials, written in batches straight into Optuna's tables."""
+    t0 = dt.datetime.now() - dt.timedelta(seconds=7 * n_trials)
+    batch = 2500
+    for first in range(0, n_trials, batch):
+        write_trials(storage, optuna_name, [
+            synthetic_trial(rng, n, t0, SPEC["training"]["max_epochs"], SPEC["cv"]["folds"])
+            for n in range(first, min(first + batch, n_trials))])
+        if progress:
+            print(f"\r  writing trials: {min(first + batch, n_trials)}/{n_trials}", end="", flush=True)
+
+
+def make_studies(url: str, workdir: Path, n_trials: int, n_studies: int, small_trials: int) -> str:
+    """The large study first (the oldest), then the small ones (each complete). Returns the
+    large study's id; reuses what an earlier run with the same sizes wrote (``--keep``)."""
+    marker = workdir / "studies.json"
+    sizes = {"n_trials": n_trials, "n_studies": n_studies, "small_trials": small_trials}
     if marker.exists():
         info = json.loads(marker.read_text())
-        if info["n_trials"] == n_trials:
-            print(f"  reusing the study in {workdir} ({n_trials} trials)")
+        if {k: info.get(k) for k in sizes} == sizes:
+            print(f"  reusing the studies in {workdir}")
             return info["id"]
-        raise SystemExit(f"{workdir} holds a study of {info['n_trials']} trials; pick another --keep folder")
-    with serve(workdir) as server:
-        spec = {**SPEC, "budget": {"n_trials": n_trials}}
-        study = httpx.post(f"{server.url}/api/v1/studies", json=spec, timeout=60).raise_for_status().json()
+        raise SystemExit(f"{workdir} holds other studies ({info}); pick another --keep folder")
     started = time.perf_counter()
-    storage = open_storage(sqlite_url(workdir))
-    optuna_study = optuna.load_study(study_name=study["optuna_study_name"], storage=storage)
+    storage = open_storage(url)
     rng = random.Random(0)
-    t0 = dt.datetime.now() - dt.timedelta(seconds=7 * n_trials)
-    batch = 250
-    for first in range(0, n_trials, batch):
-        optuna_study.add_trials([synthetic_trial(rng, n, t0, SPEC["training"]["max_epochs"], SPEC["cv"]["folds"])
-                                 for n in range(first, min(first + batch, n_trials))])
-        print(f"\r  writing trials through Optuna: {min(first + batch, n_trials)}/{n_trials}", end="", flush=True)
-    print(f"\r  wrote {n_trials} trials through Optuna in {time.perf_counter() - started:.1f} s" + " " * 20)
-    marker.write_text(json.dumps({"id": study["id"], "n_trials": n_trials}))
-    return study["id"]
+    with serve(url, workdir) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        def submit(name: str, budget: int) -> dict:
+            spec = {**SPEC, "name": name, "budget": {"n_trials": budget}}
+            return client.post("/api/v1/studies", json=spec).raise_for_status().json()
+
+        large = submit("bench-pages", n_trials)
+        write_study(storage, large["optuna_study_name"], n_trials, rng, progress=True)
+        print(f"\r  wrote {n_trials} trials in {time.perf_counter() - started:.1f} s" + " " * 20)
+        for i in range(n_studies - 1):
+            small = submit(f"bench-small-{i}", small_trials)
+            write_study(storage, small["optuna_study_name"], small_trials, rng, progress=False)
+            print(f"\r  small studies: {i + 2}/{n_studies}", end="", flush=True)
+    print(f"\r  wrote {n_studies} studies in {time.perf_counter() - started:.1f} s" + " " * 20)
+    storage.engine.dispose()
+    marker.write_text(json.dumps({**sizes, "id": large["id"]}))
+    return large["id"]
 
 
 def timed_get(client: httpx.Client, path: str) -> float:
@@ -132,7 +169,7 @@ def first_live_event(client: httpx.Client, path: str) -> float:
 def open_study_page(url: str, study_id: str) -> dict[str, float]:
     """The study page's data requests, in the order and concurrency the page makes them."""
     views = f"/api/v1/views/studies/{study_id}"
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with httpx.Client(base_url=url, timeout=300) as client:
         started = time.perf_counter()
         t_overview = time.perf_counter()
         overview = client.get(views).raise_for_status().json()
@@ -149,35 +186,108 @@ def open_study_page(url: str, study_id: str) -> dict[str, float]:
             "trials": durations[2], "first_event": t_events}
 
 
-def rest_reference(url: str, study_id: str) -> float:
-    with httpx.Client(base_url=url, timeout=300) as client:
-        started = time.perf_counter()
-        client.get(f"/api/v1/studies/{study_id}").raise_for_status()
-        client.get(f"/api/v1/studies/{study_id}/trials?limit=25&sort=-number").raise_for_status()
-        return time.perf_counter() - started
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def browser_open(url: str, study_id: str) -> tuple[float, float] | None:
-    """Seconds from navigation start until all panels but the parallel coordinates are
-    drawn, and until every panel is, in Chromium (None without it). Read from the page's
-    own performance marks: a busy main thread would delay any polling from outside."""
-    if not CHROMIUM.exists():
+def timed_pages(server: ServeProcess, paths: list[str], rounds: int) -> tuple[dict[str, list[float]], float]:
+    """Each path ``rounds`` times, in turn (warm: after one untimed round), and the server's
+    CPU seconds per request (what the other tenants of a busy machine do not inflate)."""
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    with httpx.Client(base_url=server.url, timeout=300) as client:
+        for path in paths:
+            client.get(path).raise_for_status()
+        cpu0 = cpu_s(server.proc.pid)
+        for _ in range(rounds):
+            for path in paths:
+                times[path].append(timed_get(client, path))
+    return times, (cpu_s(server.proc.pid) - cpu0) / (rounds * len(paths))
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_counters(url: str) -> tuple[int, int] | None:
+    """Transactions and rows read so far in the database (PostgreSQL's statistics), or None."""
+    if not url.startswith("postgresql"):
         return None
+    with postgres_admin() as admin:
+        admin.execute("SELECT pg_stat_clear_snapshot()")
+        row = admin.execute("SELECT xact_commit + xact_rollback, tup_returned + tup_fetched FROM pg_stat_database "
+                            "WHERE datname = %s", (url.rsplit("/", 1)[1],)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def stream_cost(server: ServeProcess, url: str, study_id: str, n_streams: int, window_s: float) -> dict[str, float]:
+    """Open ``n_streams`` event streams on the study as its page does (from the event id of
+    the data it drew), wait until each has had its first events, then measure the server
+    over ``window_s`` seconds of polls."""
+    stop = threading.Event()
+    ready = threading.Barrier(n_streams + 1)
+    event_id = httpx.get(f"{server.url}/api/v1/views/studies/{study_id}", timeout=300).json()["event_id"]
+
+    def listen() -> None:
+        with contextlib.suppress(httpx.TransportError), httpx.Client(base_url=server.url, timeout=None) as client, \
+                client.stream("GET", f"/api/v1/studies/{study_id}/events?last_event_id={event_id}") as response:
+            waiting = True
+            for line in response.iter_lines():  # until the server stops
+                if waiting and line.startswith("event: study"):
+                    ready.wait()
+                    waiting = False
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=listen, daemon=True) for _ in range(n_streams)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=600)
+    time.sleep(1.0)  # past the first events' reads
+    cpu0, db0, t0 = cpu_s(server.proc.pid), postgres_counters(url), time.perf_counter()
+    time.sleep(window_s)
+    cpu1, db1, t1 = cpu_s(server.proc.pid), postgres_counters(url), time.perf_counter()
+    stop.set()
+    polls = (t1 - t0) / 0.5  # HPO_EVENTS_POLL_S's default
+    out = {"cpu_share": (cpu1 - cpu0) / (t1 - t0), "cpu_ms_per_poll": 1000 * (cpu1 - cpu0) / polls}
+    if db0 and db1:
+        out |= {"xacts_per_poll": (db1[0] - db0[0]) / polls, "rows_per_poll": (db1[1] - db0[1]) / polls}
+    return out
+
+
+@contextlib.contextmanager
+def chromium():
+    """A headless Chromium page (None without Chromium)."""
+    if not CHROMIUM.exists():
+        yield None
+        return
     from playwright.sync_api import sync_playwright
 
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(f"{url}/studies/{study_id}")  # once, so plotly.min.js is in the browser's cache
-        page.wait_for_selector("body[data-loaded]", timeout=120_000)
-        page.reload()
-        page.wait_for_selector("body[data-loaded]", timeout=120_000)
-        ready, loaded = page.evaluate("""() => ["hpo:ready", "hpo:loaded"].map(
-            (name) => performance.getEntriesByName(name)[0].startTime / 1000)""")
+        yield browser.new_page(viewport={"width": 1280, "height": 800})
         browser.close()
-    return ready, loaded
+
+
+def drawn(page, url: str | None = None) -> tuple[float, float]:
+    """Seconds from navigation start until all panels but the parallel coordinates are
+    drawn, and until every panel is (the page's own performance marks: a busy main thread
+    would delay any polling from outside)."""
+    if url:
+        page.goto(url)
+    else:
+        page.reload()
+    page.wait_for_selector("body[data-loaded]", timeout=300_000)
+    return tuple(page.evaluate("""() => ["hpo:ready", "hpo:loaded"].map(
+        (name) => performance.getEntriesByName(name)[0].startTime / 1000)"""))
+
+
+def x_goal(seconds: float, goal: float = GOAL_S) -> str:
+    return f"{seconds:.2f} s = {seconds / goal:.2f} x the {goal:g} s goal"
 
 
 def describe(run: dict[str, float]) -> str:
@@ -186,43 +296,78 @@ def describe(run: dict[str, float]) -> str:
             f"first live event {run['first_event']:.2f} s")
 
 
+def measure(url: str, workdir: Path, study_id: str, args: argparse.Namespace) -> None:
+    with chromium() as page:
+        if page is None:
+            print(f"  in the browser: skipped ({CHROMIUM} not found)")
+        else:
+            with serve(url, workdir) as server:  # the page opened as soon as the server answers
+                cold = drawn(page, f"{server.url}/studies/{study_id}")
+                warm = sorted(drawn(page) for _ in range(args.repeat))[args.repeat // 2]
+            print(f"  study page in headless Chromium (software WebGL), cold: header, history, curves, importance, "
+                  f"folds and table drawn {x_goal(cold[0])}; parallel coordinates too {cold[1]:.2f} s")
+            print(f"      warm (median of {args.repeat} reloads): {x_goal(warm[0])}; parallel coordinates {warm[1]:.2f} s")
+    with serve(url, workdir) as server:
+        cpu0 = cpu_s(server.proc.pid)
+        cold_data = open_study_page(server.url, study_id)
+        cold_data["cpu"] = cpu_s(server.proc.pid) - cpu0
+        runs = [open_study_page(server.url, study_id) for _ in range(args.repeat)]
+        warm_data = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
+        print(f"  study page data, cold: {x_goal(cold_data['total'])}; server CPU {cold_data['cpu']:.2f} s (start-up "
+              f"warming included)\n      {describe(cold_data)}")
+        print(f"  study page data, warm (median of {args.repeat}): {x_goal(warm_data['total'])}\n"
+              f"      {describe(warm_data)}")
+
+        trials, cpu = timed_pages(server, [f"/api/v1/studies/{study_id}/trials?{q}" for q in TRIAL_PAGES], args.rounds)
+        p50, p95 = percentiles([t for ts in trials.values() for t in ts])
+        print(f"  GET .../trials, {len(TRIAL_PAGES)} kinds of page x {args.rounds}: p50 {1000 * p50:.0f} ms, "
+              f"p95 {1000 * p95:.0f} ms (goal < {1000 * PAGE_GOAL_S:.0f} ms); server CPU {1000 * cpu:.0f} ms per request")
+        for query, ts in trials.items():
+            print(f"      {query.rsplit('?', 1)[1]:<50} p50 {1000 * statistics.median(ts):.0f} ms, max {1000 * max(ts):.0f} ms")
+
+        lists, cpu = timed_pages(server, [f"/api/v1/{p}?{q}" for p in ("studies", "views/studies") for q in STUDY_PAGES],
+                                 args.rounds)
+        p50, p95 = percentiles([t for ts in lists.values() for t in ts])
+        print(f"  studies list ({args.studies} studies): p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms; "
+              f"server CPU {1000 * cpu:.0f} ms per request")
+        for query, ts in lists.items():
+            print(f"      {query.removeprefix('/api/v1/'):<50} p50 {1000 * statistics.median(ts):.0f} ms, "
+                  f"max {1000 * max(ts):.0f} ms")
+
+        for n_streams in args.streams:
+            cost = stream_cost(server, url, study_id, n_streams, args.window)
+            line = (f"  live stream, {n_streams} open on the large study: server CPU {100 * cost['cpu_share']:.0f} % "
+                    f"of a core, {cost['cpu_ms_per_poll']:.1f} ms per poll (0.5 s)")
+            if "rows_per_poll" in cost:
+                line += f"; per poll {cost['xacts_per_poll']:.1f} transactions, {cost['rows_per_poll']:.0f} rows read"
+            print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=5000)
-    parser.add_argument("--repeat", type=int, default=5, help="warm openings timed (median reported)")
-    parser.add_argument("--keep", type=Path, help="folder for the database, kept and reused across runs")
+    parser.add_argument("--trials", type=int, default=50_000, help="trials of the large study")
+    parser.add_argument("--studies", type=int, default=1000, help="studies in all (the large one included)")
+    parser.add_argument("--small-trials", type=int, default=20, help="trials of each small study")
+    parser.add_argument("--postgres", action="store_true", help="a new PostgreSQL database instead of SQLite")
+    parser.add_argument("--repeat", type=int, default=3, help="warm openings timed (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed requests of each kind of page")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 50], help="event streams open at once")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds the streams' cost is measured over")
+    parser.add_argument("--keep", type=Path, help="folder for the SQLite database, kept and reused across runs")
     args = parser.parse_args()
 
+    print(f"bench_pages: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the start")
     with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
-        workdir = (args.keep or Path(tmp)).resolve()  # the server runs in the repository
+        workdir = (args.keep or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        print(f"bench_pages: a study of {args.trials} trials on SQLite ({workdir / 'hpo.db'})")
-        study_id = make_study(workdir, args.trials)
-        with serve(workdir) as server:
-            cold = open_study_page(server.url, study_id)
-            warm_runs = [open_study_page(server.url, study_id) for _ in range(args.repeat)]
-            warm = sorted(warm_runs, key=lambda r: r["total"])[len(warm_runs) // 2]
-            reference = rest_reference(server.url, study_id)
-            page_s = browser_open(server.url, study_id)
-            summary = httpx.get(f"{server.url}/api/v1/views/studies/{study_id}", timeout=60).json()["study"]
-
-    counts = summary["trials"]
-    print(f"  trials: {counts['complete']} complete, {counts['pruned']} pruned")
-    print(f"  study page data, cold (right after the server answers): {cold['total']:.2f} s = "
-          f"{cold['total'] / GOAL_S:.2f} x the {GOAL_S:g} s goal")
-    print(f"      {describe(cold)}")
-    print(f"  study page data, warm (median of {args.repeat}): {warm['total']:.2f} s = "
-          f"{warm['total'] / GOAL_S:.2f} x the {GOAL_S:g} s goal")
-    print(f"      {describe(warm)}")
-    print(f"  a script's view (GET /studies/{{id}} + /trials?limit=25), warm: {reference:.2f} s = "
-          f"{reference / GOAL_S:.2f} x the goal")
-    if page_s is None:
-        print(f"  in the browser: skipped ({CHROMIUM} not found)")
-    else:
-        ready, loaded = page_s
-        print(f"  in headless Chromium (software WebGL), warm: navigation until the header, history, curves, "
-              f"importance, folds and table are drawn {ready:.2f} s = {ready / GOAL_S:.2f} x the {GOAL_S:g} s goal; "
-              f"until the parallel coordinates are too {loaded:.2f} s = {loaded / GOAL_S:.2f} x")
+        with (postgres_database("hpo_bench_pages") if args.postgres else contextlib.nullcontext(sqlite_url(workdir))) as url:
+            print(f"  a study of {args.trials} trials and {args.studies - 1} of {args.small_trials} on "
+                  f"{'PostgreSQL' if args.postgres else 'SQLite'} ({url})")
+            if args.postgres:
+                (workdir / "studies.json").unlink(missing_ok=True)  # a new database each time
+            study_id = make_studies(url, workdir, args.trials, args.studies, args.small_trials)
+            measure(url, workdir, study_id, args)
+    print(f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
 - ``RDBStorage.set_trial_state_values`` (public, but its WAITING -> RUNNING claim relies on
   ``SELECT ... FOR UPDATE``, which SQLite ignores): one conditional UPDATE.
 - ``RDBStorage._get_stale_trial_ids`` (override): also trials that never beat.
-- ``optuna.storages._rdb.models``: the table definitions the two reads above query.
+- ``optuna.storages._rdb.models``: the table definitions the two reads above query, and
+  that :func:`write_trials` (many finished trials in one transaction: benchmarks, tests)
+  writes.
 - ``optuna.storages._CachedStorage``: Optuna's cache of finished trials, used by the service.
 - ``optuna.study._frozen.FrozenStudy`` and its ``_study_id``; ``Study._storage`` and
   ``Study._study_id``: a listed study's and a loaded study's storage id (Optuna has no
@@ -29,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterable, Sequence
@@ -56,7 +59,8 @@ from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepar
 from hpo.settings import DEFAULT_DATABASE_URL
 
 __all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
-           "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage"]
+           "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage",
+           "write_trials"]
 
 PROXY_SCHEME = "grpc://"
 _EXTRAS = "hpo.StorageExtras"  # the gRPC service the proxy adds to Optuna's: heartbeats
@@ -96,9 +100,28 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
+def _stored_time(local: dt.datetime | None) -> dt.datetime | None:
+    """A trial time as Optuna's RDB models store it: naive UTC (a naive time is local)."""
+    return None if local is None else local.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
 def _local_time(utc: dt.datetime | None) -> dt.datetime | None:
     """Optuna's stored naive UTC as naive local time (what ``RDBStorage`` hands out)."""
     return None if utc is None else utc.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def _raw(column: sa.ColumnElement) -> sa.ColumnElement:
+    """A column read as the database driver hands it over, without SQLAlchemy's conversion."""
+    return sa.type_coerce(column, sa.types.NullType()).label(column.name)
+
+
+def _time_reader(dialect: str) -> Callable[[Any], dt.datetime | None]:
+    """Stored naive UTC (SQLite: ISO text; PostgreSQL: a datetime) -> naive local time, as
+    ``RDBStorage`` hands it out; no conversion at all when local time is UTC."""
+    parse = dt.datetime.fromisoformat if dialect == "sqlite" else (lambda value: value)
+    if time.timezone == 0 and not time.daylight:
+        return lambda value: None if value is None else parse(value)
+    return lambda value: None if value is None else _local_time(parse(value))
 
 
 class BulkReadRDBStorage(RDBStorage):
@@ -186,19 +209,21 @@ class BulkReadRDBStorage(RDBStorage):
             where = sa.and_(where, sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer)
         chosen = sa.select(trials_t.c.trial_id).where(where).scalar_subquery()
 
-        def rows_of(model: Any, *columns: str) -> Any:
+        def rows_of(model: Any, *columns: str) -> Sequence[Any]:
+            # Fetched at once, and with no type conversion per row (enums come back as their
+            # names, SQLite's times as text): a large study has a million of these rows.
             table = model.__table__
             return connection.execute(
-                sa.select(table.c.trial_id, *(table.c[c] for c in columns)).where(table.c.trial_id.in_(chosen))
-            )
+                sa.select(table.c.trial_id, *(_raw(table.c[c]) for c in columns)).where(table.c.trial_id.in_(chosen))
+            ).all()
 
         with self.engine.connect() as connection:
             studies_t = models.StudyModel.__table__
             if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
             rows = connection.execute(
-                sa.select(trials_t.c.trial_id, trials_t.c.number, trials_t.c.state, trials_t.c.datetime_start,
-                          trials_t.c.datetime_complete).where(where).order_by(trials_t.c.trial_id)
+                sa.select(trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
+                          _raw(trials_t.c.datetime_complete)).where(where).order_by(trials_t.c.trial_id)
             ).all()
             if not rows:  # nothing new: what Optuna's cache asks before most trials
                 return []
@@ -208,8 +233,9 @@ class BulkReadRDBStorage(RDBStorage):
             ):
                 params[trial_id].append((param_id, name, value, distribution))
             values: dict[int, dict[int, float]] = defaultdict(dict)
+            value_type = models.TrialValueModel.TrialValueType
             for trial_id, objective, value, kind in rows_of(models.TrialValueModel, "objective", "value", "value_type"):
-                values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+                values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
             user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
             for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json"):
                 user_attrs[trial_id][key] = json.loads(value_json)
@@ -218,23 +244,25 @@ class BulkReadRDBStorage(RDBStorage):
                 system_attrs[trial_id][key] = json.loads(value_json)
             intermediate: dict[int, dict[int, float]] = defaultdict(dict)
             to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+            step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType
             for trial_id, step, value, kind in rows_of(
                 models.TrialIntermediateValueModel, "step", "intermediate_value", "intermediate_value_type"
-            ):
-                intermediate[trial_id][step] = to_float(value, kind)
+            ):  # only NaN and infinities are stored as None (and a type saying which)
+                intermediate[trial_id][step] = value if value is not None else to_float(value, step_type[kind])
 
         trials = []
+        to_time = _time_reader(connection.dialect.name)
         for trial_id, number, state, start, complete in rows:
             ordered = sorted(params.get(trial_id, ()))
             distributions = {name: _distribution(d) for _, name, _, d in ordered}
             objective_values = values.get(trial_id)
             trials.append(FrozenTrial(
                 number=number,
-                state=state,
+                state=TrialState[state],
                 value=None,
                 values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
-                datetime_start=_local_time(start),
-                datetime_complete=_local_time(complete),
+                datetime_start=to_time(start),
+                datetime_complete=to_time(complete),
                 params={name: distributions[name].to_external_repr(value) for _, name, value, _ in ordered},
                 distributions=distributions,
                 user_attrs=user_attrs.get(trial_id, {}),
@@ -464,3 +492,56 @@ def serve_proxy(database_url: str, host: str, port: int, *, heartbeat_interval: 
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_EXTRAS, handlers),))
     server.start()
     return server
+
+
+def write_trials(storage: RDBStorage, study_name: str, trials: Sequence[FrozenTrial]) -> None:
+    """Add finished trials to a study in one transaction, a few multi-row inserts per table:
+    what ``Study.add_trials`` stores (numbers after the study's last, times as given), at
+    thousands of trials per second instead of tens. Not safe against workers adding trials to
+the same study at the same moment (it numbers and ids them itself). For benchmarks and tests that need
+    large studies; workers go through Optuna. ``tests/test_storage.py`` compares both.
+
+    Args:
+        storage: the study's RDB storage.
+        study_name: the study.
+        trials: finished trials (``optuna.trial.create_trial``), in the order they get numbers.
+    """
+    study_id = storage.get_study_id_from_name(study_name)
+    trials_t = models.TrialModel.__table__
+    with storage.engine.begin() as connection:
+        connection.execute(sa.select(models.StudyModel.__table__.c.study_id)
+                           .where(models.StudyModel.__table__.c.study_id == study_id).with_for_update())
+        first = connection.execute(sa.select(sa.func.count()).where(trials_t.c.study_id == study_id)).scalar_one()
+        next_id = (connection.execute(sa.select(sa.func.max(trials_t.c.trial_id))).scalar() or 0) + 1
+        # Explicit ids, so that the child rows can be inserted without reading them back.
+        ids = range(next_id, next_id + len(trials))
+        rows: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        for trial_id, number, trial in zip(ids, range(first, first + len(trials)), trials):
+            assert trial.state.is_finished(), "write_trials stores finished trials"
+            rows[trials_t].append({"trial_id": trial_id, "number": number, "study_id": study_id, "state": trial.state,
+                                   "datetime_start": _stored_time(trial.datetime_start),
+                                   "datetime_complete": _stored_time(trial.datetime_complete)})
+            for objective, value in enumerate(trial.values or ()):
+                stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+                rows[models.TrialValueModel.__table__].append(
+                    {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
+            for name, value in trial.params.items():
+                distribution = trial.distributions[name]
+                rows[models.TrialParamModel.__table__].append(
+                    {"trial_id": trial_id, "param_name": name, "param_value": distribution.to_internal_repr(value),
+                     "distribution_json": optuna.distributions.distribution_to_json(distribution)})
+            for model, attrs in ((models.TrialUserAttributeModel, trial.user_attrs),
+                                 (models.TrialSystemAttributeModel, trial.system_attrs)):
+                for key, value in attrs.items():
+                    rows[model.__table__].append({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)})
+            for step, value in trial.intermediate_values.items():
+                stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+                rows[models.TrialIntermediateValueModel.__table__].append(
+                    {"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
+        for table, values in rows.items():  # the trials first: the others refer to them
+            for start in range(0, len(values), 5000):
+                connection.execute(sa.insert(table), values[start:start + 5000])
+    if connection.dialect.name == "postgresql":  # the ids were given, so the sequence did not move
+        with storage.engine.begin() as connection:
+            connection.execute(sa.text("SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), "
+                                       "(SELECT max(trial_id) FROM trials))"))

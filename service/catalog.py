@@ -177,13 +177,16 @@ def list_page(session: Session, cache: TrialCache, *, limit: int, offset: int, s
         cache: the trial cache studies are read through.
         limit: studies per page.
         offset: studies skipped.
-        state: only studies in this state (every study's progress is then derived).
+        state: only studies in this state (every study's state is then derived, from the
+            cached trials: ``TrialCache.states``).
     """
     if state is None:
         rows, total = records.page_of(session, StudyRecord, limit, offset)
         return with_progress(cache, rows), total
-    matching = [pair for pair in with_progress(cache, records.all_studies(session)) if pair[1].state == state]
-    return matching[offset:offset + limit], len(matching)
+    rows = records.all_studies(session)
+    states = cache.states(rows)
+    matching = [record for record in rows if states.get(record.optuna_study_name) == state]
+    return with_progress(cache, matching[offset:offset + limit]), len(matching)
 
 
 # Studies seen completed or failed: those states are final, so their trials need not be read

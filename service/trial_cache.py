@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from hpo.db.models import StudyRecord
 from hpo.spec import StudySpec, parse_spec
-from hpo.storage import CachedStudyStorage
-from hpo.studies import Progress, progress
+from hpo.storage import CachedStudyStorage, study_id_of
+from hpo.studies import CANCELLED_ATTR, ERROR_ATTR, Progress, progress
 from service import records
 
 log = logging.getLogger("service")
@@ -103,6 +103,24 @@ class TrialCache:
         except KeyError:
             raise StudyNotFound(record.id) from None
         return LoadedStudy(record, parse_spec(record.spec), study)
+
+    def states(self, rows: Sequence[StudyRecord]) -> dict[str, str]:
+        """The state of each study of ``rows`` (by Optuna study name; studies gone from Optuna
+        left out): what :func:`hpo.studies.progress` says, from the cached trials and one
+        read of every study's flags, without loading each study (a filter over 1,000
+        studies)."""
+        flags = {frozen.study_name: frozen for frozen in self._backend.get_all_studies()}
+        out = {}
+        for record in rows:
+            frozen = flags.get(record.optuna_study_name)
+            if frozen is None:
+                continue
+            trials = self._storage_for(record.optuna_study_name).get_all_trials(study_id_of(frozen), deepcopy=False)
+            attrs = frozen.user_attrs
+            out[record.optuna_study_name] = progress(
+                None, parse_spec(record.spec), trials=trials, cancelled=bool(attrs.get(CANCELLED_ATTR)),
+                error=attrs.get(ERROR_ATTR), details=False).state
+        return out
 
     @property
     def size(self) -> int:

@@ -4,12 +4,15 @@ claimed with one conditional UPDATE, and the fold ensemble kept only when a tria
 from __future__ import annotations
 
 import datetime as dt
+import math
+import random
 import threading
 
 import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
+from optuna.trial import TrialState
 
 from hpo.data.builtins import load_builtin
 from hpo.export import ModelJobConflict, claim_job, delete_model, model_archive, model_job, model_status, request_model
@@ -19,7 +22,7 @@ from hpo.db.models import model_archives, model_jobs
 from hpo.export.store import NO_LOSS, ensure_tables, utcnow
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
-from hpo.studies import create_study
+from hpo.studies import best_of, create_study, rank_key, ranked
 from hpo.train import trial_architecture
 
 SPEC = parse_spec({"name": "stored", "dataset": {"builtin": "digits"}, "model": {"cell": "gru"},
@@ -119,6 +122,27 @@ def test_the_kept_ensemble_is_the_best_whatever_the_order_of_the_writes(storage,
 def test_rank_orders_by_score_then_loss_then_epochs():
     assert rank("maximize", 0.9, {"cv_loss": 0.2, "fold_best_epochs": [2, 4]}) == (-0.9, 0.2, 3.0)
     assert rank("minimize", 1.5, {}) == (1.5, NO_LOSS, NO_LOSS)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_ranked_and_best_of_order_as_the_whole_rank_key_does(direction):
+    """They compare scores first and the whole key only among ties: the order must be the
+    plain sort by ``rank_key`` (ties on score, loss and epochs; missing and non-finite parts)."""
+    rng = random.Random(5)
+    trials = []
+    for number in range(300):
+        attrs = {"cv_loss": rng.choice([0.1, 0.2, math.nan, None]), "fold_best_epochs": rng.choice([[1, 3], [2], [], None])}
+        value = rng.choice([0.5, 0.7, 0.7, -0.0, 0.0, math.inf, -math.inf, round(rng.random(), 1)])
+        state = TrialState.PRUNED if number % 7 == 0 else TrialState.COMPLETE
+        trial = optuna.trial.create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                                          user_attrs={k: v for k, v in attrs.items() if v is not None})
+        trial.number = number
+        trials.append(trial)
+    rng.shuffle(trials)
+    expected = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: rank_key(t, direction))
+
+    assert [t.number for t in ranked(trials, direction)] == [t.number for t in expected]
+    assert best_of(trials, direction).number == expected[0].number
 
 
 def test_a_worker_keeps_the_best_trials_fold_models(storage):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -29,6 +30,8 @@ def sort_trials(trials: list[FrozenTrial], sort: str, direction: str) -> list[Fr
         chosen = {t.number for t in best_first}
         return best_first + sorted((t for t in trials if t.number not in chosen), key=lambda t: t.number)
     descending, name = sort.startswith("-"), sort.lstrip("-")
+    if name == "number":  # every trial has one, and they come in that order: linear, no key tuples
+        return sorted(trials, key=attrgetter("number"), reverse=descending)
     quantity = {
         "number": lambda t: t.number,
         "value": lambda t: t.value,

@@ -74,9 +74,10 @@ def list_study_summaries(session: SessionDep, cache: TrialCacheDep, page: PageDe
 @router.get("/studies/{study_id}", responses=ERRORS, summary="A study, for its page")
 def study_overview(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
-    columns (history, parallel coordinates), its pruned ones' last reported scores (the
-    history's "include pruned"), its best trial, and the event id to stream from,
-    all from one read of its trials (the counts agree with the columns)."""
+    columns (history, parallel coordinates; a sample past 2,000, see ``complete_columns``),
+    its pruned ones' last reported scores (the history's "include pruned"), its best trial,
+    and the event id to stream from, all from one read of its trials (the counts agree with
+    the columns)."""
     trials = loaded.study.get_trials(deepcopy=False)
     prog = loaded.progress(trials)
     space = search_space_view(loaded.spec)
@@ -87,7 +88,7 @@ def study_overview(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep)
         "study": StudyOnPage.of(loaded.record, loaded.spec, prog, dashboard_url=dashboard_url(loaded),
                                 dataset_names=records.dataset_names(session, [loaded.record])),
         "space": space,
-        "complete": complete_columns(trials, [p["name"] for p in space]),
+        "complete": complete_columns(trials, [p["name"] for p in space], loaded.spec.direction),
         "pruned": pruned_columns(trials),
         "best": best,
         "event_id": max((event_id_of(t) for t in trials), default=0),

@@ -1,7 +1,8 @@
 """What the study page plots, aggregated on the server and shaped as compact arrays.
 
-A study may hold thousands of trials with tens of per-epoch values each: the page gets
-column arrays of the complete trials (history and parallel coordinates), the learning
+A study may hold tens of thousands of trials with tens of per-epoch values each: the page
+gets column arrays of the complete trials (history and parallel coordinates; sampled past
+``HISTORY_MAX_POINTS``, the best-so-far line and the best trials kept exact), the learning
 curves of a few trials only (downsampled), and parameter importances computed once per
 number of complete trials.
 """
@@ -27,6 +28,10 @@ from service.views import TRIAL_STATE_NAMES, last_reported
 # that one point lies (4 trials gave every parameter about 20 %), so none are shown.
 MIN_TRIALS_FOR_IMPORTANCE = 11
 DEFAULT_CURVE_POINTS = 200
+# The history sends at most this many complete trials (and a few more that must be exact):
+# a plotted scatter of 50,000 points takes the browser seconds, and says no more.
+HISTORY_MAX_POINTS = 2000
+PARALLEL_LINES = 300  # the best trials the page's parallel coordinates draw (study.js: PARALLEL_MAX_LINES)
 
 
 def search_space_view(spec: StudySpec) -> list[dict[str, Any]]:
@@ -51,28 +56,71 @@ def search_space_view(spec: StudySpec) -> list[dict[str, Any]]:
     return out
 
 
-def complete_columns(trials: Iterable[FrozenTrial], param_names: Sequence[str]) -> dict[str, Any]:
-    """The complete trials as columns: ``number``, ``value`` and one list per parameter.
+def complete_columns(trials: Iterable[FrozenTrial], param_names: Sequence[str], direction: str,
+                     max_points: int = HISTORY_MAX_POINTS) -> dict[str, Any]:
+    """The complete trials as columns: ``number``, ``value`` and one list per parameter,
+    plus ``total``, how many trials are complete.
 
     Enough for the optimization history (value and best so far by trial number) and the
-    parallel-coordinates view, at a few numbers per trial.
+    parallel-coordinates view, at a few numbers per trial. Past ``max_points`` complete
+    trials, a sample (in number order; see :func:`history_sample`) keeps what the page draws
+    exact: the best-so-far line and the best trials' parallel coordinates.
     """
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    values = [finite(t.value) for t in complete]
+    picked = history_sample(values, direction, max_points)
     return {
-        "number": [t.number for t in complete],
-        "value": [finite(t.value) for t in complete],
-        "params": {name: [finite(t.params.get(name)) for t in complete] for name in param_names},
+        "number": [complete[i].number for i in picked],
+        "value": [values[i] for i in picked],
+        "params": {name: [finite(complete[i].params.get(name)) for i in picked] for name in param_names},
+        "total": len(complete),
     }
 
 
-def pruned_columns(trials: Iterable[FrozenTrial]) -> dict[str, list]:
+def pruned_columns(trials: Iterable[FrozenTrial], max_points: int = HISTORY_MAX_POINTS) -> dict[str, Any]:
     """The pruned trials that reported an epoch: ``number`` and ``value``, the last score they
-    reported (an inner-validation score where they were stopped, not a CV score)."""
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    reported (an inner-validation score where they were stopped, not a CV score), plus
+    ``total``; past ``max_points``, evenly spaced ones in number order (they draw no line).
+    """
+    pruned = sorted((t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values),
+                    key=lambda t: t.number)
+    n = len(pruned)
+    picked = range(n) if n <= max_points else sorted({round(k * (n - 1) / (max_points - 1)) for k in range(max_points)})
     return {
-        "number": [t.number for t in pruned],
-        "value": [finite(last_reported(t)) for t in pruned],
+        "number": [pruned[i].number for i in picked],
+        "value": [finite(last_reported(pruned[i])) for i in picked],
+        "total": n,
     }
+
+
+def history_sample(values: Sequence[float | None], direction: str, max_points: int) -> list[int]:
+    """Which of the complete trials' values (in trial-number order) the history sends: all
+    of them up to ``max_points``; past it, every trial that set a new best (so the
+    best-so-far line drawn from the sample is the exact one), every trial whose value is
+    among the best ``PARALLEL_LINES`` (ties included: the parallel coordinates show those),
+    the last one, and evenly spaced others up to ``max_points`` in all.
+
+    Returns:
+        Indexes into ``values``, ascending.
+    """
+    n = len(values)
+    if n <= max_points:
+        return list(range(n))
+    sign = -1 if direction == "maximize" else 1
+    keep = {n - 1}
+    best = None
+    for i, value in enumerate(values):
+        if value is not None and (best is None or sign * value < sign * best):
+            best = value
+            keep.add(i)
+    ranked_values = sorted((sign * v for v in values if v is not None))
+    if ranked_values:
+        cutoff = ranked_values[min(PARALLEL_LINES, len(ranked_values)) - 1]
+        keep.update(i for i, v in enumerate(values) if v is not None and sign * v <= cutoff)
+    spare = max_points - len(keep)
+    if spare > 0:
+        keep.update(round(k * (n - 1) / spare) for k in range(spare))
+    return sorted(keep)
 
 
 def downsample(steps: Sequence[int], values: Sequence[float | None], max_points: int

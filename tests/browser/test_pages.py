@@ -236,7 +236,7 @@ def test_study_page_history_importance_folds_and_sorting(server, page, api, stor
     assert (history.get_attribute("data-points"), history.get_attribute("data-pruned")) == ("10", "0")
     page.check("#history-pruned")
     page.wait_for_selector('#history[data-pruned="1"]')
-    assert "10 complete · 1 pruned" in page.text_content("#history-hint")
+    assert "10 complete trials · 1 pruned" in page.text_content("#history-hint")
     assert page.text_content('#trials tr[data-number="4"] .last-value').startswith("0.42")
     low, high = page.evaluate("document.getElementById('folds').layout.yaxis.range")
     assert 0.85 < low < 0.89 and 0.91 < high < 0.95, (low, high)  # the best trial's folds: 0.89 and 0.91

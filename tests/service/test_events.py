@@ -13,7 +13,10 @@ import httpx
 import optuna
 import pytest
 
-from service.events import SharedReads, Snapshot
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from service.events import ChangeTracker, SharedReads, Snapshot
 from tests.support.aio import run_async
 from tests.support.databases import postgres_admin
 from tests.support.servers import ServeProcess
@@ -184,3 +187,38 @@ def test_streams_of_a_study_share_one_read_per_poll():
 
     assert sorted(reads) == ["a", "a", "b"]
     assert [s.study["key"] for s in snapshots] == ["a"] * 50 + ["b"] * 50 + ["a", "a"]
+
+
+def test_streams_following_linked_reads_send_what_a_full_comparison_sends():
+    """Linked reads (what ``SharedReads`` makes) let a stream look only at the trials that
+    changed since the read it was sent; a stream that missed a read compares them all. Either
+    way, the events are those of comparing every trial, on a study of a few hundred trials."""
+    distribution = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def trial(number: int, state: TrialState, steps: int, value: float | None = None):
+        made = create_trial(state=state, value=value, params={"lr": 0.01}, distributions=distribution,
+                            intermediate_values={s: 0.1 * s for s in range(steps)})
+        made.number = number
+        return made
+
+    polls = [[trial(n, TrialState.COMPLETE, 3, 0.5) for n in range(300)] + [trial(300, TrialState.RUNNING, 1)]]
+    polls.append(polls[-1][:300] + [trial(300, TrialState.RUNNING, 2)])  # a new epoch
+    polls.append(polls[-1])  # nothing changed
+    polls.append(polls[-1][:300] + [trial(300, TrialState.COMPLETE, 2, 0.9), trial(301, TrialState.RUNNING, 0)])
+    polls.append(polls[-1][:301] + [trial(301, TrialState.PRUNED, 1), trial(302, TrialState.COMPLETE, 1, 0.2)])
+    studies = ["s0", "s1", "s1", "s2", "s3"]
+
+    def sent(tracker: ChangeTracker, snapshots: list[Snapshot]) -> list[list[str]]:
+        return [[repr(e) for e in tracker.events(s)] for s in snapshots]
+
+    linked, previous = [], None
+    for trials, study in zip(polls, studies):
+        previous = Snapshot(study, trials).follow(previous)
+        linked.append(previous)
+    assert [len(s.changed) for s in linked] == [301, 1, 0, 2, 2]
+    for resume in (None, linked[0].watermark_ms):
+        full = sent(ChangeTracker(resume_after_ms=resume), [Snapshot(st, t) for t, st in zip(polls, studies)])
+        assert sent(ChangeTracker(resume_after_ms=resume), linked) == full
+        assert len(full[0]) == (302 if resume is None else 2) and len(full[2]) == 0
+        skipping = sent(ChangeTracker(resume_after_ms=resume), [linked[0], linked[2], linked[3], linked[4]])
+        assert skipping == [full[0], full[1] + full[2], full[3], full[4]]

@@ -4,18 +4,22 @@ optuna-dashboard, without a browser (``tests/browser`` drives the pages in Chrom
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
 from typing import get_args
 
 import httpx
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from hpo import spec
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
-from service.web.plots import downsample
+from hpo.studies import fail_study
+from service.web.plots import PARALLEL_LINES, complete_columns, downsample
 from tests.support.studies import tiny_spec
 from test_events import named, read_until, sse_events
 
@@ -52,7 +56,7 @@ def test_overview_of_an_empty_study(api, study):
 
     assert view["study"]["state"] == "queued" and view["study"]["spec"]["cv"]["folds"] == 2
     assert view["study"]["dashboard_url"] == f"/studies/{study['id']}/dashboard"  # no internal Optuna id
-    assert view["complete"] == {"number": [], "value": [],
+    assert view["complete"] == {"number": [], "value": [], "total": 0,
                                 "params": {name: [] for name in ("lr", "batch_size", "hidden_size", "dropout",
                                                                  "clip_norm", "weight_decay")}}
     assert view["best"] is None and view["event_id"] == 0
@@ -109,6 +113,48 @@ def test_downsample_keeps_the_ends():
     assert len(steps) == 200 and steps[0] == 0 and steps[-1] == 999 and values[-1] == 999.0
 
 
+def best_so_far_steps(columns: dict, direction: str) -> list[tuple[int, float]]:
+    """Where the page's best-so-far line steps (study_plots.js: historyTraces)."""
+    sign, best, steps = (-1 if direction == "maximize" else 1), None, []
+    for number, value in sorted(zip(columns["number"], columns["value"])):
+        if value is not None and (best is None or sign * value < sign * best):
+            best = value
+            steps.append((number, value))
+    return steps
+
+
+def best_lines(columns: dict, direction: str) -> list[int]:
+    """The trials the page's parallel coordinates draw (study.js: bestColumns)."""
+    sign = -1 if direction == "maximize" else 1
+    order = sorted((i for i, v in enumerate(columns["value"]) if v is not None),
+                   key=lambda i: sign * columns["value"][i])
+    return sorted(columns["number"][i] for i in order[:PARALLEL_LINES])
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_trials(direction):
+    rng = random.Random(7)
+    distribution = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    trials = []
+    for number in range(800):
+        state = TrialState.PRUNED if number % 5 == 0 else TrialState.COMPLETE
+        value = math.inf if number == 13 else round(rng.random(), 2)  # ties; one not finite
+        trial = create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                             params={"lr": 10 ** rng.uniform(-4, -1)}, distributions=distribution)
+        trial.number = number
+        trials.append(trial)
+    full = complete_columns(trials, ["lr"], direction, max_points=10_000)
+    sample = complete_columns(trials, ["lr"], direction, max_points=400)
+
+    assert full["total"] == sample["total"] == 640 and len(full["number"]) == 640
+    assert len(sample["number"]) <= 400 and sample["number"] == sorted(sample["number"])
+    assert sample["number"][-1] == full["number"][-1]
+    assert best_so_far_steps(sample, direction) == best_so_far_steps(full, direction)
+    assert best_lines(sample, direction) == best_lines(full, direction)
+    rows = {n: (v, lr) for n, v, lr in zip(full["number"], full["value"], full["params"]["lr"])}
+    assert all(rows[n] == (v, lr) for n, v, lr in zip(sample["number"], sample["value"], sample["params"]["lr"]))
+
+
 def test_importance_needs_eleven_complete_trials_and_follows_the_page_count(api, storage, study):
     """Below 11 complete trials PED-ANOVA's best tenth is one trial: no shares, a reason. A page
     asks over the trials it counts (``complete``): the answer is over those, even once more
@@ -151,6 +197,24 @@ def test_study_list_filters_by_state(api, storage):
     assert (item["sampler"], item["cell"]) == ("tpe", "lstm")
     assert (item["dataset"], item["dataset_kind"]) == ("digits", "builtin")
     assert item["best_value"] == 0.5 and item["trials"]["complete"] == 1
+
+
+def test_each_state_filter_lists_the_studies_in_that_state(api, storage):
+    """The filter derives states without loading each study: the same as each study's own."""
+    studies = [api.post(STUDIES, json=tiny_spec(name=name, budget={"n_trials": 2})).json()
+               for name in ("done", "running", "cancelled", "broken", "queued")]
+    for _ in range(2):
+        run_trial(storage, studies[0], value=0.5)
+    run_trial(storage, studies[1], value=0.5)
+    api.post(f"{STUDIES}/{studies[2]['id']}/cancel")
+    fail_study(storage, studies[3]["optuna_study_name"], "dataset gone")
+
+    everything = api.get(VIEWS).json()["items"]
+    assert sorted(s["state"] for s in everything) == ["cancelled", "completed", "failed", "queued", "running"]
+    for state in ("queued", "running", "completed", "failed", "cancelled"):
+        listed = api.get(VIEWS, params={"state": state}).json()
+        assert [s["id"] for s in listed["items"]] == [s["id"] for s in everything if s["state"] == state]
+        assert listed["total"] == 1
 
 
 def test_unknown_study_is_404(api):

@@ -21,7 +21,7 @@ const PARALLEL_MAX_LINES = 300;
 const page = {
   study: null,
   space: [],
-  complete: { number: [], value: [], params: {} },
+  complete: { number: [], value: [], params: {}, total: 0 }, // total: complete trials (columns hold a sample past 2,000)
   seen: new Set(), // numbers of complete trials already in `complete`
   pruned: { number: [], value: [] }, // pruned trials' last reported scores (the history's "include pruned")
   seenPruned: new Set(),
@@ -96,6 +96,7 @@ function addPruned(trial) {
   page.seenPruned.add(trial.number);
   page.pruned.number.push(trial.number);
   page.pruned.value.push(trial.last_value);
+  page.pruned.total += 1;
   return true;
 }
 
@@ -104,6 +105,7 @@ function addComplete(trial) {
   page.seen.add(trial.number);
   page.complete.number.push(trial.number);
   page.complete.value.push(trial.value);
+  page.complete.total += 1;
   for (const p of page.space) {
     (page.complete.params[p.name] ||= []).push(trial.params[p.name] ?? null);
   }
@@ -112,9 +114,10 @@ function addComplete(trial) {
 
 function renderHistoryHint() {
   const c = page.complete;
-  const pruned = $("history-pruned").checked ? page.pruned.number.length : 0;
+  const pruned = $("history-pruned").checked ? page.pruned.total : 0;
+  const drawn = c.number.length < c.total ? ` (${c.number.length} drawn: every new best, the best ${PARALLEL_MAX_LINES}, evenly spaced others)` : "";
   $("history-hint").textContent = c.number.length || pruned
-    ? `${c.number.length} complete` + (pruned ? ` · ${pruned} pruned (last epoch's score)` : "") + " · click a point for details"
+    ? `${c.total} complete trials${drawn}` + (pruned ? ` · ${pruned} pruned (last epoch's score)` : "") + " · click a point for details"
     : "";
 }
 
@@ -178,8 +181,8 @@ async function renderParallel() {
   }
   const narrow = window.innerWidth < 640;
   const shown = bestColumns(c, PARALLEL_MAX_LINES);
-  if (shown.number.length < c.number.length) {
-    $("parallel-hint").textContent = `best ${shown.number.length} of ${c.number.length} trials · ${$("parallel-hint").textContent}`;
+  if (shown.number.length < c.total) {
+    $("parallel-hint").textContent = `best ${shown.number.length} of ${c.total} trials · ${$("parallel-hint").textContent}`;
   }
   const node = await plot("parallel", [parallelTrace(shown, page.space, page.study, narrow)],
     { margin: narrow ? { l: 34, r: 48, t: 64, b: 20 } : { l: 60, r: 50, t: 40, b: 20 } });
