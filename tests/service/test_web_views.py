@@ -19,7 +19,7 @@ from hpo import spec
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
 from hpo.studies import fail_study
-from service.web.plots import PARALLEL_LINES, complete_columns, downsample
+from service.web.plots import PARALLEL_LINES, complete_columns, downsample, pruned_columns
 from tests.support.studies import tiny_spec
 from test_events import named, read_until, sse_events
 
@@ -80,7 +80,7 @@ def test_overview_columns_best_and_updates(api, storage, study):
     assert view["best"]["number"] == 1 and view["best"]["fold_scores"] == [0.9, 0.9]
     assert view["study"]["trials"]["running"] == 1 and view["event_id"] > 0
     # A pruned trial: its last reported score, for the history's "include pruned" and the table.
-    assert view["pruned"] == {"number": [3], "value": [0.1]}
+    assert view["pruned"] == {"number": [3], "value": [0.1], "total": 1}
     pruned = api.get(f"{STUDIES}/{study['id']}/trials", params={"state": "pruned"}).json()["items"][0]
     assert pruned["value"] is None and pruned["last_value"] == 0.1 and pruned["last_step"] == 1
     # A running trial is read again; finished ones come from the cache.
@@ -153,6 +153,21 @@ def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_t
     assert best_lines(sample, direction) == best_lines(full, direction)
     rows = {n: (v, lr) for n, v, lr in zip(full["number"], full["value"], full["params"]["lr"])}
     assert all(rows[n] == (v, lr) for n, v, lr in zip(sample["number"], sample["value"], sample["params"]["lr"]))
+
+
+def test_pruned_points_past_the_limit_are_spread_evenly_and_counted():
+    trials = []
+    for number in range(300):
+        trial = create_trial(state=TrialState.PRUNED, intermediate_values={0: number / 300})
+        trial.number = number
+        trials.append(trial)
+
+    sample = pruned_columns(reversed(trials), max_points=50)
+
+    assert sample["total"] == 300 and len(sample["number"]) == 50
+    assert sample["number"] == sorted(sample["number"]) and sample["number"][0] == 0 and sample["number"][-1] == 299
+    assert sample["value"] == [n / 300 for n in sample["number"]]
+    assert pruned_columns(trials)["number"] == list(range(300))
 
 
 def test_importance_needs_eleven_complete_trials_and_follows_the_page_count(api, storage, study):
