@@ -27,7 +27,7 @@ from service.admission import AdmissionMiddleware
 from service.browser import CrossSiteRequestMiddleware, SecurityHeadersMiddleware
 from hpo.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
-from service.events import SharedReads
+from service.events import LeftStreamsMiddleware, SharedReads
 from service.limits import BodySizeLimitMiddleware
 from service.routes import datasets, health, studies, trials
 from service.routes import models as model_routes
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.event_reads = SharedReads(max_age_s=settings.events_poll_s)  # one read per study and poll
     install_error_handlers(app)
+    app.add_middleware(LeftStreamsMiddleware)  # innermost: a stream's client leaving is no error
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(auth.AuthMiddleware)  # a request without a valid key goes no further

@@ -22,10 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from fastapi import Request
 from fastapi.sse import ServerSentEvent
 from optuna.trial import FrozenTrial
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import AuthError
 from service.catalog import LoadedStudy, StudyNotFound
@@ -240,3 +242,35 @@ def snapshot_reader(load: Callable[[], LoadedStudy],
         return Snapshot(study=view(loaded, trials), trials=trials)
 
     return read
+
+
+class LeftStreamsMiddleware:
+    """Drops the error FastAPI's event streams raise when their client has gone.
+
+    A client that leaves while FastAPI's SSE keep-alive task forwards an event makes that
+    task raise ``anyio.BrokenResourceError`` (FastAPI 0.165, discussion #15725): nothing is
+    lost (the client is gone), yet it was logged as an unhandled error for most closed pages.
+    Only that error, and only once an event stream's response has started, is dropped.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        streaming = False
+
+        async def watch(message: Message) -> None:
+            nonlocal streaming
+            if message["type"] == "http.response.start":
+                streaming = any(name == b"content-type" and value.startswith(b"text/event-stream")
+                                for name, value in message.get("headers", []))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except* (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            if not streaming:
+                raise
