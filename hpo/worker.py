@@ -111,6 +111,24 @@ class _BudgetReached(RuntimeError):
     """Another worker started the study's last trial first."""
 
 
+class SurplusTrialLog(logging.Filter):
+    """Optuna logs every failed trial as a warning with its traceback; a surplus trial
+    (:class:`_BudgetReached`) fails by design, so its record becomes one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], _BudgetReached):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_surplus_trials() -> None:
+    """Install :class:`SurplusTrialLog` on Optuna's trial-running logger (once per process)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, SurplusTrialLog) for f in logger.filters):
+        logger.addFilter(SurplusTrialLog())
+
+
 def counted_at_most(number: int, trials: list[FrozenTrial]) -> int:
     """An upper bound on the trials numbered below ``number`` that count against the
     budget, from a read of the study's ``trials`` taken at any earlier moment.
@@ -399,6 +417,7 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
         stop: set it to stop after the current epoch's check.
     """
     import_training_libraries()
+    quiet_surplus_trials()
     import torch
 
     from hpo.export.jobs import run_pending_model_jobs

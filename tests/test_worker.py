@@ -25,7 +25,8 @@ from hpo.studies import (
     FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, create_study, progress, set_cancelled, study_spec,
 )
 from hpo.worker import (
-    COUNTED_STATES, StudyPicker, StudyRunner, WorkerOptions, counted_at_most, import_training_libraries, worker_loop,
+    COUNTED_STATES, StudyPicker, StudyRunner, SurplusTrialLog, WorkerOptions, _BudgetReached, counted_at_most,
+    import_training_libraries, quiet_surplus_trials, worker_loop,
 )
 
 # The tests play the other workers with ask/tell on a storage with heartbeats.
@@ -280,3 +281,20 @@ def test_a_worker_started_while_its_database_refuses_connections_waits_instead_o
     with caplog.at_level(logging.WARNING, logger="hpo.worker"):
         worker_loop(WorkerOptions(database_url=url, threads=1), stop=stop)  # returns once stopped
     assert "database unavailable (OperationalError); retrying in 1 s" in caplog.text
+
+
+def test_a_surplus_trial_is_logged_in_one_line_and_other_failures_keep_their_traceback(caplog):
+    quiet_surplus_trials()
+    quiet_surplus_trials()  # once per process, however often a worker starts
+    logger = logging.getLogger("optuna.study._optimize")
+    assert sum(isinstance(f, SurplusTrialLog) for f in logger.filters) == 1
+
+    for error in (_BudgetReached("budget already used up by other workers"), ValueError("diverged")):
+        try:
+            raise error
+        except Exception:
+            logger.warning("Trial 3 failed because of the following error: %s.", error, exc_info=True)
+
+    surplus, other = caplog.records[-2:]
+    assert surplus.levelname == "INFO" and surplus.exc_info is None and "budget already used up" in surplus.getMessage()
+    assert other.levelname == "WARNING" and other.exc_info[0] is ValueError
