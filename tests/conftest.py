@@ -1,4 +1,20 @@
-"""Shared fixtures: a fresh database per test, on SQLite and on PostgreSQL."""
+"""Shared fixtures: a fresh database per test, on SQLite and on PostgreSQL.
+
+How the suite stays fast (CI runs everything, ``slow`` tests included, in well under 15 minutes):
+
+- ``make test`` runs ``pytest -n 2 --dist loadfile`` (pytest-xdist, ``tests/support/scheduling.py``):
+  each file runs whole on one of two workers, ``tests/browser/`` as one unit, and the files
+  holding a ``slow`` or ``browser`` test start first. So a module-scoped fixture is made once,
+  and a test may wait on a subprocess while the other worker uses the second core.
+- Mark a test ``slow`` when it takes more than ~5 s on a quiet machine (real training, server
+  processes, fault injection): its file is then scheduled first.
+- Reuse before you start: ``shared_api`` / ``module_database`` (tests/service/conftest.py) for
+  tests that leave nothing behind, the browser tests' session-wide ``server``, a module-scoped
+  server or fitted model for tests that only read. A new ``hpo serve`` or ``hpo worker`` process
+  costs 3-5 s of CPU (it imports PyTorch).
+- Tests must not share anything across files but the session fixtures here: two files may run
+  at the same moment (ports from ``free_port``, databases with unique names, ``tmp_path``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +23,17 @@ from collections.abc import Iterator
 import pytest
 
 from hpo.storage import open_storage
-from tests.support import databases
+from tests.support import databases, scheduling
 from tests.support.databases import postgres_database, postgres_or_skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    scheduling.long_first(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
+def pytest_xdist_make_scheduler(config, log):
+    return scheduling.make_scheduler(config, log)
 
 
 @pytest.fixture(scope="session")

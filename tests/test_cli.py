@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from hpo.storage import normalize_url
+from hpo.studies import is_surplus
 
 ROOT = Path(__file__).parent.parent
 
@@ -67,8 +68,11 @@ def test_run_with_two_workers_runs_every_trial_once(database_url, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "Warning" not in run.stderr, run.stderr  # e.g. Optuna's ExperimentalWarning for heartbeats
 
-    trials = optuna.load_study(study_name="two-workers", storage=normalize_url(database_url)).trials
-    assert sorted(t.number for t in trials) == list(range(10))
+    stored = optuna.load_study(study_name="two-workers", storage=normalize_url(database_url)).trials
+    # A worker that starts a trial just as the other finishes the budget fails it at once as
+    # surplus, untrained (by design; seen under load): only the others count.
+    trials = [t for t in stored if not is_surplus(t)]
+    assert len(trials) == 10 and len({t.number for t in trials}) == 10, [(t.number, t.state) for t in stored]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
     overlapping = [(a.number, b.number) for a in trials for b in trials
                    if a.number < b.number and a.datetime_start < b.datetime_complete

@@ -6,6 +6,7 @@ import signal
 import time
 
 import httpx
+import numpy as np
 import optuna
 import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -61,14 +62,35 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             and not t.user_attrs.get("surplus")]
 
 
-def test_serve_runs_a_study_end_to_end(serve, database_url):
+def test_serve_runs_a_study_end_to_end_and_serves_its_model(serve, database_url, tmp_path):
+    """An uploaded variable-length dataset, a study run by the embedded worker, its best trial
+    as Optuna has it, and its fold ensemble served: predict refuses padding without lengths and
+    keeps integer labels."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 11, size=80)
+    sequences = [rng.normal(size=(n, 2)) for n in lengths]
+    labels = np.where([s[:, 0].mean() > 0 for s in sequences], 7, 3)  # integer labels, not 0-based
+    path = tmp_path / "ragged.npz"
+    np.savez(path, values=np.concatenate(sequences), lengths=lengths, y=labels)
+    padded = np.zeros((5, 10, 2))
+    for i in range(5):
+        padded[i, : lengths[i]] = sequences[i]
+
     url = serve(workers=1)
     with Client(url, timeout=30) as client:
-        study = client.submit(tiny_spec())
+        dataset = client.upload_dataset(path, "classification")
+        study = client.submit({
+            "name": "ragged", "task": "classification", "dataset": {"id": dataset["id"]},
+            "search_space": {"hidden_size": 8, "lr": 0.01, "batch_size": {"choices": [16, 32]}},
+            "cv": {"folds": 2}, "training": {"max_epochs": 2}, "budget": {"n_trials": 3}})
         final = client.wait(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)
         best = client.best(study["id"])
         trials = client.trials(study["id"])
         metrics = httpx.get(f"{url}/metrics").text
+        status = client.model(study["id"])
+        refused = httpx.post(f"{url}/api/v1/studies/{study['id']}/predict", json={"x": padded.tolist()})
+        answer = client.predict(study["id"], {"x": padded, "lengths": lengths[:5]})
+        ragged = client.predict(study["id"], {"x": [s.tolist() for s in sequences[:5]]})
 
     assert final["state"] == "completed", final
     assert final["trials"]["complete"] + final["trials"]["pruned"] == 3
@@ -76,10 +98,18 @@ def test_serve_runs_a_study_end_to_end(serve, database_url):
     assert best["number"] == expected.number
     assert best["value"] == pytest.approx(expected.value)
     assert best["params"] == expected.params
-    assert best["params"]["hidden_size"] == 16
+    assert best["params"]["hidden_size"] == 8
     assert len(best["fold_scores"]) == 2
     assert trials["total"] >= 3
     assert 'hpo_studies{state="completed"} 1' in metrics
+    assert status["state"] == "ready" and status["kind"] == "ensemble", status
+    assert status["model"]["members"] == 2 and isinstance(status["learned"], bool)
+    assert refused.status_code == 422
+    [problem] = refused.json()["detail"]
+    assert problem["field"] == "lengths" and "required" in problem["message"]
+    assert answer["classes"] == [3, 7] and set(answer["labels"]) <= {3, 7}
+    assert all(type(label) is int for label in answer["labels"])
+    assert answer["labels"] == ragged["labels"] and answer["kind"] == "ensemble"
 
 
 def test_many_workers_share_one_study(serve, workers, database_url):

@@ -143,10 +143,10 @@ def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, 
     url = private_postgres.url
     service = ServeProcess(url, tmp_path / "data", tmp_path / "serve.log", workers=1)
     processes.append(service)
-    study = httpx.post(f"{service.url}{API}/studies", json=slow_spec("pg-restart", n_trials=6, epochs=20)).json()
+    study = httpx.post(f"{service.url}{API}/studies", json=slow_spec("pg-restart", n_trials=4, epochs=20)).json()
     name = study["optuna_study_name"]
 
-    wait_for(lambda: len(finished(trials_of(url, name))) >= 2, 120, "two finished trials")
+    wait_for(lambda: len(finished(trials_of(url, name))) >= 2, 120, "two finished trials")  # two to go
     before = {t.number: (t.state, t.value, t.params) for t in finished(trials_of(url, name))}
     answers: list[int | None] = []
     polling = threading.Event()
@@ -162,7 +162,7 @@ def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, 
 
     trials = trials_of(url, name)
     assert final["state"] == "completed", final
-    assert_exact_budget(trials, 6)
+    assert_exact_budget(trials, 4)
     after = {t.number: (t.state, t.value, t.params) for t in trials}
     assert all(after[number] == kept for number, kept in before.items())  # no finished trial lost or redone
     assert service.proc.poll() is None
@@ -174,7 +174,7 @@ def test_an_api_restart_mid_study_loses_nothing(database_url, tmp_path, processe
     first = ServeProcess(database_url, tmp_path / "data", tmp_path / "serve-1.log")
     processes.append(first)
     start_worker(database_url, tmp_path, "worker", processes)
-    study = httpx.post(f"{first.url}{API}/studies", json=slow_spec("api-restart", n_trials=4, epochs=10)).json()
+    study = httpx.post(f"{first.url}{API}/studies", json=slow_spec("api-restart", n_trials=3, epochs=10)).json()
     name = study["optuna_study_name"]
     wait_for(lambda: finished(trials_of(database_url, name)), 120, "a finished trial")
 
@@ -186,8 +186,8 @@ def test_an_api_restart_mid_study_loses_nothing(database_url, tmp_path, processe
                      "the study to finish")
 
     assert final["state"] == "completed", final
-    assert final["trials"]["complete"] + final["trials"]["pruned"] == 4
-    assert_exact_budget(trials_of(database_url, name), 4)
+    assert final["trials"]["complete"] + final["trials"]["pruned"] == 3
+    assert_exact_budget(trials_of(database_url, name), 3)
     listed = httpx.get(f"{second.url}{API}/studies", timeout=10).json()
     assert [s["id"] for s in listed["items"]] == [study["id"]]
 
