@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.jsonable import finite, utc_time
@@ -261,6 +261,16 @@ class Progress:
         }
 
 
+def _failures_not_retried(trials: list[FrozenTrial]) -> int:
+    """Failed trials that no retry replaced: a dead worker's trial, failed and queued again
+    (``RetryHeartbeatStaleTrialCallback``), says nothing about whether the study can run."""
+    failed = [t for t in trials if t.state is TrialState.FAIL]
+    if not failed:
+        return 0
+    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    return sum(1 for t in failed if t.number not in retried)
+
+
 def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = None, *,
              trials: list[FrozenTrial] | None = None, cancelled: bool | None = None,
              error: str | None = None, details: bool = True) -> Progress:
@@ -311,7 +321,7 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
     prog.timed_out = timed_out = bool(
         spec.budget.timeout_s and started_at and (now - started_at).total_seconds() > spec.budget.timeout_s
     )
-    gave_up = prog.finished == 0 and prog.failed >= min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
+    gave_up = prog.finished == 0 and _failures_not_retried(kept) >= min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
     if cancelled:
         prog.state = "cancelled"
     elif error:

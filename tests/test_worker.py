@@ -174,6 +174,24 @@ def test_a_dead_workers_trial_holding_the_last_slot_is_failed_and_queued_again(s
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[2]) == dead.number
 
 
+def test_a_one_trial_study_whose_worker_died_waits_for_the_retry_instead_of_failing(sqlite_url):
+    """A dead worker's trial is failed and queued again: a study of fewer trials than
+    FAILURES_BEFORE_GIVING_UP must not count that failure and give up."""
+    storage, picker = picker_on(sqlite_url, grace_period=1)
+    create_study(storage, spec("rescue-one", n_trials=1))
+    start_trial(storage, "rescue-one")
+    time.sleep(2.2)  # past the grace period (SQLite's clock counts whole seconds)
+
+    assert picker.pick(storage.get_all_studies()).study.study_name == "rescue-one"
+
+    study = optuna.load_study(study_name="rescue-one", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    prog = progress(study, spec("rescue-one", n_trials=1))
+    assert prog.state == "running" and prog.runnable and prog.failed == 1
+    finish_trials(storage, "rescue-one", 1)  # the retry runs
+    assert progress(study, spec("rescue-one", n_trials=1)).state == "completed"
+
+
 def test_a_trial_started_past_the_budget_is_surplus_and_never_trains(sqlite_url, tmp_path):
     storage, picker = picker_on(sqlite_url)
     # A dataset that cannot load: a trial that got as far as training would fail with that.
