@@ -86,7 +86,10 @@ export class ModelPanel {
     this.render();
     try {
       const status = await request();
-      if (status) this.status = status;
+      if (status) {
+        this.status = status;
+        this.render(); // what was asked for shows even when the fit ends before the next read
+      }
     } catch (err) {
       this.message.textContent = `Could not ${label}: ${err.message}`;
     } finally {
