@@ -5,7 +5,6 @@ failed and retried through it, workers finish a study across a restart of it, an
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import signal
 import subprocess
 import time
@@ -22,7 +21,7 @@ from hpo.storage import ProxiedStorage, open_storage, serve_proxy
 from hpo.studies import SURPLUS_ATTR, create_study
 from tests.support.processes import Process, free_port, hpo
 from tests.support.studies import tiny_spec
-from tests.test_storage import claim_queued
+from tests.test_storage import claimed_by_racing_processes
 
 pytestmark = pytest.mark.postgres
 
@@ -43,19 +42,8 @@ def test_racing_workers_through_the_proxy_never_claim_the_same_queued_trial(prox
     queued = 60
     for x in range(queued):
         study.enqueue_trial({"x": x})
-    ctx = mp.get_context("spawn")
-    claimed = ctx.Queue()
-    start_at = time.time() + 3  # after the processes' start-up: they pop at the same moments
-    procs = [ctx.Process(target=claim_queued, args=(proxy_url, queued, start_at, claimed)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    results = [claimed.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(30)
-
-    assert not [r for r in results if isinstance(r, str)], results
-    numbers = sorted(n for r in results for n in r)
-    assert numbers == list(range(queued)), "a queued trial was claimed twice (or not at all) through the proxy"
+    assert claimed_by_racing_processes(proxy_url, queued) == list(range(queued)), \
+        "a queued trial was claimed twice (or not at all) through the proxy"
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() outside optimize, on purpose

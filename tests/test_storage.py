@@ -210,6 +210,22 @@ def claim_queued(url: str, queued: int, start_at: float, claimed: mp.Queue) -> N
     claimed.put(numbers)
 
 
+def claimed_by_racing_processes(url: str, queued: int, processes: int = 4) -> list[int]:
+    """The trial numbers that ``processes`` processes popping the ``queued`` enqueued trials
+    of study "queue" at the same moments got, sorted (a number twice: claimed twice)."""
+    ctx = mp.get_context("spawn")
+    claimed = ctx.Queue()
+    start_at = time.time() + 3  # after the processes' start-up: they pop at the same moments
+    procs = [ctx.Process(target=claim_queued, args=(url, queued, start_at, claimed)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    results = [claimed.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert not [r for r in results if isinstance(r, str)], results
+    return sorted(n for r in results for n in r)
+
+
 def test_racing_workers_never_claim_the_same_queued_trial(database_url):
     storage = open_storage(database_url)
     study = optuna.create_study(study_name="queue", storage=storage)
@@ -217,19 +233,8 @@ def test_racing_workers_never_claim_the_same_queued_trial(database_url):
     for x in range(queued):
         study.enqueue_trial({"x": x})
     storage.engine.dispose()
-    ctx = mp.get_context("spawn")
-    claimed = ctx.Queue()
-    start_at = time.time() + 3  # after the processes' start-up: they pop at the same moments
-    procs = [ctx.Process(target=claim_queued, args=(database_url, queued, start_at, claimed)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    results = [claimed.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(30)
-
-    assert not [r for r in results if isinstance(r, str)], results
-    numbers = sorted(n for r in results for n in r)
-    assert numbers == list(range(queued)), "a queued trial was claimed twice (or not at all)"
+    assert claimed_by_racing_processes(database_url, queued) == list(range(queued)), \
+        "a queued trial was claimed twice (or not at all)"
 
 
 def test_a_claimed_queued_trial_starts_now_stored_in_utc(storage):

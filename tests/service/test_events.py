@@ -110,6 +110,14 @@ def test_event_stream_of_an_unknown_study_is_404(live_server):
     assert response.json()["detail"][0]["field"] == "study_id"
 
 
+def wait_until_idle(live_server, timeout_s: float = 5) -> None:
+    """Until the server holds no connection or task (the streams' clients have gone)."""
+    state = live_server.server.server_state
+    deadline = time.monotonic() + timeout_s
+    while (state.connections or state.tasks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_streams_stop_when_their_clients_leave(live_server):
     with httpx.Client(base_url=live_server.url, timeout=10) as http:
         study = http.post("/api/v1/studies", json=tiny_spec()).json()
@@ -118,10 +126,8 @@ def test_streams_stop_when_their_clients_leave(live_server):
                 next(response.iter_lines())
         assert http.get("/healthz").status_code == 200
 
+    wait_until_idle(live_server)
     state = live_server.server.server_state
-    deadline = time.monotonic() + 5
-    while (state.connections or state.tasks) and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert not state.connections and not state.tasks
 
 
@@ -138,10 +144,7 @@ def test_a_client_leaving_mid_stream_logs_no_error(live_server, storage, caplog)
                 next(response.iter_lines())
         assert http.get("/healthz").status_code == 200
 
-    state = live_server.server.server_state
-    deadline = time.monotonic() + 5
-    while (state.connections or state.tasks) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_idle(live_server)
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
 
 
