@@ -158,7 +158,8 @@ def test_an_uploaded_series_shows_its_column_roles(server, page, tmp_path):
     page.wait_for_function("document.querySelector('#u-status').textContent.includes('Columns:')")
     roles = "target sales · inputs: temp, sales · time: year (orders the rows, not an input)"
     assert roles in page.text_content("#u-status")
-    assert page.text_content("#dataset-roles") == roles
+    # The hint under the picker follows once the picker has the new dataset (read after the upload's answer).
+    page.wait_for_function(f"document.querySelector('#dataset-roles').textContent === {roles!r}")
     page.screenshot(path=tmp_path / "new-upload-roles.png", full_page=True)
 
 
