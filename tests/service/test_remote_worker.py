@@ -12,9 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 
-import httpx
 import numpy as np
 import pytest
 import yaml
@@ -23,10 +21,10 @@ from hpo.client import Client
 from tests.support.databases import POSTGRES_HOST, postgres_database, postgres_or_skip
 from tests.support.netns import NetworkNamespace, TcpRelay, netns_unavailable
 from tests.support.processes import REPO, Process, free_port
+from tests.support.servers import wait_serve_ready
 from tests.support.studies import tiny_spec
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-READY_TIMEOUT_S = 90
 STUDY_TIMEOUT_S = 240
 HPO_SERVICES = ("api", "worker")
 
@@ -51,19 +49,6 @@ def test_the_compose_services_share_nothing_but_the_database_url():
         assert "volumes" not in COMPOSE["services"][service], service
         assert "--data-dir" not in COMPOSE["services"][service]["command"], service
     assert set(COMPOSE["volumes"]) == {"pg-data"}  # PostgreSQL's own
-
-
-def wait_ready(url: str, process: Process) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.proc.poll() is None, f"hpo serve exited:\n{process.output()}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"hpo serve was not ready in {READY_TIMEOUT_S} s:\n{process.output()}")
 
 
 def small_npz() -> tuple[bytes, np.ndarray]:
@@ -108,7 +93,7 @@ def test_a_worker_with_only_the_database_url_trains_an_upload_and_fits_the_serve
             assert not reaches(namespace, *host_and_port(POSTGRES_HOST))  # its 127.0.0.1 is its own
             assert reaches(namespace, host, relay.port)
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, api)
+        wait_serve_ready(url, api)
         client = stack.enter_context(Client(url))
         dataset = client.upload_dataset(tmp_path / "upload.npz", "classification")
         study = client.submit(tiny_spec(dataset={"id": dataset["id"]}, budget={"n_trials": 1}))

@@ -21,6 +21,26 @@ MAX_UPLOAD_BYTES = 256 * 1024  # the test apps' limits: small, so 413s are cheap
 MAX_BODY_BYTES = 32 * 1024
 
 
+def wait_serve_ready(url: str, process: Process) -> None:
+    """Until the ``hpo serve`` at ``url`` (run by ``process``) answers ``/readyz`` with 200.
+
+    Raises:
+        RuntimeError: it exited, or was not ready within ``SERVE_READY_TIMEOUT_S`` (with the
+            end of its log).
+    """
+    deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            raise RuntimeError(f"hpo serve exited ({process.proc.returncode}):\n{process.output()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"hpo serve was not ready in {SERVE_READY_TIMEOUT_S} s:\n{process.output()}")
+
+
 class ServeProcess(Process):
     """``hpo serve`` on a free port of 127.0.0.1, returned once ``/readyz`` answers 200.
 
@@ -51,17 +71,7 @@ class ServeProcess(Process):
             raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hpo serve exited ({self.proc.returncode}):\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"hpo serve was not ready in {SERVE_READY_TIMEOUT_S} s:\n{self.output()}")
+        wait_serve_ready(self.url, self)
 
     def __enter__(self) -> ServeProcess:
         return self
