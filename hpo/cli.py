@@ -12,7 +12,7 @@ from typing import Any
 
 from hpo.console import best_table, results
 from hpo.dataset_commands import add_dataset_commands  # hpo datasets upload | list | show | delete
-from hpo.export.commands import add_model_commands  # hpo model fit | download | predict
+from hpo.export.commands import add_model_commands  # hpo model fit | status | download | predict
 from hpo.settings import add_database_flags, add_remote_flags, setting_default, settings_of
 from hpo.spec import SpecError, load_spec
 

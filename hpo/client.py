@@ -8,10 +8,10 @@ Example::
     study = client.submit("studies/digits.yaml")
     client.wait(study["id"], progress=True)
     print(client.best(study["id"])["params"])
-    print(client.model(study["id"])["kind"])        # "ensemble": the best trial's fold models
+    client.wait_model(study["id"])                  # the study's own refit (3 seeds), queued as it ended
+    print(client.model(study["id"])["kind"])        # "refit" (the fold ensemble until it was ready)
     client.download_model(study["id"], "model.hpo.zip")  # hpo.load_model("model.hpo.zip")
-    client.fit_model(study["id"], seeds=3)          # or: a refit on all the data, 3 seeds averaged
-    client.wait_model(study["id"], progress=True)
+    client.download_model(study["id"], "ensemble.hpo.zip", kind="ensemble")  # the other kind, by name
 
 Every refusal raises :class:`APIError` carrying the HTTP status and the server's
 ``[{"field": ..., "message": ...}]`` list.
@@ -253,8 +253,8 @@ class Client:
     def fit_model(self, study_id: str, trial_number: int | None = None, holdout: float = 0.0,
                   seeds: int = 1) -> dict[str, Any]:
         """Queue a refit of the best trial's parameters on all the study's data, once per
-        seed (averaged); a worker runs it and it becomes the study's model in place of the
-        fold ensemble (follow it with :meth:`model` or :meth:`wait_model`).
+        seed (averaged); a worker runs it, and once it is ready the study serves it (the
+        fold ensemble until then; follow it with :meth:`model` or :meth:`wait_model`).
 
         Args:
             study_id: the study.
@@ -263,7 +263,8 @@ class Client:
             seeds: networks trained and averaged (1 to 10).
 
         Returns:
-            The model's state: ``queued``, with the trial number and CV score it comes from.
+            The model's state (see :meth:`model`): ``refit`` is the queued job, with the
+            trial number and CV score it comes from.
 
         Raises:
             APIError: 409 while a fit is queued or running, or no trial has completed; 422
@@ -275,16 +276,19 @@ class Client:
         return self._request("POST", f"{API}/studies/{study_id}/model", json=body)
 
     def model(self, study_id: str) -> dict[str, Any]:
-        """The model's state: ``state`` (none | queued | running | ready | failed), ``kind``
-        (ensemble | refit), ``epoch`` / ``epochs`` while a refit trains, ``learned`` and
-        ``model`` (parameters, epochs, CV score, data fingerprint, versions, the learning
-        check) once ready, ``reason`` when it failed."""
+        """The model the study serves and its refit: ``state`` (``ready`` while a model is
+        served; else the refit's: none | queued | running | failed), ``kind`` (ensemble |
+        refit: the ensemble is served until a refit is ready), ``learned`` and ``model``
+        (parameters, epochs, CV score, data fingerprint, versions, the learning check);
+        ``refit`` (its ``state``, ``epoch`` / ``epochs`` while it trains, ``reason`` when it
+        failed, ``auto`` when the study queued it as it ended); ``archives``: the kinds that
+        can be downloaded or predicted with by name."""
         return self._request("GET", f"{API}/studies/{study_id}/model")
 
     def wait_model(self, study_id: str, progress: bool = False, poll_s: float = 2.0,
                    timeout_s: float | None = None) -> dict[str, Any]:
-        """Wait until the model's fit is over: ready or failed (or none, when no fit was
-        asked for or it was cancelled).
+        """Wait until no fit is pending: the refit is ready or failed (or there is none: never
+        queued, or cancelled), and so is the model served.
 
         Args:
             study_id: the study.
@@ -293,37 +297,44 @@ class Client:
             timeout_s: give up after this many seconds (``None``: wait for ever).
 
         Returns:
-            The model's state as the fit ended; check ``state`` (a failed fit says why in ``reason``).
+            The model's state as the fit ended; check ``kind`` (what is served) and
+            ``refit`` (a failed refit says why in ``reason``; the ensemble is served then).
 
         Raises:
             TimeoutError: when ``timeout_s`` passed first.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         shown = None
-        while (status := self.model(study_id))["state"] in MODEL_ACTIVE_STATES:
-            if progress and status.get("epochs") and status.get("epoch") != shown:
-                shown = status.get("epoch")
-                print(f"epoch {shown}/{status['epochs']}", file=sys.stderr)
+        while True:
+            status = self.model(study_id)
+            refit = status.get("refit") or {}
+            if status["state"] not in MODEL_ACTIVE_STATES and refit.get("state") not in MODEL_ACTIVE_STATES:
+                return status
+            if progress and refit.get("epochs") and refit.get("epoch") != shown:
+                shown = refit.get("epoch")
+                print(f"epoch {shown}/{refit['epochs']}", file=sys.stderr)
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"the model of study {study_id} is still {status['state']} after {timeout_s:g} s")
+                raise TimeoutError(f"the refit of study {study_id} is still {refit.get('state', status['state'])} "
+                                   f"after {timeout_s:g} s")
             time.sleep(poll_s)
-        return status
 
-    def download_model(self, study_id: str, path: str | Path | None = None) -> Path:
+    def download_model(self, study_id: str, path: str | Path | None = None, kind: str | None = None) -> Path:
         """Download the study's model archive (open it with ``hpo.load_model``).
 
         Args:
             study_id: the study.
             path: the file to write, or a folder to write it into under the server's name
                 for it (``<study>.hpo.zip``); ``None``: that name in the current folder.
+            kind: ``ensemble`` or ``refit`` (while it is ready); ``None``: the model served.
 
         Returns:
             The file written (a failed download leaves no file behind).
 
         Raises:
-            APIError: 409 until the model is ready.
+            APIError: 409 until the model (of that kind) is ready.
         """
-        with self.http.stream("GET", f"{API}/studies/{study_id}/model/download") as response:
+        params = {"kind": kind} if kind else None
+        with self.http.stream("GET", f"{API}/studies/{study_id}/model/download", params=params) as response:
             if response.is_error:
                 response.read()
                 raise APIError.from_response(response)
@@ -340,9 +351,10 @@ class Client:
                 partial.unlink(missing_ok=True)
         return target
 
-    def predict(self, study_id: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Predict for new data with the study's ready model (the server applies the
-        training-time preprocessing).
+    def predict(self, study_id: str, inputs: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
+        """Predict for new data with the model the study serves, or with its ``kind``
+        (``ensemble`` or ``refit``, while it is ready; the server applies the training-time
+        preprocessing).
 
         Args:
             study_id: the study.
@@ -361,17 +373,18 @@ class Client:
             APIError: 409 until the model is ready; 422 naming the input that does not fit.
         """
         body = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()}
-        return self._request("POST", f"{API}/studies/{study_id}/predict", json=body)
+        return self._request("POST", f"{API}/studies/{study_id}/predict", json=body,
+                             params={"kind": kind} if kind else None)
 
-    def delete_model(self, study_id: str) -> None:
+    def delete_model(self, study_id: str, kind: str | None = None) -> None:
         """Cancel the study's queued or running refit (a running one stops at the end of its
-        epoch), or delete its ready or failed one (the fold ensemble, if kept, is the model
-        again); without a refit, delete the ensemble.
+        epoch), or delete its ready or failed one (the fold ensemble, if kept, is served
+        again); without a refit, or with ``kind="ensemble"``, delete the ensemble.
 
         Raises:
-            APIError: 404 when the study has no model.
+            APIError: 404 when the study has no model (of that kind).
         """
-        self._request("DELETE", f"{API}/studies/{study_id}/model")
+        self._request("DELETE", f"{API}/studies/{study_id}/model", params={"kind": kind} if kind else None)
 
 
 def _attachment_name(response: httpx.Response) -> str | None:

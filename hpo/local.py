@@ -112,14 +112,31 @@ def run(spec: StudySpec, storage_url: str, jobs: int | None = None, data_dir: st
     try:
         if show_progress:
             follow(lambda: progress(study, spec).as_dict(), keep_going=alive)
-        else:  # nothing to draw: wait for the workers, which return once the study has no work left
-            thread.join()
-            for p in procs:
-                p.join()
+            if spec.final_model.kind == "refit" and alive():
+                console.print(f"study {progress(study, spec).state}: refitting the best trial on all the data "
+                              f"({spec.final_model.seeds} seeds) for the final model...", highlight=False)
+        # The workers return once the study has no work left, its final refit included.
+        thread.join()
+        for p in procs:
+            p.join()
     finally:
         shutdown()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if trial.number not in already_failed and not is_surplus(trial):
             console.print(f"trial {trial.number} failed: {trial.user_attrs.get(FAIL_REASON_ATTR, 'no reason recorded')}",
                           markup=False, highlight=False)
-    return best_trial(study, spec)
+    found = best_trial(study, spec)
+    if found is not None:
+        console.print(final_model_line(storage, spec.name), markup=False, highlight=False)
+    return found
+
+
+def final_model_line(storage: Any, study_name: str) -> str:
+    """One line on the study's final model: the kind served, and its refit's state."""
+    from hpo.export.commands import describe
+    from hpo.export.jobs import model_status
+
+    status = model_status(storage, study_name)
+    if status is None:
+        return "final model: none stored"
+    return f"final model: {describe(status)} (hpo model download {study_name} --database URL)"

@@ -328,6 +328,28 @@ class BudgetSpec(_Strict):
 
 
 DEFAULT_N_TRIALS = 20
+MAX_SEEDS = 10  # networks a refit trains and averages, at most
+DEFAULT_REFIT_SEEDS = 3
+
+
+class FinalModelSpec(_Strict):
+    """The model a study serves when it ends. The best trial's fold ensemble is served as
+    soon as the study ends either way; with ``refit`` (the default) a worker then trains the
+    best trial's parameters again on all the data, once per seed (``seeds``, default 3), and
+    that refit is served once it is ready (the ensemble until then, or if it fails)."""
+
+    kind: Literal["refit", "ensemble"] = "refit"
+    seeds: int | None = Field(default=None, ge=1, le=MAX_SEEDS, strict=True)
+
+    @model_validator(mode="after")
+    def _seeds_of_a_refit(self) -> FinalModelSpec:
+        if self.kind == "ensemble" and self.seeds is not None:
+            raise SpecError([{"field": "final_model.seeds",
+                              "message": "applies to kind refit (the ensemble has one network per fold); "
+                                         "leave it out or set kind: refit"}])
+        if self.kind == "refit" and self.seeds is None:
+            self.seeds = DEFAULT_REFIT_SEEDS
+        return self
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -347,6 +369,7 @@ class StudySpec(_Strict):
     cv: CVSpec = CVSpec()
     training: TrainingSpec = TrainingSpec()
     budget: BudgetSpec = BudgetSpec()
+    final_model: FinalModelSpec = FinalModelSpec()
     enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
     fit_to_data: list[Literal[FITTED_FIELDS]] | None = None  # type: ignore[valid-type]
 

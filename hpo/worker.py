@@ -42,8 +42,8 @@ from hpo.settings import DEFAULT_DATA_DIR, DEFAULT_GRACE_S, DEFAULT_HEARTBEAT_S
 from hpo.spec import SpecError, StudySpec, parse_spec
 from hpo.storage import FrozenStudy, ProxiedStorage, open_storage, study_id_of, study_storage
 from hpo.studies import (
-    CANCELLED_ATTR, ERROR_ATTR, FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, Progress, fail_study, is_cancelled,
-    is_surplus, progress,
+    CANCELLED_ATTR, ERROR_ATTR, FAIL_REASON_ATTR, SPEC_ATTR, SURPLUS_ATTR, Progress, best_of, fail_study,
+    is_cancelled, is_surplus, progress,
 )
 
 if TYPE_CHECKING:
@@ -333,6 +333,8 @@ class StudyPicker:
             if prog is None:
                 continue
             if prog.state in TERMINAL_STATES:
+                if prog.state == "completed":
+                    self.queue_final_refit(runner)
                 self.ended[study_id] = stored
                 del self.runners[study_id]
             elif prog.runnable:
@@ -342,6 +344,26 @@ class StudyPicker:
         self.ended = {i: stored for i, stored in self.ended.items() if i in listed}
         self.current = min(candidates, key=lambda c: c[:2])[2] if candidates else None
         return self.current
+
+    def queue_final_refit(self, runner: StudyRunner) -> None:
+        """A study seen completed whose spec asks for a refit (``final_model.kind: refit``)
+        gets it queued, once per study whichever worker sees it first (``hpo.export.jobs.
+        queue_final_refit``); its ensemble is served meanwhile. Not behind a storage proxy,
+        which does not reach the model tables: a worker on the database queues it.
+
+        Raises:
+            Exception: a database error.
+        """
+        final = runner.spec.final_model
+        if final.kind != "refit" or isinstance(self.storage, ProxiedStorage):
+            return
+        best = best_of(runner.trials, runner.spec.direction)
+        if best is None:  # only pruned trials: nothing to refit (and no ensemble either)
+            return
+        from hpo.export.jobs import queue_final_refit
+
+        assert final.seeds is not None
+        queue_final_refit(self.storage, runner.study.study_name, best, final.seeds)
 
     def _runner(self, frozen: FrozenStudy, stored: object) -> StudyRunner | None:
         """The study's runner, built (or rebuilt, when its stored spec changed) as needed;
@@ -446,6 +468,10 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
                         storage, options.data_dir, study_name=options.study_name, should_stop=stop.is_set):
                     continue  # a final model fit ran (a job the API queued); look for work again
                 runner = picker.pick(storage.get_all_studies())
+                # A worker with no trial to run takes the refit a study just queued as it ended.
+                if runner is None and not isinstance(storage, ProxiedStorage) and run_pending_model_jobs(
+                        storage, options.data_dir, study_name=options.study_name, should_stop=stop.is_set):
+                    continue
             if runner is None:
                 if options.until_idle:
                     return

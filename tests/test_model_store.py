@@ -15,15 +15,18 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from hpo.data.builtins import load_builtin
-from hpo.export import ModelJobConflict, claim_job, delete_model, model_archive, model_job, model_status, request_model
+from hpo.export import (
+    ModelJobConflict, claim_job, delete_model, model_archive, model_job, model_status, remove_models, request_model,
+)
 from hpo.export.ensemble import keep_if_best, rank, store_if_better
 from hpo.export.jobs import _ModelFit
-from hpo.db.models import model_archives, model_jobs
+from hpo.db.models import auto_refits, model_archives, model_jobs
 from hpo.export.store import NO_LOSS, ensure_tables, utcnow
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
 from hpo.studies import best_of, create_study, rank_key, ranked
 from hpo.train import trial_architecture
+from hpo.worker import StudyPicker, WorkerOptions
 
 SPEC = parse_spec({"name": "stored", "dataset": {"builtin": "digits"}, "model": {"cell": "gru"},
                    "cv": {"folds": 2}, "search_space": {"hidden_size": 8, "lr": 0.01, "batch_size": 64},
@@ -36,6 +39,85 @@ def _study_with_a_trial(storage, name: str) -> optuna.Study:
     trial.suggest_int("hidden_size", 8, 8)
     study.tell(trial, 0.5)
     return study
+
+
+def _ended_study(storage, name: str, **final_model) -> optuna.Study:
+    """A study whose one-trial budget is spent (completed), its spec's final_model as given."""
+    spec = SPEC.model_copy(update={"budget": SPEC.budget.model_copy(update={"n_trials": 1})})
+    if final_model:
+        spec = parse_spec({**spec.model_dump(mode="json"), "final_model": final_model})
+    study = create_study(storage, spec, study_name=name)
+    trial = study.ask()
+    suggest_params(trial, spec.search_space)
+    study.tell(trial, 0.5)
+    return study
+
+
+def _workers_look(storage, database_url: str, workers: int = 1) -> None:
+    """``workers`` workers list the studies at the same moment, as each does between trials."""
+    barrier = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def look() -> None:
+        picker = StudyPicker(storage, WorkerOptions(database_url=database_url), 0, threading.Event())
+        barrier.wait()
+        try:
+            assert picker.pick(storage.get_all_studies()) is None  # nothing left to run
+        except BaseException as exc:  # noqa: BLE001 (reported in the test's thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=look) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def _auto_rows(storage, name: str) -> list:
+    with storage.engine.connect() as connection:
+        return connection.execute(sa.select(auto_refits).where(auto_refits.c.study_name == name)).all()
+
+
+def test_workers_racing_at_a_studys_end_queue_its_refit_exactly_once(storage, database_url):
+    _ended_study(storage, "ended")
+
+    _workers_look(storage, database_url, workers=6)
+
+    job = model_job(storage, "ended")
+    assert job["state"] == "queued" and job["seeds"] == 3 and job["trial_number"] == 0 and job["holdout"] == 0.0
+    assert [row.job_id for row in _auto_rows(storage, "ended")] == [job["job_id"]]
+    status = model_status(storage, "ended")
+    assert status["refit"]["auto"] is True and status["state"] == "queued"  # no ensemble kept by hand here
+    _workers_look(storage, database_url, workers=2)  # workers started later look again
+    assert model_job(storage, "ended")["job_id"] == job["job_id"]
+
+
+def test_a_deleted_or_replaced_own_refit_is_not_queued_again(storage, database_url):
+    _ended_study(storage, "deleted", seeds=2)
+    _workers_look(storage, database_url)
+    assert delete_model(storage, "deleted")["refit"]["auto"] is True
+
+    _workers_look(storage, database_url)
+
+    assert model_job(storage, "deleted") is None
+    request_model(storage, "deleted", seeds=5)  # the user's own
+    mine = model_job(storage, "deleted")
+    _workers_look(storage, database_url)
+    assert model_job(storage, "deleted") == mine and model_status(storage, "deleted")["refit"]["auto"] is False
+    remove_models(storage, "deleted")  # the study is deleted: nothing of it is left
+    assert _auto_rows(storage, "deleted") == []
+
+
+def test_a_refit_asked_for_before_the_study_ended_is_kept_and_an_ensemble_study_queues_none(storage, database_url):
+    _ended_study(storage, "asked", seeds=2)
+    asked = request_model(storage, "asked", seeds=4)
+    _ended_study(storage, "ensemble", kind="ensemble")
+
+    _workers_look(storage, database_url)
+
+    assert model_job(storage, "asked")["job_id"] == asked["job_id"] and model_job(storage, "asked")["seeds"] == 4
+    assert model_job(storage, "ensemble") is None and _auto_rows(storage, "ensemble") == []
 
 
 def _set_job(storage, name: str, **values) -> None:

@@ -138,3 +138,15 @@ model_jobs = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Index("ix_hpo_model_jobs_state", "state"),
 )
+
+# The refit a study queued for itself when it ended (spec ``final_model.kind: refit``): one
+# row per study, inserted once with the job, so that a refit the user deleted or replaced is
+# never queued again (hpo.export.jobs.queue_final_refit).
+auto_refits = sa.Table(
+    "hpo_auto_refits",
+    Base.metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("queued_at", sa.DateTime, nullable=False),  # naive UTC
+)

@@ -8,9 +8,9 @@
   ``Model`` / ``load_model``, which predict from raw inputs.
 - ``inputs.py``: new data (arrays, JSON bodies, uploaded files) checked and preprocessed.
 - ``store.py``: the model tables (archives, refit jobs) beside Optuna's.
-- ``jobs.py``: what a study serves; refits as jobs the workers run (``request_model``,
-  ``delete_model``, ``run_pending_model_jobs``).
-- ``commands.py``: ``hpo model fit | download | predict``.
+- ``jobs.py``: what a study serves; refits as jobs the workers run (``queue_final_refit``
+  when a study ends, ``request_model``, ``delete_model``, ``run_pending_model_jobs``).
+- ``commands.py``: ``hpo model fit | status | download | predict``.
 
 Names are imported on first use, so the command line can register its commands without
 loading PyTorch.
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from hpo.export.fit import ensemble_model, fit_model, fit_study_model
     from hpo.export.inputs import InputError, PredictInput, inputs_from_file, inputs_from_json
     from hpo.export.jobs import (
-        ModelJobConflict, claim_job, delete_model, model_archive, model_job, model_status, models_of, remove_models,
-        request_model, run_pending_model_jobs,
+        ModelJobConflict, claim_job, delete_model, model_archive, model_job, model_status, models_of,
+        queue_final_refit, remove_models, request_model, run_pending_model_jobs,
     )
 
 _HOMES = {
@@ -35,7 +35,7 @@ _HOMES = {
     "fit": ("ensemble_model", "fit_model", "fit_study_model"),
     "inputs": ("InputError", "PredictInput", "inputs_from_file", "inputs_from_json"),
     "jobs": ("ModelJobConflict", "claim_job", "delete_model", "model_archive", "model_job", "model_status",
-             "models_of", "remove_models", "request_model", "run_pending_model_jobs"),
+             "models_of", "queue_final_refit", "remove_models", "request_model", "run_pending_model_jobs"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = sorted(_MODULE_OF)

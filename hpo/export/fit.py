@@ -35,14 +35,13 @@ from hpo.data.forecast import SeriesScaling
 from hpo.export.archive import (
     LearningCheck, Manifest, MemberInfo, Model, TargetScale, member_weights, now_iso,
 )
-from hpo.spec import StudySpec
+from hpo.spec import MAX_SEEDS, StudySpec
 from hpo.studies import best_of, study_spec
 from hpo.model import predict_in_chunks
 from hpo.train import FoldTrainer, pick_device, trial_architecture
 
 MONITOR_ROWS = 512  # training rows scored each epoch when there is no holdout
 MAX_HOLDOUT = 0.5
-MAX_SEEDS = 10
 EpochCallback = Callable[[int, int, float], None]
 
 

@@ -1,12 +1,14 @@
 """A study's final model in the database: what is served, and refits as jobs the workers run.
 
-The model a study serves is its refit when one was asked for (``POST .../model``), else
-the ensemble of its best trial's fold models that the workers keep as trials complete
-(``hpo.export.ensemble``). Both archives live in ``hpo_model_archives``
+The model a study serves is its refit once that is ready, else the ensemble of its best
+trial's fold models that the workers keep as trials complete (``hpo.export.ensemble``), so
+a model is served as soon as the study ends. Both archives live in ``hpo_model_archives``
 (``hpo.export.store``); refit jobs in ``hpo_model_jobs``, one row per study.
 
-A refit job: the API (or :func:`request_model`) inserts it ``queued`` with a fresh
-``job_id``; a worker's loop calls :func:`run_pending_model_jobs` between trials and claims
+A refit job: a study whose spec says ``final_model.kind: refit`` (the default) queues its
+own when it ends (:func:`queue_final_refit`, called by the first worker that sees it
+completed; once per study, recorded in ``hpo_auto_refits``); the API (or
+:func:`request_model`) inserts one ``queued`` on request. Each gets a fresh ``job_id``; a worker's loop calls :func:`run_pending_model_jobs` between trials and claims
 it with one conditional UPDATE (``queued``, or ``running`` with a heartbeat older than
 ``stale_after_s``, becomes ``running`` under its worker id: exactly one of several racing
 workers gets it), fits, and in one transaction sets ``ready`` and stores the archive, or
@@ -18,8 +20,7 @@ over by the next worker that looks, at most ``MAX_ATTEMPTS`` times.
 
 States: ``queued -> running -> ready | failed``; ``running -> queued`` when the worker
 stops politely. A request while ``ready`` or ``failed`` starts a new refit.
-:func:`delete_model` removes the refit job (and its archive) in any state, or, without
-one, the ensemble.
+:func:`delete_model` removes the refit job (and its archive) in any state, or the ensemble.
 """
 
 from __future__ import annotations
@@ -38,14 +39,16 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
 
 from hpo.cv import Interrupted
 from hpo.data import DatasetStore
 from hpo.export.archive import Manifest
-from hpo.export.fit import MAX_HOLDOUT, MAX_SEEDS, fit_study_model, pick_trial
-from hpo.db.models import model_archives, model_jobs
-from hpo.export.store import ensure_tables, iso, upsert, utcnow
+from hpo.export.fit import MAX_HOLDOUT, fit_study_model, pick_trial
+from hpo.db.models import auto_refits, model_archives, model_jobs
+from hpo.export.store import ensure_tables, insert_if_absent, iso, upsert, utcnow
 from hpo.settings import DEFAULT_HEARTBEAT_S
+from hpo.spec import MAX_SEEDS
 from hpo.studies import study_spec
 
 log = logging.getLogger("hpo.export")
@@ -79,31 +82,48 @@ def model_job(storage: RDBStorage, study_name: str) -> dict[str, Any] | None:
 
 
 def model_status(storage: RDBStorage, study_name: str) -> dict[str, Any] | None:
-    """The model the study serves, or None: its refit job (``kind: refit``, in the job's
-    state) when there is one, else its ensemble (``kind: ensemble``, ``ready``).
+    """The model the study serves, and its refit, or None when it has neither.
 
-    Ready models carry ``archive`` (``bytes``, ``sha256``) and ``model`` (the summary of
-    its manifest, see :func:`model_summary`).
+    The study serves its refit once that is ``ready``, else its ensemble (while the refit is
+    queued or running, or after it failed), else nothing. The top level describes the served
+    model (``kind``, ``state: ready``, ``trial_number``, ``cv_score``, ``archive`` with
+    ``bytes`` and ``sha256``, ``model``: the summary of its manifest, see
+    :func:`model_summary`; a served refit also carries its job's fields); without a served
+    model it is the refit's job (``kind: refit``, in the job's state). ``refit`` is the job
+    whenever there is one (``auto``: queued by the study itself when it ended); ``archives``
+    lists the kinds that can be downloaded or predicted with by name, each with its
+    ``trial_number``, ``cv_score``, ``bytes``, ``sha256``, ``learned`` and ``created_at``.
     """
     archive_columns = (model_archives.c.kind, model_archives.c.trial_number, model_archives.c.sha256,
                        sa.func.length(model_archives.c.archive).label("bytes"), model_archives.c.summary,
                        model_archives.c.created_at)
     with _engine(storage).connect() as connection:
-        job = connection.execute(sa.select(model_jobs).where(model_jobs.c.study_name == study_name)).first()
-        archives = {row.kind: row for row in connection.execute(
+        job_row = connection.execute(sa.select(model_jobs).where(model_jobs.c.study_name == study_name)).first()
+        auto_job_id = connection.scalar(sa.select(auto_refits.c.job_id).where(auto_refits.c.study_name == study_name))
+        stored = {row.kind: row for row in connection.execute(
             sa.select(*archive_columns).where(model_archives.c.study_name == study_name))}
-    if job is not None:
-        status = {"kind": "refit", **_job_dict(job)}
-        archive = archives.get("refit") if job.state == "ready" else None
-    elif "ensemble" in archives:
-        archive = archives["ensemble"]
-        status = {"kind": "ensemble", "state": "ready", "trial_number": archive.trial_number,
-                  "cv_score": archive.summary.get("cv_score"), "finished_at": iso(archive.created_at)}
-    else:
+    job = None if job_row is None else {**_job_dict(job_row), "auto": job_row.job_id == auto_job_id}
+    # A refit's archive counts only once its job is ready (a new request leaves none behind, see request_model).
+    archives = {kind: row for kind, row in stored.items() if kind == "ensemble" or (job or {}).get("state") == "ready"}
+    if not archives and job is None:
         return None
-    if archive is not None:
-        status["archive"] = {"bytes": int(archive.bytes), "sha256": archive.sha256}
-        status["model"] = archive.summary
+    served = "refit" if "refit" in archives else "ensemble" if "ensemble" in archives else None
+    if served == "refit":
+        status: dict[str, Any] = {"kind": "refit", **job}  # type: ignore[dict-item]
+    elif served == "ensemble":
+        ensemble = archives["ensemble"]
+        status = {"kind": "ensemble", "state": "ready", "trial_number": ensemble.trial_number,
+                  "cv_score": ensemble.summary.get("cv_score"), "finished_at": iso(ensemble.created_at)}
+    else:
+        status = {"kind": "refit", **job}  # type: ignore[dict-item]
+    if served is not None:
+        status["archive"] = {"bytes": int(archives[served].bytes), "sha256": archives[served].sha256}
+        status["model"] = archives[served].summary
+    if job is not None:
+        status["refit"] = job
+    status["archives"] = {kind: {"trial_number": row.trial_number, "cv_score": row.summary.get("cv_score"),
+                                 "bytes": int(row.bytes), "sha256": row.sha256, "learned": row.summary.get("learned"),
+                                 "created_at": iso(row.created_at)} for kind, row in archives.items()}
     return status
 
 
@@ -159,17 +179,15 @@ def request_model(storage: RDBStorage, study_name: str, *, trial_number: int | N
     study = optuna.load_study(study_name=study_name, storage=storage)
     study_spec(study)
     trial = pick_trial(study, trial_number)
-    values = {
-        "study_name": study_name, "job_id": secrets.token_hex(8), "state": "queued", "trial_number": trial.number,
-        "cv_score": trial.value, "holdout": holdout, "seeds": seeds, "attempts": 0, "worker": None,
-        "requested_at": utcnow(), "started_at": None, "heartbeat_at": None, "finished_at": None, "epoch": None,
-        "epochs": None, "score": None, "reason": None,
-    }
+    values = _new_job(study_name, trial, holdout=holdout, seeds=seeds)
     stale_before = utcnow() - dt.timedelta(seconds=stale_after_s)
     active = sa.or_(model_jobs.c.state == "queued",
                     sa.and_(model_jobs.c.state == "running", model_jobs.c.heartbeat_at >= stale_before))
     with _engine(storage).begin() as connection:
         written = upsert(connection, model_jobs, values, where=lambda new: sa.not_(active))
+        if written:  # the refit it replaces is no longer served, nor kept
+            connection.execute(sa.delete(model_archives).where(model_archives.c.study_name == study_name,
+                                                               model_archives.c.kind == "refit"))
     if not written:
         current = model_job(storage, study_name)
         raise ModelJobConflict(f"a model fit of study {study_name!r} is already "
@@ -177,28 +195,34 @@ def request_model(storage: RDBStorage, study_name: str, *, trial_number: int | N
     return model_job(storage, study_name) or {}
 
 
-def delete_model(storage: RDBStorage, study_name: str) -> dict[str, Any] | None:
-    """Cancel the study's refit or delete its model: the refit job and its archive go when
-    there is a job (the ensemble, if any, is served again), else the ensemble goes.
+def delete_model(storage: RDBStorage, study_name: str, kind: str | None = None) -> dict[str, Any] | None:
+    """Cancel the study's refit or delete one of its models.
 
-    A running refit is cancelled: its worker's next write (the end of the epoch in
-    progress, or its next heartbeat) finds the job gone and it stops without storing an archive.
+    ``kind`` ``refit``: the refit job and its archive go, in any state (the ensemble, if
+    any, is served). ``ensemble``: the ensemble goes. None: the refit when there is a job,
+    else the ensemble. A running refit is cancelled: its worker's next write (the end of the
+    epoch in progress, or its next heartbeat) finds the job gone and it stops without
+    storing an archive. A study's own refit, once deleted, is not queued again.
 
     Args:
         storage: the Optuna storage.
         study_name: the Optuna study.
+        kind: what to remove (see above).
 
     Returns:
-        What was removed (as :func:`model_status` said), or None when there was nothing.
+        What was there (as :func:`model_status` said), or None when there was nothing of that kind.
     """
     status = model_status(storage, study_name)
     if status is None:
         return None
+    kind = kind or ("refit" if "refit" in status else "ensemble")
+    if (kind == "refit" and "refit" not in status) or (kind == "ensemble" and "ensemble" not in status["archives"]):
+        return None
     with _engine(storage).begin() as connection:
-        if status["kind"] == "refit":
+        if kind == "refit":
             connection.execute(sa.delete(model_jobs).where(model_jobs.c.study_name == study_name))
         connection.execute(sa.delete(model_archives).where(model_archives.c.study_name == study_name,
-                                                           model_archives.c.kind == status["kind"]))
+                                                           model_archives.c.kind == kind))
     return status
 
 
@@ -207,6 +231,46 @@ def remove_models(storage: RDBStorage, study_name: str) -> None:
     with _engine(storage).begin() as connection:
         connection.execute(sa.delete(model_jobs).where(model_jobs.c.study_name == study_name))
         connection.execute(sa.delete(model_archives).where(model_archives.c.study_name == study_name))
+        connection.execute(sa.delete(auto_refits).where(auto_refits.c.study_name == study_name))
+
+
+def queue_final_refit(storage: RDBStorage, study_name: str, trial: FrozenTrial, seeds: int) -> dict[str, Any] | None:
+    """Queue the refit a study asks for when it ends (``final_model.kind: refit``): once per study.
+
+    One transaction: the study's row in ``hpo_auto_refits`` is inserted unless one exists
+    (of several workers racing to queue it, exactly one inserts it), and with it a queued
+    job for ``trial``, unless the study has a job already (a refit the user asked for stays
+    as it is). So a study's own refit that was deleted, replaced or run is never queued again.
+
+    Args:
+        storage: the Optuna storage.
+        study_name: the Optuna study.
+        trial: the study's best complete trial.
+        seeds: networks the refit trains and averages (``final_model.seeds``).
+
+    Returns:
+        The job queued, or None when the study had queued its refit before (or had a job).
+    """
+    now = utcnow()
+    job = _new_job(study_name, trial, holdout=0.0, seeds=seeds)
+    with _engine(storage).begin() as connection:
+        if not insert_if_absent(connection, auto_refits, {"study_name": study_name, "job_id": job["job_id"],
+                                                          "trial_number": trial.number, "queued_at": now}):
+            return None
+        if not insert_if_absent(connection, model_jobs, job):
+            return None
+    log.info("study %s ended: queued a refit of trial %d (%d seeds)", study_name, trial.number, seeds)
+    return model_job(storage, study_name)
+
+
+def _new_job(study_name: str, trial: FrozenTrial, *, holdout: float, seeds: int) -> dict[str, Any]:
+    """A ``hpo_model_jobs`` row for a refit of ``trial``, queued now under a fresh ``job_id``."""
+    return {
+        "study_name": study_name, "job_id": secrets.token_hex(8), "state": "queued", "trial_number": trial.number,
+        "cv_score": trial.value, "holdout": holdout, "seeds": seeds, "attempts": 0, "worker": None,
+        "requested_at": utcnow(), "started_at": None, "heartbeat_at": None, "finished_at": None, "epoch": None,
+        "epochs": None, "score": None, "reason": None,
+    }
 
 
 def run_pending_model_jobs(

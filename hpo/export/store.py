@@ -5,9 +5,11 @@
   by the worker that ran a refit job). The archive bytes live in the row, so that a worker
   on any machine writes them where the API serves them: the database is the only shared state.
 - ``hpo_model_jobs``: refit jobs, one row per study, claimed with one conditional UPDATE.
+- ``hpo_auto_refits``: the refit each study queued for itself when it ended, one row per study.
 
-Workers create them on first use (:func:`ensure_tables`); Alembic migration 0003 creates
-the same tables and moves the jobs that older versions kept in study user attributes.
+Workers create them on first use (:func:`ensure_tables`); Alembic migrations 0003 and 0007
+create the same tables (0003 also moves the jobs that older versions kept in study user
+attributes).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hpo.db import schema_lock
-from hpo.db.models import model_archives, model_jobs
+from hpo.db.models import auto_refits, model_archives, model_jobs
 
 # A rank part that is missing or not finite (stored as a number both databases compare): ranks worst.
 NO_LOSS = 1e300
@@ -48,7 +50,7 @@ def ensure_tables(engine: sa.Engine) -> None:
         if key in _ready:
             return
         with schema_lock(key):
-            model_archives.metadata.create_all(engine, tables=[model_archives, model_jobs], checkfirst=True)
+            model_archives.metadata.create_all(engine, tables=[model_archives, model_jobs, auto_refits], checkfirst=True)
         _ready.add(key)
 
 
@@ -65,3 +67,11 @@ def upsert(connection: sa.Connection, table: sa.Table, values: dict[str, Any], w
     ).returning(table.c[keys[0]])
     # Counted from RETURNING: a DO UPDATE whose WHERE is false may still report a rowcount of 1 (psycopg).
     return len(connection.execute(statement).all())
+
+
+def insert_if_absent(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """Insert ``values`` unless a row with the same primary key exists: one statement; of
+    several connections racing to insert the same key, exactly one does. Returns whether it did."""
+    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+    statement = insert.values(**values).on_conflict_do_nothing().returning(table.primary_key.columns[0])
+    return bool(connection.execute(statement).all())

@@ -1,9 +1,11 @@
 """``/api/v1/studies/{id}/model`` and ``/predict``: the study's final model, download it, predict.
 
-The model is the best trial's fold ensemble, kept by the workers as trials complete, or a
-refit on all the data that ``POST .../model`` queues as a job the workers run
-(``hpo.export.jobs``): this API only queues it, reads states and archives from the
-database and removes them (cancel / delete). Predictions load the archive from the
+The study serves the best trial's fold ensemble, kept by the workers as trials complete,
+until a refit on all the data is ready (the study queues its own when it ends, by default;
+``POST .../model`` queues one on request), then the refit; either kind can be named with
+``?kind=`` while it is stored. The refits are jobs the workers run (``hpo.export.jobs``):
+this API only queues them, reads states and archives from the database and removes them
+(cancel / delete). Predictions load the archive from the
 database (cached per archive sha256) and apply each member's training-time preprocessing.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -22,8 +24,9 @@ from hpo.export import (
     InputError, Model, ModelJobConflict, PredictInput, delete_model, inputs_from_file, inputs_from_json, load_model,
     model_archive, model_status, request_model,
 )
-from hpo.export.fit import MAX_HOLDOUT, MAX_SEEDS
+from hpo.export.fit import MAX_HOLDOUT
 from hpo.jsonable import finite
+from hpo.spec import MAX_SEEDS
 from service.deps import SettingsDep, StorageDep
 from service.errors import problem
 from service.limits import parse_json_body, too_large_message
@@ -33,6 +36,9 @@ from service.views import API_PREFIX
 router = APIRouter(prefix="/studies", tags=["models"])
 
 ModelState = Literal["none", "queued", "running", "ready", "failed"]
+ModelKind = Literal["ensemble", "refit"]
+KindQuery = Annotated[ModelKind | None, Query(description="`ensemble` or `refit`: that kind, while it is ready; "
+                                                           "default: the model the study serves.")]
 Label = int | str
 _PREDICT_BODY = {
     "requestBody": {
@@ -74,14 +80,54 @@ class ModelLinks(BaseModel):
     predict: str
 
 
+class RefitStatus(BaseModel):
+    """The study's refit job: queued, running (epoch / epochs), ready, or failed (with why)."""
+
+    state: Literal["queued", "running", "ready", "failed"]
+    auto: bool = Field(description="Queued by the study itself when it ended (`final_model.kind: refit`), "
+                                   "not on request.")
+    requested_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    heartbeat_at: str | None = None
+    trial_number: int | None = None
+    cv_score: float | None = None
+    holdout: float | None = None
+    seeds: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    score: float | None = None
+    attempts: int | None = None
+    worker: str | None = None
+    reason: str | None = None
+
+
+class ArchiveInfo(BaseModel):
+    """A stored model that can be downloaded or predicted with by its kind."""
+
+    trial_number: int
+    cv_score: float | None = None
+    bytes: int
+    sha256: str
+    learned: bool | None = None
+    created_at: str | None = None
+
+
 class ModelStatus(BaseModel):
-    """A study's final model: the fit's progress, then what it was trained from."""
+    """A study's final model: the one it serves, and its refit's progress."""
 
     study_id: str
-    state: ModelState = Field(description="`none` until a trial completes (the ensemble) or a refit is requested.")
-    kind: Literal["ensemble", "refit"] | None = Field(
-        default=None, description="`ensemble`: the best trial's fold models, averaged; `refit`: the configuration "
-                                  "trained again on all the data, averaged over `seeds` seeds.")
+    state: ModelState = Field(description="`ready` while a model is served; else the refit's state (`queued`, "
+                                          "`running`, `failed`), or `none` until a trial completes.")
+    kind: ModelKind | None = Field(
+        default=None, description="The model served: `ensemble` (the best trial's fold models, averaged) until a "
+                                  "refit (the configuration trained again on all the data, averaged over `seeds` "
+                                  "seeds) is ready; `refit` when one is ready, or is all there is to wait for.")
+    refit: RefitStatus | None = Field(
+        default=None, description="The refit, when there is one: while it is queued or running (or after it "
+                                  "failed) the ensemble is served.")
+    archives: dict[ModelKind, ArchiveInfo] | None = Field(
+        default=None, description="The kinds that can be downloaded or predicted with (`?kind=`).")
     learned: bool | None = Field(
         default=None, description="Once ready: false when the model scores no better on its own training data "
                                   "than the trivial answer (majority class, training mean or persistence; see "
@@ -112,7 +158,7 @@ class Prediction(BaseModel):
 
     study_id: str
     task: str
-    kind: Literal["ensemble", "refit"]
+    kind: ModelKind
     n: int | None = None
     classes: list[Label] | None = Field(default=None, description="As the training labels were typed.")
     labels: list[Label] | None = None
@@ -143,17 +189,24 @@ def _status(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any] | None:
     return model_status(storage, loaded.record.optuna_study_name)
 
 
-def _ready(storage: StorageDep, loaded: LoadedDep) -> dict[str, Any]:
+def _ready(storage: StorageDep, loaded: LoadedDep, kind: ModelKind | None) -> tuple[ModelKind, dict[str, Any]]:
+    """The kind asked for (default: the one served) and its archive's ``bytes`` / ``sha256``; 409 when not ready."""
     status = _status(storage, loaded)
     if status is None or status["state"] != "ready":
         state = "none" if status is None else status["state"]
         raise problem(409, f"study {loaded.record.id!r} has no model ready (model state: {state}); it is kept as "
                            f"trials complete, or POST {API_PREFIX}/studies/{loaded.record.id}/model to refit one")
-    return status
+    kind = kind or status["kind"]
+    if kind not in status["archives"]:
+        refit = status.get("refit")
+        state = f"refit state: {refit['state']}" if kind == "refit" and refit else "none stored"
+        raise problem(409, f"study {loaded.record.id!r} has no {kind} model ready ({state}); it serves its "
+                           f"{status['kind']}", field="kind")
+    return kind, status["archives"][kind]
 
 
-def _archive(storage: StorageDep, loaded: LoadedDep, status: dict[str, Any]) -> tuple[bytes, str]:
-    found = model_archive(storage, loaded.record.optuna_study_name, status["kind"])
+def _archive(storage: StorageDep, loaded: LoadedDep, kind: ModelKind) -> tuple[bytes, str]:
+    found = model_archive(storage, loaded.record.optuna_study_name, kind)
     if found is None:  # deleted or replaced between the two reads
         raise problem(409, f"the model of study {loaded.record.id!r} is being replaced; try again in a moment")
     return found
@@ -164,8 +217,9 @@ def _archive(storage: StorageDep, loaded: LoadedDep, status: dict[str, Any]) -> 
 def fit_model(loaded: LoadedDep, storage: StorageDep,
               request: Annotated[ModelRequest | None, Body()] = None) -> dict[str, Any]:
     """Queue a refit of the best trial's parameters on the whole training data (once per
-    seed, averaged); a worker runs it, and it becomes the study's model in place of the
-    fold ensemble. Follow it with `GET .../model` (state, epoch / epochs)."""
+    seed, averaged); a worker runs it, and once it is ready it is the model the study
+    serves (the fold ensemble until then). Follow it with `GET .../model` (`refit`: state,
+    epoch / epochs)."""
     request = request or ModelRequest()
     try:
         job = request_model(storage, loaded.record.optuna_study_name, trial_number=request.trial_number,
@@ -176,25 +230,28 @@ def fit_model(loaded: LoadedDep, storage: StorageDep,
         if request.trial_number is not None:
             raise problem(422, str(exc), field="trial_number") from None
         raise problem(409, str(exc)) from None
-    return model_view(loaded.record.id, {"kind": "refit", **job})
+    return model_view(loaded.record.id, _status(storage, loaded))
 
 
 @router.get("/{study_id}/model", response_model=ModelStatus, response_model_exclude_none=True, responses=ERRORS,
             summary="The final model's state")
 def get_model(loaded: LoadedDep, storage: StorageDep) -> dict[str, Any]:
-    """`none`, `queued`, `running` (with epoch / epochs), `ready` (with the model's
-    kind, metadata and whether it learned) or `failed` (with the reason)."""
+    """The model served (`ready`, with its kind, metadata and whether it learned), the
+    refit's state (`refit`: queued, running with epoch / epochs, ready, or failed with the
+    reason) and the kinds stored (`archives`); without a served model, `state` is the
+    refit's (or `none`)."""
     return model_view(loaded.record.id, _status(storage, loaded))
 
 
 @router.delete("/{study_id}/model", status_code=204, response_class=Response, responses=ERRORS,
                summary="Cancel the fit or delete the model")
-def cancel_or_delete_model(loaded: LoadedDep, storage: StorageDep) -> Response:
+def cancel_or_delete_model(loaded: LoadedDep, storage: StorageDep, kind: KindQuery = None) -> Response:
     """Cancel a queued or running refit, or delete a ready or failed one (the fold
-    ensemble, if kept, is the model again); without a refit, delete the ensemble. A running
-    fit's worker stops at the end of the epoch in progress. 404 when there is no model."""
-    if delete_model(storage, loaded.record.optuna_study_name) is None:
-        raise problem(404, f"study {loaded.record.id!r} has no model to cancel or delete (model state: none)")
+    ensemble, if kept, is served again; a study's own refit is not queued again); without
+    a refit, or with `?kind=ensemble`, delete the ensemble. A running fit's worker stops at
+    the end of the epoch in progress. 404 when there is no model (of that kind)."""
+    if delete_model(storage, loaded.record.optuna_study_name, kind) is None:
+        raise problem(404, f"study {loaded.record.id!r} has no {kind or 'model'} to cancel or delete")
     return Response(status_code=204)
 
 
@@ -202,22 +259,24 @@ def cancel_or_delete_model(loaded: LoadedDep, storage: StorageDep) -> Response:
     200: {"content": {"application/zip": {}}, "description": "The model archive: `manifest.json` + "
                                                              "`model.safetensors`; open with `hpo.load_model`."},
     **ERRORS}, summary="Download the model archive")
-def download_model(loaded: LoadedDep, storage: StorageDep) -> Response:
-    """The `.hpo.zip` archive (409 until a model is ready); `X-Model-Kind` says its kind."""
-    status = _ready(storage, loaded)
-    blob, sha256 = _archive(storage, loaded, status)
+def download_model(loaded: LoadedDep, storage: StorageDep, kind: KindQuery = None) -> Response:
+    """The `.hpo.zip` archive of the model served, or of `?kind=` (409 until it is ready);
+    `X-Model-Kind` says its kind."""
+    kind, _ = _ready(storage, loaded, kind)
+    blob, sha256 = _archive(storage, loaded, kind)
     filename = f"{loaded.record.optuna_study_name}.hpo.zip".replace('"', "_")
     return Response(blob, media_type="application/zip", headers={
-        "ETag": f'"{sha256}"', "X-Model-Kind": status["kind"],
+        "ETag": f'"{sha256}"', "X-Model-Kind": kind,
         "Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.post("/{study_id}/predict", response_model=Prediction, response_model_exclude_none=True,
              responses={**ERRORS, 415: ERRORS[422]}, openapi_extra=_PREDICT_BODY, summary="Predict with the model")
-async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, settings: SettingsDep) -> dict[str, Any]:
-    """Predict for new data with the study's ready model (409 until one is ready); the
-    training-time preprocessing is applied. A bad input is a 422 naming the problem."""
-    model = await run_in_threadpool(_ready_model, storage, loaded)
+async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, settings: SettingsDep,
+                  kind: KindQuery = None) -> dict[str, Any]:
+    """Predict for new data with the model the study serves, or with `?kind=` (409 until it
+    is ready); the training-time preprocessing is applied. A bad input is a 422 naming the problem."""
+    model = await run_in_threadpool(_ready_model, storage, loaded, kind)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
         async with request.form(max_part_size=settings.max_upload_bytes) as form:
@@ -242,11 +301,11 @@ async def predict(request: Request, loaded: LoadedDep, storage: StorageDep, sett
     return {"study_id": loaded.record.id, **finite(result)}
 
 
-def _ready_model(storage: StorageDep, loaded: LoadedDep) -> Model:
-    """The study's ready model, loaded once per archive version."""
-    status = _ready(storage, loaded)
+def _ready_model(storage: StorageDep, loaded: LoadedDep, kind: ModelKind | None) -> Model:
+    """The study's ready model (of ``kind``, default the one served), loaded once per archive version."""
+    kind, archive = _ready(storage, loaded, kind)
     try:
-        return _cached_model(storage, loaded.record.optuna_study_name, status["kind"], status["archive"]["sha256"])
+        return _cached_model(storage, loaded.record.optuna_study_name, kind, archive["sha256"])
     except KeyError:  # replaced between the two reads
         raise problem(409, f"the model of study {loaded.record.id!r} is being replaced; "
                            "try again in a moment") from None

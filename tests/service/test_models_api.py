@@ -26,7 +26,7 @@ from hpo.export import load_model, model_archive, run_pending_model_jobs
 from hpo.db.models import model_jobs
 from hpo.samplers import suggest_params
 from hpo.studies import study_spec
-from hpo.worker import WorkerOptions, worker_loop
+from hpo.worker import StudyPicker, WorkerOptions, worker_loop
 from service.app import create_app
 from hpo.settings import Settings
 from tests.support.studies import tiny_spec
@@ -46,10 +46,12 @@ def _work(database_url: str, data_dir, study_name: str) -> None:
                               until_idle=True, poll_interval_s=0.05), 0, threading.Event())
 
 
-def _digits_spec(name: str) -> dict:
+def _digits_spec(name: str, final_model: dict | None = None) -> dict:
+    """Digits, 2 trials; the final model is the fold ensemble unless ``final_model`` says otherwise."""
     return tiny_spec(name, search_space={"hidden_size": {"value": 16}, "lr": {"value": 0.01},
                                          "batch_size": {"value": 64}},
-                     training={"max_epochs": 3, "patience": 1}, budget={"n_trials": 2})
+                     training={"max_epochs": 3, "patience": 1}, budget={"n_trials": 2},
+                     final_model=final_model or {"kind": "ensemble"})
 
 
 @pytest.fixture
@@ -110,9 +112,9 @@ def test_a_refit_is_fitted_by_a_worker_then_downloaded_and_used(api, storage, da
 
     queued = api.post(model_url, json={"kind": "refit", "seeds": 2})
     assert queued.status_code == 202, queued.text
-    assert queued.json()["state"] == "queued" and queued.json()["kind"] == "refit"
+    assert queued.json()["refit"]["state"] == "queued" and not queued.json()["refit"]["auto"]
     assert api.post(model_url).status_code == 409  # one fit at a time
-    assert api.get(f"{model_url}/download").status_code == 409  # the refit is now the model, not ready yet
+    assert api.get(f"{model_url}/download").headers["x-model-kind"] == "ensemble"  # until the refit is ready
     _work(database_url, data_dir, name)
     status = api.get(model_url).json()
 
@@ -142,10 +144,79 @@ def test_a_refit_is_fitted_by_a_worker_then_downloaded_and_used(api, storage, da
     assert from_file.status_code == 200, from_file.text
     assert from_file.json()["labels"] == body["labels"]
 
-    assert api.delete(model_url).status_code == 204  # the refit goes: the ensemble is the model again
+    assert api.delete(model_url).status_code == 204  # the refit goes: the ensemble is served again
     assert api.get(model_url).json()["kind"] == "ensemble"
     assert api.post(model_url, json={"kind": "ensemble"}).json()["detail"][0]["field"] == "kind"
     assert api.post(model_url, json={"seeds": 11}).json()["detail"][0]["field"] == "seeds"
+
+
+def _run_trials(storage, database_url: str, data_dir, study_name: str) -> None:
+    """Run the study's trials as a worker does, up to the listing that sees it completed (where a
+    worker queues the study's own refit), without running any model job."""
+    picker = StudyPicker(storage, WorkerOptions(database_url=database_url, data_dir=str(data_dir),
+                                                study_name=study_name), 0, threading.Event())
+    while (runner := picker.pick(storage.get_all_studies())) is not None:
+        runner.run_one()
+
+
+def test_a_study_queues_its_refit_as_it_ends_and_serves_the_ensemble_until_it_is_ready(api, storage, database_url,
+                                                                                       data_dir):
+    study = api.post(STUDIES, json=_digits_spec("auto-refit", final_model={"seeds": 2})).json()
+    name, url = study["optuna_study_name"], f"{STUDIES}/{study['id']}/model"
+    x = _digits()[0][:20]
+    _run_trials(storage, database_url, data_dir, name)
+
+    meanwhile = api.get(url).json()
+
+    assert meanwhile["state"] == "ready" and meanwhile["kind"] == "ensemble", meanwhile
+    assert meanwhile["refit"]["state"] == "queued" and meanwhile["refit"]["auto"] is True
+    assert meanwhile["refit"]["seeds"] == 2 and meanwhile["refit"]["trial_number"] == meanwhile["trial_number"]
+    assert list(meanwhile["archives"]) == ["ensemble"]
+    assert api.get(f"{url}/download").headers["x-model-kind"] == "ensemble"
+    assert api.post(f"{STUDIES}/{study['id']}/predict", json={"x": x.tolist()}).json()["kind"] == "ensemble"
+    not_yet = api.get(f"{url}/download", params={"kind": "refit"})
+    assert not_yet.status_code == 409 and not_yet.json()["detail"][0]["field"] == "kind"
+    assert "refit state: queued" in not_yet.json()["detail"][0]["message"]
+
+    assert run_pending_model_jobs(storage, data_dir)
+    ready = api.get(url).json()
+
+    assert ready["state"] == "ready" and ready["kind"] == "refit" and ready["refit"]["state"] == "ready", ready
+    assert ready["model"]["members"] == 2 and ready["learned"] is True
+    assert set(ready["archives"]) == {"ensemble", "refit"}
+    assert ready["archives"]["ensemble"]["learned"] is True and ready["archives"]["refit"]["learned"] is True
+    assert api.get(f"{url}/download").headers["x-model-kind"] == "refit"
+    ensemble = api.get(f"{url}/download", params={"kind": "ensemble"})
+    assert ensemble.headers["x-model-kind"] == "ensemble" and load_model(ensemble.content).kind == "ensemble"
+    assert api.post(f"{STUDIES}/{study['id']}/predict", json={"x": x.tolist()}).json()["kind"] == "refit"
+    by_kind = api.post(f"{STUDIES}/{study['id']}/predict", params={"kind": "ensemble"}, json={"x": x.tolist()})
+    assert by_kind.json()["kind"] == "ensemble"
+    assert by_kind.json()["labels"] == load_model(ensemble.content).predict(x).tolist()
+    bad_kind = api.get(f"{url}/download", params={"kind": "bagging"})
+    assert bad_kind.status_code == 422 and bad_kind.json()["detail"][0]["field"] == "kind"
+
+    _run_trials(storage, database_url, data_dir, name)  # another worker sees the study completed: nothing more
+    assert not run_pending_model_jobs(storage, data_dir)
+
+
+def test_a_failed_refit_leaves_the_ensemble_served_and_says_why(api, storage, database_url, data_dir):
+    study = api.post(STUDIES, json=_digits_spec("refit-fails", final_model={"seeds": 1})).json()
+    name, url = study["optuna_study_name"], f"{STUDIES}/{study['id']}/model"
+    _run_trials(storage, database_url, data_dir, name)
+    with storage.engine.begin() as connection:  # the job names a trial that is not there (deleted since, say)
+        connection.execute(sa.update(model_jobs).where(model_jobs.c.study_name == name).values(trial_number=99))
+
+    assert run_pending_model_jobs(storage, data_dir)
+    status = api.get(url).json()
+
+    assert status["state"] == "ready" and status["kind"] == "ensemble", status
+    assert status["refit"]["state"] == "failed" and "trial 99" in status["refit"]["reason"]
+    assert status["learned"] is True and list(status["archives"]) == ["ensemble"]
+    assert api.get(f"{url}/download").headers["x-model-kind"] == "ensemble"
+    assert api.get(f"{url}/download", params={"kind": "refit"}).status_code == 409
+    assert api.delete(url, params={"kind": "ensemble"}).status_code == 204  # by kind: the failed refit stays
+    assert api.get(url).json()["state"] == "failed"
+    assert api.delete(url, params={"kind": "ensemble"}).status_code == 404
 
 
 @pytest.mark.parametrize(("body", "field", "message"), [
@@ -255,7 +326,7 @@ def test_forecasting_model_predicts_the_next_values_in_passengers(api, database_
     spec = {"name": "airline-model", "task": "forecasting", "dataset": {"builtin": "airline"},
             "search_space": {"hidden_size": {"value": 8}, "lr": {"value": 0.01}, "batch_size": {"value": 32}},
             "cv": {"folds": 2}, "training": {"max_epochs": 3, "lookback": 6, "horizon": 2},
-            "budget": {"n_trials": 1}}
+            "budget": {"n_trials": 1}, "final_model": {"kind": "ensemble"}}
     study = api.post(STUDIES, json=spec).json()
     _work(database_url, data_dir, study["optuna_study_name"])
     assert api.post(f"{STUDIES}/{study['id']}/model", json={"holdout": 0.1}).status_code == 202
