@@ -193,3 +193,26 @@ def test_a_timeout_beyond_a_year_is_refused_naming_the_field(timeout_s):
     with pytest.raises(SpecError) as refused:
         parse_spec({"name": "t", "dataset": {"builtin": "digits"}, "budget": {"timeout_s": timeout_s}})
     assert refused.value.errors[0]["field"] == "budget.timeout_s"
+
+
+def test_the_final_model_is_a_3_seed_refit_unless_the_spec_says_otherwise():
+    assert parse_spec(base()).final_model.model_dump() == {"kind": "refit", "seeds": 3}
+    assert parse_spec(base(final_model={"seeds": 5})).final_model.seeds == 5
+    ensemble = parse_spec(base(final_model={"kind": "ensemble"}))
+    assert ensemble.model_dump(mode="json")["final_model"] == {"kind": "ensemble", "seeds": None}
+    assert parse_spec(ensemble.model_dump(mode="json")).final_model == ensemble.final_model  # as stored
+
+
+@pytest.mark.parametrize(("final_model", "field", "message"), [
+    ({"kind": "bagging"}, "final_model.kind", "'refit' or 'ensemble'"),
+    ({"seeds": 0}, "final_model.seeds", "greater than or equal to 1"),
+    ({"seeds": 11}, "final_model.seeds", "less than or equal to 10"),
+    ({"seeds": True}, "final_model.seeds", "valid integer"),
+    ({"seeds": 2.5}, "final_model.seeds", "valid integer"),
+    ({"kind": "ensemble", "seeds": 3}, "final_model.seeds", "applies to kind refit"),
+    ({"holdout": 0.1}, "final_model.holdout", "unknown field"),
+    ("refit", "final_model", "valid dictionary"),
+])
+def test_a_bad_final_model_names_its_field(final_model, field, message):
+    errors = fields(base(final_model=final_model))
+    assert list(errors) == [field] and message in errors[field], errors

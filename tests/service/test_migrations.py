@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import optuna
 import pytest
@@ -15,14 +16,18 @@ from sqlalchemy import inspect, text
 from hpo.cli import main as hpo_main
 from hpo.data import DataError, DatasetStore
 from hpo.export import model_job
+from hpo.spec import parse_spec
+from hpo.studies import create_study, study_spec
+from hpo.worker import StudyPicker, WorkerOptions
 from hpo.storage import open_storage
 from hpo.db import VERSION_TABLE, alembic_config, include_name, make_engine, upgrade
 from hpo.db.models import Base
 from service.app import create_app
 from tests.support.servers import make_settings
+from tests.support.studies import add_trial, tiny_spec
 
 SERVICE_TABLES = {"hpo_studies", "hpo_datasets", "hpo_dataset_chunks", "hpo_api_keys", "hpo_logins",
-                  "hpo_model_archives", "hpo_model_jobs", VERSION_TABLE}
+                  "hpo_model_archives", "hpo_model_jobs", "hpo_auto_refits", VERSION_TABLE}
 
 
 @pytest.fixture
@@ -55,7 +60,7 @@ def test_upgrade_is_idempotent_and_leaves_optuna_alone(database_url):
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
-    assert ours == ["0006"]
+    assert ours == ["0007"]
     assert len(optunas) == 1 and optunas != ours
     open_storage(database_url).engine.dispose()  # Optuna still accepts the database
 
@@ -86,7 +91,7 @@ def test_downgrade_removes_only_the_service_tables(database_url):
 
     tables = table_names(database_url)
     assert not ({"hpo_studies", "hpo_datasets", "hpo_dataset_chunks", "hpo_api_keys", "hpo_logins",
-                 "hpo_model_jobs", "hpo_model_archives"} & tables)
+                 "hpo_model_jobs", "hpo_model_archives", "hpo_auto_refits"} & tables)
     assert {"studies", "trials"} <= tables
 
 
@@ -160,7 +165,7 @@ def test_upgrade_to_0006_keeps_stored_forecasting_studies_on_levels(database_url
                 "INSERT INTO hpo_studies (id, optuna_study_name, name, spec, created_at) "
                 "VALUES (:id, :name, :name, :spec, CURRENT_TIMESTAMP)"), {"id": name, "name": name, "spec": json.dumps(spec)})
 
-    upgrade(database_url)
+    upgrade(database_url, "0006")
 
     with engine.connect() as connection:
         stored = dict(connection.execute(text("SELECT id, spec FROM hpo_studies")).all())
@@ -173,6 +178,44 @@ def test_upgrade_to_0006_keeps_stored_forecasting_studies_on_levels(database_url
         assert attr.get("training", {}).get("forecast_target") == expected, name
         assert {**attr, "training": None} == {**old[name], "training": None}  # nothing else changed
         assert attr.get("training", {}).get("lookback") == old[name].get("training", {}).get("lookback")
+    storage.engine.dispose()
+
+
+def test_upgrade_to_0007_keeps_stored_studies_on_the_ensemble(database_url):
+    """Specs stored before final_model existed served their fold ensemble and nothing else; the
+    new default (a refit queued when the study ends) must not start one for them, whether they
+    ended before the upgrade or end after it. A study submitted after the upgrade gets it."""
+    upgrade(database_url, "0006")
+    storage = open_storage(database_url)
+    spec = tiny_spec("old", budget={"n_trials": 1})
+    engine = make_engine(database_url)
+    for name in ("old-ended", "old-running"):
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        study.set_user_attr("hpo:spec", {**spec, "name": name})  # as the previous version stored it
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO hpo_studies (id, optuna_study_name, name, spec, created_at) "
+                "VALUES (:id, :name, :name, :spec, CURRENT_TIMESTAMP)"), {"id": name, "name": name,
+                                                                         "spec": json.dumps({**spec, "name": name})})
+    add_trial(storage, "old-ended")
+
+    upgrade(database_url)
+
+    add_trial(storage, "old-running")  # it ends after the upgrade
+    new = create_study(storage, parse_spec(tiny_spec("new", budget={"n_trials": 1})))
+    add_trial(storage, "new")
+    with engine.connect() as connection:
+        rows = dict(connection.execute(text("SELECT id, spec FROM hpo_studies")).all())
+    engine.dispose()
+    for name in ("old-ended", "old-running"):
+        attr = storage.get_study_user_attrs(storage.get_study_id_from_name(name))["hpo:spec"]
+        row = rows[name] if isinstance(rows[name], dict) else json.loads(rows[name])
+        assert attr == row == {**spec, "name": name, "final_model": {"kind": "ensemble"}}
+    assert study_spec(new).final_model.kind == "refit"
+    picker = StudyPicker(storage, WorkerOptions(database_url=database_url), 0, threading.Event())
+    assert picker.pick(storage.get_all_studies()) is None  # all three completed
+    assert model_job(storage, "old-ended") is None and model_job(storage, "old-running") is None
+    assert model_job(storage, "new")["state"] == "queued"
     storage.engine.dispose()
 
 

@@ -71,6 +71,8 @@ def test_same_spec_twice_gives_two_studies(api):
         ({"task": "regression"}, "task"),
         ({"name": "no spaces allowed"}, "name"),
         ({"budget": {"n_trials": 0}}, "budget.n_trials"),
+        ({"final_model": {"kind": "ensemble", "seeds": 3}}, "final_model.seeds"),
+        ({"final_model": {"seeds": 11}}, "final_model.seeds"),
     ],
 )
 def test_invalid_spec_is_422_naming_the_field(shared_api, change, field):
