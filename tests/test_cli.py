@@ -141,3 +141,24 @@ def test_run_answers_on_stdout_quiet_or_not(tmp_path):
     assert quiet.returncode == 0, quiet.stderr
     assert re.fullmatch(r"best accuracy \d\.\d+ \(trial 0\)\n", quiet.stdout), quiet.stdout
     assert again.returncode == 0 and "Best trial #0: accuracy" in again.stdout, again
+
+
+@pytest.mark.slow
+def test_run_leaves_its_refit_ready_and_the_model_commands_read_it_from_the_storage(tmp_path):
+    """The default final model, a 3-seed refit queued as the study ends, is fitted before
+    `hpo run` returns; `hpo model status | download --database` read both kinds from the storage."""
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: one\ndataset: {builtin: digits}\ncv: {folds: 2}\ntraining: {max_epochs: 1}\n"
+                    "search_space: {hidden_size: 16, batch_size: 256}\nbudget: {n_trials: 1}\n")
+    storage = f"sqlite:///{tmp_path}/hpo.db"
+    run = hpo("run", str(spec), "--jobs", "1", "--quiet", "--storage", storage, cwd=tmp_path)
+    status = hpo("model", "status", "one", "--database", storage)
+    ensemble = hpo("model", "download", "one", "--kind", "ensemble", "--database", storage, cwd=tmp_path)
+
+    assert run.returncode == 0, run.stderr
+    assert "final model: serving: refit of trial 0 (3 seeds)" in run.stderr, run.stderr
+    model = json.loads(status.stdout)
+    assert model["kind"] == "refit" and model["refit"]["state"] == "ready" and model["refit"]["auto"] is True
+    assert set(model["archives"]) == {"ensemble", "refit"}
+    assert ensemble.returncode == 0, ensemble.stderr
+    assert "model kind: ensemble (2 network(s))" in ensemble.stderr and (tmp_path / "one.hpo.zip").exists()
