@@ -1,7 +1,7 @@
 """The study page's Model panel in a real browser against a real ``hpo serve``: the best
-trial's fold ensemble appears when the study ends, a refit reaches ``ready`` without a
-reload, download the archives and open them, delete them, cancel a queued refit, see why a
-refit failed and that a model did not learn."""
+trial's fold ensemble appears when the study ends, a study's own refit replaces it once
+ready, a refit reaches ``ready`` without a reload, download the archives and open them,
+delete them, cancel a queued refit, see why a refit failed and that a model did not learn."""
 
 from __future__ import annotations
 
@@ -25,26 +25,28 @@ def model_state(page) -> str:
     return page.get_attribute("#model", "data-state")
 
 
-def wait_model_state(page, state: str, timeout_ms: int = FIT_TIMEOUT_MS) -> None:
-    page.wait_for_selector(f'#model[data-state="{state}"]', timeout=timeout_ms)
+def wait_model_state(page, state: str, timeout_ms: int = FIT_TIMEOUT_MS, of: str = "state") -> None:
+    """Wait until the panel shows ``state``: the served model's (``of="state"``), the kind
+    served (``"kind"``) or the refit's (``"refit"``)."""
+    page.wait_for_selector(f'#model[data-{of}="{state}"]', timeout=timeout_ms)
 
 
-def record_states(page) -> None:
-    """From now on, ``window.__modelStates`` lists the states the panel shows, in order (the
-    current one first)."""
-    page.evaluate("""() => {
+def record_states(page, of: str = "state") -> None:
+    """From now on, ``window.__modelStates`` lists the states the panel shows (``data-<of>``),
+    in order (the current one first)."""
+    page.evaluate("""(of) => {
         const panel = document.querySelector('#model');
-        window.__modelStates = [panel.dataset.state];
+        window.__modelStates = [panel.dataset[of]];
         new MutationObserver(() => {
             const states = window.__modelStates;
-            if (states[states.length - 1] !== panel.dataset.state) states.push(panel.dataset.state);
-        }).observe(panel, {attributes: true, attributeFilter: ['data-state']});
-    }""")
+            if (states[states.length - 1] !== panel.dataset[of]) states.push(panel.dataset[of]);
+        }).observe(panel, {attributes: true, attributeFilter: [`data-${of}`]});
+    }""", of)
 
 
 def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
     spec = tiny_spec("browser-model", search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 128}},
-                     training={"max_epochs": 1}, budget={"n_trials": 2})
+                     training={"max_epochs": 1}, budget={"n_trials": 2}, final_model={"kind": "ensemble"})
     study = api.post("/studies", json=spec).json()
     study_id = study["id"]
     # Held back until the page is open, so that the page sees a study without a complete trial.
@@ -75,17 +77,18 @@ def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
     assert "Traceback" not in page.text_content("#model-card")
     assert api.get(f"/studies/{study_id}/model").json()["kind"] == "ensemble"
 
-    record_states(page)
+    record_states(page, of="refit")
     page.fill("#model-holdout", "0.2")
     page.fill("#model-seeds", "2")
     page.click("#model-fit")
-    page.wait_for_selector('#model:not([data-state="ready"])')
+    page.wait_for_selector('#model:not([data-refit="none"])')
     page.screenshot(path=tmp_path / "model-fitting.png", full_page=True)
-    wait_model_state(page, "ready")
+    wait_model_state(page, "ready", of="refit")
     states = page.evaluate("window.__modelStates")
     # A worker may claim the job before the panel's first poll: "running" can come first.
-    assert states[0] == "ready" and states[1] in ("queued", "running") and states[-1] == "ready", states
+    assert states[0] == "none" and states[1] in ("queued", "running") and states[-1] == "ready", states
     assert set(states[1:]) <= {"queued", "running", "ready"}, states
+    assert model_state(page) == "ready"  # the ensemble was served all along
     assert page.text_content("#model-message") == ""
     assert page.evaluate("window.__noReload") == "still here"  # followed by polling, not reloads
     page.screenshot(path=tmp_path / "model-ready.png", full_page=True)
@@ -122,7 +125,7 @@ def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
     page.set_viewport_size({"width": 1280, "height": 800})
 
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#model-delete")  # the refit goes: the ensemble is the model again
+    page.click("#model-delete")  # the refit goes: the ensemble is served again
     page.wait_for_function("document.querySelector('#model-kind')?.textContent.startsWith('fold ensemble')",
                            timeout=10_000)
     page.once("dialog", lambda dialog: dialog.accept())
@@ -142,12 +145,36 @@ def test_fit_follow_download_delete_and_cancel(server, page, api, tmp_path):
     page.screenshot(path=tmp_path / "model-cancelled.png", full_page=True)
 
 
+def test_the_studys_own_refit_is_followed_then_served_and_the_ensemble_stays_downloadable(server, page, api,
+                                                                                         tmp_path):
+    # Ten seeds of a wider network: a refit that trains long enough to be seen while it does.
+    spec = tiny_spec("browser-model-own", search_space={"hidden_size": {"value": 128}, "batch_size": {"value": 16}},
+                     training={"max_epochs": 2}, budget={"n_trials": 1}, final_model={"seeds": 10})
+    study = api.post("/studies", json=spec).json()
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
+
+    page.wait_for_selector("#model-meanwhile", timeout=20_000)  # the ensemble served, the refit under way
+    assert page.get_attribute("#model", "data-kind") == "ensemble"
+    assert page.get_attribute("#model", "data-refit") in ("queued", "running")
+    page.screenshot(path=tmp_path / "model-own-refit.png", full_page=True)
+    wait_model_state(page, "refit", of="kind")
+
+    assert "refit on all data (10 seeds" in page.text_content("#model-kind")
+    status = api.get(f"/studies/{study['id']}/model").json()
+    assert status["refit"]["auto"] is True and set(status["archives"]) == {"ensemble", "refit"}
+    with page.expect_download() as started:
+        page.click("#model-download-ensemble")
+    assert load_model(started.value.path()).kind == "ensemble"
+
+
 def test_a_failed_fit_says_why_and_can_be_asked_for_again(server, page, api, tmp_path):
     rows = "".join(f"{'buy now cheap pills' if i % 2 else 'see you at lunch'} {i},{'ab'[i % 2]}\n" for i in range(24))
     dataset = api.post("/datasets", files={"file": ("notes.csv", ("text,label\n" + rows).encode())},
                        data={"task": "classification"}).json()
     spec = tiny_spec("browser-model-failed", dataset={"id": dataset["id"]}, training={"max_epochs": 1},
-                     search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 16}}, budget={"n_trials": 1})
+                     search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 16}}, budget={"n_trials": 1},
+                     final_model={"kind": "ensemble"})
     study = api.post("/studies", json=spec).json()
     page.goto(f"{server.url}/studies/{study['id']}")
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
@@ -159,23 +186,25 @@ def test_a_failed_fit_says_why_and_can_be_asked_for_again(server, page, api, tmp
 
     page.click("#model-fit")
 
-    wait_model_state(page, "failed")
-    reason = api.get(f"/studies/{study['id']}/model").json()["reason"]
+    wait_model_state(page, "failed", of="refit")
+    reason = api.get(f"/studies/{study['id']}/model").json()["refit"]["reason"]
     assert reason and reason in page.text_content("#model-reason")
+    assert "The fold ensemble is served" in page.text_content("#model-reason")
+    assert model_state(page) == "ready" and page.get_attribute("#model", "data-kind") == "ensemble"
     assert page.text_content("#model-fit") == "Fit again"
     page.screenshot(path=tmp_path / "model-failed.png", full_page=True)
     page.set_viewport_size(PHONE)
     page.locator("#model-card").screenshot(path=tmp_path / "model-failed-phone.png")
     page.set_viewport_size({"width": 1280, "height": 800})
 
-    before = api.get(f"/studies/{study['id']}/model").json()
-    record_states(page)
+    before = api.get(f"/studies/{study['id']}/model").json()["refit"]
+    record_states(page, of="refit")
 
     page.click("#model-fit")
 
     page.wait_for_function("window.__modelStates.length > 2 && window.__modelStates.slice(-1)[0] === 'failed'", timeout=FIT_TIMEOUT_MS)
     assert page.evaluate("window.__modelStates")[1] in ("queued", "running")  # a new fit was started
-    after = api.get(f"/studies/{study['id']}/model").json()
+    after = api.get(f"/studies/{study['id']}/model").json()["refit"]
     assert after["state"] == "failed" and after["requested_at"] > before["requested_at"]  # a new fit
 
 
@@ -189,7 +218,7 @@ def test_a_model_that_did_not_learn_is_flagged(server, page, api):
                        data={"task": "classification"}).json()
     spec = tiny_spec("browser-model-noise", dataset={"id": dataset["id"]}, training={"max_epochs": 1},
                      search_space={"hidden_size": {"value": 8}, "batch_size": {"value": 16}, "lr": {"value": 1e-6}},
-                     budget={"n_trials": 1})
+                     budget={"n_trials": 1}, final_model={"kind": "ensemble"})
     study = api.post("/studies", json=spec).json()
     page.goto(f"{server.url}/studies/{study['id']}")
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)

@@ -1,12 +1,20 @@
-// The study page's Model panel: the best trial's fold ensemble (kept by the workers as trials
-// complete) or a refit on all the study's data (a worker trains it, once per seed); follow
-// the refit, download the archive, see whether the model learned; cancel or delete.
+// The study page's Model panel: the model the study serves, the best trial's fold ensemble
+// (kept by the workers as trials complete) until a refit on all the study's data is ready
+// (a worker trains it, once per seed; the study queues its own when it ends unless its spec
+// says final_model: {kind: ensemble}); follow the refit, download either archive, see
+// whether the model learned; cancel or delete.
 import { API, FINISHED_STATES, api, badge, el, fmtAgo, fmtTime, fmtValue } from "./common.js";
 
 const POLL_MS = 2000; // while a fit is queued or running; not at all otherwise
 const ACTIVE = ["queued", "running"];
 const MAX_HOLDOUT = 0.5;
 const MAX_SEEDS = 10;
+const WAIT_FOR_OWN_REFIT_POLLS = 5; // a completed study's own refit is queued by a worker within moments
+
+/** Whether the model's state says a fit is still to come: the served state, or the refit's. */
+function pending(s) {
+  return ACTIVE.includes(s.state) || Boolean(s.refit && ACTIVE.includes(s.refit.state));
+}
 
 function fmtBytes(bytes) {
   if (bytes === null || bytes === undefined) return "—";
@@ -37,6 +45,8 @@ export class ModelPanel {
     this.timer = null;
     this.busy = false; // a POST or DELETE is on its way
     this.refitOpen = false; // the ready model's "Refit on all data" section, kept open across renders
+    this.finalKind = null; // the spec's final_model.kind, once the study's detail is known
+    this.ownRefitPolls = 0; // polls left while a completed study's own refit is not queued yet
     // Kept across renders, so what was typed survives them.
     this.holdout = el("input", {
       type: "number", id: "model-holdout", min: 0, max: MAX_HOLDOUT, step: 0.05, value: 0, inputmode: "decimal",
@@ -49,8 +59,10 @@ export class ModelPanel {
   setStudy(study) {
     const before = this.study;
     this.study = study;
+    if (study.spec && study.spec.final_model) this.finalKind = study.spec.final_model.kind;
     const changed = !before || before.best_trial !== study.best_trial || before.state !== study.state;
-    if (changed && this.status && !ACTIVE.includes(this.status.state)) this.load();
+    if (changed && study.state === "completed") this.ownRefitPolls = WAIT_FOR_OWN_REFIT_POLLS;
+    if (changed && this.status && !pending(this.status)) this.load();
   }
 
   /** Read the model's state; poll again in a moment while a fit is queued or running. */
@@ -61,11 +73,14 @@ export class ModelPanel {
     try {
       this.status = await api(this.url);
       this.loadError = null;
-      again = ACTIVE.includes(this.status.state);
+      // A completed study that refits by itself: its refit shows up within moments of its end.
+      const awaitingOwnRefit = this.finalKind === "refit" && !this.status.refit && this.ownRefitPolls > 0;
+      if (awaitingOwnRefit) this.ownRefitPolls -= 1;
+      again = pending(this.status) || awaitingOwnRefit;
     } catch (err) {
       this.loadError = `Could not read the model's state: ${err.message}`;
       if (err.status === 404) this.status = null; // the study is gone: nothing to follow
-      again = err.status !== 404 && (!this.status || ACTIVE.includes(this.status.state));
+      again = err.status !== 404 && (!this.status || pending(this.status));
     }
     this.render();
     if (again) this.timer = setTimeout(() => this.load(), POLL_MS);
@@ -108,8 +123,8 @@ export class ModelPanel {
     }));
   }
 
-  remove(label) {
-    return this.act(label, () => api(this.url, { method: "DELETE" }).then(() => null));
+  remove(label, kind) {
+    return this.act(label, () => api(`${this.url}?kind=${kind}`, { method: "DELETE" }).then(() => null));
   }
 
   fitControls(label) {
@@ -134,9 +149,48 @@ export class ModelPanel {
       s.seeds > 1 ? ["seeds", String(s.seeds)] : null];
   }
 
+  /** A queued or running refit: what it is doing, and Cancel. */
+  refitProgress(r, meanwhile) {
+    const note = meanwhile ? el("span", { class: "hint", id: "model-meanwhile" }, "serving the fold ensemble meanwhile") : null;
+    const cancel = el("button", { type: "button", class: "danger", id: "model-cancel", disabled: this.busy, onclick: () => this.remove("cancel the refit", "refit") }, "Cancel");
+    if (r.state === "queued") {
+      return [
+        el("div", { class: "model-progress" }, el("span", { class: "spinner", "aria-hidden": "true" }),
+          `Refit waiting for a worker… requested ${fmtAgo(r.requested_at)}${r.auto ? " (queued by the study as it ended)" : ""}`, note),
+        kv(this.source(r)),
+        el("div", { class: "actions" }, cancel),
+      ];
+    }
+    const known = r.epochs !== null && r.epochs !== undefined;
+    const pct = known ? Math.min(100, (100 * (r.epoch || 0)) / Math.max(1, r.epochs)) : 0;
+    return [
+      el("div", { class: "model-progress" }, el("span", { class: "spinner", "aria-hidden": "true" }),
+        el("span", { id: "model-epochs" }, known ? `Refit training: epoch ${r.epoch || 0} / ${r.epochs}` : "Refit preparing the data…"),
+        el("span", { class: "hint" }, `started ${fmtAgo(r.started_at)}`), note),
+      known ? el("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": r.epochs, "aria-valuenow": r.epoch || 0 },
+        el("span", { class: "running", style: `width:${pct.toFixed(1)}%` })) : null,
+      kv([...this.source(r),
+        r.score !== null && r.score !== undefined ? [`last epoch (${r.holdout ? "holdout" : "training sample"})`, fmtValue(r.score)] : null]),
+      el("div", { class: "actions" }, cancel, el("span", { class: "hint" }, "stops at the end of the epoch in progress")),
+    ];
+  }
+
+  /** Download links: the model served, then the other kind stored, by name. */
+  downloads(s) {
+    const others = Object.keys(s.archives || {}).filter((kind) => kind !== s.kind);
+    return [
+      el("a", { class: "button primary", id: "model-download", href: s.links.download, download: "" }, "Download model"),
+      ...others.map((kind) => el("a", { class: "button", id: `model-download-${kind}`, href: `${s.links.download}?kind=${kind}`, download: "" },
+        kind === "ensemble" ? "Download the fold ensemble" : "Download the refit")),
+    ];
+  }
+
   render() {
     const s = this.status;
+    const refit = s && s.refit ? s.refit : null;
     this.body.dataset.state = s ? s.state : "unknown";
+    this.body.dataset.kind = s && s.state === "ready" ? s.kind : "none";
+    this.body.dataset.refit = refit ? refit.state : "none";
     this.state.replaceChildren(s ? (s.state === "none" ? "not fitted" : badge(s.state)) : "");
     const error = this.loadError ? el("div", { class: "message", id: "model-load-error" }, this.loadError) : null;
     if (!s) {
@@ -145,32 +199,11 @@ export class ModelPanel {
     }
     const views = {
       none: () => [
-        el("p", { class: "note" }, "No model yet. As trials complete, the workers keep the best trial's fold models: their ensemble becomes the model by itself. Or refit the best trial's parameters on all the study's data (a worker trains it, once per seed); then download the model, or predict through the API."),
+        el("p", { class: "note" }, "No model yet. As trials complete, the workers keep the best trial's fold models: their ensemble is served as soon as the study ends. Unless the spec says final_model: {kind: ensemble}, the study then refits its best trial on all its data (3 seeds by default), and serves that refit once it is ready. Or refit the best trial's parameters now (a worker trains it, once per seed); then download the model, or predict through the API."),
         ...this.fitControls("Refit on all data"),
       ],
-      queued: () => [
-        el("div", { class: "model-progress" }, el("span", { class: "spinner", "aria-hidden": "true" }),
-          `Waiting for a worker… requested ${fmtAgo(s.requested_at)}`),
-        kv(this.source(s)),
-        el("div", { class: "actions" },
-          el("button", { type: "button", class: "danger", id: "model-cancel", disabled: this.busy, onclick: () => this.remove("cancel the refit") }, "Cancel")),
-      ],
-      running: () => {
-        const known = s.epochs !== null && s.epochs !== undefined;
-        const pct = known ? Math.min(100, (100 * (s.epoch || 0)) / Math.max(1, s.epochs)) : 0;
-        return [
-          el("div", { class: "model-progress" }, el("span", { class: "spinner", "aria-hidden": "true" }),
-            el("span", { id: "model-epochs" }, known ? `Training: epoch ${s.epoch || 0} / ${s.epochs}` : "Preparing the data…"),
-            el("span", { class: "hint" }, `started ${fmtAgo(s.started_at)}`)),
-          known ? el("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": s.epochs, "aria-valuenow": s.epoch || 0 },
-            el("span", { class: "running", style: `width:${pct.toFixed(1)}%` })) : null,
-          kv([...this.source(s),
-            s.score !== null && s.score !== undefined ? [`last epoch (${s.holdout ? "holdout" : "training sample"})`, fmtValue(s.score)] : null]),
-          el("div", { class: "actions" },
-            el("button", { type: "button", class: "danger", id: "model-cancel", disabled: this.busy, onclick: () => this.remove("cancel the refit") }, "Cancel"),
-            el("span", { class: "hint" }, "stops at the end of the epoch in progress")),
-        ];
-      },
+      queued: () => this.refitProgress(s, false),
+      running: () => this.refitProgress(s, false),
       ready: () => {
         const m = s.model || {};
         const training = m.training || {};
@@ -178,13 +211,14 @@ export class ModelPanel {
         const holdoutScore = training[`holdout_${metric}`];
         const ensemble = s.kind === "ensemble";
         const learning = m.learning;
+        const refitFailed = ensemble && refit && refit.state === "failed";
         return [
           s.learned === false && learning ? el("div", { class: "message", id: "model-not-learned" },
             `This model did not learn: on its own training data its ${learning.metric} is ${fmtValue(learning.score)}, ` +
             `${learning.metric === "accuracy" ? "no better than" : "no lower than"} ${fmtValue(learning.baseline)} for always answering the ${learning.baseline_name === "persistence" ? "last observed value" : learning.baseline_name}. ` +
             "Its predictions are not worth more than that; try a wider search space or more epochs.") : null,
           kv([
-            ["kind", el("span", { id: "model-kind" }, ensemble ? `fold ensemble (${m.members ?? "?"} fold models, averaged)` : `refit on all data (${m.members ?? "?"} seed${m.members === 1 ? "" : "s"}, averaged)`),
+            ["serving", el("span", { id: "model-kind" }, ensemble ? `fold ensemble (${m.members ?? "?"} fold models, averaged)` : `refit on all data (${m.members ?? "?"} seed${m.members === 1 ? "" : "s"}, averaged)`),
               ensemble ? "The best trial's fold models as they were trained, each with its fold's preprocessing." : "The best trial's parameters trained again on all the data."],
             ["trial", `#${m.trial_number ?? s.trial_number}`],
             ["CV " + metric, fmtValue(m.cv_score ?? s.cv_score)],
@@ -195,15 +229,18 @@ export class ModelPanel {
             ["created", fmtTime(m.created_at || s.finished_at)],
             ["archive", fmtBytes(s.archive && s.archive.bytes), s.archive && s.archive.sha256 ? `sha256 ${s.archive.sha256}` : null],
           ]),
+          ensemble && refit && ACTIVE.includes(refit.state) ? el("div", { id: "model-refit-status" }, ...this.refitProgress(refit, true)) : null,
+          refitFailed ? el("div", { class: "message", id: "model-reason" }, `The refit failed: ${refit.reason || "no reason was recorded"}. The fold ensemble is served.`) : null,
           el("div", { class: "actions" },
-            el("a", { class: "button primary", id: "model-download", href: s.links.download, download: "" }, "Download model"),
+            ...this.downloads(s),
             el("button", { type: "button", class: "danger", id: "model-delete", disabled: this.busy, onclick: () => {
-              const question = ensemble ? "Delete this model? A later trial that ranks best keeps its fold models again."
-                : "Delete this refit? The fold ensemble, if kept, is the model again.";
-              if (confirm(question)) this.remove("delete the model");
+              const question = ensemble ? "Delete the fold ensemble? A later trial that ranks best keeps its fold models again."
+                : "Delete this refit? The fold ensemble, if kept, is served again.";
+              if (confirm(question)) this.remove("delete the model", s.kind);
             } }, ensemble ? "Delete model" : "Delete refit")),
-          el("details", { class: "model-refit", open: this.refitOpen, ontoggle: (event) => { this.refitOpen = event.target.open; } },
-            el("summary", {}, "Refit on all data"), ...this.fitControls(ensemble ? "Refit" : "Refit again")),
+          ensemble && refit && ACTIVE.includes(refit.state) ? null
+            : el("details", { class: "model-refit", open: this.refitOpen || refitFailed, ontoggle: (event) => { this.refitOpen = event.target.open; } },
+              el("summary", {}, "Refit on all data"), ...this.fitControls(refitFailed ? "Fit again" : ensemble ? "Refit" : "Refit again")),
         ];
       },
       failed: () => [
