@@ -5,16 +5,18 @@ reference scores; ``manifest.json`` the same, machine-readable) and each seed, o
 public path is used, as a user would: start ``hpo serve`` (temporary SQLite and data
 folder, 2 embedded workers) on a free port, upload the TRAIN file over HTTP, submit a spec
 giving only the task, the dataset and the wall-clock budget (plus the seed: ``sampler.seed``
-and ``training.seed``), wait for the study, take its final model (requesting the fit with
-``POST .../model`` when none is ready when the study ends), predict the TEST file over the
-predict API and score it. Forecasting is one step ahead with the true history: for each
+and ``training.seed``), wait for the study, wait for its final model (by default the
+3-seed refit the study queues as it ends; requested with ``POST .../model`` only when the
+study has none), predict the TEST file over the predict API and score it; then score the
+same study's fold ensemble too (``?kind=ensemble``), the model served until the refit was
+ready. Forecasting is one step ahead with the true history: for each
 test row t of ``NAME_full.csv`` the model forecasts from rows 0..t-1 (one rolling call). The test files are read
 only here, for scoring; their labels never reach the server.
 
     .venv/bin/python -m bench.bench_quality --quick                    # one seed, all six datasets, ~25-30 min
     .venv/bin/python -m bench.bench_quality                            # 3 seeds, ~1 h 15
     .venv/bin/python -m bench.bench_quality --datasets Lynx --budget-s 60 --set pruner.name=none
-    .venv/bin/python -m bench.bench_quality --quick --refit-seeds 3      # also score a 3-seed refit of each study
+    .venv/bin/python -m bench.bench_quality --quick --set final_model.kind=ensemble   # the ensemble alone
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ DEFAULT_SEEDS = 3
 # Generous limits on the waits: a study past its budget still finishes its running trials.
 STUDY_GRACE_S = 1800
 MODEL_TIMEOUT_S = 1800
+# A study's own refit is queued by the worker that sees it end, within moments of the end.
+OWN_REFIT_WAIT_S = 60
 DEEP_BASELINES = ("fcn", "resnet", "fcn_128", "resnet_128")
 # The API refuses JSON bodies over 1 MiB; a number takes about 20 bytes of JSON.
 PREDICT_VALUES_PER_CALL = 25_000
@@ -114,23 +118,25 @@ def chunks(sequences: list[Any], max_values: int) -> list[list[Any]]:
     return runs
 
 
-def score_classification(client: Client, study_id: str, folder: Path, entry: dict[str, Any]) -> dict[str, float]:
+def score_classification(client: Client, study_id: str, folder: Path, entry: dict[str, Any],
+                         kind: str | None = None) -> dict[str, float]:
     """Accuracy on the test file, its sequences sent as JSON ``x`` (the labels stay here)."""
     x, y = classification_inputs(folder, entry)
     labels: list[Any] = []
     for chunk in chunks(x, PREDICT_VALUES_PER_CALL):
-        labels += client.predict(study_id, {"x": chunk})["labels"]
+        labels += client.predict(study_id, {"x": chunk}, kind=kind)["labels"]
     # Labels may come back as strings ("3") or as the ints they were given.
     return {"accuracy": float(np.mean([str(label) == str(truth) for label, truth in zip(labels, y.tolist())]))}
 
 
-def score_forecasting(client: Client, study_id: str, folder: Path, entry: dict[str, Any]) -> dict[str, float]:
+def score_forecasting(client: Client, study_id: str, folder: Path, entry: dict[str, Any],
+                      kind: str | None = None) -> dict[str, float]:
     """One step ahead over the test rows of ``NAME_full.csv``, each from the true rows before
     it: one rolling call over the whole series, of which the test rows' forecasts are scored."""
     full = parse_series((folder / entry["files"]["full"]).read_text(encoding="utf-8"), ",",
                         entry["target_column"])
     target = full.columns.index(entry["target_column"])
-    answer = client.predict(study_id, {"series": full.values.tolist(), "rolling": True})
+    answer = client.predict(study_id, {"series": full.values.tolist(), "rolling": True}, kind=kind)
     forecast_at = dict(zip(answer["positions"], answer["predictions"], strict=True))
     test_rows = range(entry["n_train"], len(full.values))
     errors = [float(forecast_at[t][0]) - float(full.values[t, target]) for t in test_rows]
@@ -139,18 +145,29 @@ def score_forecasting(client: Client, study_id: str, folder: Path, entry: dict[s
     return {"rmse": math.sqrt(mse), "mse": mse, "mae": float(np.mean(np.abs(errors_array)))}
 
 
-def score(client: Client, study_id: str, folder: Path, entry: dict[str, Any]) -> dict[str, float]:
-    """The study's model on the dataset's test split."""
-    return (score_classification(client, study_id, folder, entry) if entry["task"] == "classification"
-            else score_forecasting(client, study_id, folder, entry))
+def score(client: Client, study_id: str, folder: Path, entry: dict[str, Any],
+          kind: str | None = None) -> dict[str, float]:
+    """The study's model (the one it serves, or ``kind``) on the dataset's test split."""
+    return (score_classification(client, study_id, folder, entry, kind) if entry["task"] == "classification"
+            else score_forecasting(client, study_id, folder, entry, kind))
+
+
+def wait_final_model(client: Client, study: dict[str, Any]) -> dict[str, Any]:
+    """The study's final model once no fit is pending: with ``final_model.kind: refit`` (the
+    default), its own refit, which a worker queues as the study ends, ready or failed."""
+    if study["spec"]["final_model"]["kind"] == "refit":
+        deadline = time.monotonic() + OWN_REFIT_WAIT_S
+        while "refit" not in client.model(study["id"]) and time.monotonic() < deadline:
+            time.sleep(1)
+    return client.wait_model(study["id"], poll_s=2, timeout_s=MODEL_TIMEOUT_S)
 
 
 def run_one(result: dict[str, Any], folder: Path, entry: dict[str, Any], budget_s: float,
-            overlay: dict[str, Any], workdir: Path, refit_seeds: int = 0) -> dict[str, Any]:
+            overlay: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """One dataset, one seed, on a fresh server, recorded into ``result`` as it goes (``error``
-    when something refused; what was recorded before an exception stays). With ``refit_seeds``,
-    the same study's best trial is then refit on all the training data (``{"kind": "refit",
-    "seeds": refit_seeds}``) and scored too, as ``refit``."""
+    when something refused; what was recorded before an exception stays): ``test`` scores the
+    model the study serves at the end (its refit, by default), ``ensemble`` the same study's
+    fold ensemble, when that is not what it serves."""
     name, seed, task = result["dataset"], result["seed"], entry["task"]
     train_file = folder / (entry["files"]["train"]["file"] if task == "classification" else entry["files"]["train"])
     result.update(task=task, load_avg_start=os.getloadavg()[0])
@@ -168,12 +185,14 @@ def run_one(result: dict[str, Any], folder: Path, entry: dict[str, Any], budget_
             result["error"] = f"study {study['state']}: {study.get('reason')}"
             return finish(result, start)
         result["best"] = client.best(study["id"])
-        model = client.model(study["id"])
+        model = wait_final_model(client, study)
         result["model_requested"] = model["state"] == "none"
-        if result["model_requested"]:
+        if result["model_requested"]:  # no ensemble kept and no refit of its own: ask for one
             client.fit_model(study["id"])
-        model = client.wait_model(study["id"], poll_s=2, timeout_s=MODEL_TIMEOUT_S)
-        result["model"] = {k: model.get(k) for k in ("state", "kind", "trial_number", "cv_score", "reason", "model")}
+            model = client.wait_model(study["id"], poll_s=2, timeout_s=MODEL_TIMEOUT_S)
+        result["model"] = {k: model.get(k) for k in ("state", "kind", "trial_number", "cv_score", "reason", "model",
+                                                     "refit")}
+        # From the study's end to its final model (the refit's queue and fit, by default).
         result["model_s"] = time.monotonic() - start - result["study_s"]
         if model["state"] != "ready":
             result["error"] = f"model {model['state']}: {model.get('reason')}"
@@ -181,14 +200,9 @@ def run_one(result: dict[str, Any], folder: Path, entry: dict[str, Any], budget_
         result["test"] = score(client, study["id"], folder, entry)
         # The final trial's counts: trials still running when the budget ended have finished by now.
         result["trials"] = client.get(study["id"])["trials"]
-        if refit_seeds and model.get("kind") != "refit":
-            refit_start = time.monotonic()
-            client.fit_model(study["id"], seeds=refit_seeds)
-            refit = client.wait_model(study["id"], poll_s=2, timeout_s=MODEL_TIMEOUT_S)
-            result["refit"] = {k: refit.get(k) for k in ("state", "kind", "seeds", "trial_number", "reason", "model")}
-            if refit["state"] == "ready":
-                result["refit"]["test"] = score(client, study["id"], folder, entry)
-            result["refit"]["s"] = time.monotonic() - refit_start
+        if model["kind"] != "ensemble" and "ensemble" in (model.get("archives") or {}):
+            result["ensemble"] = {**model["archives"]["ensemble"],
+                                  "test": score(client, study["id"], folder, entry, kind="ensemble")}
     return finish(result, start)
 
 
@@ -227,9 +241,10 @@ def summarize(name: str, entry: dict[str, Any], runs: list[dict[str, Any]]) -> d
     tests = [r["test"][metric] for r in scored]
     cvs = [r["best"]["value"] for r in scored]
     gaps = [cv - test if metric == "accuracy" else test - cv for cv, test in zip(cvs, tests)]
-    refits = [r["refit"]["test"][metric] for r in scored if "test" in r.get("refit", {})]
+    ensembles = [r["ensemble"]["test"][metric] for r in scored if "ensemble" in r]
     return {"dataset": name, "metric": metric, "runs": len(runs), "scored": len(scored),
-            "test": tests, "refit": refits, "cv": cvs, "gap": gaps,
+            "kinds": sorted({r["model"]["kind"] for r in scored}),
+            "test": tests, "ensemble": ensembles, "cv": cvs, "gap": gaps,
             "trials": [r["trials"]["complete"] + r["trials"]["pruned"] for r in runs if "trials" in r],
             "pruned": [r["trials"]["pruned"] for r in runs if "trials" in r],
             "wall_s": [r["wall_s"] for r in runs], "errors": [r["error"] for r in runs if "error" in r],
@@ -237,20 +252,22 @@ def summarize(name: str, entry: dict[str, Any], runs: list[dict[str, Any]]) -> d
 
 
 def table(summaries: list[dict[str, Any]]) -> str:
-    """The summaries as a Markdown table (with a ``refit`` column when refits were scored)."""
-    with_refit = any(s["refit"] for s in summaries)
-    lines = ["| dataset | metric | test (mean ± sd) | " + ("refit test | " if with_refit else "")
+    """The summaries as a Markdown table: the test score of the final model served (its kind
+    in brackets) and, when it was not the ensemble, the same studies' ensemble's."""
+    with_ensemble = any(s["ensemble"] for s in summaries)
+    lines = ["| dataset | metric | test (mean ± sd) | " + ("ensemble test | " if with_ensemble else "")
              + "best CV | CV−test gap | baseline | trivial | best deep | trials (pruned) | wall s |",
-             "|---|---|---|" + ("---|" if with_refit else "") + "---|---|---|---|---|---|---|"]
+             "|---|---|---|" + ("---|" if with_ensemble else "") + "---|---|---|---|---|---|---|"]
     for s in summaries:
         digits = 3 if s["metric"] == "accuracy" or s["references"]["baseline"] < 10 else 1
         ref = s["references"]
         deep = f"{ref['deep']:.3f} {ref['deep_name']}" if "deep" in ref else "–"
         trials = f"{statistics.mean(s['trials']):.0f} ({statistics.mean(s['pruned']):.0f})" if s["trials"] else "–"
         failed = f" ({len(s['errors'])} of {s['runs']} failed)" if s["errors"] else ""
+        kinds = f" ({', '.join(s['kinds'])})" if s["kinds"] else ""
         lines.append(
-            f"| {s['dataset']} | {s['metric']} | {mean_sd(s['test'], digits)}{failed} | "
-            + (f"{mean_sd(s['refit'], digits)} | " if with_refit else "") + f"{mean_sd(s['cv'], digits)} "
+            f"| {s['dataset']} | {s['metric']} | {mean_sd(s['test'], digits)}{kinds}{failed} | "
+            + (f"{mean_sd(s['ensemble'], digits)} | " if with_ensemble else "") + f"{mean_sd(s['cv'], digits)} "
             f"| {mean_sd(s['gap'], digits)} | {ref['baseline_name']} {ref['baseline']:.{digits}f} "
             f"| {ref['trivial_name']} {ref['trivial']:.{digits}f} | {deep} | {trials} "
             f"| {statistics.mean(s['wall_s']):.0f} |")
@@ -266,10 +283,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help=f"seeds 0..N-1 (default {DEFAULT_SEEDS})")
     parser.add_argument("--quick", action="store_true", help="one seed")
     parser.add_argument("--set", dest="overlay", action="append", default=[], metavar="PATH=VALUE",
-                        help="lay this over every spec, e.g. pruner.name=none or model.kind=refit (repeatable)")
-    parser.add_argument("--refit-seeds", type=int, default=0, metavar="N",
-                        help="also refit each study's best trial on all the training data, N seeds averaged "
-                             "({\"kind\": \"refit\", \"seeds\": N}), and score that model too (default 0: no)")
+                        help="lay this over every spec, e.g. pruner.name=none or final_model.seeds=5 (repeatable)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args(argv)
 
@@ -285,7 +299,7 @@ def main(argv: list[str]) -> None:
     overlay = parse_overlay(args.overlay)
 
     header(f"quality suite: {len(names)} datasets x {len(seeds)} seeds, budget {args.budget_s:g} s, "
-           f"{WORKERS} workers" + (f", refit with {args.refit_seeds} seeds" if args.refit_seeds else "") + (f", overlay {json.dumps(overlay)}" if overlay else ""))
+           f"{WORKERS} workers" + (f", overlay {json.dumps(overlay)}" if overlay else ""))
     started = dt.datetime.now().astimezone()
     runs = []
     for seed in seeds:
@@ -294,15 +308,15 @@ def main(argv: list[str]) -> None:
             start = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="bench-quality-") as workdir:
                 try:
-                    run_one(result, args.data, manifest[name], args.budget_s, overlay, Path(workdir),
-                            args.refit_seeds)
+                    run_one(result, args.data, manifest[name], args.budget_s, overlay, Path(workdir))
                 except Exception as exc:  # one dataset's refusal or timeout is a result; the others still run
                     result["error"] = f"{type(exc).__name__}: {exc}"
                     finish(result, start)
             runs.append(result)
             scored = result.get("test") or {"error": result.get("error")}
-            refit = f" refit {json.dumps(result['refit'].get('test') or result['refit'])}" if "refit" in result else ""
-            print(f"{name} seed {seed}: {json.dumps(scored)}{refit} cv {result.get('best', {}).get('value')} "
+            kind = (result.get("model") or {}).get("kind")
+            ensemble = f" ensemble {json.dumps(result['ensemble']['test'])}" if "ensemble" in result else ""
+            print(f"{name} seed {seed}: {kind} {json.dumps(scored)}{ensemble} cv {result.get('best', {}).get('value')} "
                   f"trials {result.get('trials')} wall {result['wall_s']:.0f} s", flush=True)
 
     summaries = [summarize(n, manifest[n], [r for r in runs if r["dataset"] == n]) for n in names]
