@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import footer, header, median, postgres_database, verdict
+from bench.common import ENSEMBLE_ONLY, footer, header, median, postgres_database, verdict
 
 GOAL_RATIO = 1.2
 GOAL_POSTGRES_MS = 15.0
@@ -53,6 +53,7 @@ def _spec(n_trials: int) -> Any:
         "name": "bookkeeping", "dataset": {"builtin": "digits"}, "cv": {"folds": 2},
         "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
         "training": {"max_epochs": 1, "patience": None}, "budget": {"n_trials": n_trials},
+        "final_model": ENSEMBLE_ONLY,
     })
 
 

@@ -49,7 +49,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import footer, header, median
+from bench.common import ENSEMBLE_ONLY, footer, header, median
 from tests.support.databases import PrivatePostgres, postgres_database
 from tests.support.processes import free_port
 
@@ -65,6 +65,7 @@ def _spec(n_trials: int) -> Any:
         "name": STUDY, "dataset": {"builtin": "digits"}, "cv": {"folds": 2},
         "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
         "training": {"max_epochs": 1, "patience": None}, "budget": {"n_trials": n_trials},
+        "final_model": ENSEMBLE_ONLY,
     })
 
 

@@ -42,7 +42,8 @@ def tiny_spec(name: str, n_trials: int) -> dict:
     """A study that trains in about a second per trial (digits, 2 folds, 1 epoch)."""
     return {"name": name, "task": "classification", "dataset": {"builtin": "digits"},
             "search_space": {"hidden_size": {"value": 16}, "batch_size": {"choices": [128, 256]}},
-            "cv": {"folds": 2}, "training": {"max_epochs": 1}, "budget": {"n_trials": n_trials}}
+            "cv": {"folds": 2}, "training": {"max_epochs": 1}, "budget": {"n_trials": n_trials},
+            "final_model": common.ENSEMBLE_ONLY}
 
 
 def percentile(sorted_values: list[float], share: float) -> float:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import footer, header, median, postgres_database, verdict
+from bench.common import ENSEMBLE_ONLY, footer, header, median, postgres_database, verdict
 
 GOAL_SCALING = 1.8
 ARMS = {"1 worker x 1 thread": (1, 1), "2 workers x 1 thread": (2, 1), "1 worker x 2 threads": (1, 2)}
@@ -38,6 +38,7 @@ def _spec(name: str, n_trials: int):
         "search_space": {k: {"value": v} for k, v in fixed.items()},
         "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "cv": {"folds": 3},
         "training": {"max_epochs": 3, "patience": None}, "budget": {"n_trials": n_trials},
+        "final_model": ENSEMBLE_ONLY,
     })
 
 

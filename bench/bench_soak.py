@@ -40,7 +40,7 @@ import httpx
 import optuna
 from optuna.trial import TrialState
 
-from bench.common import footer, header, postgres_database, repo_env
+from bench.common import ENSEMBLE_ONLY, footer, header, postgres_database, repo_env
 from hpo.storage import open_storage
 from tests.support.databases import sqlite_url
 from tests.support.processes import Process, hpo
@@ -62,6 +62,7 @@ def soak_spec(n_trials: int) -> dict[str, Any]:
         "cv": {"folds": 2},
         "training": {"max_epochs": 1, "patience": None},
         "budget": {"n_trials": n_trials},
+        "final_model": ENSEMBLE_ONLY,
     }
 
 

@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, REPO, footer, header, hpo_command, load_baseline, median, repo_env, verdict, write_spec
+from bench.common import (
+    ENSEMBLE_ONLY, PYTHON, REPO, footer, header, hpo_command, load_baseline, median, repo_env, verdict, write_spec,
+)
 
 TARGET = 0.97
 GOAL_SOONER = 4.0
@@ -110,7 +112,7 @@ def run_hpo(folder: Path, spec: dict[str, Any], seed: int, cap_s: float) -> dict
     import optuna
 
     spec = {**spec, "name": f"sooner-{seed}", "sampler": {**spec.get("sampler", {}), "seed": seed},
-            "budget": {"n_trials": 1000, "timeout_s": cap_s}}
+            "budget": {"n_trials": 1000, "timeout_s": cap_s}, "final_model": ENSEMBLE_ONLY}
     spec_path = write_spec(folder, spec)
     storage = f"sqlite:///{folder / f'sooner-{seed}.db'}"
     launched = dt.datetime.now()

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import footer, header, postgres_database, verdict
+from bench.common import ENSEMBLE_ONLY, footer, header, postgres_database, verdict
 from tests.support.servers import ServeProcess
 
 GOAL_RATIO = 2.0
 STUDIES = 4
 SPEC = {"name": "bench-streams", "task": "classification", "dataset": {"builtin": "digits"},
-        "budget": {"n_trials": 3}}
+        "budget": {"n_trials": 3}, "final_model": ENSEMBLE_ONLY}
 
 
 def open_stream(url: str, path: str) -> socket.socket:
