@@ -9,12 +9,13 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 
 from hpo.spec import (
-    BUILTIN_DATASETS, FITTED_FIELDS, METRICS_BY_TASK, OPTIONAL_PARAM_DEFAULTS, PARAM_NAMES, CVSpec, DatasetSpec, ModelSpec,
-    PrunerSpec, SamplerSpec, SearchSpace, StudySpec,
+    BUILTIN_DATASETS, FITTED_FIELDS, METRICS_BY_TASK, OPTIONAL_PARAM_DEFAULTS, PARAM_NAMES, CVSpec, DatasetSpec,
+    FinalModelSpec, ModelSpec, PrunerSpec, SamplerSpec, SearchSpace, StudySpec,
 )
 
 # Friendlier names of a few choices; any other choice is shown as the spec spells it.
-LABELS = {"tpe": "TPE", "cmaes": "CMA-ES", "qmc": "QMC", "gp": "Gaussian process"}
+LABELS = {"tpe": "TPE", "cmaes": "CMA-ES", "qmc": "QMC", "gp": "Gaussian process",
+          "refit": "refit on all data when the study ends", "ensemble": "fold ensemble only"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def form_choices() -> FormChoices:
             "sampler.name": _select(SamplerSpec, "name"),
             "pruner.name": _select(PrunerSpec, "name"),
             "cv.strategy": _select(CVSpec, "strategy"),
+            "final_model.kind": _select(FinalModelSpec, "kind"),
         },
         script_data={
             "metrics_by_task": {task: list(metrics) for task, metrics in METRICS_BY_TASK.items()},

@@ -36,6 +36,8 @@ def test_submit_through_the_form_lands_on_the_study_page(server, page, api, tmp_
     page.select_option("#f-search_space-optimizer-mode", "fixed")
     page.select_option("#f-search_space-optimizer-value", label="adamw")
     assert page.is_visible("#f-search_space-lr_schedule-mode")
+    page.fill("#f-final_model-seeds", "4")  # sent only with a refit
+    page.select_option("#f-final_model-kind", "ensemble")
     page.screenshot(path=tmp_path / "new-filled.png", full_page=True)
 
     page.click("#submit")
@@ -46,6 +48,7 @@ def test_submit_through_the_form_lands_on_the_study_page(server, page, api, tmp_
     space = api.get(f"/studies/{study_id}").json()["spec"]["search_space"]
     assert space["summary"]["choices"] == ["last", "mean"] and space["optimizer"]["value"] == "adamw"
     assert space["lr_schedule"] is None and space["weight_decay"]["value"] == 0  # defaults, not sent
+    assert api.get(f"/studies/{study_id}").json()["spec"]["final_model"] == {"kind": "ensemble", "seeds": None}
     # The header follows the study to its end without a reload.
     page.wait_for_selector("#study-state .badge.completed", timeout=STUDY_TIMEOUT_MS)
     page.wait_for_selector("#best-json")

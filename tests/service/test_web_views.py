@@ -358,6 +358,7 @@ def test_new_study_form_offers_what_the_spec_accepts(api):
     assert options("f-sampler-name") == list(get_args(spec.SamplerSpec.model_fields["name"].annotation))
     assert options("f-pruner-name") == list(get_args(spec.PrunerSpec.model_fields["name"].annotation))
     assert default("f-pruner-name") == spec.PrunerSpec().name
+    assert options("f-final_model-kind") == ["refit", "ensemble"] and default("f-final_model-kind") == "refit"
     assert options("f-dataset-builtin") == list(spec.BUILTIN_DATASETS)
     data = json.loads(re.search(r'<script type="application/json" id="spec-choices">(.*?)</script>', html, re.S).group(1))
     assert data["metrics_by_task"] == {task: list(m) for task, m in spec.METRICS_BY_TASK.items()}

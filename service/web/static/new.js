@@ -106,6 +106,10 @@ function buildSpec() {
       metric: value("f-training-metric") || undefined,
     }),
     budget: prune({ n_trials: number(value("f-budget-n_trials")), timeout_s: number(value("f-budget-timeout_s")) }),
+    final_model: prune({
+      kind: value("f-final_model-kind"),
+      seeds: value("f-final_model-kind") === "refit" ? number(value("f-final_model-seeds")) : undefined,
+    }),
   });
 }
 
