@@ -64,8 +64,8 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def test_serve_runs_a_study_end_to_end_and_serves_its_model(serve, database_url, tmp_path):
     """An uploaded variable-length dataset, a study run by the embedded worker, its best trial
-    as Optuna has it, and its fold ensemble served: predict refuses padding without lengths and
-    keeps integer labels."""
+    as Optuna has it, and its final model served (its own 3-seed refit, the fold ensemble still
+    there by name): predict refuses padding without lengths and keeps integer labels."""
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 11, size=80)
     sequences = [rng.normal(size=(n, 2)) for n in lengths]
@@ -87,10 +87,11 @@ def test_serve_runs_a_study_end_to_end_and_serves_its_model(serve, database_url,
         best = client.best(study["id"])
         trials = client.trials(study["id"])
         metrics = httpx.get(f"{url}/metrics").text
-        status = client.model(study["id"])
+        status = client.wait_model(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)
         refused = httpx.post(f"{url}/api/v1/studies/{study['id']}/predict", json={"x": padded.tolist()})
         answer = client.predict(study["id"], {"x": padded, "lengths": lengths[:5]})
         ragged = client.predict(study["id"], {"x": [s.tolist() for s in sequences[:5]]})
+        ensemble = client.predict(study["id"], {"x": padded, "lengths": lengths[:5]}, kind="ensemble")
 
     assert final["state"] == "completed", final
     assert final["trials"]["complete"] + final["trials"]["pruned"] == 3
@@ -102,14 +103,16 @@ def test_serve_runs_a_study_end_to_end_and_serves_its_model(serve, database_url,
     assert len(best["fold_scores"]) == 2
     assert trials["total"] >= 3
     assert 'hpo_studies{state="completed"} 1' in metrics
-    assert status["state"] == "ready" and status["kind"] == "ensemble", status
-    assert status["model"]["members"] == 2 and isinstance(status["learned"], bool)
+    assert status["state"] == "ready" and status["kind"] == "refit" and status["refit"]["auto"] is True, status
+    assert status["model"]["members"] == 3 and isinstance(status["learned"], bool)
+    assert set(status["archives"]) == {"ensemble", "refit"}
     assert refused.status_code == 422
     [problem] = refused.json()["detail"]
     assert problem["field"] == "lengths" and "required" in problem["message"]
     assert answer["classes"] == [3, 7] and set(answer["labels"]) <= {3, 7}
     assert all(type(label) is int for label in answer["labels"])
-    assert answer["labels"] == ragged["labels"] and answer["kind"] == "ensemble"
+    assert answer["labels"] == ragged["labels"] and answer["kind"] == "refit"
+    assert ensemble["kind"] == "ensemble" and ensemble["classes"] == [3, 7]
 
 
 def test_many_workers_share_one_study(serve, workers, database_url):
