@@ -146,7 +146,8 @@ def test_answers_that_are_not_the_apis_json_still_give_api_errors():
 
 def test_model_fit_wait_download_predict_delete(client, worker, live_server, tmp_path, capsys):
     spec = tiny_spec("client-model", search_space={"hidden_size": {"value": 16}, "lr": {"value": 0.01},
-                                                   "batch_size": {"value": 64}}, budget={"n_trials": 1})
+                                                   "batch_size": {"value": 64}}, budget={"n_trials": 1},
+                     final_model={"kind": "ensemble"})  # no refit until one is asked for
     study = client.submit(spec)
     study_id = study["id"]
     assert client.model(study_id)["state"] == "none"
@@ -159,8 +160,9 @@ def test_model_fit_wait_download_predict_delete(client, worker, live_server, tmp
         client.fit_model(study_id, holdout=0.9)
     ready = client.wait_model(study_id, poll_s=0.1, timeout_s=120)
 
-    assert queued["state"] == "queued" and queued["trial_number"] == 0 and queued["holdout"] == 0.2
-    assert queued["kind"] == "refit" and queued["seeds"] == 2
+    refit = queued["refit"]
+    assert refit["state"] == "queued" and refit["trial_number"] == 0 and refit["holdout"] == 0.2
+    assert queued["kind"] == "ensemble" and refit["seeds"] == 2 and refit["auto"] is False  # served meanwhile
     assert bad_holdout.value.status == 422 and bad_holdout.value.detail[0]["field"] == "holdout"
     assert ready["state"] == "ready" and ready["kind"] == "refit", ready.get("reason")
     assert ready["model"]["trial_number"] == 0 and ready["model"]["training"]["holdout_samples"] > 0
@@ -190,7 +192,7 @@ def test_model_fit_wait_download_predict_delete(client, worker, live_server, tmp
     main(["model", "fit", study_id, "--url", live_server.url, "--wait"])
     assert json.loads(capsys.readouterr().out)["state"] == "ready"
 
-    client.delete_model(study_id)  # the refit: the ensemble is the model again
+    client.delete_model(study_id)  # the refit: the ensemble is served again
     assert client.model(study_id)["kind"] == "ensemble"
     client.delete_model(study_id)
     assert client.model(study_id)["state"] == "none"

@@ -105,9 +105,9 @@ def test_a_worker_with_only_the_database_url_trains_an_upload_and_fits_the_serve
         stack.callback(worker.stop)
         done = client.wait(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)
         assert done["state"] == "completed", worker.output()
-        client.fit_model(study["id"])
-        model = client.wait_model(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)
+        model = client.wait_model(study["id"], poll_s=0.5, timeout_s=STUDY_TIMEOUT_S)  # its own refit
         assert model["state"] == "ready" and model["kind"] == "refit", (model, worker.output())
+        assert model["refit"]["auto"] is True
         predicted = client.predict(study["id"], {"x": x[:3]})
 
     assert len(predicted["labels"]) == 3
