@@ -1,11 +1,13 @@
-"""The default final model: the best trial's fold models, kept as the trials complete.
+"""The model served as soon as a study ends: the best trial's fold models, kept as the trials complete.
 
 When a trial completes, its worker calls :func:`keep_if_best` with the trial's trained
 fold networks. If the trial ranks above the study's kept ensemble (or there is none and
 it ranks at least with the best complete trial), the worker builds the ensemble's archive
 and stores it in the database with one conditional statement, which replaces the kept one
 only if the new trial ranks higher: of several workers finishing at once, the best wins,
-whatever the order of their writes. The model is thus ready the moment the study ends.
+whatever the order of their writes. The model is thus ready the moment the study ends;
+it stays served until the study's refit is ready (``final_model.kind: refit``, the default;
+``hpo.export.jobs``), and downloadable by name after.
 
 Rank: ``hpo.studies.rank_key``, the one ranking of trials: the higher score (lower, when
 the study minimizes), then the lower ``cv_loss`` user attribute, then the fewer mean

@@ -1,11 +1,12 @@
 """Final models, as a :class:`Model` of one or more member networks.
 
 - :func:`ensemble_model`: the best trial's k fold models as they were trained (each with
-  its fold's preprocessing); their averaged answer is the default final model, kept by
-  the workers as trials complete (``hpo.export.store.keep_if_best``).
+  its fold's preprocessing); their averaged answer is served as soon as the study ends,
+  kept by the workers as trials complete (``hpo.export.ensemble.keep_if_best``).
 - :func:`fit_model`: the configuration trained once more on every row (or all but an
   optional validation holdout), for the epochs early stopping found best, once per seed,
-  with the same ``FoldTrainer`` and preprocessing as the trials (a refit).
+  with the same ``FoldTrainer`` and preprocessing as the trials (a refit: by default the
+  final model, queued by the study as it ends and served once ready).
 
 Either way the model records whether it beat the trivial answer on its own training
 rows (:func:`learning_check`).
