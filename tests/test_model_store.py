@@ -24,7 +24,7 @@ from hpo.db.models import auto_refits, model_archives, model_jobs
 from hpo.export.store import NO_LOSS, ensure_tables, utcnow
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
-from hpo.studies import best_of, create_study, rank_key, ranked
+from hpo.studies import best_of, create_study, rank_key, ranked, study_spec
 from hpo.train import trial_architecture
 from hpo.worker import StudyPicker, WorkerOptions
 
@@ -118,6 +118,26 @@ def test_a_refit_asked_for_before_the_study_ended_is_kept_and_an_ensemble_study_
 
     assert model_job(storage, "asked")["job_id"] == asked["job_id"] and model_job(storage, "asked")["seeds"] == 4
     assert model_job(storage, "ensemble") is None and _auto_rows(storage, "ensemble") == []
+
+
+def test_a_study_that_ends_again_with_another_best_trial_redoes_its_own_refit(storage, database_url):
+    study = _ended_study(storage, "resumed", seeds=2)
+    _workers_look(storage, database_url)
+    first = model_job(storage, "resumed")
+    _set_job(storage, "resumed", state="ready")
+    spec = parse_spec({**study_spec(study).model_dump(mode="json"), "budget": {"n_trials": 2}})
+    create_study(storage, spec, study_name="resumed")  # resumed with a larger budget
+    trial = study.ask()
+    suggest_params(trial, spec.search_space)
+    study.tell(trial, 0.9)  # the new best
+
+    _workers_look(storage, database_url, workers=3)
+
+    again = model_job(storage, "resumed")
+    assert again["trial_number"] == 1 and again["state"] == "queued" and again["job_id"] != first["job_id"]
+    assert model_status(storage, "resumed")["refit"]["auto"] is True
+    _workers_look(storage, database_url)
+    assert model_job(storage, "resumed")["job_id"] == again["job_id"]  # once per best trial
 
 
 def _set_job(storage, name: str, **values) -> None:

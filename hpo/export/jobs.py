@@ -240,7 +240,9 @@ def queue_final_refit(storage: RDBStorage, study_name: str, trial: FrozenTrial, 
     One transaction: the study's row in ``hpo_auto_refits`` is inserted unless one exists
     (of several workers racing to queue it, exactly one inserts it), and with it a queued
     job for ``trial``, unless the study has a job already (a refit the user asked for stays
-    as it is). So a study's own refit that was deleted, replaced or run is never queued again.
+    as it is). So a study's own refit that was deleted or replaced is never queued again.
+    A study that ends again (resumed with a larger budget) with another best trial has its
+    own refit, still its own and not running, redone for that trial (one conditional UPDATE).
 
     Args:
         storage: the Optuna storage.
@@ -256,11 +258,31 @@ def queue_final_refit(storage: RDBStorage, study_name: str, trial: FrozenTrial, 
     with _engine(storage).begin() as connection:
         if not insert_if_absent(connection, auto_refits, {"study_name": study_name, "job_id": job["job_id"],
                                                           "trial_number": trial.number, "queued_at": now}):
-            return None
+            return _requeue_for(connection, study_name, trial, job)
         if not insert_if_absent(connection, model_jobs, job):
             return None
     log.info("study %s ended: queued a refit of trial %d (%d seeds)", study_name, trial.number, seeds)
     return model_job(storage, study_name)
+
+
+def _requeue_for(connection: sa.Connection, study_name: str, trial: FrozenTrial,
+                 job: dict[str, Any]) -> dict[str, Any] | None:
+    """Point the study's own refit at ``trial`` when it was queued for another one and is
+    queued, ready or failed (not running, deleted or replaced): ``job`` replaces it."""
+    own = sa.select(auto_refits.c.job_id).where(auto_refits.c.study_name == study_name).scalar_subquery()
+    this_study = model_jobs.c.study_name == study_name
+    redone = connection.execute(sa.update(model_jobs).where(
+        this_study, model_jobs.c.job_id == own, model_jobs.c.trial_number != trial.number,
+        model_jobs.c.state.in_(("queued", "ready", "failed"))).values(
+        **{k: v for k, v in job.items() if k != "study_name"})).rowcount
+    if not redone:
+        return None
+    connection.execute(sa.update(auto_refits).where(auto_refits.c.study_name == study_name).values(
+        job_id=job["job_id"], trial_number=trial.number, queued_at=job["requested_at"]))
+    connection.execute(sa.delete(model_archives).where(model_archives.c.study_name == study_name,
+                                                       model_archives.c.kind == "refit"))
+    log.info("study %s ended again: its refit is redone for trial %d", study_name, trial.number)
+    return job
 
 
 def _new_job(study_name: str, trial: FrozenTrial, *, holdout: float, seeds: int) -> dict[str, Any]:
