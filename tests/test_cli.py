@@ -141,3 +141,17 @@ def test_run_answers_on_stdout_quiet_or_not(tmp_path):
     assert quiet.returncode == 0, quiet.stderr
     assert re.fullmatch(r"best accuracy \d\.\d+ \(trial 0\)\n", quiet.stdout), quiet.stdout
     assert again.returncode == 0 and "Best trial #0: accuracy" in again.stdout, again
+
+
+def test_only_commands_that_read_datasets_offer_a_data_folder():
+    """``--data-dir`` is a cache of uploaded datasets: the commands that never read one
+    (the storage proxy, migrations, keys) refuse it instead of ignoring it."""
+    from hpo.cli import build_parser
+
+    parser = build_parser()
+    for command in (["run", "spec.yaml"], ["serve"], ["worker"], ["model", "fit", "s"]):
+        assert parser.parse_args([*command, "--data-dir", "d"]).data_dir == "d"
+    for command in (["storage-proxy"], ["db", "upgrade"], ["keys", "list"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--data-dir", "d"])
+        assert parser.parse_args([*command, "--database", "sqlite:///x.db"]).database == "sqlite:///x.db"
