@@ -231,9 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    def database(p: argparse.ArgumentParser) -> None:
-        add_database_flags(p)
-
     def remote(p: argparse.ArgumentParser) -> None:
         add_remote_flags(p)
 
@@ -244,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, help="trials in parallel processes (default: one per CPU core)")
     p.add_argument("--json", action="store_true", help="print the best trial as JSON at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    database(p)
+    add_database_flags(p)
 
     p = add("validate", cmd_validate, "Check a spec; exit non-zero naming each bad field.")
     p.add_argument("spec")
@@ -263,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help=f"port to listen on (default: $HPO_PORT or {setting_default('port')})")
     p.add_argument("--workers", type=int, default=1, help="embedded worker processes (0: API only)")
     p.add_argument("--insecure", action="store_true", help="allow serving a non-loopback address without API keys")
-    database(p)
+    add_database_flags(p)
 
     p = add("worker", cmd_worker, "Run trials of any runnable study in the database, until stopped.")
     p.add_argument("--concurrency", type=int, default=1, help="worker processes on this machine")
@@ -271,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"$HPO_HEARTBEAT_INTERVAL or {setting_default('heartbeat_interval')})")
     p.add_argument("--grace-period", type=int, help="seconds of silence before a trial is failed (default: "
                    f"$HPO_GRACE_PERIOD or {setting_default('grace_period')})")
-    database(p)
+    add_database_flags(p)
 
     p = add("storage-proxy", cmd_storage_proxy, "Serve the database to workers over gRPC (Optuna's storage "
             "proxy, with this project's claim and stale-trial rules): workers use --database grpc://HOST:PORT.")
@@ -285,18 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
                    f"$HPO_HEARTBEAT_INTERVAL or {setting_default('heartbeat_interval')})")
     p.add_argument("--grace-period", type=int, help="seconds of silence before a trial is failed (default: "
                    f"$HPO_GRACE_PERIOD or {setting_default('grace_period')})")
-    add_database_flags(p)
+    add_database_flags(p, data_dir=False)
 
     p = add("db", cmd_db_upgrade, "Database maintenance.")
     p.add_argument("action", choices=["upgrade"], help="upgrade: apply migrations")
-    database(p)
+    add_database_flags(p, data_dir=False)
 
     p = add("keys", cmd_keys, "API keys: create (printed once), list, revoke.")
     p.add_argument("action", choices=["create", "list", "revoke"])
     p.add_argument("key_id", nargs="?", help="revoke: the key's id")
     p.add_argument("--name", help="create: the owner of the studies and datasets the key creates")
     p.add_argument("--admin", action="store_true", help="create: the key sees and manages everything")
-    database(p)
+    add_database_flags(p, data_dir=False)
 
     for name, func, help in (
         ("submit", cmd_submit, "Submit a spec to a server; print the study id."),

@@ -106,12 +106,14 @@ def setting_default(name: str) -> Any:
     return Settings.model_fields[name].default
 
 
-def add_database_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--database`` and ``--data-dir`` (read back by :func:`settings_of`)."""
+def add_database_flags(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
+    """Add ``--database`` and, for a command that reads datasets, ``--data-dir`` (read back by
+    :func:`settings_of`)."""
     parser.add_argument("--database", help="storage URL (default: $HPO_DATABASE_URL or "
                         f"{setting_default('database_url')})")
-    parser.add_argument("--data-dir", help="local cache of uploaded datasets (default: $HPO_DATA_DIR or "
-                        f"{setting_default('data_dir')})")
+    if data_dir:
+        parser.add_argument("--data-dir", help="local cache of uploaded datasets (default: $HPO_DATA_DIR or "
+                            f"{setting_default('data_dir')})")
 
 
 def add_remote_flags(parser: argparse.ArgumentParser, url: bool = True) -> None:

@@ -162,3 +162,16 @@ def test_run_leaves_its_refit_ready_and_the_model_commands_read_it_from_the_stor
     assert set(model["archives"]) == {"ensemble", "refit"}
     assert ensemble.returncode == 0, ensemble.stderr
     assert "model kind: ensemble (2 network(s))" in ensemble.stderr and (tmp_path / "one.hpo.zip").exists()
+def test_only_commands_that_read_datasets_offer_a_data_folder():
+    """``--data-dir`` is a cache of uploaded datasets: the commands that never read one
+    (the storage proxy, migrations, keys) refuse it instead of ignoring it."""
+    from hpo.cli import build_parser
+
+    parser = build_parser()
+    for command in (["run", "spec.yaml"], ["serve"], ["worker"], ["model", "fit", "s"]):
+        assert parser.parse_args([*command, "--data-dir", "d"]).data_dir == "d"
+    for command in (["storage-proxy"], ["db", "upgrade"], ["keys", "list"], ["model", "status", "s"],
+                    ["model", "download", "s"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--data-dir", "d"])
+        assert parser.parse_args([*command, "--database", "sqlite:///x.db"]).database == "sqlite:///x.db"

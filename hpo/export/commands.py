@@ -44,7 +44,7 @@ def add_model_commands(sub: Any) -> None:
                                           "state, from a server (--url) or a storage (--database); prints JSON.")
     p.add_argument("study", help="study id (server) or name (storage)")
     p.add_argument("--storage", help="Optuna storage URL (same as --database)")
-    add_database_flags(p)
+    add_database_flags(p, data_dir=False)
     _remote(p, required=True)
     p.set_defaults(func=cmd_model_status)
 
@@ -55,7 +55,7 @@ def add_model_commands(sub: Any) -> None:
                                                                  "model served: the refit once ready, else the ensemble)")
     p.add_argument("--out", help="where to write it (default: <study name>.hpo.zip)")
     p.add_argument("--storage", help="Optuna storage URL (same as --database)")
-    add_database_flags(p)
+    add_database_flags(p, data_dir=False)
     _remote(p, required=True)
     p.set_defaults(func=cmd_model_download)
 

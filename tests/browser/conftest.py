@@ -4,10 +4,12 @@ on a fresh SQLite database, and Debian's Chromium driven by Playwright."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from optuna.storages import RDBStorage
 
 from hpo.storage import open_storage
 from tests.support.databases import sqlite_url
@@ -24,6 +26,16 @@ def server(tmp_path_factory) -> Iterator[ServeProcess]:
     """One service with one embedded worker for all browser tests (each test makes its own studies)."""
     workdir = tmp_path_factory.mktemp("hpo-serve")
     with ServeProcess(sqlite_url(workdir), workdir, workdir / "serve.log", workers=1) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def api_only_server(tmp_path_factory) -> Iterator[ServeProcess]:
+    """A service without workers, for pages of trials written by hand: nothing but the test
+    writes trials there (a study cancelled right after its submission may still get a
+    trial from ``server``'s worker, which looks for new studies every second)."""
+    workdir = tmp_path_factory.mktemp("hpo-serve-api-only")
+    with ServeProcess(sqlite_url(workdir), workdir, workdir / "serve.log", workers=0) as server:
         yield server
 
 
@@ -61,9 +73,23 @@ def api(server) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def storage(server):
-    """Optuna's storage on the server's database, for writing trials by hand as a worker does
-    (into a cancelled study, which the embedded worker leaves alone)."""
-    storage = open_storage(server.database_url)
-    yield storage
-    storage.remove_session()
-    storage.engine.dispose()
+    """Optuna's storage on the server's database, for changing a study as a worker does."""
+    with opened_storage(server.database_url) as storage:
+        yield storage
+
+
+@pytest.fixture(scope="session")
+def api_only_storage(api_only_server):
+    """Optuna's storage on ``api_only_server``'s database, for writing trials by hand."""
+    with opened_storage(api_only_server.database_url) as storage:
+        yield storage
+
+
+@contextmanager
+def opened_storage(database_url: str) -> Iterator[RDBStorage]:
+    storage = open_storage(database_url)
+    try:
+        yield storage
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()

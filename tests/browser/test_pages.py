@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
 import pytest
 
 from hpo.studies import fail_study, set_cancelled
@@ -216,15 +217,16 @@ def test_the_dashboard_offers_no_control_that_would_write(server, page, api, tmp
     assert refused.status == 405 and api.get(f"/studies/{study['id']}").status_code == 200
 
 
-def test_study_page_history_importance_folds_and_sorting(server, page, api, storage, tmp_path):
+def test_study_page_history_importance_folds_and_sorting(api_only_server, page, api_only_storage, tmp_path):
     """Pruned trials in the history on request and with their last score in the table; no
     importance shares below 11 complete trials; the per-fold chart zoomed to its scores; the
     score column sorted best first; header, history and importance counts that agree live."""
+    server, storage = api_only_server, api_only_storage  # every trial is written here, in this order
     searched_as_written = {"hidden_size": {"value": 16}, "batch_size": {"choices": [16, 32]}, "dropout": {"value": 0.1},
                            "clip_norm": {"value": 1.0}}  # add_trial suggests lr and batch_size
-    study = api.post("/studies", json=tiny_spec("browser-history", search_space=searched_as_written,
-                                                budget={"n_trials": 40})).json()
-    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # trials written here, not by the worker
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
+        study = api.post("/studies", json=tiny_spec("browser-history", search_space=searched_as_written,
+                                                    budget={"n_trials": 40})).json()
     name = study["optuna_study_name"]
     for value in (0.81, 0.86, 0.83, 0.9):
         add_trial(storage, name, value=value, steps=[value - 0.1, value], fold_scores=[value - 0.01, value + 0.01])
