@@ -193,3 +193,22 @@ def test_a_timeout_beyond_a_year_is_refused_naming_the_field(timeout_s):
     with pytest.raises(SpecError) as refused:
         parse_spec({"name": "t", "dataset": {"builtin": "digits"}, "budget": {"timeout_s": timeout_s}})
     assert refused.value.errors[0]["field"] == "budget.timeout_s"
+
+
+@pytest.mark.parametrize(("cv", "task", "message"), [
+    ({"repeats": 0}, "classification", "greater than or equal to 1"),
+    ({"repeats": 11}, "classification", "less than or equal to 10"),
+    ({"repeats": "two"}, "classification", "valid integer"),
+    ({"repeats": 3, "shuffle": False}, "classification", "with cv.shuffle false every repeat would be the same folds"),
+    ({"repeats": 2}, "forecasting", "time-ordered folds are the same every repeat"),
+])
+def test_bad_cv_repeats_name_the_field_and_what_is_accepted(cv, task, message):
+    dataset = {"builtin": "airline"} if task == "forecasting" else {"builtin": "digits"}
+    errors = fields(base(task=task, dataset=dataset, cv=cv))
+    assert message in errors["cv.repeats"], errors
+
+
+def test_cv_repeats_are_accepted_for_shuffled_folds_and_default_to_one():
+    assert parse_spec(base(cv={"repeats": 3})).cv.repeats == 3
+    assert parse_spec(base(task="regression", dataset={"path": "x.npz"}, cv={"repeats": 10})).cv.repeats == 10
+    assert parse_spec(base()).cv.repeats == 1
