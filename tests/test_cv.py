@@ -236,19 +236,6 @@ def test_repeated_folds_partition_the_rows_each_repeat_stratified_and_reproducib
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(runs[:3], single))
 
 
-def test_the_wilcoxon_pruner_sees_every_fold_run_of_repeated_folds(tmp_path):
-    path = _small_series_file(tmp_path / "small.npz")
-    spec = parse_spec({"name": "t", "dataset": {"path": str(path)}, "cv": {"folds": 2, "repeats": 2},
-                       "search_space": {"hidden_size": 4, "batch_size": 8, "lr": 0.03},
-                       "training": {"max_epochs": 2, "patience": None}, "pruner": {"name": "wilcoxon"}})
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
-    study.optimize(Objective(spec, load_dataset(spec), torch.device("cpu")), n_trials=1)
-    trial = study.trials[0]
-    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]  # one paired instance per fold-run
-    assert trial.value == pytest.approx(np.mean(trial.user_attrs["fold_scores"]))
-    assert len(trial.user_attrs["fold_scores"]) == 4
-
-
 @pytest.mark.slow
 def test_a_trial_over_repeated_folds_scores_every_fold_run_and_its_models_load_and_predict(tmp_path):
     from hpo import local

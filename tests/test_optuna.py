@@ -125,6 +125,16 @@ def test_wilcoxon_pruner_skips_folds_of_a_clearly_worse_trial(storage):
     assert len(trials[1].intermediate_values) < 6  # not all k folds ran
 
 
+def test_the_wilcoxon_pruner_pairs_every_fold_run_of_repeated_folds(storage):
+    spec = tiny_spec("wilcoxon-repeats", cv={"folds": 2, "repeats": 2}, pruner={"name": "wilcoxon"},
+                     budget={"n_trials": 1})
+    local.run(spec, storage, jobs=1, show_progress=False)
+    [trial] = optuna.load_study(study_name="wilcoxon-repeats", storage=storage).trials
+    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]  # one paired instance per fold-run
+    assert len(trial.user_attrs["fold_scores"]) == 4
+    assert trial.value == pytest.approx(sum(trial.user_attrs["fold_scores"]) / 4)
+
+
 def test_a_failing_dataset_fails_the_study_with_its_reason(storage, tmp_path):
     spec = tiny_spec("missing", dataset={"path": str(tmp_path / "nope.npz")})
     assert local.run(spec, storage, jobs=1, show_progress=False) is None
