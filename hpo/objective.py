@@ -28,7 +28,8 @@ class Objective:
     """Callable for ``study.optimize``: suggests parameters, cross-validates, returns the mean.
 
     A fold here is a fold-run: with ``cv.repeats`` r, the k folds of each of the r repeats
-    (``k x r`` of them, numbered repeat by repeat). Folds' preprocessed tensors are built once per process and reused by every trial.
+    (``k x r`` of them, numbered repeat by repeat). Folds' preprocessed tensors are built
+    once per process and reused by every trial.
     Within each fold an inner split of its training rows decides early stopping and the
     epoch kept (:func:`hpo.cv.nested_fold`); the fold's validation rows are scored once,
     with that epoch's weights, and the trial's value is the mean of those scores. Each

@@ -399,10 +399,10 @@ class StudySpec(_Strict):
             errors.append(("cv.strategy", f"stratified needs class labels; use kfold or timeseries for {self.task}"))
         self.cv.strategy = strategy
         if self.cv.repeats > 1 and strategy == "timeseries":
-            errors.append(("cv.repeats", f"time-ordered folds are the same every repeat; repeats apply to stratified "
+            errors.append(("cv.repeats", "time-ordered folds are the same every repeat; repeats apply to stratified "
                                          f"and kfold folds, give 1 for timeseries (got {self.cv.repeats})"))
         elif self.cv.repeats > 1 and not self.cv.shuffle:
-            errors.append(("cv.repeats", f"each repeat shuffles the rows anew; with cv.shuffle false every repeat "
+            errors.append(("cv.repeats", "each repeat shuffles the rows anew; with cv.shuffle false every repeat "
                                          f"would be the same folds (got {self.cv.repeats}): give 1 or shuffle true"))
 
         if self.task == "forecasting":

@@ -236,7 +236,6 @@ def test_repeated_folds_partition_the_rows_each_repeat_stratified_and_reproducib
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(runs[:3], single))
 
 
-@pytest.mark.slow
 def test_a_trial_over_repeated_folds_scores_every_fold_run_and_its_models_load_and_predict(tmp_path):
     from hpo import local
     from hpo.export import fit_study_model, load_model
