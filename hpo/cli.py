@@ -52,8 +52,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
             print(f"{args.spec}: dataset.path: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     spec = spec.with_trial_cap(settings_of(args).max_n_trials)
+    repeats = f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else ""
     print(f"{args.spec}: ok ({spec.task}, {spec.sampler.name} sampler, {spec.n_trials} trials, "
-          f"{spec.cv.folds}-fold {spec.cv.strategy} CV, {spec.direction} {spec.training.metric})")
+          f"{spec.cv.folds}-fold {spec.cv.strategy} CV{repeats}, {spec.direction} {spec.training.metric})")
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit, train_test_split
+from sklearn.model_selection import (
+    KFold, RepeatedKFold, RepeatedStratifiedKFold, StratifiedKFold, TimeSeriesSplit, train_test_split,
+)
 
 from hpo.data import Dataset, FoldData, Split
 from hpo.data.base import MIN_SAMPLES
@@ -27,10 +29,14 @@ class Interrupted(RuntimeError):
 
 
 def fold_indices(dataset: Dataset, spec: StudySpec) -> FoldIndices:
-    """Train/validation row indices for each fold, from scikit-learn's splitters.
+    """Train/validation row indices for each fold-run, from scikit-learn's splitters.
 
-    ``timeseries`` folds validate only on rows after every training row, and leave a gap
-    of ``horizon - 1`` windows so no validation target is also a training target.
+    ``cv.folds`` folds, repeated ``cv.repeats`` times (``RepeatedStratifiedKFold`` /
+    ``RepeatedKFold``: each repeat is a partition of the rows, shuffled anew), repeat by
+    repeat: fold-run ``r * folds + f`` is fold ``f`` of repeat ``r``. The first repeat is
+    exactly the unrepeated splitter's folds. ``timeseries`` folds validate only on rows
+    after every training row, and leave a gap of ``horizon - 1`` windows so no validation
+    target is also a training target (they are never repeated: the spec refuses it).
 
     Raises:
         ValueError: when the data cannot be split that many ways (e.g. a class with
@@ -42,17 +48,21 @@ def fold_indices(dataset: Dataset, spec: StudySpec) -> FoldIndices:
         splitter = TimeSeriesSplit(n_splits=cv.folds, gap=spec.training.horizon - 1)
         return list(splitter.split(rows))
     seed = cv.seed if cv.shuffle else None
-    if cv.strategy == "stratified":
+    stratified = cv.strategy == "stratified"
+    if stratified:
         counts = np.bincount(dataset.labels)
         if counts[counts > 0].min() < cv.folds:
             raise ValueError(
                 f"cv.folds: {cv.folds} stratified folds need every class to have at least "
                 f"{cv.folds} samples; the smallest class has {counts[counts > 0].min()}"
             )
-        splitter = StratifiedKFold(n_splits=cv.folds, shuffle=cv.shuffle, random_state=seed)
-        return list(splitter.split(rows, dataset.labels))
-    splitter = KFold(n_splits=cv.folds, shuffle=cv.shuffle, random_state=seed)
-    return list(splitter.split(rows))
+    if cv.repeats > 1:  # the spec allows repeats only with shuffle
+        repeated = RepeatedStratifiedKFold if stratified else RepeatedKFold
+        splitter = repeated(n_splits=cv.folds, n_repeats=cv.repeats, random_state=seed)
+    else:
+        single = StratifiedKFold if stratified else KFold
+        splitter = single(n_splits=cv.folds, shuffle=cv.shuffle, random_state=seed)
+    return list(splitter.split(rows, dataset.labels if stratified else None))
 
 
 def holdout_rows(

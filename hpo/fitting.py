@@ -18,18 +18,25 @@ LONG_SEQUENCE = 200  # steps from which a frontend that shortens the sequence is
 FRONTEND_STEPS = (100, 50)  # the recurrent layer then reads about this many steps
 EPOCHS_AT_5000_ROWS = 20
 MAX_FITTED_EPOCHS = 150
+# Left out, cv.repeats validates each trial on at least this many cases in all (every
+# repeat validates on every row once), with at most MAX_FITTED_REPEATS repeats.
+MIN_VALIDATED_CASES = 200
+MAX_FITTED_REPEATS = 5
 
 
 def fitted_folds(spec: StudySpec, dataset: Dataset) -> tuple[StudySpec, list[FoldData]]:
-    """The trials' nested folds (:func:`hpo.cv.nested_fold`) and the spec they were built with.
+    """The trials' nested fold-runs (:func:`hpo.cv.nested_fold`) and the spec they were built with.
 
     With ``cv.folds`` among the spec's ``fit_to_data``, small data gets fewer folds: the
     most, up to the default, that leave every fold's training part enough rows for its
-    inner split (a 24-month series cannot feed five time-ordered folds).
+    inner split (a 24-month series cannot feed five time-ordered folds). With ``cv.repeats``
+    among them, see :func:`fitted_repeats`.
 
     Raises:
         ValueError: when even two folds cannot be built (the message says why).
     """
+    if "cv.repeats" in (spec.fit_to_data or ()):
+        spec = spec.model_copy(update={"cv": spec.cv.model_copy(update={"repeats": fitted_repeats(spec, dataset)})})
     most = spec.cv.folds
     counts = list(range(most, 1, -1)) if "cv.folds" in (spec.fit_to_data or ()) else [most]
     for folds in counts[:-1]:
@@ -38,6 +45,20 @@ def fitted_folds(spec: StudySpec, dataset: Dataset) -> tuple[StudySpec, list[Fol
         except ValueError:
             continue  # too few rows for this many folds: try one fewer
     return _nested_folds(spec, dataset, counts[-1])
+
+
+def fitted_repeats(spec: StudySpec, dataset: Dataset) -> int:
+    """How many times a spec that leaves ``cv.repeats`` out repeats its cross-validation.
+
+    Each repeat validates on every row once, so ``r`` repeats validate a trial on ``r * n``
+    cases: small data gets the fewest repeats that reach ``MIN_VALIDATED_CASES`` (at most
+    ``MAX_FITTED_REPEATS``), so that a trial's score averages out much of the noise of
+    folds with a handful of validation cases; 200 rows or more get 1. Time-ordered folds
+    (forecasting) are never repeated, nor are unshuffled folds.
+    """
+    if spec.cv.strategy == "timeseries" or not spec.cv.shuffle:
+        return 1
+    return min(MAX_FITTED_REPEATS, max(1, math.ceil(MIN_VALIDATED_CASES / max(dataset.n_samples, 1))))
 
 
 def _nested_folds(spec: StudySpec, dataset: Dataset, folds: int) -> tuple[StudySpec, list[FoldData]]:
@@ -53,6 +74,9 @@ def fit_spec_to_data(spec: StudySpec, folds: list[FoldData]) -> StudySpec:
     - ``training.max_epochs``: 20 at 5,000 training rows, more for fewer rows (as
       ``1 / sqrt(rows)``: small data needs more passes for as many updates), at most 150.
     - ``training.patience``: a fifth of ``max_epochs``, between 3 and 20.
+    - ``pruner.n_warmup_steps``: the patience (as fitted or given; without early stopping,
+      the fitted patience's formula): the median pruner judges a trial only after the
+      epochs early stopping would give it to improve, not on its first noisy epochs.
     - ``search_space.frontend``: for sequences of ``LONG_SEQUENCE`` steps or more, a
       strided ``conv`` or ``pool`` front-end is searched, with strides that leave about
       100 or 50 steps for the recurrent layer.
@@ -72,8 +96,12 @@ def fit_spec_to_data(spec: StudySpec, folds: list[FoldData]) -> StudySpec:
     if "training.max_epochs" in fitted:
         training.max_epochs = min(MAX_FITTED_EPOCHS, max(EPOCHS_AT_5000_ROWS, math.ceil(
             EPOCHS_AT_5000_ROWS * math.sqrt(5000 / max(rows, 1)))))
+    fitted_patience = min(20, max(3, training.max_epochs // 5))
     if "training.patience" in fitted:
-        training.patience = min(20, max(3, training.max_epochs // 5))
+        training.patience = fitted_patience
+    pruner = spec.pruner.model_copy()
+    if "pruner.n_warmup_steps" in fitted:
+        pruner.n_warmup_steps = training.patience or fitted_patience
     if spec.sampler.name != "grid":
         if "search_space.batch_size" in fitted:
             choices = [b for b in BATCH_SIZES if b <= max(8, rows // 2)]
@@ -83,4 +111,4 @@ def fit_spec_to_data(spec: StudySpec, folds: list[FoldData]) -> StudySpec:
             strides = sorted({max(2, round(steps / target)) for target in FRONTEND_STEPS})
             space.frontend = ParamSpec(choices=["conv", "pool"])
             space.frontend_stride = ParamSpec(choices=strides)
-    return spec.model_copy(update={"search_space": space, "training": training})
+    return spec.model_copy(update={"search_space": space, "training": training, "pruner": pruner})

@@ -27,7 +27,9 @@ TrialCompleted = Callable[[optuna.Trial, float, list[torch.nn.Module], list[Fold
 class Objective:
     """Callable for ``study.optimize``: suggests parameters, cross-validates, returns the mean.
 
-    Folds' preprocessed tensors are built once per process and reused by every trial.
+    A fold here is a fold-run: with ``cv.repeats`` r, the k folds of each of the r repeats
+    (``k x r`` of them, numbered repeat by repeat). Folds' preprocessed tensors are built
+    once per process and reused by every trial.
     Within each fold an inner split of its training rows decides early stopping and the
     epoch kept (:func:`hpo.cv.nested_fold`); the fold's validation rows are scored once,
     with that epoch's weights, and the trial's value is the mean of those scores. Each
@@ -48,9 +50,13 @@ class Objective:
             what each fold reached (its chosen epoch so far), so a budget always leaves
             complete trials and a model; a trial trained fold by fold (Wilcoxon), whose
             later folds never started, stops as pruned.
+        on_fitted: called once, with the spec fitted to the data, when the folds are first
+            built (before any epoch is reported): the workers make the study's pruner from it,
+            so that fitted values (``pruner.n_warmup_steps``, ``training.max_epochs``) reach it.
         on_complete: called when a trial's folds all finished, before its value is told:
-            ``(trial, value, fold networks, their FoldData, fold indices, epochs)``; the
-            workers keep the best trial's fold models with it (``hpo.export.ensemble``).
+            ``(trial, value, fold networks, their FoldData, fold indices, epochs)``, for the
+            first repeat's k folds; the workers keep the best trial's fold models with it
+            (``hpo.export.ensemble``).
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class Objective:
         device: torch.device | None = None,
         should_stop: Callable[[], bool] | None = None,
         past_deadline: Callable[[], bool] | None = None,
+        on_fitted: Callable[[StudySpec], None] | None = None,
         on_complete: TrialCompleted | None = None,
     ):
         self.spec = spec
@@ -67,6 +74,7 @@ class Objective:
         self.device = device or pick_device()
         self.should_stop = should_stop
         self.past_deadline = past_deadline
+        self.on_fitted = on_fitted
         self.on_complete = on_complete
         self._folds: list[FoldData] | None = None
 
@@ -75,6 +83,8 @@ class Objective:
             # What the spec leaves out is fitted to the data: the same for every worker of the study.
             spec, self._folds = fitted_folds(self.spec, self.dataset)
             self.spec = fit_spec_to_data(spec, self._folds)
+            if self.on_fitted is not None:
+                self.on_fitted(self.spec)
         return self._folds
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -144,8 +154,10 @@ class Objective:
             raise ValueError(f"the trial's {spec.training.metric} is {value}, not a finite number "
                              f"(fold scores {scores}); Optuna cannot rank it")
         if self.on_complete is not None:
-            kept = fold_models(built)
-            progress = sorted((p for t in built for p in t.progress), key=lambda p: p.number)
+            # With repeated CV, the first repeat's k fold models: one partition of the rows, as
+            # many members as without repeats (the archive and predictions do not grow r-fold).
+            kept = fold_models(built)[: spec.cv.folds]
+            progress = sorted((p for t in built for p in t.progress), key=lambda p: p.number)[: spec.cv.folds]
             self.on_complete(trial, value, [network for network, _ in kept], [fold for _, fold in kept],
                              [p.number for p in progress], [p.chosen_epoch for p in progress])
         return value

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     max_n_trials: int = Field(default=1000, ge=1, description="Largest trial budget of one study (the "
                               "spec's `budget.n_trials`, or its grid's size).")
     max_folds: int = Field(default=10, ge=2, description="Largest `cv.folds` of one study.")
+    max_cv_repeats: int = Field(default=5, ge=1, description="Largest `cv.repeats` of one study (each repeat "
+                                "trains every fold again).")
     max_epochs: int = Field(default=200, ge=1, description="Largest `training.max_epochs` of one study.")
     max_queued_studies_per_owner: int = Field(
         default=20, ge=1, description="Unfinished (queued or running) studies one owner (API key name) may "

@@ -160,7 +160,7 @@ OPTIONAL_PARAM_DEFAULTS = {
 # Fields that, left out of a spec, are fitted to the data by the workers (hpo.fitting).
 FITTED_FIELDS = (
     "search_space.batch_size", "search_space.frontend", "training.max_epochs", "training.patience", "cv.folds",
-    "training.lookback",
+    "training.lookback", "cv.repeats", "pruner.n_warmup_steps",
 )
 
 
@@ -296,11 +296,14 @@ class PrunerSpec(_Strict):
 
 
 class CVSpec(_Strict):
-    """How trials are scored: ``folds``-fold CV; within each fold, ``inner_holdout`` of the
-    training rows (the latest ones for time series) decide early stopping and the epoch,
-    and the fold's validation rows are scored once with that epoch's weights."""
+    """How trials are scored: ``folds``-fold CV, repeated ``repeats`` times with the rows
+    shuffled anew each time (``folds x repeats`` fold-runs, each validating on its own
+    rows); within each fold-run, ``inner_holdout`` of the training rows (the latest ones for
+    time series) decide early stopping and the epoch, and its validation rows are scored once
+    with that epoch's weights."""
 
     folds: int = Field(default=5, ge=2, le=20)
+    repeats: int = Field(default=1, ge=1, le=10)
     strategy: Literal["stratified", "kfold", "timeseries"] | None = None
     shuffle: bool = True
     seed: Seed = 0
@@ -418,6 +421,12 @@ class StudySpec(_Strict):
         if self.task != "classification" and strategy == "stratified":
             errors.append(("cv.strategy", f"stratified needs class labels; use kfold or timeseries for {self.task}"))
         self.cv.strategy = strategy
+        if self.cv.repeats > 1 and strategy == "timeseries":
+            errors.append(("cv.repeats", "time-ordered folds are the same every repeat; repeats apply to stratified "
+                                         f"and kfold folds, give 1 for timeseries (got {self.cv.repeats})"))
+        elif self.cv.repeats > 1 and not self.cv.shuffle:
+            errors.append(("cv.repeats", "each repeat shuffles the rows anew; with cv.shuffle false every repeat "
+                                         f"would be the same folds (got {self.cv.repeats}): give 1 or shuffle true"))
 
         if self.task == "forecasting":
             self.training.forecast_target = self.training.forecast_target or DEFAULT_FORECAST_TARGET

@@ -251,7 +251,7 @@ class StudyRunner:
                 dataset = load_dataset(self.spec, self._datasets)
                 self._objective = Objective(
                     self.spec, dataset, should_stop=lambda: stop.is_set() or is_cancelled(storage, study_id),
-                    past_deadline=self.past_deadline,
+                    past_deadline=self.past_deadline, on_fitted=self._use_fitted_pruner,
                     # Fold models go to the database's tables, which a proxy does not reach.
                     on_complete=None if isinstance(self.storage, ProxiedStorage)
                     else functools.partial(keep_fold_models, self.storage, self.spec, dataset),
@@ -262,6 +262,11 @@ class StudyRunner:
             raise self._load_error
         assert self._objective is not None
         return self._objective
+
+    def _use_fitted_pruner(self, fitted: StudySpec) -> None:
+        """The study's pruner made again from the spec fitted to the data (its warm-up, and
+        Hyperband's ``max_resource``, follow the fitted epochs and patience)."""
+        self.study.pruner = make_pruner(fitted)
 
     def _budgeted_objective(self, trial: optuna.Trial) -> float:
         self._trial_number = trial.number

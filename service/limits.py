@@ -88,7 +88,7 @@ class BodySizeLimitMiddleware:
 
 
 def check_study_size(spec: StudySpec, settings: Settings) -> None:
-    """Refuse a study larger than this server runs: trials, folds, epochs, queued trials.
+    """Refuse a study larger than this server runs: trials, folds, CV repeats, epochs, queued trials.
 
     Raises:
         SpecError: 422, one item per field over its cap, naming the cap and its setting.
@@ -106,6 +106,9 @@ def check_study_size(spec: StudySpec, settings: Settings) -> None:
     if spec.cv.folds > settings.max_folds:
         errors.append(("cv.folds", f"{spec.cv.folds} folds exceed this server's limit of {settings.max_folds} "
                                    "(HPO_MAX_FOLDS)"))
+    if spec.cv.repeats > settings.max_cv_repeats:
+        errors.append(("cv.repeats", f"{spec.cv.repeats} repeats exceed this server's limit of "
+                                     f"{settings.max_cv_repeats} (HPO_MAX_CV_REPEATS)"))
     if spec.training.max_epochs > settings.max_epochs:
         errors.append(("training.max_epochs", f"{spec.training.max_epochs} epochs exceed this server's limit "
                                               f"of {settings.max_epochs} (HPO_MAX_EPOCHS)"))

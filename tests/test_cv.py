@@ -203,3 +203,63 @@ def test_a_trial_whose_score_is_not_finite_fails_with_its_reason(tmp_path):
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert "rmse is inf, not a finite number" in trial.user_attrs[FAIL_REASON_ATTR]
+
+
+def _small_series_file(path, n=36, steps=10, classes=3, seed=0):
+    """An npz of ``n`` short labelled series (ArrowHead's size): the class is in the level."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.normal(size=(n, steps, 1)) + y[:, None, None]
+    np.savez(path, X=x.astype(np.float32), y=y)
+    return path
+
+
+def test_repeated_folds_partition_the_rows_each_repeat_stratified_and_reproducible():
+    spec = parse_spec({"name": "t", "dataset": {"builtin": "digits"}, "cv": {"folds": 3, "repeats": 3, "seed": 4}})
+    dataset = load_dataset(spec)
+    runs = fold_indices(dataset, spec)
+    assert len(runs) == 9
+    overall = np.bincount(dataset.labels) / dataset.n_samples
+    for repeat in range(3):
+        folds = runs[3 * repeat : 3 * repeat + 3]
+        assert sorted(np.concatenate([val for _, val in folds]).tolist()) == list(range(dataset.n_samples))
+        for train, val in folds:
+            assert not set(train) & set(val) and len(train) + len(val) == dataset.n_samples
+            assert np.abs(np.bincount(dataset.labels[val], minlength=10) / len(val) - overall).max() < 0.01
+    assert not np.array_equal(runs[0][1], runs[3][1])  # each repeat shuffles anew
+    again = fold_indices(dataset, spec)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(runs, again))  # cv.seed reproduces them
+    other = fold_indices(dataset, parse_spec({**spec.model_dump(mode="json"), "cv": {"folds": 3, "repeats": 3}}))
+    assert not np.array_equal(runs[0][1], other[0][1])
+    # The first repeat is the unrepeated folds: cv.repeats 1 is the code before repeats existed.
+    single = fold_indices(dataset, parse_spec({**spec.model_dump(mode="json"), "cv": {"folds": 3, "seed": 4}}))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(runs[:3], single))
+
+
+def test_a_trial_over_repeated_folds_scores_every_fold_run_and_its_models_load_and_predict(tmp_path):
+    from hpo import local
+    from hpo.export import fit_study_model, load_model
+    from hpo.export.jobs import model_archive
+    from hpo.storage import open_storage
+
+    path = _small_series_file(tmp_path / "small.npz")
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = parse_spec({"name": "repeated", "dataset": {"path": str(path)}, "cv": {"folds": 3, "repeats": 2},
+                       "search_space": {"hidden_size": 8, "batch_size": 8, "lr": 0.03},
+                       "training": {"max_epochs": 3, "patience": None}, "budget": {"n_trials": 1}})
+    assert local.run(spec, url, jobs=1, show_progress=False) is not None
+    trial = optuna.load_study(study_name="repeated", storage=url).trials[0]
+    attrs = trial.user_attrs
+    assert len(attrs["fold_scores"]) == 6 and len(attrs["fold_best_epochs"]) == 6
+    assert trial.value == pytest.approx(np.mean(attrs["fold_scores"]))
+    x = np.load(path)["X"][:5]
+
+    blob, _ = model_archive(open_storage(url), "repeated", "ensemble")
+    ensemble = load_model(blob)
+    assert ensemble.manifest.kind == "ensemble" and len(ensemble.manifest.members) == 3  # the first repeat's folds
+    assert [m.fold for m in ensemble.manifest.members] == [0, 1, 2]
+    assert ensemble.predict(x).shape == (5,)
+
+    refit = fit_study_model(url, "repeated")
+    assert refit.manifest.training["epochs_source"].startswith("median of trial 0's fold_best_epochs")
+    assert load_model(refit.to_bytes()[0]).predict(x).shape == (5,)

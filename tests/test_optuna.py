@@ -95,6 +95,20 @@ def test_median_pruner_prunes_a_clearly_bad_trial(storage):
     assert len(trials[2].intermediate_values) < 4  # cut short
 
 
+def test_the_median_pruner_waits_for_the_fitted_warm_up_before_pruning(storage):
+    good = {"lr": 0.03, "hidden_size": 32, "batch_size": 32}
+    bad = {"lr": 1e-4, "hidden_size": 16, "batch_size": 256}
+    spec = parse_spec({  # n_warmup_steps left out: fitted to the patience, 3
+        "name": "warm-up", "dataset": {"builtin": "digits"}, "cv": {"folds": 2},
+        "training": {"max_epochs": 6, "patience": 3}, "pruner": {"name": "median", "n_startup_trials": 2},
+        "budget": {"n_trials": 3}, "enqueue_trials": [good, good, bad],
+    })
+    local.run(spec, storage, jobs=1, show_progress=False)
+    trials = optuna.load_study(study_name="warm-up", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert sorted(trials[2].intermediate_values) == [0, 1, 2, 3]  # judged first after epoch 4 (step 3)
+
+
 def test_wilcoxon_pruner_skips_folds_of_a_clearly_worse_trial(storage):
     good = {"lr": 0.03, "hidden_size": 32, "batch_size": 32}
     bad = {"lr": 1e-4, "hidden_size": 16, "batch_size": 256}
@@ -109,6 +123,16 @@ def test_wilcoxon_pruner_skips_folds_of_a_clearly_worse_trial(storage):
     assert trials[0].state == TrialState.COMPLETE and len(trials[0].user_attrs["fold_scores"]) == 6
     assert trials[1].state == TrialState.PRUNED
     assert len(trials[1].intermediate_values) < 6  # not all k folds ran
+
+
+def test_the_wilcoxon_pruner_pairs_every_fold_run_of_repeated_folds(storage):
+    spec = tiny_spec("wilcoxon-repeats", cv={"folds": 2, "repeats": 2}, pruner={"name": "wilcoxon"},
+                     budget={"n_trials": 1})
+    local.run(spec, storage, jobs=1, show_progress=False)
+    [trial] = optuna.load_study(study_name="wilcoxon-repeats", storage=storage).trials
+    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]  # one paired instance per fold-run
+    assert len(trial.user_attrs["fold_scores"]) == 4
+    assert trial.value == pytest.approx(sum(trial.user_attrs["fold_scores"]) / 4)
 
 
 def test_a_failing_dataset_fails_the_study_with_its_reason(storage, tmp_path):

@@ -216,3 +216,22 @@ def test_the_final_model_is_a_3_seed_refit_unless_the_spec_says_otherwise():
 def test_a_bad_final_model_names_its_field(final_model, field, message):
     errors = fields(base(final_model=final_model))
     assert list(errors) == [field] and message in errors[field], errors
+
+
+@pytest.mark.parametrize(("cv", "task", "message"), [
+    ({"repeats": 0}, "classification", "greater than or equal to 1"),
+    ({"repeats": 11}, "classification", "less than or equal to 10"),
+    ({"repeats": "two"}, "classification", "valid integer"),
+    ({"repeats": 3, "shuffle": False}, "classification", "with cv.shuffle false every repeat would be the same folds"),
+    ({"repeats": 2}, "forecasting", "time-ordered folds are the same every repeat"),
+])
+def test_bad_cv_repeats_name_the_field_and_what_is_accepted(cv, task, message):
+    dataset = {"builtin": "airline"} if task == "forecasting" else {"builtin": "digits"}
+    errors = fields(base(task=task, dataset=dataset, cv=cv))
+    assert message in errors["cv.repeats"], errors
+
+
+def test_cv_repeats_are_accepted_for_shuffled_folds_and_default_to_one():
+    assert parse_spec(base(cv={"repeats": 3})).cv.repeats == 3
+    assert parse_spec(base(task="regression", dataset={"path": "x.npz"}, cv={"repeats": 10})).cv.repeats == 10
+    assert parse_spec(base()).cv.repeats == 1

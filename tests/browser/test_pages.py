@@ -275,3 +275,17 @@ def test_study_page_history_importance_folds_and_sorting(api_only_server, page, 
         assert header == hint or hint is None, page.evaluate("window.__counts")
         assert importance == "" or f"over {header} complete" in importance or "updating" in importance
     page.screenshot(path=tmp_path / "study-history.png", full_page=True)
+
+
+def test_study_page_shows_cv_repeats_and_curves_longer_than_the_stored_max_epochs(server, page, api, storage):
+    """A study's stored spec may say fewer epochs than its trials ran (max_epochs fitted to the
+    data): the learning curves' axis reaches the longest curve. Repeated CV shows in the facts."""
+    study = api.post("/studies", json=tiny_spec("browser-repeats", cv={"folds": 2, "repeats": 3})).json()
+    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # trials written here, not by the worker
+    add_trial(storage, study["optuna_study_name"], value=0.8, steps=[0.1 * i for i in range(1, 8)],
+              fold_scores=[0.8] * 6)
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("body[data-loaded]")
+    assert "2 folds × 3 repeats" in page.text_content("#facts")
+    low, high = page.evaluate("document.getElementById('curves').layout.xaxis.range")
+    assert high >= 7, (low, high)  # 7 epochs reported; the stored spec says max_epochs 2

@@ -16,7 +16,7 @@ STUDIES = "/api/v1/studies"
 def capped(settings):
     """An app with small caps: 10 trials, 3 folds, 5 epochs, 2 unfinished studies per owner."""
     settings = settings.model_copy(update={
-        "max_n_trials": 10, "max_folds": 3, "max_epochs": 5, "max_queued_studies_per_owner": 2,
+        "max_n_trials": 10, "max_folds": 3, "max_cv_repeats": 2, "max_epochs": 5, "max_queued_studies_per_owner": 2,
     })
     with TestClient(create_app(settings)) as client:
         client.settings = settings
@@ -35,6 +35,7 @@ def refused_fields(response) -> list[str]:
         ({"budget": {}}, "budget.n_trials", "20 trials (the default budget) exceed"),
         ({"enqueue_trials": [{"lr": 0.01}] * 11}, "enqueue_trials", "11 queued trials"),
         ({"cv": {"folds": 4}}, "cv.folds", "4 folds exceed this server's limit of 3 (HPO_MAX_FOLDS)"),
+        ({"cv": {"folds": 2, "repeats": 3}}, "cv.repeats", "3 repeats exceed this server's limit of 2 (HPO_MAX_CV_REPEATS)"),
         ({"training": {"max_epochs": 6}}, "training.max_epochs", "6 epochs exceed this server's limit of 5"),
     ],
 )
@@ -48,7 +49,7 @@ def test_study_size_caps_are_422_naming_the_field(capped, change, field, words):
 
 
 def test_at_the_caps_is_accepted(capped):
-    spec = tiny_spec(budget={"n_trials": 10}, cv={"folds": 3}, training={"max_epochs": 5})
+    spec = tiny_spec(budget={"n_trials": 10}, cv={"folds": 3, "repeats": 2}, training={"max_epochs": 5})
 
     assert capped.post(STUDIES, json=spec).status_code == 201
 

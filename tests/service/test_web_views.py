@@ -373,7 +373,7 @@ def test_new_study_form_offers_what_the_spec_accepts(api):
             assert rows[name]["values"] == list(spec.SearchSpace.allowed(name))
     assert rows["weight_decay"]["mode"] == "fixed" and rows["weight_decay"]["value"] == "0"
     assert rows["batch_size"]["mode"] == "default"  # left out, it is fitted to the data
-    for field in ("f-cv-folds", "f-training-max_epochs", "f-training-patience", "f-budget-n_trials"):
+    for field in ("f-cv-folds", "f-cv-repeats", "f-training-max_epochs", "f-training-patience", "f-budget-n_trials"):
         tag = re.search(rf'<input id="{field}"[^>]*>', html).group(0)  # empty: left out, fitted or budgeted
         assert " value=" not in tag and "placeholder=" in tag, tag
     assert "const METRICS = {" not in api.get("/assets/new.js").text  # nothing copied into the script

@@ -99,7 +99,7 @@ function buildSpec() {
     search_space: searchSpace,
     sampler: prune({ name: value("f-sampler-name"), seed: number(value("f-sampler-seed")), grid_points: number(value("f-sampler-grid_points")) }),
     pruner: { name: value("f-pruner-name") },
-    cv: prune({ folds: number(value("f-cv-folds")), strategy: value("f-cv-strategy") || undefined }),
+    cv: prune({ folds: number(value("f-cv-folds")), repeats: number(value("f-cv-repeats")), strategy: value("f-cv-strategy") || undefined }),
     training: prune({
       max_epochs: number(value("f-training-max_epochs")),
       patience: number(value("f-training-patience")),

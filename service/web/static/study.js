@@ -56,7 +56,7 @@ function renderHead() {
     fact("Timing", timingText(s)),
     fact("Sampler", spec.sampler ? `${spec.sampler.name} · ${spec.pruner.name} pruner` : "—"),
     fact("Model", spec.model ? `${spec.model.cell} × ${spec.model.num_layers}${spec.model.bidirectional ? " (bi)" : ""}` : "—"),
-    fact("Data", `${dataset} · ${spec.cv ? spec.cv.folds : "?"} folds`),
+    fact("Data", `${dataset} · ${spec.cv ? spec.cv.folds : "?"} folds${spec.cv && spec.cv.repeats > 1 ? ` × ${spec.cv.repeats} repeats` : ""}`),
   );
   const running = ["queued", "running"].includes(s.state);
   $("cancel").classList.toggle("hidden", !running);
@@ -247,7 +247,9 @@ async function renderCurves() {
   const pruned = curves.filter((c) => c.state === "pruned").length;
   $("curves-hint").textContent = `best ${TOP_CURVES} and latest ${RECENT_CURVES}` + (pruned ? ` · ✕ marks where a pruned trial stopped` : "");
   // Steps count from 0; people count epochs (and folds) from 1, as the trial table does.
-  const last = perFold ? s.spec.cv.folds : s.spec.training.max_epochs;
+  // Fitted to the data, folds x repeats and max_epochs may exceed the stored spec's: the longest curve counts too.
+  const configured = perFold ? s.spec.cv.folds * (s.spec.cv.repeats || 1) : s.spec.training.max_epochs;
+  const last = Math.max(configured, ...curves.map((c) => (c.steps.length ? c.steps[c.steps.length - 1] + 1 : 0)));
   const node = await plot("curves", curveTraces(curves, s.best_trial, page.selected && page.selected.number), {
     xaxis: { title: { text: perFold ? "fold" : "epoch" }, range: [0.8, last + 0.2], tickformat: "d", dtick: last <= 12 ? 1 : undefined },
     yaxis: { title: { text: `validation ${s.metric}` } },
