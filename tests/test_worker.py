@@ -15,6 +15,7 @@ import time
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState, create_trial
 
@@ -277,7 +278,13 @@ def test_a_running_trial_stops_at_its_next_epoch_when_the_budget_ends(sqlite_url
     storage = open_storage(sqlite_url)
     create_study(storage, spec("timed", n_trials=50, budget={"n_trials": 50, "timeout_s": 1},
                                training={"max_epochs": max_epochs, "patience": None}))
-    worker_loop(WorkerOptions(database_url=sqlite_url, until_idle=True, threads=1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        worker_loop(WorkerOptions(database_url=sqlite_url, until_idle=True, threads=1))
+        assert torch.get_num_threads() == 1  # the thread that trains has one intra-op thread (per thread)
+    finally:
+        torch.set_num_threads(threads)
     study = optuna.load_study(study_name="timed", storage=storage)
     [trial] = study.get_trials()  # none started past the timeout
     # It stopped early and was scored with what its folds reached: the budget leaves a model.
