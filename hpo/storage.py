@@ -7,6 +7,8 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
 
 - ``RDBStorage._get_trials`` (override): a bulk read without ORM objects (seconds -> tens
   of milliseconds on large studies); same trials as Optuna's read, checked trial by trial.
+  The same read serves :func:`read_trials` (some trials, or some of what they hold: what a
+  page of a 50,000-trial study needs) and :func:`trial_ids_by_number` (a page in SQL).
 - ``RDBStorage.set_trial_state_values`` (public, but its WAITING -> RUNNING claim relies on
   ``SELECT ... FOR UPDATE``, which SQLite ignores): one conditional UPDATE.
 - ``RDBStorage._get_stale_trial_ids`` (override): also trials that never beat.
@@ -60,7 +62,7 @@ from hpo.settings import DEFAULT_DATABASE_URL
 
 __all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
            "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage",
-           "write_trials"]
+           "read_trials", "trial_ids_by_number", "write_trials"]
 
 PROXY_SCHEME = "grpc://"
 _EXTRAS = "hpo.StorageExtras"  # the gRPC service the proxy adds to Optuna's: heartbeats
@@ -199,50 +201,134 @@ class BulkReadRDBStorage(RDBStorage):
         """Optuna's private hook behind ``get_all_trials`` and ``_CachedStorage`` (same
         arguments and answer as Optuna 5.0.0's), read with plain selects: see the class."""
         trials_t = models.TrialModel.__table__
-        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
-        where = trials_t.c.study_id == study_id
-        if states is not None:
-            assert isinstance(states, Iterable)
-            where = sa.and_(where, trials_t.c.state.in_(list(states)))
+        where = None
         if trial_id_greater_than > -1:
+            included = [i for i in included_trial_ids if i <= trial_id_greater_than]
             newer = trials_t.c.trial_id > trial_id_greater_than
-            where = sa.and_(where, sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer)
-        chosen = sa.select(trials_t.c.trial_id).where(where).scalar_subquery()
+            where = sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer
+        return _read_trials(self, study_id, where, states)
 
-        def rows_of(model: Any, *columns: str) -> Sequence[Any]:
-            # Fetched at once, and with no type conversion per row (enums come back as their
-            # names, SQLite's times as text): a large study has a million of these rows.
-            table = model.__table__
-            return connection.execute(
-                sa.select(table.c.trial_id, *(_raw(table.c[c]) for c in columns)).where(table.c.trial_id.in_(chosen))
-            ).all()
 
-        with self.engine.connect() as connection:
-            studies_t = models.StudyModel.__table__
-            if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
-                raise KeyError(models.NOT_FOUND_MSG)
-            rows = connection.execute(
-                sa.select(trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
-                          _raw(trials_t.c.datetime_complete)).where(where).order_by(trials_t.c.trial_id)
-            ).all()
-            if not rows:  # nothing new: what Optuna's cache asks before most trials
-                return []
-            params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
+ALL_PARTS = frozenset({"params", "values", "user_attrs", "system_attrs", "intermediate"})
+
+
+def read_trials(storage: RDBStorage, study_id: int, *, trial_ids: Iterable[int] | None = None,
+                numbers: Iterable[int] | None = None, states: Iterable[TrialState] | None = None,
+                parts: Container[str] = ALL_PARTS,
+                attr_keys: Container[str] | None = None) -> list[FrozenTrial]:
+    """Some of a study's trials, or some of what they hold, in number order: what a page of a
+    study of tens of thousands of trials needs without reading all of them in full.
+
+    Each part left out is empty in the trials returned (no parameters, no values, ...): such
+    trials serve what reads only the parts given, never Optuna's samplers or caches.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        trial_ids: only these trials (all when not given).
+        numbers: only the trials of these numbers (all when not given).
+        states: only trials in these states (all when not given).
+        parts: what to read of each trial besides its number, state and times:
+            ``params``, ``values``, ``user_attrs``, ``system_attrs``, ``intermediate``.
+        attr_keys: only these user and system attributes (all when not given).
+
+    Returns:
+        The trials, in number order (the order they were created, as Optuna reads them).
+
+    Raises:
+        KeyError: no study has that id.
+    """
+    trials_t = models.TrialModel.__table__
+    where = []
+    if trial_ids is not None:
+        where.append(trials_t.c.trial_id.in_(list(trial_ids)))
+    if numbers is not None:
+        where.append(trials_t.c.number.in_(list(numbers)))
+    return _read_trials(storage, study_id, sa.and_(*where) if where else None, states, parts, attr_keys)
+
+
+def trial_ids_by_number(storage: RDBStorage, study_id: int, *, states: Iterable[TrialState] | None = None,
+                        descending: bool = False, limit: int, offset: int) -> tuple[list[int], int]:
+    """One page of a study's trials in number order, ordered and cut in SQL.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        states: only trials in these states (all when not given).
+        descending: the latest first.
+        limit: trials per page.
+        offset: trials skipped.
+
+    Returns:
+        The page's trial ids (read them with :func:`read_trials`), and how many trials match.
+    """
+    trials_t = models.TrialModel.__table__
+    condition = trials_t.c.study_id == study_id
+    if states is not None:
+        condition = sa.and_(condition, trials_t.c.state.in_(list(states)))
+    order = trials_t.c.number.desc() if descending else trials_t.c.number
+    with storage.engine.connect() as connection:
+        total = connection.execute(sa.select(sa.func.count()).where(condition)).scalar_one()
+        ids = connection.execute(
+            sa.select(trials_t.c.trial_id).where(condition).order_by(order).limit(limit).offset(offset)
+        ).scalars().all()
+    return list(ids), total
+
+
+def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | None,
+                 states: Iterable[TrialState] | None, parts: Container[str] = ALL_PARTS,
+                 attr_keys: Container[str] | None = None) -> list[FrozenTrial]:
+    """The trials of a study matching ``where`` and ``states`` (see :func:`read_trials`), read
+    with plain selects and built from rows: no ORM objects, no type conversion per row."""
+    trials_t = models.TrialModel.__table__
+    condition = trials_t.c.study_id == study_id
+    if states is not None:
+        condition = sa.and_(condition, trials_t.c.state.in_(list(states)))
+    if where is not None:
+        condition = sa.and_(condition, where)
+    chosen = sa.select(trials_t.c.trial_id).where(condition).scalar_subquery()
+
+    def rows_of(model: Any, *columns: str, keys: Container[str] | None = None) -> Sequence[Any]:
+        # Fetched at once, and with no type conversion per row (enums come back as their
+        # names, SQLite's times as text): a large study has a million of these rows.
+        table = model.__table__
+        query = sa.select(table.c.trial_id, *(_raw(table.c[c]) for c in columns)).where(table.c.trial_id.in_(chosen))
+        if keys is not None:
+            query = query.where(table.c.key.in_(list(keys)))
+        return connection.execute(query).all()
+
+    params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
+    values: dict[int, dict[int, float]] = defaultdict(dict)
+    user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    system_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    intermediate: dict[int, dict[int, float]] = defaultdict(dict)
+    with storage.engine.connect() as connection:
+        studies_t = models.StudyModel.__table__
+        if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        rows = connection.execute(
+            sa.select(trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
+                      _raw(trials_t.c.datetime_complete)).where(condition).order_by(trials_t.c.trial_id)
+        ).all()
+        if not rows:  # nothing new: what Optuna's cache asks before most trials
+            return []
+        if "params" in parts:
             for trial_id, param_id, name, value, distribution in rows_of(
                 models.TrialParamModel, "param_id", "param_name", "param_value", "distribution_json"
             ):
                 params[trial_id].append((param_id, name, value, distribution))
-            values: dict[int, dict[int, float]] = defaultdict(dict)
+        if "values" in parts:
             value_type = models.TrialValueModel.TrialValueType
             for trial_id, objective, value, kind in rows_of(models.TrialValueModel, "objective", "value", "value_type"):
                 values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
-            user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-            for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json"):
+        if "user_attrs" in parts:
+            for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json", keys=attr_keys):
                 user_attrs[trial_id][key] = json.loads(value_json)
-            system_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-            for trial_id, key, value_json in rows_of(models.TrialSystemAttributeModel, "key", "value_json"):
+        if "system_attrs" in parts:
+            for trial_id, key, value_json in rows_of(models.TrialSystemAttributeModel, "key", "value_json",
+                                                     keys=attr_keys):
                 system_attrs[trial_id][key] = json.loads(value_json)
-            intermediate: dict[int, dict[int, float]] = defaultdict(dict)
+        if "intermediate" in parts:
             to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
             step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType
             for trial_id, step, value, kind in rows_of(
@@ -250,27 +336,27 @@ class BulkReadRDBStorage(RDBStorage):
             ):  # only NaN and infinities are stored as None (and a type saying which)
                 intermediate[trial_id][step] = value if value is not None else to_float(value, step_type[kind])
 
-        trials = []
-        to_time = _time_reader(connection.dialect.name)
-        for trial_id, number, state, start, complete in rows:
-            ordered = sorted(params.get(trial_id, ()))
-            distributions = {name: _distribution(d) for _, name, _, d in ordered}
-            objective_values = values.get(trial_id)
-            trials.append(FrozenTrial(
-                number=number,
-                state=TrialState[state],
-                value=None,
-                values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
-                datetime_start=to_time(start),
-                datetime_complete=to_time(complete),
-                params={name: distributions[name].to_external_repr(value) for _, name, value, _ in ordered},
-                distributions=distributions,
-                user_attrs=user_attrs.get(trial_id, {}),
-                system_attrs=system_attrs.get(trial_id, {}),
-                intermediate_values=intermediate.get(trial_id, {}),
-                trial_id=trial_id,
-            ))
-        return trials
+    trials = []
+    to_time = _time_reader(connection.dialect.name)
+    for trial_id, number, state, start, complete in rows:
+        ordered = sorted(params.get(trial_id, ()))
+        distributions = {name: _distribution(d) for _, name, _, d in ordered}
+        objective_values = values.get(trial_id)
+        trials.append(FrozenTrial(
+            number=number,
+            state=TrialState[state],
+            value=None,
+            values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
+            datetime_start=to_time(start),
+            datetime_complete=to_time(complete),
+            params={name: distributions[name].to_external_repr(value) for _, name, value, _ in ordered},
+            distributions=distributions,
+            user_attrs=user_attrs.get(trial_id, {}),
+            system_attrs=system_attrs.get(trial_id, {}),
+            intermediate_values=intermediate.get(trial_id, {}),
+            trial_id=trial_id,
+        ))
+    return trials
 
 
 def open_storage(
