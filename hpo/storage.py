@@ -62,7 +62,7 @@ from hpo.settings import DEFAULT_DATABASE_URL
 
 __all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
            "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage",
-           "read_trials", "trial_ids_by_number", "write_trials"]
+           "count_trials", "read_trials", "trial_ids_by_number", "write_trials"]
 
 PROXY_SCHEME = "grpc://"
 _EXTRAS = "hpo.StorageExtras"  # the gRPC service the proxy adds to Optuna's: heartbeats
@@ -263,9 +263,7 @@ def trial_ids_by_number(storage: RDBStorage, study_id: int, *, states: Iterable[
         The page's trial ids (read them with :func:`read_trials`), and how many trials match.
     """
     trials_t = models.TrialModel.__table__
-    condition = trials_t.c.study_id == study_id
-    if states is not None:
-        condition = sa.and_(condition, trials_t.c.state.in_(list(states)))
+    condition = _trials_of(study_id, states)
     order = trials_t.c.number.desc() if descending else trials_t.c.number
     with storage.engine.connect() as connection:
         total = connection.execute(sa.select(sa.func.count()).where(condition)).scalar_one()
@@ -275,15 +273,26 @@ def trial_ids_by_number(storage: RDBStorage, study_id: int, *, states: Iterable[
     return list(ids), total
 
 
+def count_trials(storage: RDBStorage, study_id: int, states: Iterable[TrialState] | None = None) -> int:
+    """How many trials a study has (in ``states``, when given), counted in SQL."""
+    with storage.engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).where(_trials_of(study_id, states))).scalar_one()
+
+
+def _trials_of(study_id: int, states: Iterable[TrialState] | None) -> sa.ColumnElement:
+    """The condition on ``trials`` rows: of this study (and in ``states``, when given)."""
+    trials_t = models.TrialModel.__table__
+    condition = trials_t.c.study_id == study_id
+    return condition if states is None else sa.and_(condition, trials_t.c.state.in_(list(states)))
+
+
 def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | None,
                  states: Iterable[TrialState] | None, parts: Container[str] = ALL_PARTS,
                  attr_keys: Container[str] | None = None) -> list[FrozenTrial]:
     """The trials of a study matching ``where`` and ``states`` (see :func:`read_trials`), read
     with plain selects and built from rows: no ORM objects, no type conversion per row."""
     trials_t = models.TrialModel.__table__
-    condition = trials_t.c.study_id == study_id
-    if states is not None:
-        condition = sa.and_(condition, trials_t.c.state.in_(list(states)))
+    condition = _trials_of(study_id, states)
     if where is not None:
         condition = sa.and_(condition, where)
     chosen = sa.select(trials_t.c.trial_id).where(condition).scalar_subquery()

@@ -143,8 +143,10 @@ def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_t
                              params={"lr": 10 ** rng.uniform(-4, -1)}, distributions=distribution)
         trial.number = number
         trials.append(trial)
-    full = complete_columns(trials, ["lr"], direction, max_points=10_000)
-    sample = complete_columns(trials, ["lr"], direction, max_points=400)
+    by_number = {t.number: t for t in trials}
+    read_params = lambda numbers: [by_number[n] for n in numbers]  # noqa: E731
+    full = complete_columns(trials, ["lr"], direction, read_params, max_points=10_000)
+    sample = complete_columns(trials, ["lr"], direction, read_params, max_points=400)
 
     assert full["total"] == sample["total"] == 640 and len(full["number"]) == 640
     assert len(sample["number"]) <= 400 and sample["number"] == sorted(sample["number"])
