@@ -12,6 +12,8 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
 - ``RDBStorage.set_trial_state_values`` (public, but its WAITING -> RUNNING claim relies on
   ``SELECT ... FOR UPDATE``, which SQLite ignores): one conditional UPDATE.
 - ``RDBStorage._get_stale_trial_ids`` (override): also trials that never beat.
+- An index of Optuna's ``trials`` table, ``(study_id, trial_id)`` (:data:`TRIALS_BY_STUDY_INDEX`),
+  made by :func:`open_storage`: the range Optuna's cache polls.
 - ``optuna.storages._rdb.models``: the table definitions the two reads above query, and
   that :func:`write_trials` (many finished trials in one transaction: benchmarks, tests)
   writes.
@@ -62,9 +64,14 @@ from hpo.settings import DEFAULT_DATABASE_URL
 
 __all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
            "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage",
-           "count_trials", "read_trials", "trial_ids_by_number", "write_trials"]
+           "best_numbers", "count_trials", "latest_reported_numbers", "read_trials", "trial_ids_by_number", "write_trials"]
 
 PROXY_SCHEME = "grpc://"
+# Optuna indexes ``trials`` by ``study_id`` alone: its cache's poll of a study (the unfinished
+# and newer trials: ``study_id = ? AND (trial_id IN (...) OR trial_id > ?)``) then visits every
+# trial of the study on PostgreSQL. Created by :func:`open_storage`, after Optuna's tables
+# (the project's Alembic migrations run before Optuna creates them on a new database).
+TRIALS_BY_STUDY_INDEX = "ix_trials_study_id_trial_id"
 _EXTRAS = "hpo.StorageExtras"  # the gRPC service the proxy adds to Optuna's: heartbeats
 
 
@@ -273,6 +280,50 @@ def trial_ids_by_number(storage: RDBStorage, study_id: int, *, states: Iterable[
     return list(ids), total
 
 
+def best_numbers(storage: RDBStorage, study_id: int, *, maximize: bool, limit: int,
+                 reported: bool = False) -> list[int]:
+    """The numbers of a study's complete trials with the ``limit`` best values, and of every
+    trial tied with the last of them (non-finite values rank last, all tied), found in SQL:
+    the candidates for the best trials (``hpo.studies.ranked`` orders them).
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        maximize: whether higher values are better.
+        limit: how many best trials are wanted.
+        reported: only trials that reported a per-epoch value.
+    """
+    if limit == 0:
+        return []
+    trials_t, values_t = models.TrialModel.__table__, models.TrialValueModel.__table__
+    steps_t = models.TrialIntermediateValueModel.__table__
+    condition = sa.and_(_trials_of(study_id, [TrialState.COMPLETE]), values_t.c.objective == 0)
+    if reported:
+        condition = sa.and_(condition, sa.exists().where(steps_t.c.trial_id == trials_t.c.trial_id))
+    joined = trials_t.join(values_t, values_t.c.trial_id == trials_t.c.trial_id)
+    finite = values_t.c.value_type == models.TrialValueModel.TrialValueType.FINITE
+    order = values_t.c.value.desc() if maximize else values_t.c.value
+    with storage.engine.connect() as connection:
+        best = connection.execute(sa.select(values_t.c.value).select_from(joined).where(condition, finite)
+                                  .order_by(order).limit(limit)).scalars().all()
+        if len(best) == limit:
+            bound = values_t.c.value >= best[-1] if maximize else values_t.c.value <= best[-1]
+            chosen = sa.and_(finite, bound)
+        else:  # fewer finite ones: the non-finite ones, tied last, are candidates too
+            chosen = sa.true()
+        return list(connection.execute(sa.select(trials_t.c.number).select_from(joined).where(condition, chosen)
+                                       .order_by(trials_t.c.number)).scalars().all())
+
+
+def latest_reported_numbers(storage: RDBStorage, study_id: int, limit: int) -> list[int]:
+    """The numbers of a study's ``limit`` latest trials that reported a per-epoch value, latest first."""
+    trials_t, steps_t = models.TrialModel.__table__, models.TrialIntermediateValueModel.__table__
+    reported = sa.exists().where(steps_t.c.trial_id == trials_t.c.trial_id)
+    with storage.engine.connect() as connection:
+        return list(connection.execute(sa.select(trials_t.c.number).where(_trials_of(study_id, None), reported)
+                                       .order_by(trials_t.c.number.desc()).limit(limit)).scalars().all())
+
+
 def count_trials(storage: RDBStorage, study_id: int, states: Iterable[TrialState] | None = None) -> int:
     """How many trials a study has (in ``states``, when given), counted in SQL."""
     with storage.engine.connect() as connection:
@@ -413,7 +464,11 @@ def open_storage(
                 "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             }
         with schema_lock(url):  # Optuna creates its tables check-then-create: one process at a time
-            return BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage = BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            with storage.engine.begin() as connection:
+                connection.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {TRIALS_BY_STUDY_INDEX} "
+                                           "ON trials (study_id, trial_id)"))
+            return storage
 
 
 class CachedStudyStorage(_CachedStorage):

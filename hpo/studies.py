@@ -13,7 +13,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable
 from itertools import groupby
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,20 +192,15 @@ def rank_key(trial: FrozenTrial, direction: str) -> tuple[float, float, float, i
             _finite_or_worst(mean_epochs), trial.number)
 
 
-def by_score(trials: Iterable[FrozenTrial], direction: str) -> list[tuple[float, FrozenTrial]]:
-    """The complete trials among ``trials`` with their scores (the first part of
-    :func:`rank_key`), best score first; the order of :func:`ranked` up to ties."""
-    return sorted(((_score(t, direction), t) for t in trials if t.state == TrialState.COMPLETE), key=itemgetter(0))
-
-
 def ranked(trials: Iterable[FrozenTrial], direction: str) -> list[FrozenTrial]:
     """The complete trials among ``trials``, best first (see :func:`rank_key`).
 
     Sorted by score first, and by the whole key only where scores tie: the same order, without
     working out the key of each of tens of thousands of trials."""
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: _score(t, direction))
     out: list[FrozenTrial] = []
-    for _, group in groupby(by_score(trials, direction), key=itemgetter(0)):
-        tied = [t for _, t in group]
+    for _, group in groupby(complete, key=lambda t: _score(t, direction)):
+        tied = list(group)
         out.extend(sorted(tied, key=lambda t: rank_key(t, direction)) if len(tied) > 1 else tied)
     return out
 

@@ -16,9 +16,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpo.spec import parse_spec
-from hpo.storage import read_trials, study_storage, trial_ids_by_number
+from hpo.storage import best_numbers, latest_reported_numbers, read_trials, study_storage, trial_ids_by_number
 from hpo.studies import (
-    CV_LOSS_ATTR, FAIL_REASON_ATTR, FOLD_BEST_EPOCHS_ATTR, SURPLUS_ATTR, progress, summary_trials,
+    CV_LOSS_ATTR, FAIL_REASON_ATTR, FOLD_BEST_EPOCHS_ATTR, SURPLUS_ATTR, progress, ranked, summary_trials,
 )
 
 DISTRIBUTIONS = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "cell": CategoricalDistribution(["lstm", "gru"])}
@@ -132,3 +132,20 @@ def test_a_page_by_number_in_sql(storage):
         page, total = trial_ids_by_number(backend, study_id, states=states, descending=descending, limit=limit,
                                           offset=offset)
         assert (page, total) == ([ids[t.number] for t in chosen[offset:offset + limit]], len(chosen))
+
+
+def test_best_numbers_hold_the_best_trials_and_their_ties(storage):
+    """For every ``limit``, the candidates ranked give the full read's best, reported or not;
+    the latest reported trials likewise."""
+    for direction in ("maximize", "minimize"):
+        study = random_study(storage, f"best-{direction}", random.Random(9), direction, n_trials=40)
+        backend, study_id = storage, study_storage(study)[1]
+        full = study.get_trials(deepcopy=False)
+        by_number = {t.number: t for t in full}
+        for reported, limit in itertools.product((False, True), range(0, 30, 3)):
+            pool = [t for t in full if t.intermediate_values or not reported]
+            numbers = best_numbers(backend, study_id, maximize=direction == "maximize", limit=limit, reported=reported)
+            assert ranked([by_number[n] for n in numbers], direction)[:limit] == ranked(pool, direction)[:limit]
+            assert set(numbers) <= {t.number for t in pool if t.state == TrialState.COMPLETE}
+        latest = [t.number for t in sorted(full, key=lambda t: -t.number) if t.intermediate_values]
+        assert latest_reported_numbers(backend, study_id, 5) == latest[:5]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from optuna.trial import TrialState
 
+from hpo.storage import best_numbers, latest_reported_numbers
 from hpo.studies import Progress
 from service import records
 from service.catalog import LoadedStudy, list_page
@@ -107,9 +108,13 @@ def learning_curves(
     """Per-epoch validation scores of the best, the latest and the asked-for trials, each
     downsampled to ``max_points``; a pruned trial's curve ends where it was stopped. Only
     those trials' per-epoch values are read."""
-    numbers = [int(n) for n in trials.split(",")] if trials else []
-    picked = pick_curves(loaded.read(parts={"values"}), loaded.spec.direction, top=top, recent=recent,
-                         numbers=numbers, read=lambda chosen: loaded.read(numbers=chosen))
+    asked = [int(n) for n in trials.split(",")] if trials else []
+    direction = loaded.spec.direction
+    best = best_numbers(loaded.storage, loaded.study_id, maximize=direction == "maximize", limit=top, reported=True)
+    latest = latest_reported_numbers(loaded.storage, loaded.study_id, recent)
+    read = {t.number: t for t in loaded.read(numbers=sorted({*best, *latest, *asked}))}
+    picked = pick_curves(direction, top, [read[n] for n in best], [read[n] for n in latest],
+                         [read[n] for n in asked if n in read])
     return {
         "metric": loaded.spec.training.metric,
         "direction": loaded.spec.direction,

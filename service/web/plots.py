@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.jsonable import finite
 from hpo.spec import TUNED_PARAMS, StudySpec
 from hpo.storage import study_storage
-from hpo.studies import by_score, ranked
+from hpo.studies import ranked
 from service.views import TRIAL_STATE_NAMES, last_reported
 
 # PED-ANOVA contrasts the best 10 % of the complete trials (its default target quantile) with
@@ -162,45 +162,24 @@ def curve_view(trial: FrozenTrial, max_points: int = DEFAULT_CURVE_POINTS) -> di
     }
 
 
-def pick_curves(trials: Sequence[FrozenTrial], direction: str, *, top: int, recent: int,
-                numbers: Iterable[int] = (), read: Callable[[list[int]], Sequence[FrozenTrial]],
-                block: int = 50) -> list[FrozenTrial]:
-    """The trials whose learning curves the page shows: the ``top`` best complete ones,
-    the ``recent`` latest ones that reported an epoch (pruned and running included), and
-    any asked for by number.
+def pick_curves(direction: str, top: int, best: Iterable[FrozenTrial], latest: Iterable[FrozenTrial],
+                asked: Iterable[FrozenTrial] = ()) -> list[FrozenTrial]:
+    """The trials whose learning curves the page shows, in number order: the ``top`` best
+    complete ones that reported an epoch, the ``latest`` ones that did (pruned and running
+    included), and those ``asked`` for that did.
 
     Args:
-        trials: the study's trials (their numbers, states and values are read).
         direction: the study's ``maximize`` or ``minimize``.
-        top, recent, numbers: which curves.
-        read: the trials of the given numbers in full; only candidates are read, a block
-            at a time (the best by score, every trial tied with the last of a block
-            included, so that :func:`~hpo.studies.ranked` orders them as it orders all).
-        block: trials read at a time.
+        top: how many of the best.
+        best: every trial that may be among the ``top`` best (each complete trial that
+            reported and scores at least as well as the ``top``-th, ties included:
+            ``hpo.storage.best_numbers``), which :func:`~hpo.studies.ranked` orders.
+        latest: the latest trials that reported.
+        asked: trials asked for by number.
     """
-    chosen: dict[int, FrozenTrial] = {}
-    scored = by_score(trials, direction)
-    best: list[FrozenTrial] = []
-    start = 0
-    while start < len(scored) and len([t for t in best if t.intermediate_values]) < top:
-        end = min(len(scored), start + max(block, top))
-        while end < len(scored) and scored[end][0] == scored[end - 1][0]:
-            end += 1  # ties of the block's last score
-        best.extend(read([t.number for _, t in scored[start:end]]))
-        start = end
-    chosen.update((t.number, t) for t in ranked([t for t in best if t.intermediate_values], direction)[:top])
-    latest = sorted(trials, key=lambda t: t.number, reverse=True)
-    found = 0
-    for start in range(0, len(latest), max(block, recent)):
-        if found >= recent:
-            break
-        for trial in read([t.number for t in latest[start:start + max(block, recent)]])[::-1]:
-            if trial.intermediate_values and found < recent:
-                chosen[trial.number] = trial
-                found += 1
-    wanted = sorted(set(numbers) - set(chosen))
-    if wanted:
-        chosen.update((t.number, t) for t in read(wanted) if t.intermediate_values)
+    reported = [t for t in best if t.intermediate_values]
+    chosen = {t.number: t for t in [*ranked(reported, direction)[:top], *latest,
+                                    *(t for t in asked if t.intermediate_values)]}
     return [chosen[n] for n in sorted(chosen)]
 
 
