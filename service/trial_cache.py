@@ -165,13 +165,20 @@ class TrialCache:
         with self._lock:
             self._entries.pop(optuna_study_name, None)
 
-    def warm(self, sessions: Callable[[], Session]) -> None:
+    def warm(self, sessions: Callable[[], Session], before_each: Callable[[], None] = lambda: None) -> None:
         """Read every study into the cache, newest first, while it has room (run in the
-        background at start-up; a request for a study being read waits for that read)."""
+        background at start-up; a request for a study being read waits for that read).
+
+        Args:
+            sessions: the service's database sessions.
+            before_each: called before each study is read (the service waits there for a
+                moment without requests).
+        """
         started, cached = time.perf_counter(), 0
         with sessions() as session:
             rows = records.all_studies(session)
         for record in rows:
+            before_each()
             try:
                 cached += len(self.open(record).study.get_trials(deepcopy=False))
             except StudyNotFound:
