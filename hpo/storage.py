@@ -64,9 +64,10 @@ from hpo.settings import DEFAULT_DATABASE_URL
 
 __all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
            "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage",
-           "best_numbers", "count_trials", "latest_reported_numbers", "read_trials", "trial_ids_by_number", "write_trials"]
+           "best_numbers", "count_trials", "last_reported", "latest_reported_numbers", "read_trials", "trial_ids_by_number", "write_trials"]
 
 PROXY_SCHEME = "grpc://"
+_STATES = {state.name: state for state in TrialState}  # as stored (SQLAlchemy's Enum stores names)
 # Optuna indexes ``trials`` by ``study_id`` alone: its cache's poll of a study (the unfinished
 # and newer trials: ``study_id = ? AND (trial_id IN (...) OR trial_id > ?)``) then visits every
 # trial of the study on PostgreSQL. Created by :func:`open_storage`, after Optuna's tables
@@ -117,6 +118,12 @@ def _stored_time(local: dt.datetime | None) -> dt.datetime | None:
 def _local_time(utc: dt.datetime | None) -> dt.datetime | None:
     """Optuna's stored naive UTC as naive local time (what ``RDBStorage`` hands out)."""
     return None if utc is None else utc.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def _fetch_all(connection: sa.Connection, query: sa.Executable) -> list[tuple]:
+    """All rows of ``query`` as the driver's plain tuples (no SQLAlchemy ``Row`` per row: a
+    large study's read fetches a million rows)."""
+    return connection.execute(query).cursor.fetchall()
 
 
 def _raw(column: sa.ColumnElement) -> sa.ColumnElement:
@@ -324,6 +331,32 @@ def latest_reported_numbers(storage: RDBStorage, study_id: int, limit: int) -> l
                                        .order_by(trials_t.c.number.desc()).limit(limit)).scalars().all())
 
 
+def last_reported(storage: RDBStorage, study_id: int, states: Iterable[TrialState]) -> list[tuple[int, float]]:
+    """``(number, value)`` of the last per-epoch value each of a study's trials in ``states``
+    reported (those that reported one), in number order, picked in SQL.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        states: the trials' states.
+    """
+    trials_t, steps_t = models.TrialModel.__table__, models.TrialIntermediateValueModel.__table__
+    condition = _trials_of(study_id, states)
+    last = (sa.select(steps_t.c.trial_id, sa.func.max(steps_t.c.step).label("step"))
+            .where(steps_t.c.trial_id.in_(sa.select(trials_t.c.trial_id).where(condition)))
+            .group_by(steps_t.c.trial_id).subquery())
+    joined = trials_t.join(last, last.c.trial_id == trials_t.c.trial_id).join(
+        steps_t, sa.and_(steps_t.c.trial_id == last.c.trial_id, steps_t.c.step == last.c.step))
+    to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+    step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType
+    with storage.engine.connect() as connection:
+        rows = _fetch_all(connection, sa.select(
+            trials_t.c.number, _raw(steps_t.c.intermediate_value), _raw(steps_t.c.intermediate_value_type)
+        ).select_from(joined).where(condition).order_by(trials_t.c.number))
+    # only NaN and infinities are stored as None (and a type saying which)
+    return [(number, value if value is not None else to_float(value, step_type[kind])) for number, value, kind in rows]
+
+
 def count_trials(storage: RDBStorage, study_id: int, states: Iterable[TrialState] | None = None) -> int:
     """How many trials a study has (in ``states``, when given), counted in SQL."""
     with storage.engine.connect() as connection:
@@ -355,7 +388,7 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
         query = sa.select(table.c.trial_id, *(_raw(table.c[c]) for c in columns)).where(table.c.trial_id.in_(chosen))
         if keys is not None:
             query = query.where(table.c.key.in_(list(keys)))
-        return connection.execute(query).all()
+        return _fetch_all(connection, query)
 
     params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
     values: dict[int, dict[int, float]] = defaultdict(dict)
@@ -366,10 +399,9 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
         studies_t = models.StudyModel.__table__
         if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
             raise KeyError(models.NOT_FOUND_MSG)
-        rows = connection.execute(
-            sa.select(trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
-                      _raw(trials_t.c.datetime_complete)).where(condition).order_by(trials_t.c.trial_id)
-        ).all()
+        rows = _fetch_all(connection, sa.select(
+            trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
+            _raw(trials_t.c.datetime_complete)).where(condition).order_by(trials_t.c.trial_id))
         if not rows:  # nothing new: what Optuna's cache asks before most trials
             return []
         if "params" in parts:
@@ -380,7 +412,8 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
         if "values" in parts:
             value_type = models.TrialValueModel.TrialValueType
             for trial_id, objective, value, kind in rows_of(models.TrialValueModel, "objective", "value", "value_type"):
-                values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
+                values[trial_id][objective] = value if kind == "FINITE" else \
+                    models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
         if "user_attrs" in parts:
             for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json", keys=attr_keys):
                 user_attrs[trial_id][key] = json.loads(value_json)
@@ -404,7 +437,7 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
         objective_values = values.get(trial_id)
         trials.append(FrozenTrial(
             number=number,
-            state=TrialState[state],
+            state=_STATES[state],
             value=None,
             values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
             datetime_start=to_time(start),

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from optuna.trial import TrialState
 
-from hpo.storage import best_numbers, latest_reported_numbers
+from hpo.storage import best_numbers, last_reported, latest_reported_numbers
 from hpo.studies import Progress
 from service import records
 from service.catalog import LoadedStudy, list_page
@@ -84,8 +84,9 @@ def study_overview(loaded: LoadedDep, session: SessionDep) -> dict[str, Any]:
         "space": space,
         "complete": complete_columns(trials, [p["name"] for p in space], loaded.spec.direction,
                                      read_params=lambda numbers: loaded.read(numbers=numbers, parts={"params"})),
-        "pruned": pruned_columns(t for t in loaded.read(states=[TrialState.PRUNED], parts={"intermediate"})
-                                 if t.number in pruned),
+        "pruned": pruned_columns([(number, value) for number, value
+                                  in last_reported(loaded.storage, loaded.study_id, [TrialState.PRUNED])
+                                  if number in pruned]),
         "best": best,
         "event_id": max((event_id_of(t) for t in trials), default=0),
         "links": {

@@ -23,7 +23,7 @@ from hpo.jsonable import finite
 from hpo.spec import TUNED_PARAMS, StudySpec
 from hpo.storage import study_storage
 from hpo.studies import ranked
-from service.views import TRIAL_STATE_NAMES, last_reported
+from service.views import TRIAL_STATE_NAMES
 
 # PED-ANOVA contrasts the best 10 % of the complete trials (its default target quantile) with
 # all of them: below 11 trials that best group is one trial, and the shares only say where
@@ -90,18 +90,21 @@ def complete_columns(trials: Iterable[FrozenTrial], param_names: Sequence[str], 
     }
 
 
-def pruned_columns(trials: Iterable[FrozenTrial], max_points: int = HISTORY_MAX_POINTS) -> dict[str, Any]:
+def pruned_columns(last_values: Sequence[tuple[int, float]], max_points: int = HISTORY_MAX_POINTS) -> dict[str, Any]:
     """The pruned trials that reported an epoch: ``number`` and ``value``, the last score they
     reported (an inner-validation score where they were stopped, not a CV score), plus
     ``total``; past ``max_points``, evenly spaced ones in number order (they draw no line).
+
+    Args:
+        last_values: ``(number, last reported score)`` of each, in number order
+            (``hpo.storage.last_reported``).
+        max_points: the size of the sample.
     """
-    pruned = sorted((t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values),
-                    key=lambda t: t.number)
-    n = len(pruned)
+    n = len(last_values)
     picked = range(n) if n <= max_points else sorted({round(k * (n - 1) / (max_points - 1)) for k in range(max_points)})
     return {
-        "number": [pruned[i].number for i in picked],
-        "value": [finite(last_reported(pruned[i])) for i in picked],
+        "number": [last_values[i][0] for i in picked],
+        "value": [finite(last_values[i][1]) for i in picked],
         "total": n,
     }
 

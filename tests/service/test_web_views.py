@@ -24,6 +24,7 @@ from hpo.storage import write_trials
 from hpo.studies import fail_study, progress, ranked
 from service.events import event_id_of
 from service.schemas import TrialOut
+from service.views import last_reported
 from service.web.plots import (
     HISTORY_MAX_POINTS, PARALLEL_LINES, complete_columns, curve_view, downsample, pruned_columns,
 )
@@ -165,18 +166,14 @@ def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_t
 
 
 def test_pruned_points_past_the_limit_are_spread_evenly_and_counted():
-    trials = []
-    for number in range(300):
-        trial = create_trial(state=TrialState.PRUNED, intermediate_values={0: number / 300})
-        trial.number = number
-        trials.append(trial)
+    last_values = [(number, number / 300) for number in range(300)]
 
-    sample = pruned_columns(reversed(trials), max_points=50)
+    sample = pruned_columns(last_values, max_points=50)
 
     assert sample["total"] == 300 and len(sample["number"]) == 50
     assert sample["number"] == sorted(sample["number"]) and sample["number"][0] == 0 and sample["number"][-1] == 299
     assert sample["value"] == [n / 300 for n in sample["number"]]
-    assert pruned_columns(trials)["number"] == list(range(300))
+    assert pruned_columns(last_values)["number"] == list(range(300))
 
 
 def test_importance_needs_eleven_complete_trials_and_follows_the_page_count(api, storage, study):
@@ -444,7 +441,8 @@ def test_the_first_view_of_a_large_study_is_its_full_reads_view_without_the_full
     names = [p["name"] for p in view["space"]]
     assert view["complete"] == complete_columns(full, names, direction, lambda ns: [by_number[n] for n in ns])
     assert view["complete"]["total"] > HISTORY_MAX_POINTS > len(view["complete"]["number"])
-    assert view["pruned"] == pruned_columns(full)
+    assert view["pruned"] == pruned_columns([(t.number, last_reported(t)) for t in full
+                                             if t.state == TrialState.PRUNED and t.intermediate_values])
     expected = progress(optuna.load_study(study_name=study["optuna_study_name"], storage=storage),
                         parse_spec(study["spec"]), trials=full)
     assert view["study"]["trials"] == expected.as_dict()["trials"] and view["best"]["number"] == expected.best_trial
