@@ -62,9 +62,10 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepare_sqlite, schema_lock
 from hpo.settings import DEFAULT_DATABASE_URL
 
-__all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
-           "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage",
-           "best_numbers", "count_trials", "last_reported", "latest_reported_numbers", "read_trials", "trial_ids_by_number", "write_trials"]
+__all__ = ["PROXY_SCHEME", "TRIALS_BY_STUDY_INDEX", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy",
+           "ProxiedStorage", "ProxyUnavailable", "best_numbers", "count_trials", "last_reported",
+           "latest_reported_numbers", "normalize_url", "open_storage", "read_trials", "serve_proxy", "study_id_of",
+           "study_storage", "trial_ids_by_number", "write_trials"]
 
 PROXY_SCHEME = "grpc://"
 _STATES = {state.name: state for state in TrialState}  # as stored (SQLAlchemy's Enum stores names)
