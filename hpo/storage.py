@@ -415,7 +415,8 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
                 values[trial_id][objective] = value if kind == "FINITE" else \
                     models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
         if "user_attrs" in parts:
-            for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json", keys=attr_keys):
+            for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json",
+                                                     keys=attr_keys):
                 user_attrs[trial_id][key] = json.loads(value_json)
         if "system_attrs" in parts:
             for trial_id, key, value_json in rows_of(models.TrialSystemAttributeModel, "key", "value_json",

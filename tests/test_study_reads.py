@@ -69,7 +69,8 @@ def random_study(storage, name: str, rng: random.Random, direction: str, n_trial
 @pytest.mark.slow
 def test_summary_trials_give_the_progress_of_the_full_read(storage):
     rng = random.Random(7)
-    specs = [spec(3), spec(10), spec(40), spec(10, timeout_s=60), spec(40, metric="loss"), spec(3, metric="loss"), spec(10, timeout_s=60, metric="loss")]
+    specs = [spec(3), spec(10), spec(40), spec(10, timeout_s=60),
+             spec(40, metric="loss"), spec(3, metric="loss"), spec(10, timeout_s=60, metric="loss")]
     nows = [dt.datetime(2026, 11, 29, 12, 1), dt.datetime(2026, 11, 29, 14, 0)]
     seen_states: set[str] = set()
     for index, direction in itertools.product(range(6), ("maximize", "minimize")):
@@ -109,7 +110,8 @@ def test_read_trials_by_id_number_state_and_part(storage):
     some = [full[1], full[4], full[7]]
     assert read_trials(backend, study_id, trial_ids=[t._trial_id for t in some]) == some
     assert read_trials(backend, study_id, numbers=[7, 1, 4]) == some
-    assert read_trials(backend, study_id, states=[TrialState.PRUNED]) == [t for t in full if t.state == TrialState.PRUNED]
+    pruned = [t for t in full if t.state == TrialState.PRUNED]
+    assert read_trials(backend, study_id, states=[TrialState.PRUNED]) == pruned
     values_only = read_trials(backend, study_id, parts={"values"})
     assert [(t.number, t.values) for t in values_only] == [(t.number, t.values) for t in full]
     assert all(not t.params and not t.user_attrs and not t.intermediate_values for t in values_only)
