@@ -15,6 +15,7 @@ from service.schemas import TrialOut, TrialPage, TrialState
 from service.views import TRIAL_STATES_BY_NAME, trial_duration_s
 
 router = APIRouter(prefix="/studies", tags=["trials"])
+MAX_TRIAL_NUMBER = 2**31 - 1  # Optuna stores trial numbers as a 32-bit INTEGER: larger ones match none
 
 SortKey = Literal["number", "-number", "value", "-value", "best", "duration_s", "-duration_s",
                   "started_at", "-started_at"]
@@ -66,6 +67,6 @@ def list_trials(
 @router.get("/{study_id}/trials/{number}", response_model=TrialOut, responses=ERRORS, summary="One trial")
 def get_trial(loaded: LoadedDep, number: int) -> TrialOut:
     """One trial by its number, with its per-epoch scores."""
-    for trial in loaded.read(numbers=[number]):
+    for trial in loaded.read(numbers=[number]) if 0 <= number <= MAX_TRIAL_NUMBER else []:
         return TrialOut.of(trial, intermediate=True)
     raise problem(404, f"study {loaded.record.id!r} has no trial number {number}", field="number")
