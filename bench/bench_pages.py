@@ -21,6 +21,7 @@ started ``hpo serve`` (no workers):
     .venv/bin/python -m bench.bench_pages                    # 50,000 trials, 1,000 studies, SQLite
     .venv/bin/python -m bench.bench_pages --postgres         # the same on PostgreSQL
     .venv/bin/python -m bench.bench_pages --keep /tmp/bench-pages   # keep the SQLite database, reuse it
+    .venv/bin/python -m bench.bench_pages --postgres --keep /tmp/bench-pages-pg   # keep the PostgreSQL one
     .venv/bin/python -m bench.bench_pages --trials 5000 --studies 20   # the earlier, smaller case
 """
 
@@ -45,7 +46,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from hpo.storage import open_storage, write_trials
-from tests.support.databases import postgres_admin, postgres_database, sqlite_url
+from tests.support.databases import (
+    create_postgres_database, postgres_admin, postgres_database, postgres_database_url, sqlite_url,
+)
 from tests.support.servers import ServeProcess
 
 GOAL_S = 2.0
@@ -343,6 +346,16 @@ def measure(url: str, workdir: Path, study_id: str, args: argparse.Namespace) ->
             print(line)
 
 
+def kept_postgres_database(workdir: Path) -> str:
+    """The URL of the PostgreSQL database ``--keep`` names (``workdir/postgres-database``),
+    created on the first run and kept for the next (drop it by hand)."""
+    marker = workdir / "postgres-database"
+    if not marker.exists():
+        (workdir / "studies.json").unlink(missing_ok=True)
+        marker.write_text(create_postgres_database("hpo_bench_pages"))
+    return postgres_database_url(marker.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=50_000, help="trials of the large study")
@@ -353,18 +366,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed requests of each kind of page")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 50], help="event streams open at once")
     parser.add_argument("--window", type=float, default=10.0, help="seconds the streams' cost is measured over")
-    parser.add_argument("--keep", type=Path, help="folder for the SQLite database, kept and reused across runs")
+    parser.add_argument("--keep", type=Path, help="folder for the SQLite database (with --postgres: the name of "
+                                                  "the PostgreSQL one), kept and reused across runs")
     args = parser.parse_args()
 
     print(f"bench_pages: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the start")
     with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
         workdir = (args.keep or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        with (postgres_database("hpo_bench_pages") if args.postgres else contextlib.nullcontext(sqlite_url(workdir))) as url:
+        if not args.postgres:
+            database = contextlib.nullcontext(sqlite_url(workdir))
+        elif args.keep:
+            database = contextlib.nullcontext(kept_postgres_database(workdir))
+        else:
+            (workdir / "studies.json").unlink(missing_ok=True)  # a new database each time
+            database = postgres_database("hpo_bench_pages")
+        with database as url:
             print(f"  a study of {args.trials} trials and {args.studies - 1} of {args.small_trials} on "
                   f"{'PostgreSQL' if args.postgres else 'SQLite'} ({url})")
-            if args.postgres:
-                (workdir / "studies.json").unlink(missing_ok=True)  # a new database each time
             study_id = make_studies(url, workdir, args.trials, args.studies, args.small_trials)
             measure(url, workdir, study_id, args)
     print(f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")

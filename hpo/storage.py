@@ -7,9 +7,13 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
 
 - ``RDBStorage._get_trials`` (override): a bulk read without ORM objects (seconds -> tens
   of milliseconds on large studies); same trials as Optuna's read, checked trial by trial.
+  The same read serves :func:`read_trials` (some trials, or some of what they hold: what a
+  page of a 50,000-trial study needs) and :func:`trial_ids_by_number` (a page in SQL).
 - ``RDBStorage.set_trial_state_values`` (public, but its WAITING -> RUNNING claim relies on
   ``SELECT ... FOR UPDATE``, which SQLite ignores): one conditional UPDATE.
 - ``RDBStorage._get_stale_trial_ids`` (override): also trials that never beat.
+- An index of Optuna's ``trials`` table, ``(study_id, trial_id)`` (:data:`TRIALS_BY_STUDY_INDEX`),
+  made by :func:`open_storage`: the range Optuna's cache polls.
 - ``optuna.storages._rdb.models``: the table definitions the two reads above query, and
   that :func:`write_trials` (many finished trials in one transaction: benchmarks, tests)
   writes.
@@ -58,11 +62,18 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepare_sqlite, schema_lock
 from hpo.settings import DEFAULT_DATABASE_URL
 
-__all__ = ["PROXY_SCHEME", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy", "ProxiedStorage",
-           "ProxyUnavailable", "normalize_url", "open_storage", "serve_proxy", "study_id_of", "study_storage",
-           "write_trials"]
+__all__ = ["PROXY_SCHEME", "TRIALS_BY_STUDY_INDEX", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy",
+           "ProxiedStorage", "ProxyUnavailable", "best_numbers", "count_trials", "last_reported",
+           "latest_reported_numbers", "normalize_url", "open_storage", "read_trials", "serve_proxy", "study_id_of",
+           "study_storage", "trial_ids_by_number", "write_trials"]
 
 PROXY_SCHEME = "grpc://"
+_STATES = {state.name: state for state in TrialState}  # as stored (SQLAlchemy's Enum stores names)
+# Optuna indexes ``trials`` by ``study_id`` alone: its cache's poll of a study (the unfinished
+# and newer trials: ``study_id = ? AND (trial_id IN (...) OR trial_id > ?)``) then visits every
+# trial of the study on PostgreSQL. Created by :func:`open_storage`, after Optuna's tables
+# (the project's Alembic migrations run before Optuna creates them on a new database).
+TRIALS_BY_STUDY_INDEX = "ix_trials_study_id_trial_id"
 _EXTRAS = "hpo.StorageExtras"  # the gRPC service the proxy adds to Optuna's: heartbeats
 
 
@@ -108,6 +119,12 @@ def _stored_time(local: dt.datetime | None) -> dt.datetime | None:
 def _local_time(utc: dt.datetime | None) -> dt.datetime | None:
     """Optuna's stored naive UTC as naive local time (what ``RDBStorage`` hands out)."""
     return None if utc is None else utc.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def _fetch_all(connection: sa.Connection, query: sa.Executable) -> list[tuple]:
+    """All rows of ``query`` as the driver's plain tuples (no SQLAlchemy ``Row`` per row: a
+    large study's read fetches a million rows)."""
+    return connection.execute(query).cursor.fetchall()
 
 
 def _raw(column: sa.ColumnElement) -> sa.ColumnElement:
@@ -199,50 +216,213 @@ class BulkReadRDBStorage(RDBStorage):
         """Optuna's private hook behind ``get_all_trials`` and ``_CachedStorage`` (same
         arguments and answer as Optuna 5.0.0's), read with plain selects: see the class."""
         trials_t = models.TrialModel.__table__
-        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
-        where = trials_t.c.study_id == study_id
-        if states is not None:
-            assert isinstance(states, Iterable)
-            where = sa.and_(where, trials_t.c.state.in_(list(states)))
+        where = None
         if trial_id_greater_than > -1:
+            included = [i for i in included_trial_ids if i <= trial_id_greater_than]
             newer = trials_t.c.trial_id > trial_id_greater_than
-            where = sa.and_(where, sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer)
-        chosen = sa.select(trials_t.c.trial_id).where(where).scalar_subquery()
+            where = sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer
+        return _read_trials(self, study_id, where, states)
 
-        def rows_of(model: Any, *columns: str) -> Sequence[Any]:
-            # Fetched at once, and with no type conversion per row (enums come back as their
-            # names, SQLite's times as text): a large study has a million of these rows.
-            table = model.__table__
-            return connection.execute(
-                sa.select(table.c.trial_id, *(_raw(table.c[c]) for c in columns)).where(table.c.trial_id.in_(chosen))
-            ).all()
 
-        with self.engine.connect() as connection:
-            studies_t = models.StudyModel.__table__
-            if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
-                raise KeyError(models.NOT_FOUND_MSG)
-            rows = connection.execute(
-                sa.select(trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
-                          _raw(trials_t.c.datetime_complete)).where(where).order_by(trials_t.c.trial_id)
-            ).all()
-            if not rows:  # nothing new: what Optuna's cache asks before most trials
-                return []
-            params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
+ALL_PARTS = frozenset({"params", "values", "user_attrs", "system_attrs", "intermediate"})
+
+
+def read_trials(storage: RDBStorage, study_id: int, *, trial_ids: Iterable[int] | None = None,
+                numbers: Iterable[int] | None = None, states: Iterable[TrialState] | None = None,
+                parts: Container[str] = ALL_PARTS,
+                attr_keys: Container[str] | None = None) -> list[FrozenTrial]:
+    """Some of a study's trials, or some of what they hold, in number order: what a page of a
+    study of tens of thousands of trials needs without reading all of them in full.
+
+    Each part left out is empty in the trials returned (no parameters, no values, ...): such
+    trials serve what reads only the parts given, never Optuna's samplers or caches.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        trial_ids: only these trials (all when not given).
+        numbers: only the trials of these numbers (all when not given).
+        states: only trials in these states (all when not given).
+        parts: what to read of each trial besides its number, state and times:
+            ``params``, ``values``, ``user_attrs``, ``system_attrs``, ``intermediate``.
+        attr_keys: only these user and system attributes (all when not given).
+
+    Returns:
+        The trials, in number order (the order they were created, as Optuna reads them).
+
+    Raises:
+        KeyError: no study has that id.
+    """
+    trials_t = models.TrialModel.__table__
+    where = []
+    if trial_ids is not None:
+        where.append(trials_t.c.trial_id.in_(list(trial_ids)))
+    if numbers is not None:
+        where.append(trials_t.c.number.in_(list(numbers)))
+    return _read_trials(storage, study_id, sa.and_(*where) if where else None, states, parts, attr_keys)
+
+
+def trial_ids_by_number(storage: RDBStorage, study_id: int, *, states: Iterable[TrialState] | None = None,
+                        descending: bool = False, limit: int, offset: int) -> tuple[list[int], int]:
+    """One page of a study's trials in number order, ordered and cut in SQL.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        states: only trials in these states (all when not given).
+        descending: the latest first.
+        limit: trials per page.
+        offset: trials skipped.
+
+    Returns:
+        The page's trial ids (read them with :func:`read_trials`), and how many trials match.
+    """
+    trials_t = models.TrialModel.__table__
+    condition = _trials_of(study_id, states)
+    order = trials_t.c.number.desc() if descending else trials_t.c.number
+    with storage.engine.connect() as connection:
+        total = connection.execute(sa.select(sa.func.count()).where(condition)).scalar_one()
+        ids = connection.execute(
+            sa.select(trials_t.c.trial_id).where(condition).order_by(order).limit(limit).offset(offset)
+        ).scalars().all()
+    return list(ids), total
+
+
+def best_numbers(storage: RDBStorage, study_id: int, *, maximize: bool, limit: int,
+                 reported: bool = False) -> list[int]:
+    """The numbers of a study's complete trials with the ``limit`` best values, and of every
+    trial tied with the last of them (non-finite values rank last, all tied), found in SQL:
+    the candidates for the best trials (``hpo.studies.ranked`` orders them).
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        maximize: whether higher values are better.
+        limit: how many best trials are wanted.
+        reported: only trials that reported a per-epoch value.
+    """
+    if limit == 0:
+        return []
+    trials_t, values_t = models.TrialModel.__table__, models.TrialValueModel.__table__
+    steps_t = models.TrialIntermediateValueModel.__table__
+    condition = sa.and_(_trials_of(study_id, [TrialState.COMPLETE]), values_t.c.objective == 0)
+    if reported:
+        condition = sa.and_(condition, sa.exists().where(steps_t.c.trial_id == trials_t.c.trial_id))
+    joined = trials_t.join(values_t, values_t.c.trial_id == trials_t.c.trial_id)
+    finite = values_t.c.value_type == models.TrialValueModel.TrialValueType.FINITE
+    order = values_t.c.value.desc() if maximize else values_t.c.value
+    with storage.engine.connect() as connection:
+        best = connection.execute(sa.select(values_t.c.value).select_from(joined).where(condition, finite)
+                                  .order_by(order).limit(limit)).scalars().all()
+        if len(best) == limit:
+            bound = values_t.c.value >= best[-1] if maximize else values_t.c.value <= best[-1]
+            chosen = sa.and_(finite, bound)
+        else:  # fewer finite ones: the non-finite ones, tied last, are candidates too
+            chosen = sa.true()
+        return list(connection.execute(sa.select(trials_t.c.number).select_from(joined).where(condition, chosen)
+                                       .order_by(trials_t.c.number)).scalars().all())
+
+
+def latest_reported_numbers(storage: RDBStorage, study_id: int, limit: int) -> list[int]:
+    """The numbers of a study's ``limit`` latest trials that reported a per-epoch value, latest first."""
+    trials_t, steps_t = models.TrialModel.__table__, models.TrialIntermediateValueModel.__table__
+    reported = sa.exists().where(steps_t.c.trial_id == trials_t.c.trial_id)
+    with storage.engine.connect() as connection:
+        return list(connection.execute(sa.select(trials_t.c.number).where(_trials_of(study_id, None), reported)
+                                       .order_by(trials_t.c.number.desc()).limit(limit)).scalars().all())
+
+
+def last_reported(storage: RDBStorage, study_id: int, states: Iterable[TrialState]) -> list[tuple[int, float]]:
+    """``(number, value)`` of the last per-epoch value each of a study's trials in ``states``
+    reported (those that reported one), in number order, picked in SQL.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        states: the trials' states.
+    """
+    trials_t, steps_t = models.TrialModel.__table__, models.TrialIntermediateValueModel.__table__
+    other_steps = steps_t.alias("other_steps")
+    # Each trial's last step from the (trial_id, step) index: half the time of a GROUP BY on SQLite.
+    last_step = sa.select(sa.func.max(other_steps.c.step)).where(other_steps.c.trial_id == trials_t.c.trial_id)
+    condition = sa.and_(_trials_of(study_id, states), steps_t.c.step == last_step.scalar_subquery())
+    joined = trials_t.join(steps_t, steps_t.c.trial_id == trials_t.c.trial_id)
+    to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+    step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType
+    with storage.engine.connect() as connection:
+        rows = _fetch_all(connection, sa.select(
+            trials_t.c.number, _raw(steps_t.c.intermediate_value), _raw(steps_t.c.intermediate_value_type)
+        ).select_from(joined).where(condition).order_by(trials_t.c.number))
+    # only NaN and infinities are stored as None (and a type saying which)
+    return [(number, value if value is not None else to_float(value, step_type[kind])) for number, value, kind in rows]
+
+
+def count_trials(storage: RDBStorage, study_id: int, states: Iterable[TrialState] | None = None) -> int:
+    """How many trials a study has (in ``states``, when given), counted in SQL."""
+    with storage.engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).where(_trials_of(study_id, states))).scalar_one()
+
+
+def _trials_of(study_id: int, states: Iterable[TrialState] | None) -> sa.ColumnElement:
+    """The condition on ``trials`` rows: of this study (and in ``states``, when given)."""
+    trials_t = models.TrialModel.__table__
+    condition = trials_t.c.study_id == study_id
+    return condition if states is None else sa.and_(condition, trials_t.c.state.in_(list(states)))
+
+
+def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | None,
+                 states: Iterable[TrialState] | None, parts: Container[str] = ALL_PARTS,
+                 attr_keys: Container[str] | None = None) -> list[FrozenTrial]:
+    """The trials of a study matching ``where`` and ``states`` (see :func:`read_trials`), read
+    with plain selects and built from rows: no ORM objects, no type conversion per row."""
+    trials_t = models.TrialModel.__table__
+    condition = _trials_of(study_id, states)
+    if where is not None:
+        condition = sa.and_(condition, where)
+    chosen = sa.select(trials_t.c.trial_id).where(condition).scalar_subquery()
+
+    def rows_of(model: Any, *columns: str, keys: Container[str] | None = None) -> Sequence[Any]:
+        # Fetched at once, and with no type conversion per row (enums come back as their
+        # names, SQLite's times as text): a large study has a million of these rows.
+        table = model.__table__
+        query = sa.select(table.c.trial_id, *(_raw(table.c[c]) for c in columns)).where(table.c.trial_id.in_(chosen))
+        if keys is not None:
+            query = query.where(table.c.key.in_(list(keys)))
+        return _fetch_all(connection, query)
+
+    params: dict[int, list[tuple[int, str, float, str]]] = defaultdict(list)
+    values: dict[int, dict[int, float]] = defaultdict(dict)
+    user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    system_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    intermediate: dict[int, dict[int, float]] = defaultdict(dict)
+    with storage.engine.connect() as connection:
+        studies_t = models.StudyModel.__table__
+        if connection.execute(sa.select(studies_t.c.study_id).where(studies_t.c.study_id == study_id)).first() is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        rows = _fetch_all(connection, sa.select(
+            trials_t.c.trial_id, trials_t.c.number, _raw(trials_t.c.state), _raw(trials_t.c.datetime_start),
+            _raw(trials_t.c.datetime_complete)).where(condition).order_by(trials_t.c.trial_id))
+        if not rows:  # nothing new: what Optuna's cache asks before most trials
+            return []
+        if "params" in parts:
             for trial_id, param_id, name, value, distribution in rows_of(
                 models.TrialParamModel, "param_id", "param_name", "param_value", "distribution_json"
             ):
                 params[trial_id].append((param_id, name, value, distribution))
-            values: dict[int, dict[int, float]] = defaultdict(dict)
+        if "values" in parts:
             value_type = models.TrialValueModel.TrialValueType
             for trial_id, objective, value, kind in rows_of(models.TrialValueModel, "objective", "value", "value_type"):
-                values[trial_id][objective] = models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
-            user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-            for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json"):
+                values[trial_id][objective] = value if kind == "FINITE" else \
+                    models.TrialValueModel.stored_repr_to_value(value, value_type[kind])
+        if "user_attrs" in parts:
+            for trial_id, key, value_json in rows_of(models.TrialUserAttributeModel, "key", "value_json",
+                                                     keys=attr_keys):
                 user_attrs[trial_id][key] = json.loads(value_json)
-            system_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-            for trial_id, key, value_json in rows_of(models.TrialSystemAttributeModel, "key", "value_json"):
+        if "system_attrs" in parts:
+            for trial_id, key, value_json in rows_of(models.TrialSystemAttributeModel, "key", "value_json",
+                                                     keys=attr_keys):
                 system_attrs[trial_id][key] = json.loads(value_json)
-            intermediate: dict[int, dict[int, float]] = defaultdict(dict)
+        if "intermediate" in parts:
             to_float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
             step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType
             for trial_id, step, value, kind in rows_of(
@@ -250,27 +430,27 @@ class BulkReadRDBStorage(RDBStorage):
             ):  # only NaN and infinities are stored as None (and a type saying which)
                 intermediate[trial_id][step] = value if value is not None else to_float(value, step_type[kind])
 
-        trials = []
-        to_time = _time_reader(connection.dialect.name)
-        for trial_id, number, state, start, complete in rows:
-            ordered = sorted(params.get(trial_id, ()))
-            distributions = {name: _distribution(d) for _, name, _, d in ordered}
-            objective_values = values.get(trial_id)
-            trials.append(FrozenTrial(
-                number=number,
-                state=TrialState[state],
-                value=None,
-                values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
-                datetime_start=to_time(start),
-                datetime_complete=to_time(complete),
-                params={name: distributions[name].to_external_repr(value) for _, name, value, _ in ordered},
-                distributions=distributions,
-                user_attrs=user_attrs.get(trial_id, {}),
-                system_attrs=system_attrs.get(trial_id, {}),
-                intermediate_values=intermediate.get(trial_id, {}),
-                trial_id=trial_id,
-            ))
-        return trials
+    trials = []
+    to_time = _time_reader(connection.dialect.name)
+    for trial_id, number, state, start, complete in rows:
+        ordered = sorted(params.get(trial_id, ()))
+        distributions = {name: _distribution(d) for _, name, _, d in ordered}
+        objective_values = values.get(trial_id)
+        trials.append(FrozenTrial(
+            number=number,
+            state=_STATES[state],
+            value=None,
+            values=[objective_values[i] for i in range(len(objective_values))] if objective_values else None,
+            datetime_start=to_time(start),
+            datetime_complete=to_time(complete),
+            params={name: distributions[name].to_external_repr(value) for _, name, value, _ in ordered},
+            distributions=distributions,
+            user_attrs=user_attrs.get(trial_id, {}),
+            system_attrs=system_attrs.get(trial_id, {}),
+            intermediate_values=intermediate.get(trial_id, {}),
+            trial_id=trial_id,
+        ))
+    return trials
 
 
 def open_storage(
@@ -318,7 +498,11 @@ def open_storage(
                 "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             }
         with schema_lock(url):  # Optuna creates its tables check-then-create: one process at a time
-            return BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage = BulkReadRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            with storage.engine.begin() as connection:
+                connection.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {TRIALS_BY_STUDY_INDEX} "
+                                           "ON trials (study_id, trial_id)"))
+            return storage
 
 
 class CachedStudyStorage(_CachedStorage):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +22,34 @@ UNQUEUED_PATHS = frozenset({"/healthz", "/readyz"})
 RETRY_AFTER_S = 2
 
 
+class Activity:
+    """How many requests are being worked on, for background work that waits for a quiet
+    moment (the trial cache's warming at start-up must not take the first requests' CPU)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._last_end = time.monotonic()
+
+    def started(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def ended(self) -> None:
+        with self._lock:
+            self._active -= 1
+            self._last_end = time.monotonic()
+
+    def wait_quiet(self, quiet_s: float, poll_s: float = 0.05) -> None:
+        """Return once no request has been worked on for ``quiet_s`` seconds (blocking)."""
+        while True:
+            with self._lock:
+                quiet_for = 0.0 if self._active else time.monotonic() - self._last_end
+            if quiet_for >= quiet_s:
+                return
+            time.sleep(max(poll_s, quiet_s - quiet_for))
+
+
 class AdmissionMiddleware:
     """Admit at most ``max_active`` requests at once; others wait up to ``queue_timeout_s``.
 
@@ -27,12 +57,14 @@ class AdmissionMiddleware:
         app: the application.
         max_active: requests worked on at once.
         queue_timeout_s: how long a request waits for its turn before a 503.
+        activity: told when an admitted request starts and when its answer starts.
     """
 
-    def __init__(self, app: ASGIApp, *, max_active: int, queue_timeout_s: float):
+    def __init__(self, app: ASGIApp, *, max_active: int, queue_timeout_s: float, activity: Activity):
         self.app = app
         self.queue_timeout_s = queue_timeout_s
         self._turns = asyncio.Semaphore(max_active)
+        self._activity = activity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNQUEUED_PATHS:
@@ -46,12 +78,14 @@ class AdmissionMiddleware:
             await JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
             return
         holding = True
+        self._activity.started()
 
         def release() -> None:
             nonlocal holding
             if holding:
                 holding = False
                 self._turns.release()
+                self._activity.ended()
 
         async def send_and_release(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -23,7 +23,7 @@ from hpo.spec import StudySpec
 from hpo.storage import open_storage
 from service import auth, web
 from hpo.settings import Settings
-from service.admission import AdmissionMiddleware
+from service.admission import Activity, AdmissionMiddleware
 from service.browser import CrossSiteRequestMiddleware, SecurityHeadersMiddleware
 from hpo.db import make_engine, make_sessionmaker, upgrade
 from service.errors import install_error_handlers
@@ -35,6 +35,9 @@ from service.trial_cache import TrialCache
 
 log = logging.getLogger("service")
 API_PREFIX = "/api/v1"
+# The trial cache's warming reads the next study only after this long without a request: a
+# page opened right after the start gets the CPU (its first view does not need the cache).
+WARM_AFTER_QUIET_S = 1.0
 # Swagger UI's and ReDoc's scripts, served from the fastapi-offline package (the machine may be offline).
 DOCS_ASSETS = "/assets/api-docs"
 DESCRIPTION = """Hyperparameter optimization of recurrent networks, as a service.
@@ -76,7 +79,8 @@ def _close_resources(app: FastAPI) -> None:
 
 def _warm_trial_cache(app: FastAPI) -> None:
     try:
-        app.state.trial_cache.warm(app.state.sessions)
+        app.state.trial_cache.warm(app.state.sessions,
+                                   before_each=lambda: app.state.activity.wait_quiet(WARM_AFTER_QUIET_S))
     except Exception as exc:  # noqa: BLE001 - a cold cache is only slower; requests read the database
         log.warning("trial cache not warmed: %s", exc)
 
@@ -132,8 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(auth.AuthMiddleware)  # a request without a valid key goes no further
+    app.state.activity = Activity()  # what the trial cache's warming waits out
     app.add_middleware(AdmissionMiddleware, max_active=settings.max_active_requests,
-                       queue_timeout_s=settings.queue_timeout_s)  # a burst waits a bounded time, then 503
+                       queue_timeout_s=settings.queue_timeout_s, activity=app.state.activity)  # a burst waits a bounded time, then 503
     app.add_middleware(CrossSiteRequestMiddleware)  # before signing in: /login is guarded too
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: refusals carry the headers too
     for module in (studies, trials, datasets):

@@ -131,7 +131,7 @@ def submit(session: Session, storage: BaseStorage, spec: StudySpec, *, owner: st
         session.delete(record)
         session.commit()
         raise
-    return LoadedStudy(record, spec, study)
+    return LoadedStudy(record, spec, study, storage)
 
 
 def get_record(session: Session, study_id: str) -> StudyRecord:

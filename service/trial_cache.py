@@ -16,18 +16,19 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 from hpo.db.models import StudyRecord
 from hpo.spec import StudySpec, parse_spec
-from hpo.storage import CachedStudyStorage, study_id_of
-from hpo.studies import CANCELLED_ATTR, ERROR_ATTR, Progress, progress
+from hpo.storage import CachedStudyStorage, count_trials, read_trials, study_id_of, study_storage, trial_ids_by_number
+from hpo.studies import CANCELLED_ATTR, ERROR_ATTR, Progress, progress, summary_trials
 from service import records
 
 log = logging.getLogger("service")
@@ -43,16 +44,48 @@ class StudyNotFound(LookupError):
 
 @dataclass
 class LoadedStudy:
-    """A study's row, its validated spec and its Optuna study."""
+    """A study's row, its validated spec, its Optuna study (trials read through the cache) and
+    the database storage under it (for narrow reads that bypass the cache)."""
 
     record: StudyRecord
     spec: StudySpec
     study: optuna.Study
+    storage: RDBStorage
 
     def progress(self, trials: list[FrozenTrial] | None = None) -> Progress:
         """The study's progress, derived from ``trials`` when the caller has just read them (so
-        that counts and trials shown together come from one read)."""
+        that counts and trials shown together come from one read): all of them, or its
+        :meth:`summary`."""
         return progress(self.study, self.spec, trials=trials)
+
+    def summary(self) -> list[FrozenTrial]:
+        """Every trial with what :meth:`progress` needs and no more (``hpo.studies.summary_trials``),
+        from the database: what a page's first view of a large study is drawn from, without
+        waiting for the cache's full read."""
+        return summary_trials(self.storage, self.study_id, self.spec.direction)
+
+    def read(self, **selection: Any) -> list[FrozenTrial]:
+        """Some trials, or some parts of them, from the database (``hpo.storage.read_trials``:
+        ``trial_ids``, ``numbers``, ``states``, ``parts``, ``attr_keys``), in number order."""
+        return read_trials(self.storage, self.study_id, **selection)
+
+    def count(self, states: Iterable[TrialState] | None = None) -> int:
+        """How many trials the study has (in ``states``, when given), counted in the database."""
+        return count_trials(self.storage, self.study_id, states)
+
+    def page_by_number(self, *, states: Iterable[TrialState] | None, descending: bool, limit: int,
+                       offset: int) -> tuple[list[FrozenTrial], int]:
+        """One page of trials in number order, cut in the database and read in full, and how
+        many trials match (``hpo.storage.trial_ids_by_number``)."""
+        ids, total = trial_ids_by_number(self.storage, self.study_id, states=states, descending=descending,
+                                         limit=limit, offset=offset)
+        trials = self.read(trial_ids=ids) if ids else []
+        return (trials[::-1] if descending else trials), total
+
+    @property
+    def study_id(self) -> int:
+        """The study's id in the storage."""
+        return study_storage(self.study)[1]
 
 
 class TrialCache:
@@ -102,7 +135,7 @@ class TrialCache:
             study = self.study(record.optuna_study_name)
         except KeyError:
             raise StudyNotFound(record.id) from None
-        return LoadedStudy(record, parse_spec(record.spec), study)
+        return LoadedStudy(record, parse_spec(record.spec), study, self._backend)
 
     def states(self, rows: Sequence[StudyRecord]) -> dict[str, str]:
         """The state of each study of ``rows`` (by Optuna study name; studies gone from Optuna
@@ -132,13 +165,20 @@ class TrialCache:
         with self._lock:
             self._entries.pop(optuna_study_name, None)
 
-    def warm(self, sessions: Callable[[], Session]) -> None:
+    def warm(self, sessions: Callable[[], Session], before_each: Callable[[], None] = lambda: None) -> None:
         """Read every study into the cache, newest first, while it has room (run in the
-        background at start-up; a request for a study being read waits for that read)."""
+        background at start-up; a request for a study being read waits for that read).
+
+        Args:
+            sessions: the service's database sessions.
+            before_each: called before each study is read (the service waits there for a
+                moment without requests).
+        """
         started, cached = time.perf_counter(), 0
         with sessions() as session:
             rows = records.all_studies(session)
         for record in rows:
+            before_each()
             try:
                 cached += len(self.open(record).study.get_trials(deepcopy=False))
             except StudyNotFound:

@@ -24,7 +24,8 @@ from optuna.trial import TrialState, create_trial
 
 from hpo.db import make_engine, upgrade
 from hpo.storage import (
-    BulkReadRDBStorage, CachedStudyStorage, open_storage, study_id_of, study_storage, write_trials,
+    TRIALS_BY_STUDY_INDEX, BulkReadRDBStorage, CachedStudyStorage, open_storage, study_id_of, study_storage,
+    write_trials,
 )
 
 NON_UTC_ZONE = "Asia/Tokyo"  # UTC+9, no daylight saving time
@@ -308,3 +309,13 @@ def test_processes_started_together_on_a_new_database(database_url):
         assert connection.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
         assert connection.execute(sa.text("SELECT count(*) FROM hpo_alembic_version")).scalar_one() == 1
     engine.dispose()
+
+
+def test_trials_are_indexed_by_study_and_id(database_url):
+    """The range Optuna's cache polls (a study's unfinished and newer trials) has its index,
+    on a new database and on one opened again."""
+    for _ in range(2):
+        storage = open_storage(database_url)
+        indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(storage.engine).get_indexes("trials")}
+        assert indexes[TRIALS_BY_STUDY_INDEX] == ["study_id", "trial_id"]
+        storage.engine.dispose()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
+from optuna.trial import TrialState
 
+from hpo.storage import best_numbers, last_reported, latest_reported_numbers
 from hpo.studies import Progress
 from service import records
-from service.catalog import LoadedStudy, StudyNotFound, list_page, load
+from service.catalog import LoadedStudy, list_page
 from service.deps import PageDep, SessionDep, TrialCacheDep
 from service.events import event_id_of
 from service.routes.studies import LoadedDep
@@ -27,17 +29,6 @@ from service.web.plots import (
 router = APIRouter(prefix="/views", tags=["views"])
 ERRORS = {code: {"model": ErrorResponse} for code in (404, 422)}
 VIEWS = "/api/v1/views"
-
-
-def prefetch(app: FastAPI, study_id: str) -> None:
-    """Read a study into the cache (run while the browser loads the page's scripts, so that
-    the first read of a large study overlaps with them)."""
-    cache = app.state.trial_cache
-    with app.state.sessions() as session:
-        try:
-            load(session, cache, study_id).study.get_trials(deepcopy=False)
-        except StudyNotFound:
-            pass  # the page itself says so
 
 
 def dashboard_url(loaded: LoadedStudy) -> str:
@@ -72,24 +63,30 @@ def list_study_summaries(session: SessionDep, cache: TrialCacheDep, page: PageDe
 
 
 @router.get("/studies/{study_id}", responses=ERRORS, summary="A study, for its page")
-def study_overview(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep) -> dict[str, Any]:
+def study_overview(loaded: LoadedDep, session: SessionDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
     columns (history, parallel coordinates; a sample past 2,000, see ``complete_columns``),
     its pruned ones' last reported scores (the history's "include pruned"), its best trial,
-    and the event id to stream from, all from one read of its trials (the counts agree with
-    the columns)."""
-    trials = loaded.study.get_trials(deepcopy=False)
+    and the event id to stream from. Read from the database in narrow reads, not through the
+    trial cache (a study of 50,000 trials opens without its full read): the counts, the
+    columns and the event id from one summary of the trials, so they agree; then the
+    sampled trials' parameters, the pruned trials' scores and the best trial."""
+    trials = loaded.summary()
     prog = loaded.progress(trials)
     space = search_space_view(loaded.spec)
-    best_trial = next((t for t in trials if t.number == prog.best_trial), None)
-    best = BestTrial.of(loaded.record, loaded.spec, best_trial) if best_trial is not None else None
+    best_trial = loaded.read(numbers=[prog.best_trial]) if prog.best_trial is not None else []
+    best = BestTrial.of(loaded.record, loaded.spec, best_trial[0]) if best_trial else None
+    pruned = {t.number for t in trials if t.state == TrialState.PRUNED}
     study_id = loaded.record.id
     return {
         "study": StudyOnPage.of(loaded.record, loaded.spec, prog, dashboard_url=dashboard_url(loaded),
                                 dataset_names=records.dataset_names(session, [loaded.record])),
         "space": space,
-        "complete": complete_columns(trials, [p["name"] for p in space], loaded.spec.direction),
-        "pruned": pruned_columns(trials),
+        "complete": complete_columns(trials, [p["name"] for p in space], loaded.spec.direction,
+                                     read_params=lambda numbers: loaded.read(numbers=numbers, parts={"params"})),
+        "pruned": pruned_columns([(number, value) for number, value
+                                  in last_reported(loaded.storage, loaded.study_id, [TrialState.PRUNED])
+                                  if number in pruned]),
         "best": best,
         "event_id": max((event_id_of(t) for t in trials), default=0),
         "links": {
@@ -103,7 +100,6 @@ def study_overview(loaded: LoadedDep, session: SessionDep, cache: TrialCacheDep)
 @router.get("/studies/{study_id}/curves", responses=ERRORS, summary="Learning curves of a few trials")
 def learning_curves(
     loaded: LoadedDep,
-    cache: TrialCacheDep,
     top: Annotated[int, Query(ge=0, le=100, description="The best complete trials.")] = 10,
     recent: Annotated[int, Query(ge=0, le=100, description="The latest trials that reported an epoch.")] = 10,
     trials: Annotated[str | None, Query(description="Comma-separated trial numbers to include.",
@@ -111,10 +107,15 @@ def learning_curves(
     max_points: Annotated[int, Query(ge=2, le=2000, description="Points per curve at most.")] = DEFAULT_CURVE_POINTS,
 ) -> dict[str, Any]:
     """Per-epoch validation scores of the best, the latest and the asked-for trials, each
-    downsampled to ``max_points``; a pruned trial's curve ends where it was stopped."""
-    numbers = [int(n) for n in trials.split(",")] if trials else []
-    all_trials = loaded.study.get_trials(deepcopy=False)
-    picked = pick_curves(all_trials, loaded.spec.direction, top=top, recent=recent, numbers=numbers)
+    downsampled to ``max_points``; a pruned trial's curve ends where it was stopped. Only
+    those trials' per-epoch values are read."""
+    asked = [int(n) for n in trials.split(",")] if trials else []
+    direction = loaded.spec.direction
+    best = best_numbers(loaded.storage, loaded.study_id, maximize=direction == "maximize", limit=top, reported=True)
+    latest = latest_reported_numbers(loaded.storage, loaded.study_id, recent)
+    read = {t.number: t for t in loaded.read(numbers=sorted({*best, *latest, *asked}))}
+    picked = pick_curves(direction, top, [read[n] for n in best], [read[n] for n in latest],
+                         [read[n] for n in asked if n in read])
     return {
         "metric": loaded.spec.training.metric,
         "direction": loaded.spec.direction,
@@ -126,13 +127,14 @@ def learning_curves(
 @router.get("/studies/{study_id}/importance", responses=ERRORS, summary="Parameter importances")
 def param_importance(
     loaded: LoadedDep,
-    cache: TrialCacheDep,
     request: Request,
     complete: Annotated[int | None, Query(ge=0, description="Over the first this many complete trials (in the "
                                                             "order they completed): the ones the page counts.")] = None,
 ) -> dict[str, Any]:
     """Each searched parameter's share of the score's variation (Optuna's importance
     evaluators), once there are enough complete trials (``MIN_TRIALS_FOR_IMPORTANCE``);
-    cached per trial count."""
-    trials = loaded.study.get_trials(deepcopy=False)
-    return request.app.state.importance.get(loaded.study, loaded.spec, trials, n_complete=complete)
+    cached per trial count (the complete trials' parameters are read only when it changed)."""
+    states = [TrialState.COMPLETE]
+    return request.app.state.importance.get(
+        loaded.study, loaded.spec, loaded.count(states),
+        lambda: loaded.read(states=states, parts={"params", "values"}), n_complete=complete)

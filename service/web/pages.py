@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import plotly
-from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from service.auth import DASHBOARD_PREFIX, PrincipalDep, admin_only_reason
@@ -24,7 +24,6 @@ from service.deps import StorageDep
 from service.errors import problem
 from service.routes.studies import LoadedDep
 from service.templating import templates
-from service.web.api import prefetch
 from service.web.form import form_choices
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -57,9 +56,8 @@ def new_study_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/studies/{study_id}")
-def study_page(study_id: str, request: Request, background: BackgroundTasks) -> HTMLResponse:
-    # The script reads the id from the address and asks the API; meanwhile the study is read.
-    background.add_task(prefetch, request.app, study_id)
+def study_page(study_id: str, request: Request) -> HTMLResponse:
+    # The script reads the id from the address and asks the API.
     return page(request, "study.html")
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 import optuna
@@ -20,8 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.jsonable import finite
 from hpo.spec import TUNED_PARAMS, StudySpec
+from hpo.storage import study_storage
 from hpo.studies import ranked
-from service.views import TRIAL_STATE_NAMES, last_reported
+from service.views import TRIAL_STATE_NAMES
 
 # PED-ANOVA contrasts the best 10 % of the complete trials (its default target quantile) with
 # all of them: below 11 trials that best group is one trial, and the shares only say where
@@ -57,6 +59,7 @@ def search_space_view(spec: StudySpec) -> list[dict[str, Any]]:
 
 
 def complete_columns(trials: Iterable[FrozenTrial], param_names: Sequence[str], direction: str,
+                     read_params: Callable[[list[int]], Sequence[FrozenTrial]],
                      max_points: int = HISTORY_MAX_POINTS) -> dict[str, Any]:
     """The complete trials as columns: ``number``, ``value`` and one list per parameter,
     plus ``total``, how many trials are complete.
@@ -65,30 +68,43 @@ def complete_columns(trials: Iterable[FrozenTrial], param_names: Sequence[str], 
     parallel-coordinates view, at a few numbers per trial. Past ``max_points`` complete
     trials, a sample (in number order; see :func:`history_sample`) keeps what the page draws
     exact: the best-so-far line and the best trials' parallel coordinates.
+
+    Args:
+        trials: the study's trials (their numbers, states and values are read).
+        param_names: the parameters to send.
+        direction: the study's ``maximize`` or ``minimize``.
+        read_params: the trials of the given numbers with their parameters (only the
+            sampled ones are read).
+        max_points: the size of the sample.
     """
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
     values = [finite(t.value) for t in complete]
     picked = history_sample(values, direction, max_points)
+    numbers = [complete[i].number for i in picked]
+    params = {t.number: t.params for t in read_params(numbers)} if param_names and numbers else {}
     return {
-        "number": [complete[i].number for i in picked],
+        "number": numbers,
         "value": [values[i] for i in picked],
-        "params": {name: [finite(complete[i].params.get(name)) for i in picked] for name in param_names},
+        "params": {name: [finite(params.get(n, {}).get(name)) for n in numbers] for name in param_names},
         "total": len(complete),
     }
 
 
-def pruned_columns(trials: Iterable[FrozenTrial], max_points: int = HISTORY_MAX_POINTS) -> dict[str, Any]:
+def pruned_columns(last_values: Sequence[tuple[int, float]], max_points: int = HISTORY_MAX_POINTS) -> dict[str, Any]:
     """The pruned trials that reported an epoch: ``number`` and ``value``, the last score they
     reported (an inner-validation score where they were stopped, not a CV score), plus
     ``total``; past ``max_points``, evenly spaced ones in number order (they draw no line).
+
+    Args:
+        last_values: ``(number, last reported score)`` of each, in number order
+            (``hpo.storage.last_reported``).
+        max_points: the size of the sample.
     """
-    pruned = sorted((t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values),
-                    key=lambda t: t.number)
-    n = len(pruned)
+    n = len(last_values)
     picked = range(n) if n <= max_points else sorted({round(k * (n - 1) / (max_points - 1)) for k in range(max_points)})
     return {
-        "number": [pruned[i].number for i in picked],
-        "value": [finite(last_reported(pruned[i])) for i in picked],
+        "number": [last_values[i][0] for i in picked],
+        "value": [finite(last_values[i][1]) for i in picked],
         "total": n,
     }
 
@@ -149,16 +165,24 @@ def curve_view(trial: FrozenTrial, max_points: int = DEFAULT_CURVE_POINTS) -> di
     }
 
 
-def pick_curves(trials: Sequence[FrozenTrial], direction: str, *, top: int, recent: int,
-                numbers: Iterable[int] = ()) -> list[FrozenTrial]:
-    """The trials whose learning curves the page shows: the ``top`` best complete ones,
-    the ``recent`` latest ones that reported an epoch (pruned and running included), and
-    any asked for by number."""
-    reported = [t for t in trials if t.intermediate_values]
-    complete = ranked(reported, direction)
-    latest = sorted(reported, key=lambda t: t.number, reverse=True)[:recent]
-    wanted = set(numbers)
-    chosen = {t.number: t for t in [*complete[:top], *latest, *(t for t in reported if t.number in wanted)]}
+def pick_curves(direction: str, top: int, best: Iterable[FrozenTrial], latest: Iterable[FrozenTrial],
+                asked: Iterable[FrozenTrial] = ()) -> list[FrozenTrial]:
+    """The trials whose learning curves the page shows, in number order: the ``top`` best
+    complete ones that reported an epoch, the ``latest`` ones that did (pruned and running
+    included), and those ``asked`` for that did.
+
+    Args:
+        direction: the study's ``maximize`` or ``minimize``.
+        top: how many of the best.
+        best: every trial that may be among the ``top`` best (each complete trial that
+            reported and scores at least as well as the ``top``-th, ties included:
+            ``hpo.storage.best_numbers``), which :func:`~hpo.studies.ranked` orders.
+        latest: the latest trials that reported.
+        asked: trials asked for by number.
+    """
+    reported = [t for t in best if t.intermediate_values]
+    chosen = {t.number: t for t in [*ranked(reported, direction)[:top], *latest,
+                                    *(t for t in asked if t.intermediate_values)]}
     return [chosen[n] for n in sorted(chosen)]
 
 
@@ -177,32 +201,31 @@ class ImportanceCache:
         self._results: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, study: optuna.Study, spec: StudySpec, trials: Sequence[FrozenTrial],
-            n_complete: int | None = None) -> dict[str, Any]:
+    def get(self, study: optuna.Study, spec: StudySpec, total_complete: int,
+            read_complete: Callable[[], Sequence[FrozenTrial]], n_complete: int | None = None) -> dict[str, Any]:
         """``{"status": "ok", "importances": {name: share}, ...}``, or ``"not_enough"`` /
         ``"no_params"`` / ``"error"`` with a ``message`` saying why there is none.
 
         Args:
             study: the study.
             spec: its spec.
-            trials: its trials, as just read.
+            total_complete: how many of its trials are complete now.
+            read_complete: its complete trials with their parameters, values and times (read
+                only when the answer is not cached).
             n_complete: over the first this many complete trials (in the order they
                 completed) only: the ones a page counted, so that its counts and the
                 importances agree while the study goes on. Default: all of them.
         """
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        subset = None
-        if n_complete is not None and n_complete < len(complete):  # the study went on since the page counted
-            complete.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
-            subset = complete[:n_complete]
-        n_complete = len(complete if subset is None else subset)
+        # Fewer asked for than there are: the study went on since the page counted.
+        subset = n_complete is not None and n_complete < total_complete
+        n_complete = n_complete if subset else total_complete
         key = study.study_name
         with self._lock:
             hit = self._results.get(key)
             if hit is not None and hit[0] == n_complete:
                 self._results.move_to_end(key)
                 return hit[1]
-        result = self._compute(study, spec, n_complete, subset)
+        result = self._compute(study, spec, n_complete, read_complete, subset)
         with self._lock:
             self._results[key] = (n_complete, result)
             self._results.move_to_end(key)
@@ -211,7 +234,7 @@ class ImportanceCache:
         return result
 
     def _compute(self, study: optuna.Study, spec: StudySpec, n_complete: int,
-                 subset: Sequence[FrozenTrial] | None) -> dict[str, Any]:
+                 read_complete: Callable[[], Sequence[FrozenTrial]], subset: bool) -> dict[str, Any]:
         searched = [p["name"] for p in search_space_view(spec) if p["fixed"] is None]
         fixed = {p["name"]: p["fixed"] for p in search_space_view(spec) if p["fixed"] is not None}
         base = {"evaluator": type(self.evaluator).__name__, "n_complete": n_complete, "fixed": fixed}
@@ -222,17 +245,33 @@ class ImportanceCache:
                     "message": f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials ({n_complete} so far): "
                                f"it compares the best 10 % of them with the rest, and below "
                                f"{MIN_TRIALS_FOR_IMPORTANCE} that is a single trial"}
-        if subset is not None:
-            study = _study_of(study, subset)
+        complete = [t for t in read_complete() if t.state == TrialState.COMPLETE]
+        if subset:
+            complete.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+            complete = complete[:n_complete]
         try:
-            importances = get_param_importances(study, evaluator=self.evaluator, params=searched)
+            importances = get_param_importances(TrialsStudy(complete, study.directions), evaluator=self.evaluator,
+                                                params=searched)
         except (ValueError, RuntimeError) as exc:
             return {**base, "status": "error", "message": str(exc)}
         return {**base, "status": "ok", "importances": {k: finite(float(v)) for k, v in importances.items()}}
 
 
-def _study_of(study: optuna.Study, trials: Sequence[FrozenTrial]) -> optuna.Study:
-    """An in-memory study of ``trials`` only."""
-    subset = optuna.create_study(directions=study.directions)
-    subset.add_trials(trials)
-    return subset
+class TrialsStudy(optuna.Study):
+    """An in-memory study whose trials are the given ones, as they are: what Optuna's
+    functions over a study's trials (the importance evaluators) read, without adding the
+    trials to a storage one by one (seconds for 30,000 trials).
+
+    Args:
+        trials: its trials.
+        directions: its directions.
+    """
+
+    def __init__(self, trials: Sequence[FrozenTrial], directions: Sequence[optuna.study.StudyDirection]):
+        empty = optuna.create_study(directions=list(directions))
+        super().__init__(study_name=empty.study_name, storage=study_storage(empty)[0])
+        self._given_trials = list(trials)
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        trials = [t for t in self._given_trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+from service.admission import Activity
 from service.trial_cache import TrialCache
 from tests.support.studies import add_trial, tiny_spec
 
@@ -52,3 +56,21 @@ def test_a_deleted_study_is_forgotten(api, storage):
     assert api.delete(f"{STUDIES}/{study['id']}").status_code == 204
     assert cache.size == before - 2
     assert api.get(f"{STUDIES}/{study['id']}").status_code == 404
+
+
+def test_warming_waits_for_a_moment_without_requests(api, storage):
+    """At start-up the cache is warmed in the background; a request being worked on (a page
+    opened at once, whose first view does not need the cache) keeps it waiting."""
+    for n in (3, 2):
+        submit_with_trials(api, storage, n)
+    activity = Activity()
+    activity.started()  # a request in flight
+    cache = TrialCache(api.app.state.storage, max_cached_trials=100)
+    warming = threading.Thread(target=cache.warm, args=(api.app.state.sessions,),
+                               kwargs={"before_each": lambda: activity.wait_quiet(0.2)})
+    warming.start()
+    time.sleep(0.6)
+    assert warming.is_alive() and cache.size == 0
+    activity.ended()
+    warming.join(timeout=30)
+    assert cache.size == 5

@@ -154,6 +154,9 @@ def test_unknown_trial_number_is_404(api, storage, study):
     assert response.status_code == 404
     assert response.json()["detail"][0]["field"] == "number"
     assert api.get(f"{STUDIES}/{study['id']}/trials/0").status_code == 200
+    # Past what the database's integer column holds (the trial is looked up in SQL): still a 404.
+    for number in (2**31, 10**19, -1):
+        assert api.get(f"{STUDIES}/{study['id']}/trials/{number}").status_code == 404
 
 
 def tied_trial(storage, study_name: str, value: float, cv_loss: float | None = None,

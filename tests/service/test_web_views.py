@@ -3,6 +3,7 @@ optuna-dashboard, without a browser (``tests/browser`` drives the pages in Chrom
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import random
@@ -12,14 +13,21 @@ from typing import get_args
 import httpx
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState, create_trial
 
 from hpo import spec
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
-from hpo.studies import fail_study
-from service.web.plots import PARALLEL_LINES, complete_columns, downsample, pruned_columns
+from hpo.storage import write_trials
+from hpo.studies import fail_study, progress, ranked
+from service.events import event_id_of
+from service.schemas import TrialOut
+from service.views import last_reported
+from service.web.plots import (
+    HISTORY_MAX_POINTS, PARALLEL_LINES, complete_columns, curve_view, downsample, pruned_columns,
+)
 from tests.support.studies import tiny_spec
 from test_events import named, read_until, sse_events
 
@@ -143,8 +151,10 @@ def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_t
                              params={"lr": 10 ** rng.uniform(-4, -1)}, distributions=distribution)
         trial.number = number
         trials.append(trial)
-    full = complete_columns(trials, ["lr"], direction, max_points=10_000)
-    sample = complete_columns(trials, ["lr"], direction, max_points=400)
+    by_number = {t.number: t for t in trials}
+    read_params = lambda numbers: [by_number[n] for n in numbers]  # noqa: E731
+    full = complete_columns(trials, ["lr"], direction, read_params, max_points=10_000)
+    sample = complete_columns(trials, ["lr"], direction, read_params, max_points=400)
 
     assert full["total"] == sample["total"] == 640 and len(full["number"]) == 640
     assert len(sample["number"]) <= 400 and sample["number"] == sorted(sample["number"])
@@ -156,18 +166,14 @@ def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_t
 
 
 def test_pruned_points_past_the_limit_are_spread_evenly_and_counted():
-    trials = []
-    for number in range(300):
-        trial = create_trial(state=TrialState.PRUNED, intermediate_values={0: number / 300})
-        trial.number = number
-        trials.append(trial)
+    last_values = [(number, number / 300) for number in range(300)]
 
-    sample = pruned_columns(reversed(trials), max_points=50)
+    sample = pruned_columns(last_values, max_points=50)
 
     assert sample["total"] == 300 and len(sample["number"]) == 50
     assert sample["number"] == sorted(sample["number"]) and sample["number"][0] == 0 and sample["number"][-1] == 299
     assert sample["value"] == [n / 300 for n in sample["number"]]
-    assert pruned_columns(trials)["number"] == list(range(300))
+    assert pruned_columns(last_values)["number"] == list(range(300))
 
 
 def test_importance_needs_eleven_complete_trials_and_follows_the_page_count(api, storage, study):
@@ -387,3 +393,74 @@ def test_the_form_says_what_the_readme_says(api):
     assert re.search(r'id="submit">Submit</button>', html) and re.search(r'id="yaml-submit">Submit</button>', html)
     assert "Start study" not in html
     assert html.index('id="f-dataset-id"') < html.index('id="upload"') and "selected above." in script
+
+
+def large_study(api, storage, n_trials: int = 3600) -> tuple[dict, list]:
+    """A study past the history's sample size (``HISTORY_MAX_POINTS``), written in bulk: complete
+    trials with tied scores (their ranking attributes deciding), pruned ones, a few failed."""
+    study = api.post(STUDIES, json=tiny_spec(budget={"n_trials": 1000})).json()  # the cap; more are written
+    rng = random.Random(11)
+    distributions = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "dropout": FloatDistribution(0.0, 0.5),
+                     "clip_norm": FloatDistribution(0.1, 10.0, log=True),
+                     "batch_size": CategoricalDistribution([128, 256])}
+    start = dt.datetime(2026, 11, 29, 9, 0)
+    trials = []
+    for number in range(n_trials):
+        state = rng.choice([TrialState.COMPLETE] * 6 + [TrialState.PRUNED] * 3 + [TrialState.FAIL])
+        epochs = rng.randrange(0 if state == TrialState.FAIL else 1, 6)
+        trial = create_trial(
+            state=state, value=round(rng.random(), 2) if state == TrialState.COMPLETE else None,
+            params={"lr": 10 ** -rng.uniform(1, 4), "dropout": rng.uniform(0, 0.5), "clip_norm": 1.0,
+                    "batch_size": rng.choice([128, 256])},
+            distributions=distributions, intermediate_values={e: rng.random() for e in range(epochs)},
+            user_attrs={"fold_scores": [0.5, 0.5], "cv_loss": rng.choice([0.1, 0.2, 0.3])})
+        trial.datetime_start = start + dt.timedelta(seconds=5 * number)
+        trial.datetime_complete = trial.datetime_start + dt.timedelta(seconds=rng.uniform(1, 4))
+        trials.append(trial)
+    write_trials(storage, study["optuna_study_name"], trials)
+    return study, optuna.load_study(study_name=study["optuna_study_name"], storage=storage).get_trials()
+
+
+@pytest.mark.slow
+def test_the_first_view_of_a_large_study_is_its_full_reads_view_without_the_full_read(api, storage):
+    """Overview, curves, importance and the table's first pages, read narrowly, are what the
+    full read of every trial gives; and none of them reads the study into the trial cache."""
+    study, full = large_study(api, storage)
+    direction = parse_spec(study["spec"]).direction
+    by_number = {t.number: t for t in full}
+    cache = api.app.state.trial_cache
+
+    view = api.get(f"{VIEWS}/{study['id']}").json()
+    curves = api.get(f"{VIEWS}/{study['id']}/curves", params={"top": 10, "recent": 10, "trials": "3,3599"}).json()
+    importance = api.get(f"{VIEWS}/{study['id']}/importance").json()
+    pages = {(sort, state): api.get(f"{STUDIES}/{study['id']}/trials", params={
+        "sort": sort, "limit": 25, "offset": 40, **({"state": state} if state else {})}).json()
+        for sort in ("number", "-number") for state in (None, "pruned")}
+    one = api.get(f"{STUDIES}/{study['id']}/trials/17").json()
+
+    assert cache.size == 0  # nothing read through the cache
+    names = [p["name"] for p in view["space"]]
+    assert view["complete"] == complete_columns(full, names, direction, lambda ns: [by_number[n] for n in ns])
+    assert view["complete"]["total"] > HISTORY_MAX_POINTS > len(view["complete"]["number"])
+    assert view["pruned"] == pruned_columns([(t.number, last_reported(t)) for t in full
+                                             if t.state == TrialState.PRUNED and t.intermediate_values])
+    expected = progress(optuna.load_study(study_name=study["optuna_study_name"], storage=storage),
+                        parse_spec(study["spec"]), trials=full)
+    assert view["study"]["trials"] == expected.as_dict()["trials"] and view["best"]["number"] == expected.best_trial
+    assert view["event_id"] == max(event_id_of(t) for t in full)
+    # The curves: the 10 best (ties ranked by their attributes), the 10 latest that reported, the asked.
+    reported = [t for t in full if t.intermediate_values]
+    wanted = {t.number for t in ranked(reported, direction)[:10]} | \
+        {t.number for t in sorted(reported, key=lambda t: -t.number)[:10]} | ({3, 3599} & {t.number for t in reported})
+    assert curves["curves"] == [curve_view(by_number[n]) for n in sorted(wanted)]
+    searched = [n for n in names if n in ("lr", "batch_size", "dropout", "clip_norm")]
+    reference = optuna.create_study(direction=direction)
+    reference.add_trials([t for t in full if t.state == TrialState.COMPLETE])
+    assert importance["importances"] == pytest.approx(
+        get_param_importances(reference, evaluator=PedAnovaImportanceEvaluator(), params=searched), abs=1e-12)
+    for (sort, state), page in pages.items():
+        chosen = [t for t in full if state is None or t.state == TrialState.PRUNED]
+        chosen.sort(key=lambda t: t.number, reverse=sort.startswith("-"))
+        assert page["total"] == len(chosen)
+        assert [t["number"] for t in page["items"]] == [t.number for t in chosen[40:65]]
+    assert one == json.loads(TrialOut.of(by_number[17], intermediate=True).model_dump_json())
