@@ -45,12 +45,18 @@ class StudyNotFound(LookupError):
 @dataclass
 class LoadedStudy:
     """A study's row, its validated spec, its Optuna study (trials read through the cache) and
-    the database storage under it (for narrow reads that bypass the cache)."""
+    the database storage under it (for narrow reads that bypass the cache).
+
+    ``held``: the cache holds the study's trials (read in full before): :meth:`summary` and
+    :meth:`read` by number or state then answer from the cache, which costs a fraction of a
+    narrow read of a large study; a study not held is read narrowly and stays out of the
+    cache."""
 
     record: StudyRecord
     spec: StudySpec
     study: optuna.Study
     storage: RDBStorage
+    held: bool = False
 
     def progress(self, trials: list[FrozenTrial] | None = None) -> Progress:
         """The study's progress, derived from ``trials`` when the caller has just read them (so
@@ -61,13 +67,22 @@ class LoadedStudy:
     def summary(self) -> list[FrozenTrial]:
         """Every trial with what :meth:`progress` needs and no more (``hpo.studies.summary_trials``),
         from the database: what a page's first view of a large study is drawn from, without
-        waiting for the cache's full read."""
+        waiting for the cache's full read. From the cache (every trial in full) when it holds
+        the study."""
+        if self.held:
+            return self.study.get_trials(deepcopy=False)
         return summary_trials(self.storage, self.study_id, self.spec.direction)
 
-    def read(self, **selection: Any) -> list[FrozenTrial]:
+    def read(self, *, numbers: Iterable[int] | None = None, states: Iterable[TrialState] | None = None,
+             **selection: Any) -> list[FrozenTrial]:
         """Some trials, or some parts of them, from the database (``hpo.storage.read_trials``:
-        ``trial_ids``, ``numbers``, ``states``, ``parts``, ``attr_keys``), in number order."""
-        return read_trials(self.storage, self.study_id, **selection)
+        ``trial_ids``, ``numbers``, ``states``, ``parts``, ``attr_keys``), in number order. By
+        number or state from the cache when it holds the study (the trials in full)."""
+        if self.held and "trial_ids" not in selection:
+            wanted = None if numbers is None else set(numbers)
+            return [t for t in self.study.get_trials(deepcopy=False, states=None if states is None else tuple(states))
+                    if wanted is None or t.number in wanted]
+        return read_trials(self.storage, self.study_id, numbers=numbers, states=states, **selection)
 
     def count(self, states: Iterable[TrialState] | None = None) -> int:
         """How many trials the study has (in ``states``, when given), counted in the database."""
@@ -135,7 +150,14 @@ class TrialCache:
             study = self.study(record.optuna_study_name)
         except KeyError:
             raise StudyNotFound(record.id) from None
-        return LoadedStudy(record, parse_spec(record.spec), study, self._backend)
+        return LoadedStudy(record, parse_spec(record.spec), study, self._backend,
+                           held=self.holds(record.optuna_study_name))
+
+    def holds(self, optuna_study_name: str) -> bool:
+        """Whether the study's trials were read into the cache (and not forgotten since)."""
+        with self._lock:
+            entry = self._entries.get(optuna_study_name)
+            return entry is not None and entry[1] > 0
 
     def states(self, rows: Sequence[StudyRecord]) -> dict[str, str]:
         """The state of each study of ``rows`` (by Optuna study name; studies gone from Optuna

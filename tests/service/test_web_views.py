@@ -20,7 +20,8 @@ from optuna.trial import TrialState, create_trial
 from hpo import spec
 from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
-from hpo.storage import write_trials
+from hpo.db.models import StudyRecord
+from hpo.storage import read_trials, write_trials
 from hpo.studies import fail_study, progress, ranked
 from service.events import event_id_of
 from service.schemas import TrialOut
@@ -464,3 +465,27 @@ def test_the_first_view_of_a_large_study_is_its_full_reads_view_without_the_full
         assert page["total"] == len(chosen)
         assert [t["number"] for t in page["items"]] == [t.number for t in chosen[40:65]]
     assert one == json.loads(TrialOut.of(by_number[17], intermediate=True).model_dump_json())
+
+
+@pytest.mark.slow
+def test_a_large_study_held_by_the_cache_is_drawn_from_it_with_the_same_answers(api, storage):
+    """Once the cache holds a study (a request that reads it in full), its page's views come
+    from the cached trials (a warm overview of 50,000 trials costs a fraction of the narrow
+    reads) and say exactly what the narrow reads said."""
+    study, _ = large_study(api, storage, n_trials=400)
+    cache = api.app.state.trial_cache
+    urls = [f"{VIEWS}/{study['id']}", f"{VIEWS}/{study['id']}/curves?top=10&recent=10&trials=3,399",
+            f"{VIEWS}/{study['id']}/importance", f"{STUDIES}/{study['id']}/trials/17"]
+    narrow = [api.get(url).json() for url in urls]
+    with api.app.state.sessions() as session:
+        record = session.get(StudyRecord, study["id"])
+    assert not cache.open(record).held and cache.open(record).summary()[0].params == {}  # narrow: no parameters
+
+    assert api.get(f"{STUDIES}/{study['id']}/trials", params={"sort": "value"}).status_code == 200  # a full read
+
+    loaded = cache.open(record)
+    assert loaded.held and loaded.summary()[0].params != {}  # the cached trials, in full
+    assert [t.number for t in loaded.read(numbers=[5, 3], states=[TrialState.COMPLETE, TrialState.PRUNED])] == \
+        [t.number for t in read_trials(loaded.storage, loaded.study_id, numbers=[5, 3],
+                                       states=[TrialState.COMPLETE, TrialState.PRUNED])]
+    assert [api.get(url).json() for url in urls] == narrow
