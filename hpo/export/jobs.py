@@ -85,7 +85,8 @@ def model_status(storage: RDBStorage, study_name: str) -> dict[str, Any] | None:
     """The model the study serves, and its refit, or None when it has neither.
 
     The study serves its refit once that is ``ready``, else its ensemble (while the refit is
-    queued or running, or after it failed), else nothing. The top level describes the served
+    queued or running, after it failed, or when the refit did not learn and the ensemble did:
+    see :func:`_unlearned_beside_a_learned`), else nothing. The top level describes the served
     model (``kind``, ``state: ready``, ``trial_number``, ``cv_score``, ``archive`` with
     ``bytes`` and ``sha256``, ``model``: the summary of its manifest, see
     :func:`model_summary`; a served refit also carries its job's fields); without a served
@@ -107,7 +108,8 @@ def model_status(storage: RDBStorage, study_name: str) -> dict[str, Any] | None:
     archives = {kind: row for kind, row in stored.items() if kind == "ensemble" or (job or {}).get("state") == "ready"}
     if not archives and job is None:
         return None
-    served = "refit" if "refit" in archives else "ensemble" if "ensemble" in archives else None
+    served = "refit" if "refit" in archives and not _unlearned_beside_a_learned(archives) else \
+        "ensemble" if "ensemble" in archives else None
     if served == "refit":
         status: dict[str, Any] = {"kind": "refit", **job}  # type: ignore[dict-item]
     elif served == "ensemble":
@@ -125,6 +127,15 @@ def model_status(storage: RDBStorage, study_name: str) -> dict[str, Any] | None:
                                  "bytes": int(row.bytes), "sha256": row.sha256, "learned": row.summary.get("learned"),
                                  "created_at": iso(row.created_at)} for kind, row in archives.items()}
     return status
+
+
+def _unlearned_beside_a_learned(archives: dict[str, Any]) -> bool:
+    """Whether the refit did not learn (its training score no better than the majority class
+    or persistence: ``hpo.export.fit.learning_check``) while the ensemble, also stored, did:
+    the ensemble is then served, and the refit stays downloadable by name. Decided on the
+    training rows alone, as the learning check is."""
+    return (archives["refit"].summary.get("learned") is False and "ensemble" in archives
+            and archives["ensemble"].summary.get("learned") is not False)
 
 
 def models_of(storage: RDBStorage, study_names: list[str]) -> dict[str, tuple[str | None, bool]]:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from hpo.data.builtins import _airline, _digits
 from hpo.export import load_model, model_archive, run_pending_model_jobs
-from hpo.db.models import model_jobs
+from hpo.db.models import model_archives, model_jobs
 from hpo.samplers import suggest_params
 from hpo.studies import study_spec
 from hpo.worker import StudyPicker, WorkerOptions, worker_loop
@@ -217,6 +217,32 @@ def test_a_failed_refit_leaves_the_ensemble_served_and_says_why(api, storage, da
     assert api.delete(url, params={"kind": "ensemble"}).status_code == 204  # by kind: the failed refit stays
     assert api.get(url).json()["state"] == "failed"
     assert api.delete(url, params={"kind": "ensemble"}).status_code == 404
+
+
+def _set_learned(storage, name: str, kind: str, learned: bool) -> None:
+    """Record an archive's learning check as ``learned`` (what the fit writes when the model's
+    training score is, or is not, better than the majority class)."""
+    where = (model_archives.c.study_name == name, model_archives.c.kind == kind)
+    with storage.engine.begin() as connection:
+        summary = connection.execute(sa.select(model_archives.c.summary).where(*where)).scalar_one()
+        connection.execute(sa.update(model_archives).where(*where).values(summary={**summary, "learned": learned}))
+
+
+def test_a_refit_that_did_not_learn_leaves_the_ensemble_that_did_served(api, storage, database_url, data_dir):
+    study = api.post(STUDIES, json=_digits_spec("refit-unlearned", final_model={"seeds": 1})).json()
+    name, url = study["optuna_study_name"], f"{STUDIES}/{study['id']}/model"
+    _run_trials(storage, database_url, data_dir, name)
+    assert run_pending_model_jobs(storage, data_dir)
+    _set_learned(storage, name, "refit", False)
+
+    status = api.get(url).json()
+
+    assert status["kind"] == "ensemble" and status["learned"] is True, status
+    assert status["refit"]["state"] == "ready" and status["archives"]["refit"]["learned"] is False
+    assert api.get(f"{url}/download").headers["x-model-kind"] == "ensemble"
+    assert api.get(f"{url}/download", params={"kind": "refit"}).headers["x-model-kind"] == "refit"  # by name
+    _set_learned(storage, name, "ensemble", False)  # neither learned: the refit, as for any ready refit
+    assert api.get(url).json()["kind"] == "refit"
 
 
 @pytest.mark.parametrize(("body", "field", "message"), [

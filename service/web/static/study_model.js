@@ -212,6 +212,7 @@ export class ModelPanel {
         const ensemble = s.kind === "ensemble";
         const learning = m.learning;
         const refitFailed = ensemble && refit && refit.state === "failed";
+        const refitUnlearned = ensemble && refit && refit.state === "ready"; // served only when it learned
         return [
           s.learned === false && learning ? el("div", { class: "message", id: "model-not-learned" },
             `This model did not learn: on its own training data its ${learning.metric} is ${fmtValue(learning.score)}, ` +
@@ -231,6 +232,7 @@ export class ModelPanel {
           ]),
           ensemble && refit && ACTIVE.includes(refit.state) ? el("div", { id: "model-refit-status" }, ...this.refitProgress(refit, true)) : null,
           refitFailed ? el("div", { class: "message", id: "model-reason" }, `The refit failed: ${refit.reason || "no reason was recorded"}. The fold ensemble is served.`) : null,
+          refitUnlearned ? el("div", { class: "message", id: "model-reason" }, "The refit is ready but did not learn (on its own training data it scored no better than the trivial answer), and the fold ensemble did: the ensemble is served. The refit can still be downloaded by name.") : null,
           el("div", { class: "actions" },
             ...this.downloads(s),
             el("button", { type: "button", class: "danger", id: "model-delete", disabled: this.busy, onclick: () => {
