@@ -18,10 +18,6 @@ LONG_SEQUENCE = 200  # steps from which a frontend that shortens the sequence is
 FRONTEND_STEPS = (100, 50)  # the recurrent layer then reads about this many steps
 EPOCHS_AT_5000_ROWS = 20
 MAX_FITTED_EPOCHS = 150
-# Left out, cv.repeats validates each trial on at least this many cases in all (every
-# repeat validates on every row once), with at most MAX_FITTED_REPEATS repeats.
-MIN_VALIDATED_CASES = 200
-MAX_FITTED_REPEATS = 5
 
 
 def fitted_folds(spec: StudySpec, dataset: Dataset) -> tuple[StudySpec, list[FoldData]]:
@@ -29,14 +25,11 @@ def fitted_folds(spec: StudySpec, dataset: Dataset) -> tuple[StudySpec, list[Fol
 
     With ``cv.folds`` among the spec's ``fit_to_data``, small data gets fewer folds: the
     most, up to the default, that leave every fold's training part enough rows for its
-    inner split (a 24-month series cannot feed five time-ordered folds). With ``cv.repeats``
-    among them, see :func:`fitted_repeats`.
+    inner split (a 24-month series cannot feed five time-ordered folds).
 
     Raises:
         ValueError: when even two folds cannot be built (the message says why).
     """
-    if "cv.repeats" in (spec.fit_to_data or ()):
-        spec = spec.model_copy(update={"cv": spec.cv.model_copy(update={"repeats": fitted_repeats(spec, dataset)})})
     most = spec.cv.folds
     counts = list(range(most, 1, -1)) if "cv.folds" in (spec.fit_to_data or ()) else [most]
     for folds in counts[:-1]:
@@ -45,20 +38,6 @@ def fitted_folds(spec: StudySpec, dataset: Dataset) -> tuple[StudySpec, list[Fol
         except ValueError:
             continue  # too few rows for this many folds: try one fewer
     return _nested_folds(spec, dataset, counts[-1])
-
-
-def fitted_repeats(spec: StudySpec, dataset: Dataset) -> int:
-    """How many times a spec that leaves ``cv.repeats`` out repeats its cross-validation.
-
-    Each repeat validates on every row once, so ``r`` repeats validate a trial on ``r * n``
-    cases: small data gets the fewest repeats that reach ``MIN_VALIDATED_CASES`` (at most
-    ``MAX_FITTED_REPEATS``), so that a trial's score averages out much of the noise of
-    folds with a handful of validation cases; 200 rows or more get 1. Time-ordered folds
-    (forecasting) are never repeated, nor are unshuffled folds.
-    """
-    if spec.cv.strategy == "timeseries" or not spec.cv.shuffle:
-        return 1
-    return min(MAX_FITTED_REPEATS, max(1, math.ceil(MIN_VALIDATED_CASES / max(dataset.n_samples, 1))))
 
 
 def _nested_folds(spec: StudySpec, dataset: Dataset, folds: int) -> tuple[StudySpec, list[FoldData]]:

@@ -160,7 +160,7 @@ OPTIONAL_PARAM_DEFAULTS = {
 # Fields that, left out of a spec, are fitted to the data by the workers (hpo.fitting).
 FITTED_FIELDS = (
     "search_space.batch_size", "search_space.frontend", "training.max_epochs", "training.patience", "cv.folds",
-    "training.lookback", "cv.repeats", "pruner.n_warmup_steps",
+    "training.lookback", "pruner.n_warmup_steps",
 )
 
 
