@@ -60,7 +60,7 @@ def _spec(n_trials: int) -> Any:
 class TrivialObjective:
     """Stands in for ``hpo.objective.Objective``: trains nothing, returns a number."""
 
-    def __init__(self, spec: Any = None, dataset: Any = None, device: Any = None, should_stop: Any = None):
+    def __init__(self, *args: Any, **kwargs: Any):  # whatever the worker builds an Objective with
         pass
 
     def __call__(self, trial: Any) -> float:
