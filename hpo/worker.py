@@ -303,6 +303,7 @@ class StudyPicker:
         self.runners: dict[int, StudyRunner] = {}  # by Optuna study id
         self.ended: dict[int, object] = {}  # study id -> the stored spec it ended (or failed to parse) under
         self.current: StudyRunner | None = None
+        self.queued_refit = False  # the last pick queued a study's own refit
         self._next_listing = 0.0
 
     def keep_current(self) -> StudyRunner | None:
@@ -318,6 +319,7 @@ class StudyPicker:
     def pick(self, studies: list[FrozenStudy]) -> StudyRunner | None:
         """Pick from a fresh listing of the studies (each candidate's trials read once)."""
         self._next_listing = time.monotonic() + self.options.poll_interval_s
+        self.queued_refit = False
         listed = {study_id_of(frozen) for frozen in studies}
         candidates = []
         for frozen in studies:
@@ -353,8 +355,9 @@ class StudyPicker:
     def queue_final_refit(self, runner: StudyRunner) -> None:
         """A study seen completed whose spec asks for a refit (``final_model.kind: refit``)
         gets it queued, once per study whichever worker sees it first (``hpo.export.jobs.
-        queue_final_refit``); its ensemble is served meanwhile. Not behind a storage proxy,
-        which does not reach the model tables: a worker on the database queues it.
+        queue_final_refit``; ``queued_refit`` says this pick did); its ensemble is served
+        meanwhile. Not behind a storage proxy, which does not reach the model tables: a
+        worker on the database queues it.
 
         Raises:
             Exception: a database error.
@@ -368,7 +371,8 @@ class StudyPicker:
         from hpo.export.jobs import queue_final_refit
 
         assert final.seeds is not None
-        queue_final_refit(self.storage, runner.study.study_name, best, final.seeds)
+        if queue_final_refit(self.storage, runner.study.study_name, best, final.seeds) is not None:
+            self.queued_refit = True
 
     def _runner(self, frozen: FrozenStudy, stored: object) -> StudyRunner | None:
         """The study's runner, built (or rebuilt, when its stored spec changed) as needed;
@@ -474,7 +478,7 @@ def worker_loop(options: WorkerOptions, worker_index: int = 0, stop: threading.E
                     continue  # a final model fit ran (a job the API queued); look for work again
                 runner = picker.pick(storage.get_all_studies())
                 # A worker with no trial to run takes the refit a study just queued as it ended.
-                if runner is None and not isinstance(storage, ProxiedStorage) and run_pending_model_jobs(
+                if runner is None and picker.queued_refit and run_pending_model_jobs(
                         storage, options.data_dir, study_name=options.study_name, should_stop=stop.is_set):
                     continue
             if runner is None:
