@@ -169,9 +169,7 @@ class SequenceModel(nn.Module):
 
 
 @torch.inference_mode()
-def predict_in_chunks(
-    network: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None, device: torch.device | None = None
-) -> torch.Tensor:
+def predict_in_chunks(network: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """A network's outputs for many rows, ``PREDICT_CHUNK`` rows per forward pass, in eval mode.
 
     Args:
@@ -179,18 +177,19 @@ def predict_in_chunks(
         x: inputs ``[n, T, ...]``.
         lengths: true lengths ``[n]`` of zero-padded ``x`` (a chunk is cut to its longest
             sequence), or None.
-        device: where to move each chunk of ``x`` (default: where it is).
 
     Returns:
-        The outputs ``[n, out_dim]``, on the network's device.
+        The outputs ``[n, out_dim]``, on the network's device (each chunk of ``x`` is moved
+        there: a network trained on CUDA scores rows kept on the CPU).
     """
     network.eval()
+    device = next(network.parameters()).device
     outputs = []
     for start in range(0, len(x), PREDICT_CHUNK):
         chunk = slice(start, start + PREDICT_CHUNK)
         chunk_lengths = None if lengths is None else lengths[chunk]
         x_chunk = x[chunk] if chunk_lengths is None else x[chunk, : int(chunk_lengths.max())]
-        outputs.append(network(x_chunk if device is None else x_chunk.to(device), chunk_lengths))
+        outputs.append(network(x_chunk.to(device), chunk_lengths))
     return torch.cat(outputs)
 
 

@@ -132,6 +132,17 @@ def test_every_summary_and_frontend_reads_only_the_valid_steps(summary, frontend
     torch.testing.assert_close(out[1], model(other)[0])
 
 
+def test_a_network_on_another_device_scores_rows_kept_on_the_cpu():
+    # Training on CUDA keeps the folds' rows on the CPU; the learning check, the fold models kept
+    # and the refit score them with the trained network. The meta device stands in for CUDA here
+    # (same refusal: "Input and parameter tensors are not at the same device").
+    x = torch.randn(5, 7, 2)
+    for summary, lengths in (("last", None), ("last", torch.tensor([7, 3, 5, 1, 7])), ("max", None)):
+        network = SequenceModel(cell="lstm", hidden_size=4, out_dim=3, n_features=2, summary=summary).to("meta")
+        out = predict_in_chunks(network, x, lengths)
+        assert out.device.type == "meta" and out.shape == (5, 3)
+
+
 def test_an_archived_architecture_with_the_new_fields_rebuilds_the_same_network():
     arch = Architecture(cell="lstm", hidden_size=8, out_dim=2, n_features=3, embedding_dim=8, num_layers=2,
                         bidirectional=True, dropout=0.1, summary="attention", frontend="conv", frontend_stride=5)

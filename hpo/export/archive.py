@@ -146,11 +146,11 @@ class _Member:
         self.network.to(device).eval()
 
     @torch.inference_mode()
-    def answer(self, data: PredictInput, device: torch.device) -> np.ndarray:
+    def answer(self, data: PredictInput) -> np.ndarray:
         """Class probabilities ``[n, C]``, or values ``[n, out_dim]`` in the target's units
         (a difference forecast added to its window's last value), for raw inputs."""
         prepared = prepare(self.preprocessing, data)
-        outputs = predict_in_chunks(self.network, prepared.x, prepared.lengths, device).float().cpu().numpy()
+        outputs = predict_in_chunks(self.network, prepared.x, prepared.lengths).float().cpu().numpy()
         if self.target is None:
             return _softmax(outputs)
         values = outputs.astype(np.float64) * self.target.std + self.target.mean
@@ -310,7 +310,7 @@ class Model:
 
     def _answer(self, data: PredictInput) -> np.ndarray:
         """The members' mean answer: probabilities ``[n, C]``, or values ``[n, out_dim]`` in original units."""
-        return np.mean([member.answer(data, self.device) for member in self.members], axis=0)
+        return np.mean([member.answer(data) for member in self.members], axis=0)
 
     def _check_coherent(self) -> None:
         """Refuse a manifest whose parts contradict each other (e.g. a hand-edited one)."""
