@@ -378,38 +378,26 @@ def trials_by_score(storage: RDBStorage, study_id: int, *, maximize: bool, limit
     is_finite = sa.and_(values_t.c.value_type == models.TrialValueModel.TrialValueType.FINITE,
                         values_t.c.value.is_not(None))
     flag = sa.case((is_finite, 0), else_=1)  # missing, NaN stored as NULL, or infinite: all last
-    complete = _trials_of(study_id, [TrialState.COMPLETE])
     joined = trials_t.outerjoin(values_t, sa.and_(values_t.c.trial_id == trials_t.c.trial_id,
                                                   values_t.c.objective == 0))
-
-    def finite_value(*bounds: sa.ColumnElement) -> sa.ColumnElement:
-        return sa.exists().where(values_t.c.trial_id == trials_t.c.trial_id, values_t.c.objective == 0,
-                                 is_finite, *bounds)
-
-    def better_or_equal(value: float) -> sa.ColumnElement:
-        return values_t.c.value >= value if maximize else values_t.c.value <= value
-
-    def worse_or_equal(value: float) -> sa.ColumnElement:
-        return values_t.c.value <= value if maximize else values_t.c.value >= value
-
+    complete = _trials_of(study_id, [TrialState.COMPLETE])
     with storage.engine.connect() as connection:
-        page = connection.execute(
-            sa.select(flag, values_t.c.value).select_from(joined).where(complete)
-            .order_by(flag, values_t.c.value.desc() if maximize else values_t.c.value, trials_t.c.number)
-            .limit(limit).offset(offset)).all()
-        if not page:
+        # The ranks up to the page's end (the trials before it tied with its first are among them)...
+        ranks = _fetch_all(connection, sa.select(trials_t.c.trial_id, flag, values_t.c.value).select_from(joined)
+                           .where(complete).order_by(flag, values_t.c.value.desc() if maximize else values_t.c.value,
+                                                     trials_t.c.number).limit(offset + limit))
+        if len(ranks) <= offset:
             return [], offset
-        (first_flag, first), (last_flag, last) = page[0], page[-1]
-        if first_flag:  # the page is among the non-finite values, all tied
-            within = ~finite_value()
-            before = connection.execute(sa.select(sa.func.count()).where(complete, finite_value())).scalar_one()
-        else:
-            within = finite_value(worse_or_equal(first), *([] if last_flag else [better_or_equal(last)]))
-            if last_flag:  # the page reaches the non-finite values
-                within = sa.or_(within, ~finite_value())
-            before = connection.execute(sa.select(sa.func.count()).where(
-                complete, finite_value(~worse_or_equal(first)))).scalar_one()
-    return _read_trials(storage, study_id, within, [TrialState.COMPLETE], {"values", "user_attrs"}, attr_keys), before
+        first, last = ranks[offset][1:], ranks[-1][1:]
+        before = offset
+        while before > 0 and ranks[before - 1][1:] == first:
+            before -= 1
+        # ... and the trials after it tied with its last.
+        tied = sa.true() if last[0] else sa.and_(is_finite, values_t.c.value == last[1])
+        ids = {trial_id for trial_id, *_ in ranks[before:]} | set(connection.execute(
+            sa.select(trials_t.c.trial_id).select_from(joined).where(complete, flag == last[0], tied)).scalars())
+    return read_trials(storage, study_id, trial_ids=ids, states=[TrialState.COMPLETE], parts={"values", "user_attrs"},
+                       attr_keys=attr_keys), before
 
 
 def best_numbers(storage: RDBStorage, study_id: int, *, maximize: bool, limit: int,
