@@ -167,10 +167,25 @@ def with_progress(cache: TrialCache, rows: Sequence[StudyRecord]) -> list[tuple[
     return out
 
 
+# Parsed specs by Optuna study name (unique: it holds the study's random id). A study's stored
+# spec never changes after submit, and parsing 1,000 of them took 0.2-0.4 s of each filtered listing.
+_parsed_specs: dict[str, StudySpec] = {}
+_PARSED_SPECS_KEPT = 10_000
+
+
+def _spec_of(record: StudyRecord) -> StudySpec:
+    spec = _parsed_specs.get(record.optuna_study_name)
+    if spec is None:
+        if len(_parsed_specs) >= _PARSED_SPECS_KEPT:
+            _parsed_specs.clear()
+        spec = _parsed_specs[record.optuna_study_name] = parse_spec(record.spec)
+    return spec
+
+
 def states_of(cache: TrialCache, rows: Sequence[StudyRecord]) -> dict[str, str]:
     """Each study's state, by Optuna study name (studies gone from Optuna left out), from
     counts of their trials in SQL (``hpo.studies.study_states``): no study's trials are read."""
-    return study_states(cache.backend, {record.optuna_study_name: parse_spec(record.spec) for record in rows})
+    return study_states(cache.backend, {record.optuna_study_name: _spec_of(record) for record in rows})
 
 
 def list_page(session: Session, cache: TrialCache, *, limit: int, offset: int, state: str | None = None
