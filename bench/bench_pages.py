@@ -23,6 +23,7 @@ started ``hpo serve`` (no workers):
     .venv/bin/python -m bench.bench_pages --keep /tmp/bench-pages   # keep the SQLite database, reuse it
     .venv/bin/python -m bench.bench_pages --postgres --keep /tmp/bench-pages-pg   # keep the PostgreSQL one
     .venv/bin/python -m bench.bench_pages --trials 5000 --studies 20   # the earlier, smaller case
+    .venv/bin/python -m bench.bench_pages --keep /tmp/bench-pages --only trials lists   # some parts only
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ TRIAL_PAGES = [  # what the table and scripts ask for: first pages, a deep page,
     "limit=25&offset=0&sort=-number", "limit=25&offset=0&sort=number", "limit=25&offset=25000&sort=number",
     "limit=25&offset=0&sort=-value", "limit=25&offset=0&sort=best", "limit=100&offset=0&sort=-duration_s",
     "limit=25&offset=0&sort=-number&state=pruned", "limit=25&offset=100&sort=-value&state=complete",
+    "limit=25&offset=20000&sort=best", "limit=25&offset=0&sort=-started_at",
 ]
 STUDY_PAGES = ["limit=25&offset=0", "limit=25&offset=500", "limit=25&offset=0&state=completed"]
+PARTS = ("browser", "data", "trials", "lists", "stream")
 
 
 def serve(url: str, workdir: Path) -> ServeProcess:
@@ -300,50 +303,73 @@ def describe(run: dict[str, float]) -> str:
 
 
 def measure(url: str, workdir: Path, study_id: str, args: argparse.Namespace) -> None:
-    with chromium() as page:
-        if page is None:
-            print(f"  in the browser: skipped ({CHROMIUM} not found)")
-        else:
-            with serve(url, workdir) as server:  # the page opened as soon as the server answers
-                cold = drawn(page, f"{server.url}/studies/{study_id}")
-                warm = sorted(drawn(page) for _ in range(args.repeat))[args.repeat // 2]
-            print(f"  study page in headless Chromium (software WebGL), cold: header, history, curves, importance, "
-                  f"folds and table drawn {x_goal(cold[0])}; parallel coordinates too {cold[1]:.2f} s")
-            print(f"      warm (median of {args.repeat} reloads): {x_goal(warm[0])}; parallel coordinates {warm[1]:.2f} s")
+    """What ``--only`` names: the page in the browser against one server, the rest against another."""
+    if "browser" in args.only:
+        measure_browser(url, workdir, study_id, args)
     with serve(url, workdir) as server:
-        cpu0 = cpu_s(server.proc.pid)
-        cold_data = open_study_page(server.url, study_id)
-        cold_data["cpu"] = cpu_s(server.proc.pid) - cpu0
-        runs = [open_study_page(server.url, study_id) for _ in range(args.repeat)]
-        warm_data = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
-        print(f"  study page data, cold: {x_goal(cold_data['total'])}; server CPU {cold_data['cpu']:.2f} s (start-up "
-              f"warming included)\n      {describe(cold_data)}")
-        print(f"  study page data, warm (median of {args.repeat}): {x_goal(warm_data['total'])}\n"
-              f"      {describe(warm_data)}")
-
-        trials, cpu = timed_pages(server, [f"/api/v1/studies/{study_id}/trials?{q}" for q in TRIAL_PAGES], args.rounds)
-        p50, p95 = percentiles([t for ts in trials.values() for t in ts])
-        print(f"  GET .../trials, {len(TRIAL_PAGES)} kinds of page x {args.rounds}: p50 {1000 * p50:.0f} ms, "
-              f"p95 {1000 * p95:.0f} ms (goal < {1000 * PAGE_GOAL_S:.0f} ms); server CPU {1000 * cpu:.0f} ms per request")
-        for query, ts in trials.items():
-            print(f"      {query.rsplit('?', 1)[1]:<50} p50 {1000 * statistics.median(ts):.0f} ms, max {1000 * max(ts):.0f} ms")
-
-        lists, cpu = timed_pages(server, [f"/api/v1/{p}?{q}" for p in ("studies", "views/studies") for q in STUDY_PAGES],
-                                 args.rounds)
-        p50, p95 = percentiles([t for ts in lists.values() for t in ts])
-        print(f"  studies list ({args.studies} studies): p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms; "
-              f"server CPU {1000 * cpu:.0f} ms per request")
-        for query, ts in lists.items():
-            print(f"      {query.removeprefix('/api/v1/'):<50} p50 {1000 * statistics.median(ts):.0f} ms, "
-                  f"max {1000 * max(ts):.0f} ms")
-
-        for n_streams in args.streams:
+        if "data" in args.only:  # first: cold
+            measure_data(server, study_id, args)
+        if "trials" in args.only:
+            measure_trials(server, study_id, args)
+        if "lists" in args.only:
+            measure_lists(server, args)
+        for n_streams in args.streams if "stream" in args.only else ():
             cost = stream_cost(server, url, study_id, n_streams, args.window)
             line = (f"  live stream, {n_streams} open on the large study: server CPU {100 * cost['cpu_share']:.0f} % "
                     f"of a core, {cost['cpu_ms_per_poll']:.1f} ms per poll (0.5 s)")
             if "rows_per_poll" in cost:
                 line += f"; per poll {cost['xacts_per_poll']:.1f} transactions, {cost['rows_per_poll']:.0f} rows read"
             print(line)
+
+
+def measure_browser(url: str, workdir: Path, study_id: str, args: argparse.Namespace) -> None:
+    """The study page in headless Chromium, cold (as soon as a new server answers) and warm."""
+    with chromium() as page:
+        if page is None:
+            print(f"  in the browser: skipped ({CHROMIUM} not found)")
+            return
+        with serve(url, workdir) as server:  # the page opened as soon as the server answers
+            cold = drawn(page, f"{server.url}/studies/{study_id}")
+            warm = sorted(drawn(page) for _ in range(args.repeat))[args.repeat // 2]
+    print(f"  study page in headless Chromium (software WebGL), cold: header, history, curves, importance, "
+          f"folds and table drawn {x_goal(cold[0])}; parallel coordinates too {cold[1]:.2f} s")
+    print(f"      warm (median of {args.repeat} reloads): {x_goal(warm[0])}; parallel coordinates {warm[1]:.2f} s")
+
+
+def measure_data(server: ServeProcess, study_id: str, args: argparse.Namespace) -> None:
+    """The study page's data requests, cold (the server just started) and warm."""
+    cpu0 = cpu_s(server.proc.pid)
+    cold_data = open_study_page(server.url, study_id)
+    cold_data["cpu"] = cpu_s(server.proc.pid) - cpu0
+    runs = [open_study_page(server.url, study_id) for _ in range(args.repeat)]
+    warm_data = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
+    print(f"  study page data, cold: {x_goal(cold_data['total'])}; server CPU {cold_data['cpu']:.2f} s (start-up "
+          f"warming included)\n      {describe(cold_data)}")
+    print(f"  study page data, warm (median of {args.repeat}): {x_goal(warm_data['total'])}\n"
+          f"      {describe(warm_data)}")
+
+
+def measure_trials(server: ServeProcess, study_id: str, args: argparse.Namespace) -> None:
+    """``GET .../trials`` pages of every kind: p50, p95, and the server's CPU per request."""
+    trials, cpu = timed_pages(server, [f"/api/v1/studies/{study_id}/trials?{q}" for q in TRIAL_PAGES], args.rounds)
+    p50, p95 = percentiles([t for ts in trials.values() for t in ts])
+    print(f"  GET .../trials, {len(TRIAL_PAGES)} kinds of page x {args.rounds}: p50 {1000 * p50:.0f} ms, "
+          f"p95 {1000 * p95:.0f} ms (goal < {1000 * PAGE_GOAL_S:.0f} ms); server CPU {1000 * cpu:.0f} ms per request")
+    for query, ts in trials.items():
+        print(f"      {query.rsplit('?', 1)[1]:<50} p50 {1000 * statistics.median(ts):.0f} ms, "
+              f"max {1000 * max(ts):.0f} ms")
+
+
+def measure_lists(server: ServeProcess, args: argparse.Namespace) -> None:
+    """The studies list (REST and the page's view): first page, a deep page, filtered by state."""
+    lists, cpu = timed_pages(server, [f"/api/v1/{p}?{q}" for p in ("studies", "views/studies") for q in STUDY_PAGES],
+                             args.rounds)
+    p50, p95 = percentiles([t for ts in lists.values() for t in ts])
+    print(f"  studies list ({args.studies} studies): p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms; "
+          f"server CPU {1000 * cpu:.0f} ms per request")
+    for query, ts in lists.items():
+        print(f"      {query.removeprefix('/api/v1/'):<50} p50 {1000 * statistics.median(ts):.0f} ms, "
+              f"max {1000 * max(ts):.0f} ms")
 
 
 def kept_postgres_database(workdir: Path) -> str:
@@ -366,6 +392,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed requests of each kind of page")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 50], help="event streams open at once")
     parser.add_argument("--window", type=float, default=10.0, help="seconds the streams' cost is measured over")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default: all): the page in the browser, its data requests, "
+                             "trial pages, the studies list, the live stream")
     parser.add_argument("--keep", type=Path, help="folder for the SQLite database (with --postgres: the name of "
                                                   "the PostgreSQL one), kept and reused across runs")
     args = parser.parse_args()

@@ -8,7 +8,8 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
 - ``RDBStorage._get_trials`` (override): a bulk read without ORM objects (seconds -> tens
   of milliseconds on large studies); same trials as Optuna's read, checked trial by trial.
   The same read serves :func:`read_trials` (some trials, or some of what they hold: what a
-  page of a 50,000-trial study needs) and :func:`trial_ids_by_number` (a page in SQL).
+  page of a 50,000-trial study needs); :func:`trial_ids_sorted` and :func:`trials_by_score`
+  order and cut a page in SQL.
 - ``RDBStorage.set_trial_state_values`` (public, but its WAITING -> RUNNING claim relies on
   ``SELECT ... FOR UPDATE``, which SQLite ignores): one conditional UPDATE.
 - ``RDBStorage._get_stale_trial_ids`` (override): also trials that never beat.
@@ -19,8 +20,8 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
   writes.
 - ``optuna.storages._CachedStorage``: Optuna's cache of finished trials, used by the service.
 - ``optuna.study._frozen.FrozenStudy`` and its ``_study_id``; ``Study._storage`` and
-  ``Study._study_id``: a listed study's and a loaded study's storage id (Optuna has no
-  public accessor for either).
+  ``Study._study_id``; ``FrozenTrial._trial_id``: a listed study's, a loaded study's and a
+  trial's storage id (Optuna has no public accessor for them).
 - The gRPC storage proxy (``hpo storage-proxy``, ``grpc://HOST:PORT`` URLs): Optuna's
   ``make_server`` (what the public ``run_grpc_proxy_server`` runs, but returning the server,
   so that the heartbeat methods Optuna's proxy lacks can be added to it);
@@ -63,9 +64,10 @@ from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepar
 from hpo.settings import DEFAULT_DATABASE_URL
 
 __all__ = ["PROXY_SCHEME", "TRIALS_BY_STUDY_INDEX", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy",
-           "ProxiedStorage", "ProxyUnavailable", "best_numbers", "count_trials", "last_reported",
-           "latest_reported_numbers", "normalize_url", "open_storage", "read_trials", "serve_proxy", "study_id_of",
-           "study_storage", "trial_ids_by_number", "write_trials"]
+           "ProxiedStorage", "ProxyUnavailable", "SORTABLE", "best_numbers", "count_trials", "last_reported",
+           "latest_reported_numbers", "normalize_url", "open_storage", "read_trials", "serve_proxy", "study_flags",
+           "study_id_of", "study_storage", "trial_id_of", "trial_ids_sorted", "trial_tallies", "trials_by_score",
+           "write_trials"]
 
 PROXY_SCHEME = "grpc://"
 _STATES = {state.name: state for state in TrialState}  # as stored (SQLAlchemy's Enum stores names)
@@ -87,6 +89,18 @@ def study_id_of(frozen: FrozenStudy) -> int:
         Its id in the storage (``FrozenStudy`` has no public accessor; Optuna 5.0).
     """
     return frozen._study_id
+
+
+def trial_id_of(trial: FrozenTrial) -> int:
+    """A trial's id in its storage (what :func:`trial_ids_sorted` answers with).
+
+    Args:
+        trial: a trial read from an RDB storage.
+
+    Returns:
+        Its id (``FrozenTrial`` has no public accessor; Optuna 5.0).
+    """
+    return trial._trial_id
 
 
 def study_storage(study: optuna.Study) -> tuple[BaseStorage, int]:
@@ -262,30 +276,128 @@ def read_trials(storage: RDBStorage, study_id: int, *, trial_ids: Iterable[int] 
     return _read_trials(storage, study_id, sa.and_(*where) if where else None, states, parts, attr_keys)
 
 
-def trial_ids_by_number(storage: RDBStorage, study_id: int, *, states: Iterable[TrialState] | None = None,
-                        descending: bool = False, limit: int, offset: int) -> tuple[list[int], int]:
-    """One page of a study's trials in number order, ordered and cut in SQL.
+# What a study's trials can be ordered by in SQL (:func:`trial_ids_sorted`).
+SORTABLE = ("number", "value", "duration_s", "started_at")
+
+
+def trial_ids_sorted(storage: RDBStorage, study_id: int, *, by: str = "number",
+                     states: Iterable[TrialState] | None = None, descending: bool = False, limit: int,
+                     offset: int) -> tuple[list[int], int]:
+    """One page of a study's trials ordered by ``by`` and cut in SQL.
+
+    ``by``: ``number``; ``value`` (the first objective's: -inf, the finite values, inf);
+    ``duration_s`` (from start to completion, to the microsecond); ``started_at``. Equal ones
+    go by number, in the same direction; trials without the quantity (no value, not
+    finished, not started) come after all others, by number, whatever the direction.
 
     Args:
         storage: the study's RDB storage.
         study_id: the study's id in it.
+        by: one of :data:`SORTABLE`.
         states: only trials in these states (all when not given).
-        descending: the latest first.
+        descending: the largest (latest) first.
         limit: trials per page.
         offset: trials skipped.
 
     Returns:
-        The page's trial ids (read them with :func:`read_trials`), and how many trials match.
+        The page's trial ids, in order (read them with :func:`read_trials`, and order them
+        with :func:`trial_id_of`), and how many trials match.
+
+    Raises:
+        ValueError: ``by`` is not one of :data:`SORTABLE`.
     """
     trials_t = models.TrialModel.__table__
+    start, complete = trials_t.c.datetime_start, trials_t.c.datetime_complete
+    source: sa.FromClause = trials_t
+    if by == "number":
+        present, keys = sa.true(), []
+    elif by == "value":
+        values_t = models.TrialValueModel.__table__
+        source = trials_t.outerjoin(values_t, sa.and_(values_t.c.trial_id == trials_t.c.trial_id,
+                                                      values_t.c.objective == 0))
+        kind, value_type = values_t.c.value_type, models.TrialValueModel.TrialValueType
+        present = kind.is_not(None)
+        keys = [sa.case((kind == value_type.INF_NEG, -1), (kind == value_type.INF_POS, 1), else_=0), values_t.c.value]
+    elif by == "duration_s":
+        present, keys = sa.and_(start.is_not(None), complete.is_not(None)), [
+            _microseconds_between(start, complete) if storage.engine.dialect.name == "sqlite" else complete - start]
+    elif by == "started_at":
+        present, keys = start.is_not(None), [start]
+    else:
+        raise ValueError(f"trials are sorted by one of {', '.join(SORTABLE)}; got {by!r}")
     condition = _trials_of(study_id, states)
-    order = trials_t.c.number.desc() if descending else trials_t.c.number
+    order = [key.desc() if descending else key for key in [*keys, trials_t.c.number]]
     with storage.engine.connect() as connection:
-        total = connection.execute(sa.select(sa.func.count()).where(condition)).scalar_one()
-        ids = connection.execute(
-            sa.select(trials_t.c.trial_id).where(condition).order_by(order).limit(limit).offset(offset)
-        ).scalars().all()
-    return list(ids), total
+        total, n_present = connection.execute(
+            sa.select(sa.func.count(), sa.func.count(sa.case((present, 1)))).select_from(source).where(condition)
+        ).one()
+        ids = list(connection.execute(sa.select(trials_t.c.trial_id).select_from(source).where(condition, present)
+                                      .order_by(*order).limit(limit).offset(offset)).scalars()) \
+            if offset < n_present else []
+        if len(ids) < limit and offset + limit > n_present:  # the page reaches the trials without it
+            ids += connection.execute(sa.select(trials_t.c.trial_id).select_from(source).where(condition, ~present)
+                                      .order_by(trials_t.c.number).limit(limit - len(ids))
+                                      .offset(max(0, offset - n_present))).scalars()
+    return ids, total
+
+
+def _microseconds_between(start: sa.ColumnElement, end: sa.ColumnElement) -> sa.ColumnElement:
+    """``end - start`` in whole microseconds, on SQLite: there times are stored as text,
+    ``YYYY-MM-DD HH:MM:SS.ffffff`` (SQLAlchemy's format), and its date functions keep
+    milliseconds only (they would also round ``.999999`` up to the next second)."""
+    def seconds(column: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.cast(sa.func.strftime("%s", sa.func.substr(column, 1, 19)), sa.Integer)
+
+    def microseconds(column: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.cast(sa.func.substr(column, 21), sa.Integer)
+
+    return (seconds(end) - seconds(start)) * 1_000_000 + microseconds(end) - microseconds(start)
+
+
+def trials_by_score(storage: RDBStorage, study_id: int, *, maximize: bool, limit: int, offset: int,
+                    attr_keys: Container[str]) -> tuple[list[FrozenTrial], int]:
+    """The complete trials that a page of them ranked best first can hold, found in SQL: of
+    the complete trials ordered by value (best first, every non-finite value last and
+    tied), the page's ``limit`` from ``offset`` and every trial with a value tied with its
+    first or last one; read with their values and the user attributes ``attr_keys``
+    (what breaks ties: ``hpo.studies.ranked`` orders them).
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        maximize: whether higher values are better.
+        limit: trials per page.
+        offset: trials skipped.
+        attr_keys: the user attributes read.
+
+    Returns:
+        The trials (in number order; none past the last complete trial), and how many
+        complete trials rank before all of them (a value strictly better).
+    """
+    trials_t, values_t = models.TrialModel.__table__, models.TrialValueModel.__table__
+    is_finite = sa.and_(values_t.c.value_type == models.TrialValueModel.TrialValueType.FINITE,
+                        values_t.c.value.is_not(None))
+    flag = sa.case((is_finite, 0), else_=1)  # missing, NaN stored as NULL, or infinite: all last
+    joined = trials_t.outerjoin(values_t, sa.and_(values_t.c.trial_id == trials_t.c.trial_id,
+                                                  values_t.c.objective == 0))
+    complete = _trials_of(study_id, [TrialState.COMPLETE])
+    with storage.engine.connect() as connection:
+        # The ranks up to the page's end (the trials before it tied with its first are among them)...
+        ranks = _fetch_all(connection, sa.select(trials_t.c.trial_id, flag, values_t.c.value).select_from(joined)
+                           .where(complete).order_by(flag, values_t.c.value.desc() if maximize else values_t.c.value,
+                                                     trials_t.c.number).limit(offset + limit))
+        if len(ranks) <= offset:
+            return [], offset
+        first, last = ranks[offset][1:], ranks[-1][1:]
+        before = offset
+        while before > 0 and ranks[before - 1][1:] == first:
+            before -= 1
+        # ... and the trials after it tied with its last.
+        tied = sa.true() if last[0] else sa.and_(is_finite, values_t.c.value == last[1])
+        ids = {trial_id for trial_id, *_ in ranks[before:]} | set(connection.execute(
+            sa.select(trials_t.c.trial_id).select_from(joined).where(complete, flag == last[0], tied)).scalars())
+    return read_trials(storage, study_id, trial_ids=ids, states=[TrialState.COMPLETE], parts={"values", "user_attrs"},
+                       attr_keys=attr_keys), before
 
 
 def best_numbers(storage: RDBStorage, study_id: int, *, maximize: bool, limit: int,
@@ -355,6 +467,59 @@ def last_reported(storage: RDBStorage, study_id: int, states: Iterable[TrialStat
         ).select_from(joined).where(condition).order_by(trials_t.c.number))
     # only NaN and infinities are stored as None (and a type saying which)
     return [(number, value if value is not None else to_float(value, step_type[kind])) for number, value, kind in rows]
+
+
+def study_flags(storage: RDBStorage, keys: Iterable[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every study's id and the user attributes ``keys`` it has, by study name: one narrow
+    read (``get_all_studies`` would read and parse every attribute of every study).
+
+    Args:
+        storage: the RDB storage.
+        keys: the user attributes wanted.
+    """
+    studies_t, attrs_t = models.StudyModel.__table__, models.StudyUserAttributeModel.__table__
+    with storage.engine.connect() as connection:
+        out: dict[str, tuple[int, dict[str, Any]]] = {
+            name: (study_id, {}) for study_id, name in connection.execute(
+                sa.select(studies_t.c.study_id, studies_t.c.study_name))}
+        by_id = {study_id: attrs for study_id, attrs in out.values()}
+        wanted = sa.select(attrs_t.c.study_id, attrs_t.c.key, attrs_t.c.value_json).where(attrs_t.c.key.in_(list(keys)))
+        for study_id, key, value_json in connection.execute(wanted):
+            if study_id in by_id:
+                by_id[study_id][key] = json.loads(value_json)
+    return out
+
+
+Tally = tuple[TrialState, Any, int, dt.datetime | None]  # state, a flag's value, trials, earliest start
+
+
+def trial_tallies(storage: RDBStorage, flag_key: str) -> dict[int, list[Tally]]:
+    """Every study's trials counted in SQL by state and, for the failed ones, by the value of
+    their user attribute ``flag_key``, with the earliest start of each group: what a study's
+    state is derived from, without reading its trials (one query for all studies).
+
+    Args:
+        storage: the RDB storage.
+        flag_key: the failed trials' user attribute they are told apart by.
+
+    Returns:
+        Study id -> ``(state, the attribute's value or None, trials, earliest start or None)``
+        for each group (the value is ``None`` for trials that are not failed or lack it).
+    """
+    trials_t, attrs_t = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
+    flagged = trials_t.outerjoin(attrs_t, sa.and_(attrs_t.c.trial_id == trials_t.c.trial_id,
+                                                  attrs_t.c.key == flag_key, trials_t.c.state == TrialState.FAIL))
+    earliest = sa.type_coerce(sa.func.min(trials_t.c.datetime_start), sa.types.NullType())
+    out: dict[int, list[Tally]] = defaultdict(list)
+    with storage.engine.connect() as connection:
+        rows = _fetch_all(connection, sa.select(trials_t.c.study_id, _raw(trials_t.c.state), attrs_t.c.value_json,
+                                                sa.func.count(), earliest).select_from(flagged)
+                          .group_by(trials_t.c.study_id, trials_t.c.state, attrs_t.c.value_json))
+        to_time = _time_reader(connection.dialect.name)
+    for study_id, state, value_json, count, start in rows:
+        out[study_id].append((_STATES[state], None if value_json is None else json.loads(value_json), count,
+                              to_time(start)))
+    return dict(out)
 
 
 def count_trials(storage: RDBStorage, study_id: int, states: Iterable[TrialState] | None = None) -> int:

@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import groupby
 from operator import attrgetter
 from dataclasses import dataclass
@@ -23,7 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec, parse_spec
-from hpo.storage import read_trials
+from hpo.storage import (
+    count_trials, read_trials, study_flags, trial_id_of, trial_ids_sorted, trial_tallies, trials_by_score,
+)
 
 SPEC_ATTR = "hpo:spec"
 CANCELLED_ATTR = "hpo:cancelled"
@@ -215,6 +217,53 @@ def best_of(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | None
     return min((t for t, score in zip(complete, scores) if score == top), key=lambda t: rank_key(t, direction))
 
 
+# What breaks ties between equal scores (rank_key), read for the trials tied on a page.
+RANK_ATTRS = frozenset({CV_LOSS_ATTR, FOLD_BEST_EPOCHS_ATTR})
+
+
+def trial_page(storage: RDBStorage, study_id: int, direction: str, sort: str, *,
+               states: Iterable[TrialState] | None = None, limit: int, offset: int) -> tuple[list[int], int]:
+    """One page of a study's trials in the order ``sort`` names, ordered and cut in SQL (no
+    read of every trial): ``number``, ``value``, ``duration_s`` or ``started_at``, ``-``
+    first for descending (``hpo.storage.trial_ids_sorted``: trials without the quantity
+    last); or ``best``: the complete trials ranked as :func:`ranked` ranks them (only
+    trials tied on the page have their ranking attributes read), then the others by number.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        direction: the study's ``maximize`` or ``minimize``.
+        sort: the order.
+        states: only trials in these states (all when not given).
+        limit: trials per page.
+        offset: trials skipped.
+
+    Returns:
+        The page's trial ids in order (``hpo.storage.trial_id_of`` tells a trial's), and how
+        many trials match.
+
+    Raises:
+        ValueError: an unknown ``sort``.
+    """
+    descending, name = sort.startswith("-"), sort.lstrip("-")
+    if name != "best":
+        return trial_ids_sorted(storage, study_id, by=name, states=states, descending=descending, limit=limit,
+                                offset=offset)
+    wanted = set(TrialState) if states is None else set(states)
+    ids: list[int] = []
+    n_complete = count_trials(storage, study_id, [TrialState.COMPLETE]) if TrialState.COMPLETE in wanted else 0
+    if offset < n_complete:
+        candidates, before = trials_by_score(storage, study_id, maximize=direction == "maximize", limit=limit,
+                                             offset=offset, attr_keys=RANK_ATTRS)
+        ids = [trial_id_of(t) for t in ranked(candidates, direction)[offset - before:offset - before + limit]]
+    others = wanted - {TrialState.COMPLETE}
+    if not others:
+        return ids, n_complete
+    rest, n_others = trial_ids_sorted(storage, study_id, states=others, limit=limit - len(ids),
+                                      offset=max(0, offset - n_complete))
+    return ids + rest, n_complete + n_others
+
+
 # Past this many trials tied for the best score, their ranking attributes are read by state.
 _TIES_BY_NUMBER = 1000
 
@@ -316,6 +365,92 @@ def _failures_not_retried(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in failed if t.number not in retried)
 
 
+def _settle(prog: Progress, spec: StudySpec, now: dt.datetime, *, cancelled: bool, error: str | None,
+            has_trials: bool, kept: Callable[[], list[FrozenTrial]]) -> None:
+    """Decide a study's state, its reason and whether its budget timed out, from its counts and
+    start (``prog``) and its flags: the rules of :func:`progress` and :func:`study_states`.
+
+    Args:
+        prog: the study's counts and ``started_at`` (updated here).
+        spec: its spec.
+        now: the moment ``budget.timeout_s`` is measured to.
+        cancelled: its cancel flag.
+        error: why it cannot run, or None.
+        has_trials: whether any trial counts (surplus ones do not).
+        kept: its trials but the surplus ones; asked for only when no trial has finished
+            (whether it gave up, and why).
+    """
+    # Past the timeout no trial starts, and the running ones stop at their next epoch: the
+    # study ends when the last of them has.
+    prog.timed_out = timed_out = bool(
+        spec.budget.timeout_s and prog.started_at and (now - prog.started_at).total_seconds() > spec.budget.timeout_s
+    )
+    give_up_after = min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
+    gave_up = (prog.finished == 0 and prog.failed >= give_up_after  # no read unless it may have given up
+               and _failures_not_retried(kept()) >= give_up_after)
+    if cancelled:
+        prog.state = "cancelled"
+    elif error:
+        prog.state, prog.reason = "failed", error
+    elif prog.finished >= prog.n_trials or (timed_out and prog.finished > 0 and not prog.running):
+        prog.state = "completed"
+        prog.reason = None if prog.finished >= prog.n_trials else f"budget.timeout_s ({spec.budget.timeout_s:g}) reached"
+    elif gave_up or (timed_out and prog.finished == 0 and not prog.running):
+        prog.state = "failed"
+        last_failure = max((t for t in kept() if t.state == TrialState.FAIL), key=lambda t: t.number, default=None)
+        prog.reason = (last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None) or "timed out"
+    elif has_trials:
+        prog.state = "running"
+
+
+def study_states(storage: RDBStorage, specs: Mapping[str, StudySpec],
+                 now: dt.datetime | None = None) -> dict[str, str]:
+    """The state of each study of ``specs`` (Optuna study name -> its spec), as
+    :func:`progress` derives it, from one count of every study's trials by state in SQL
+    (``hpo.storage.trial_tallies``) and one read of the studies' flags: a filter over
+    thousands of studies without reading their trials. A study none of whose trials has
+    finished, and enough of them failed, is read (its :func:`summary_trials`): whether it
+    gave up depends on which failures were retried.
+
+    Args:
+        storage: the RDB storage.
+        specs: the studies, by Optuna study name.
+        now: the moment ``budget.timeout_s`` is measured to (default: now).
+
+    Returns:
+        Optuna study name -> state (studies not in the storage are left out).
+    """
+    now = now or dt.datetime.now()
+    flags = study_flags(storage, (CANCELLED_ATTR, ERROR_ATTR))
+    tallies = trial_tallies(storage, SURPLUS_ATTR)
+    out = {}
+    for name, spec in specs.items():
+        if name not in flags:
+            continue
+        study_id, attrs = flags[name]
+        counts: Counter[TrialState] = Counter()
+        starts = []
+        for state, surplus, n, start in tallies.get(study_id, ()):
+            if state is TrialState.FAIL and surplus:  # as is_surplus: not counted
+                continue
+            counts[state] += n
+            if start is not None:
+                starts.append(start)
+        prog = Progress(state="queued", n_trials=spec.n_trials, complete=counts[TrialState.COMPLETE],
+                        pruned=counts[TrialState.PRUNED], failed=counts[TrialState.FAIL],
+                        running=counts[TrialState.RUNNING], waiting=counts[TrialState.WAITING],
+                        started_at=min(starts, default=None))
+
+        def kept(study_id: int = study_id, direction: str = spec.direction) -> list[FrozenTrial]:
+            return [t for t in summary_trials(storage, study_id, direction)
+                    if t.state is not TrialState.FAIL or not is_surplus(t)]
+
+        _settle(prog, spec, now, cancelled=bool(attrs.get(CANCELLED_ATTR)), error=attrs.get(ERROR_ATTR),
+                has_trials=bool(counts), kept=kept)
+        out[name] = prog.state
+    return out
+
+
 def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = None, *,
              trials: list[FrozenTrial] | None = None, cancelled: bool | None = None,
              error: str | None = None, details: bool = True) -> Progress:
@@ -361,25 +496,7 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
     now = now or dt.datetime.now()
 
     prog.started_at = started_at
-    # Past the timeout no trial starts, and the running ones stop at their next epoch: the
-    # study ends when the last of them has.
-    prog.timed_out = timed_out = bool(
-        spec.budget.timeout_s and started_at and (now - started_at).total_seconds() > spec.budget.timeout_s
-    )
-    gave_up = prog.finished == 0 and _failures_not_retried(kept) >= min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
-    if cancelled:
-        prog.state = "cancelled"
-    elif error:
-        prog.state, prog.reason = "failed", error
-    elif prog.finished >= prog.n_trials or (timed_out and prog.finished > 0 and not prog.running):
-        prog.state = "completed"
-        prog.reason = None if prog.finished >= prog.n_trials else f"budget.timeout_s ({spec.budget.timeout_s:g}) reached"
-    elif gave_up or (timed_out and prog.finished == 0 and not prog.running):
-        prog.state = "failed"
-        last_failure = max((t for t in kept if t.state == TrialState.FAIL), key=lambda t: t.number, default=None)
-        prog.reason = (last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None) or "timed out"
-    elif kept:
-        prog.state = "running"
+    _settle(prog, spec, now, cancelled=cancelled, error=error, has_trials=bool(kept), kept=lambda: kept)
     if not details:
         return prog
 

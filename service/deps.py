@@ -60,9 +60,6 @@ class Page:
     limit: int
     offset: int
 
-    def window(self, items: list) -> list:
-        return items[self.offset:self.offset + self.limit]
-
 
 def get_page(
     settings: SettingsDep,

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from hpo.db.models import StudyRecord
 from hpo.spec import StudySpec, parse_spec
-from hpo.storage import CachedStudyStorage, count_trials, read_trials, study_id_of, study_storage, trial_ids_by_number
-from hpo.studies import CANCELLED_ATTR, ERROR_ATTR, Progress, progress, summary_trials
+from hpo.storage import CachedStudyStorage, count_trials, read_trials, study_storage, trial_id_of
+from hpo.studies import Progress, progress, summary_trials, trial_page
 from service import records
 
 log = logging.getLogger("service")
@@ -88,14 +88,14 @@ class LoadedStudy:
         """How many trials the study has (in ``states``, when given), counted in the database."""
         return count_trials(self.storage, self.study_id, states)
 
-    def page_by_number(self, *, states: Iterable[TrialState] | None, descending: bool, limit: int,
-                       offset: int) -> tuple[list[FrozenTrial], int]:
-        """One page of trials in number order, cut in the database and read in full, and how
-        many trials match (``hpo.storage.trial_ids_by_number``)."""
-        ids, total = trial_ids_by_number(self.storage, self.study_id, states=states, descending=descending,
-                                         limit=limit, offset=offset)
-        trials = self.read(trial_ids=ids) if ids else []
-        return (trials[::-1] if descending else trials), total
+    def page(self, sort: str, *, states: Iterable[TrialState] | None, limit: int,
+             offset: int) -> tuple[list[FrozenTrial], int]:
+        """One page of trials in the order ``sort`` names, ordered and cut in the database
+        (``hpo.studies.trial_page``) and read in full, and how many trials match."""
+        ids, total = trial_page(self.storage, self.study_id, self.spec.direction, sort, states=states, limit=limit,
+                                offset=offset)
+        by_id = {trial_id_of(t): t for t in self.read(trial_ids=ids)} if ids else {}
+        return [by_id[i] for i in ids if i in by_id], total
 
     @property
     def study_id(self) -> int:
@@ -158,24 +158,6 @@ class TrialCache:
         with self._lock:
             entry = self._entries.get(optuna_study_name)
             return entry is not None and entry[1] > 0
-
-    def states(self, rows: Sequence[StudyRecord]) -> dict[str, str]:
-        """The state of each study of ``rows`` (by Optuna study name; studies gone from Optuna
-        left out): what :func:`hpo.studies.progress` says, from the cached trials and one
-        read of every study's flags, without loading each study (a filter over 1,000
-        studies)."""
-        flags = {frozen.study_name: frozen for frozen in self._backend.get_all_studies()}
-        out = {}
-        for record in rows:
-            frozen = flags.get(record.optuna_study_name)
-            if frozen is None:
-                continue
-            trials = self._storage_for(record.optuna_study_name).get_all_trials(study_id_of(frozen), deepcopy=False)
-            attrs = frozen.user_attrs
-            out[record.optuna_study_name] = progress(
-                None, parse_spec(record.spec), trials=trials, cancelled=bool(attrs.get(CANCELLED_ATTR)),
-                error=attrs.get(ERROR_ATTR), details=False).state
-        return out
 
     @property
     def size(self) -> int:

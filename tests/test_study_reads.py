@@ -1,7 +1,8 @@
 """The narrow reads a page of a large study is drawn from (``hpo.storage.read_trials``,
-``trial_ids_by_number``, ``hpo.studies.summary_trials``) give what the full read of every
-trial gives, on SQLite and PostgreSQL: the same progress (counts, state and reason, best
-trial with its ties, times, ETA), the same trials and the same pages."""
+``hpo.studies.trial_page``, ``summary_trials``, ``study_states``) give what the full read of
+every trial gives, on SQLite and PostgreSQL: the same progress (counts, state and reason,
+best trial with its ties, times, ETA), the same trials, the same pages in every order, and
+the same study states."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpo.spec import parse_spec
-from hpo.storage import best_numbers, latest_reported_numbers, read_trials, study_storage, trial_ids_by_number
+from hpo.storage import best_numbers, latest_reported_numbers, read_trials, study_storage, trials_by_score
 from hpo.studies import (
-    CV_LOSS_ATTR, FAIL_REASON_ATTR, FOLD_BEST_EPOCHS_ATTR, SURPLUS_ATTR, progress, ranked, summary_trials,
+    CANCELLED_ATTR, CV_LOSS_ATTR, ERROR_ATTR, FAIL_REASON_ATTR, FOLD_BEST_EPOCHS_ATTR, SURPLUS_ATTR, progress, ranked,
+    study_states, summary_trials, trial_page,
 )
 
 DISTRIBUTIONS = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "cell": CategoricalDistribution(["lstm", "gru"])}
@@ -90,6 +92,38 @@ def test_summary_trials_give_the_progress_of_the_full_read(storage):
     assert seen_states == {"queued", "running", "completed", "failed", "cancelled"}
 
 
+@pytest.mark.slow
+def test_study_states_are_the_states_progress_derives(storage):
+    """The studies list's filter: every study's state from counts in SQL (``study_states``),
+    for many studies at once, is what ``progress`` derives from the full read; with timeouts,
+    cancel and error flags, surplus and retried failures, and studies that gave up."""
+    rng = random.Random(11)
+    specs = [spec(3), spec(10), spec(40), spec(10, timeout_s=60), spec(40, timeout_s=60),
+             spec(10, metric="loss"), spec(3, timeout_s=60, metric="loss")]
+    nows = [dt.datetime(2026, 11, 29, 12, 0, 30), dt.datetime(2026, 11, 29, 12, 1), dt.datetime(2026, 11, 29, 14, 0)]
+    studies = [random_study(storage, f"st{index}-{direction}", rng, direction, n_trials=[0, 4, 12, 3][index % 4],
+                            failing=index in (1, 5))
+               for index, direction in itertools.product(range(8), ("maximize", "minimize"))]
+    optuna.create_study(study_name="not-listed", storage=storage)
+    trials = {study.study_name: study.get_trials(deepcopy=False) for study in studies}
+    seen: set[str] = set()
+    for flags in ({}, {CANCELLED_ATTR: True}, {ERROR_ATTR: "no data"}, {CANCELLED_ATTR: False}):
+        for study in studies:
+            for key in (CANCELLED_ATTR, ERROR_ATTR):
+                study.set_user_attr(key, flags.get(key))
+        cancelled, error = bool(flags.get(CANCELLED_ATTR)), flags.get(ERROR_ATTR)
+        for now, shift in itertools.product(nows if not flags else nows[-1:], range(5)):
+            by_name = {}  # each study with each spec of its direction in turn, beside others' specs
+            for k, study in enumerate(studies):
+                pool = [s for s in specs if s.direction == study.direction.name.lower()]
+                by_name[study.study_name] = pool[(k + shift) % len(pool)]
+            expected = {name: progress(None, by_name[name], now, trials=trials[name], cancelled=cancelled,
+                                       error=error).state for name in trials}
+            assert study_states(storage, {**by_name, "gone": specs[0]}, now) == expected, (flags, now, shift)
+            seen |= set(expected.values())
+    assert seen == {"queued", "running", "completed", "failed", "cancelled"}
+
+
 def test_summary_trials_break_ties_for_the_best_as_the_full_read(storage):
     """Three trials share the best score: the ranking attributes decide, read for them only."""
     study = optuna.create_study(study_name="ties", storage=storage, direction="maximize")
@@ -122,18 +156,88 @@ def test_read_trials_by_id_number_state_and_part(storage):
         read_trials(backend, study_id + 1000)
 
 
-def test_a_page_by_number_in_sql(storage):
-    study = random_study(storage, "pages", random.Random(5), "minimize")
+def sorted_like_the_full_read(trials: list, sort: str, direction: str) -> list:
+    """The order the trial list had when it sorted the full read in Python (the reference):
+    ``best``: the complete trials ranked, then the others by number; otherwise by the
+    quantity and then the number (both reversed for ``-``), trials without it last by number."""
+    if sort == "best":
+        best_first = ranked(trials, direction)
+        chosen = {t.number for t in best_first}
+        return best_first + sorted((t for t in trials if t.number not in chosen), key=lambda t: t.number)
+    descending, name = sort.startswith("-"), sort.lstrip("-")
+    quantity = {
+        "number": lambda t: t.number,
+        "value": lambda t: t.value,
+        "duration_s": lambda t: (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_start and t.datetime_complete else None,
+        "started_at": lambda t: t.datetime_start,
+    }[name]
+    present = [t for t in trials if quantity(t) is not None]
+    absent = [t for t in trials if quantity(t) is None]
+    return sorted(present, key=lambda t: (quantity(t), t.number), reverse=descending) + absent
+
+
+def sortable_study(storage, name: str, rng: random.Random, direction: str, n_trials: int) -> optuna.Study:
+    """Trials in every state with few distinct values (ties, at the best too; -inf and inf;
+    pruned trials with and without a value), ranking attributes or not, and starts and
+    durations that tie (to the microsecond) or differ by one."""
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+    start = dt.datetime(2026, 11, 29, 12, 0, 0, 999_999)
+    states = [TrialState.COMPLETE] * 5 + [TrialState.PRUNED] * 2 + [TrialState.FAIL, TrialState.RUNNING,
+                                                                      TrialState.WAITING]
+    for number in range(n_trials):
+        state = rng.choice(states)
+        attrs: dict = {}
+        if rng.random() < 0.7:
+            attrs[CV_LOSS_ATTR] = rng.choice([0.3, 0.2, None, "nan"])
+        if rng.random() < 0.7:
+            attrs[FOLD_BEST_EPOCHS_ATTR] = rng.choice([[3, 4], [2], [], None, [5, 2]])
+        value = None
+        if state == TrialState.COMPLETE or (state == TrialState.PRUNED and rng.random() < 0.5):
+            value = rng.choice([0.5, 0.75, 0.75, 0.9, 0.9, 0.9, 1.0, math.inf, -math.inf])
+        trial = create_trial(state=state, value=value, params={"lr": 10 ** -rng.uniform(1, 4)},
+                             distributions={"lr": DISTRIBUTIONS["lr"]}, user_attrs=attrs)
+        if state != TrialState.WAITING:
+            trial.datetime_start = start + dt.timedelta(seconds=rng.choice([0, 1, 2]) * 10,
+                                                        microseconds=rng.choice([0, 1]))
+            trial.datetime_complete = trial.datetime_start + dt.timedelta(
+                seconds=rng.choice([1, 2]), microseconds=rng.choice([0, 1, 999_999])) if state.is_finished() else None
+        study.add_trial(trial)
+    return study
+
+
+SORTS = ["number", "-number", "value", "-value", "best", "duration_s", "-duration_s", "started_at", "-started_at"]
+
+
+@pytest.mark.slow
+def test_pages_in_sql_are_the_pages_of_the_full_read(storage):
+    """Every order, filtered or not, every page size and offset: the same trials in the same
+    order as sorting the full read, ties (equal scores, starts, durations) included."""
+    for direction in ("maximize", "minimize"):
+        study = sortable_study(storage, f"pages-{direction}", random.Random(5), direction, n_trials=40)
+        backend, study_id = storage, study_storage(study)[1]
+        full = study.get_trials(deepcopy=False)
+        assert {t.state for t in full} == set(TrialState)
+        for sort, states in itertools.product(SORTS, (None, [TrialState.COMPLETE], [TrialState.PRUNED],
+                                                      [TrialState.RUNNING, TrialState.WAITING])):
+            chosen = sorted_like_the_full_read([t for t in full if states is None or t.state in states], sort,
+                                               direction)
+            for limit, offset in itertools.product((1, 3, 25), (0, 2, 17, 39, 100)):
+                ids, total = trial_page(backend, study_id, direction, sort, states=states, limit=limit, offset=offset)
+                assert (ids, total) == ([t._trial_id for t in chosen[offset:offset + limit]], len(chosen)), \
+                    (sort, states, limit, offset)
+
+
+def test_a_page_by_best_reads_only_the_ties_it_needs(storage):
+    """A page of distinct scores reads the ranking attributes of no other trial."""
+    study = optuna.create_study(study_name="few", storage=storage, direction="minimize")
+    for value in (0.4, 0.1, 0.3, 0.1, 0.2, 0.5):
+        study.add_trial(create_trial(value=value, user_attrs={CV_LOSS_ATTR: value}))
     backend, study_id = storage, study_storage(study)[1]
-    full = study.get_trials(deepcopy=False)
-    ids = {t.number: t._trial_id for t in full}
-    for states, descending, limit, offset in itertools.product(
-            (None, [TrialState.COMPLETE], [TrialState.PRUNED, TrialState.FAIL]), (False, True), (1, 5), (0, 3, 100)):
-        chosen = sorted((t for t in full if states is None or t.state in states), key=lambda t: t.number,
-                        reverse=descending)
-        page, total = trial_ids_by_number(backend, study_id, states=states, descending=descending, limit=limit,
-                                          offset=offset)
-        assert (page, total) == ([ids[t.number] for t in chosen[offset:offset + limit]], len(chosen))
+    found, before = trials_by_score(backend, study_id, maximize=False, limit=2, offset=2, attr_keys={CV_LOSS_ATTR})
+    assert ([t.number for t in found], before) == ([2, 4], 2)
+    found, before = trials_by_score(backend, study_id, maximize=False, limit=1, offset=1, attr_keys={CV_LOSS_ATTR})
+    assert ([t.number for t in found], before) == ([1, 3], 0)  # the page's score is tied: both read
 
 
 def test_best_numbers_hold_the_best_trials_and_their_ties(storage):

@@ -223,6 +223,43 @@ def test_list_is_paginated_and_filtered(api):
     assert "spec" not in first["items"][0]
 
 
+def test_the_list_filtered_by_state_pages_through_the_studies_in_that_state(api, storage):
+    """Studies in every state (from their trials, flags, failures and a timeout): each state's
+    filtered list holds exactly the studies whose own answer has that state, newest first,
+    page after page, with their count."""
+    def submit(name: str, **budget) -> dict:
+        return api.post(STUDIES, json=tiny_spec(name=name, budget={"n_trials": 2, **budget})).json()
+
+    queued, running, completed = submit("queued"), submit("running"), submit("completed")
+    cancelled = submit("cancelled")
+    gave_up, timed_out, also_running, also_completed = submit("gave-up"), submit("timed-out", timeout_s=0.01), \
+        submit("also-running"), submit("also-completed")
+    add_trial(storage, running["optuna_study_name"], state="running")
+    for state in ("complete", "pruned"):
+        add_trial(storage, completed["optuna_study_name"], state=state)
+    api.post(f"{STUDIES}/{cancelled['id']}/cancel")
+    for _ in range(2):
+        add_trial(storage, gave_up["optuna_study_name"], state="failed")
+    add_trial(storage, timed_out["optuna_study_name"], state="complete")
+    add_trial(storage, also_running["optuna_study_name"], state="complete")
+    add_trial(storage, also_running["optuna_study_name"], state="failed")
+    for _ in range(3):
+        add_trial(storage, also_completed["optuna_study_name"], state="complete")
+    newest_first = [s["id"] for s in api.get(STUDIES).json()["items"]]
+    own = {study_id: api.get(f"{STUDIES}/{study_id}").json()["state"] for study_id in newest_first}
+
+    for state in ("queued", "running", "completed", "failed", "cancelled"):
+        pages = [api.get(STUDIES, params={"state": state, "limit": 1, "offset": offset}).json() for offset in range(4)]
+        whole = api.get(STUDIES, params={"state": state}).json()
+        expected = [study_id for study_id in newest_first if own[study_id] == state]
+        assert [s["id"] for page in pages for s in page["items"]] == expected == [s["id"] for s in whole["items"]]
+        assert {page["total"] for page in pages} == {whole["total"]} == {len(expected)}
+        assert {s["state"] for s in whole["items"]} <= {state}
+    assert [own[s["id"]] for s in (queued, running, completed, cancelled, gave_up, timed_out, also_running,
+                                   also_completed)] == ["queued", "running", "completed", "cancelled", "failed",
+                                                        "completed", "running", "completed"]
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [({"state": "sleeping"}, "state"), ({"limit": 0}, "limit"), ({"limit": 101}, "limit"),
