@@ -12,6 +12,9 @@ How the suite stays fast (CI runs everything, ``slow`` tests included, in well u
   tests that leave nothing behind, the browser tests' session-wide ``server``, a module-scoped
   server or fitted model for tests that only read. A new ``hpo serve`` or ``hpo worker`` process
   costs 3-5 s of CPU (it imports PyTorch).
+- A test's database starts as a copy of its folder's prepared one (``sqlite_template``,
+  ``postgres_template``: tables made once per session, tests/service/conftest.py), not empty:
+  migrating an empty database is what tests/service/test_migrations.py tests, once.
 - Tests must not share anything across files but the session fixtures here: two files may run
   at the same moment (ports from ``free_port``, databases with unique names, ``tmp_path``).
 """
