@@ -12,6 +12,9 @@ How the suite stays fast (CI runs everything, ``slow`` tests included, in well u
   tests that leave nothing behind, the browser tests' session-wide ``server``, a module-scoped
   server or fitted model for tests that only read. A new ``hpo serve`` or ``hpo worker`` process
   costs 3-5 s of CPU (it imports PyTorch).
+- A test's database starts as a copy of its folder's prepared one (``sqlite_template``,
+  ``postgres_template``: tables made once per session, tests/service/conftest.py), not empty:
+  migrating an empty database is what tests/service/test_migrations.py tests, once.
 - Tests must not share anything across files but the session fixtures here: two files may run
   at the same moment (ports from ``free_port``, databases with unique names, ``tmp_path``).
 """
@@ -19,6 +22,7 @@ How the suite stays fast (CI runs everything, ``slow`` tests included, in well u
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -52,10 +56,20 @@ def postgres_url(postgres_template) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def sqlite_template() -> Path | None:
+    """The SQLite file new test databases are copied from; ``None``: an empty database.
+
+    A test folder may override it with a prepared one (tables already created) to save time.
+    """
+    return None
+
+
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    """A new SQLite database file in the test's temporary folder."""
-    return databases.sqlite_url(tmp_path)
+def sqlite_url(tmp_path, sqlite_template) -> str:
+    """A new SQLite database file in the test's temporary folder (a copy of ``sqlite_template``
+    when there is one)."""
+    return databases.sqlite_url(tmp_path, template=sqlite_template)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

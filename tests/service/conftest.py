@@ -47,7 +47,7 @@ def module_database(request, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """A fresh database (URL) and folder per test module, once on SQLite and once on PostgreSQL."""
     folder = tmp_path_factory.mktemp("shared")
     if request.param == "sqlite":
-        yield sqlite_url(folder), folder
+        yield sqlite_url(folder, template=request.getfixturevalue("sqlite_template")), folder
         return
     template = request.getfixturevalue("postgres_template")
     with postgres_or_skip(), postgres_database(template=template) as url:
@@ -68,6 +68,23 @@ def live_server(settings) -> Iterator[LiveServer]:
         yield server
 
 
+def prepare_tables(url: str) -> None:
+    """Create the service's and Optuna's tables, as an app's first start does."""
+    upgrade(url)
+    storage = open_storage(url)
+    storage.remove_session()
+    storage.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    """A SQLite file with Optuna's and the service's tables made once; each test's database is
+    a copy (an app's first start on an empty file runs every migration)."""
+    folder = tmp_path_factory.mktemp("sqlite-template")
+    prepare_tables(sqlite_url(folder, "template.db"))
+    return folder / "template.db"
+
+
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A PostgreSQL database with Optuna's and the service's tables made once; each test's
@@ -75,10 +92,7 @@ def postgres_template() -> Iterator[str]:
     with postgres_or_skip():
         name = create_postgres_database(prefix="hpo_test_template")
     try:
-        url = postgres_database_url(name)
-        upgrade(url)
-        storage = open_storage(url)
-        storage.engine.dispose()
+        prepare_tables(postgres_database_url(name))
         yield name
     finally:
         drop_postgres_database(name)

@@ -76,10 +76,18 @@ def slow_spec(name: str, n_trials: int, epochs: int = 200) -> dict[str, Any]:
                      pruner={"name": "none"})
 
 
-def study_of(service: ServeProcess, study_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{service.url}{API}/studies/{study_id}", timeout=10)
+def study_of(http: httpx.Client, service: ServeProcess, study_id: str) -> dict[str, Any]:
+    response = http.get(f"{service.url}{API}/studies/{study_id}")
     response.raise_for_status()
     return response.json()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    """One client for a test's polls: each ``httpx.get`` builds a new TLS context, tens of ms of
+    CPU taken from the processes being waited for."""
+    with httpx.Client(timeout=30) as client:
+        yield client
 
 
 @pytest.fixture
@@ -121,12 +129,13 @@ def test_sigterm_fails_the_running_trial_and_the_worker_exits(database_url, tmp_
 
 def poll_study(service: ServeProcess, study_id: str, answers: list[int | None], done: threading.Event) -> None:
     """Ask for a study every 0.1 s until ``done``, noting each answer's status (None: no answer)."""
-    while not done.is_set():
-        try:
-            answers.append(httpx.get(f"{service.url}{API}/studies/{study_id}", timeout=5).status_code)
-        except httpx.HTTPError:
-            answers.append(None)
-        time.sleep(0.1)
+    with httpx.Client(timeout=5) as http:
+        while not done.is_set():
+            try:
+                answers.append(http.get(f"{service.url}{API}/studies/{study_id}").status_code)
+            except httpx.HTTPError:
+                answers.append(None)
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -139,7 +148,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 @pytest.mark.postgres
-def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, processes):
+def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, processes, http):
     url = private_postgres.url
     service = ServeProcess(url, tmp_path / "data", tmp_path / "serve.log", workers=1)
     processes.append(service)
@@ -157,7 +166,7 @@ def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, 
     finally:
         polling.set()
         poller.join()
-    final = wait_for(lambda: (s := study_of(service, study["id"]))["state"] in ("completed", "failed") and s, 150,
+    final = wait_for(lambda: (s := study_of(http, service, study["id"]))["state"] in ("completed", "failed") and s, 150,
                      f"the study to finish after the restart:\n{service.output()}")
 
     trials = trials_of(url, name)
@@ -170,7 +179,7 @@ def test_a_postgres_restart_mid_study_loses_nothing(private_postgres, tmp_path, 
     assert 503 in answers and 500 not in answers, answers  # the API said "try again", never "broken"
 
 
-def test_an_api_restart_mid_study_loses_nothing(database_url, tmp_path, processes):
+def test_an_api_restart_mid_study_loses_nothing(database_url, tmp_path, processes, http):
     first = ServeProcess(database_url, tmp_path / "data", tmp_path / "serve-1.log")
     processes.append(first)
     start_worker(database_url, tmp_path, "worker", processes)
@@ -182,7 +191,7 @@ def test_an_api_restart_mid_study_loses_nothing(database_url, tmp_path, processe
     first.proc.wait()
     second = ServeProcess(database_url, tmp_path / "data", tmp_path / "serve-2.log")
     processes.append(second)
-    final = wait_for(lambda: (s := study_of(second, study["id"]))["state"] in ("completed", "failed") and s, 150,
+    final = wait_for(lambda: (s := study_of(http, second, study["id"]))["state"] in ("completed", "failed") and s, 150,
                      "the study to finish")
 
     assert final["state"] == "completed", final

@@ -36,6 +36,12 @@ def postgres_template() -> None:
     return None
 
 
+@pytest.fixture
+def sqlite_template() -> None:
+    """Likewise on SQLite."""
+    return None
+
+
 def table_names(url: str) -> set[str]:
     engine = make_engine(url)
     try:

@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -17,7 +16,7 @@ from optuna.trial import TrialState
 from hpo.spec import parse_spec
 from hpo.storage import open_storage
 from hpo.studies import create_study
-from tests.service.test_faults import processes, slow_spec, start_worker, wait_for  # noqa: F401  (fixture)
+from tests.service.test_faults import http, processes, slow_spec, start_worker, wait_for  # noqa: F401  (fixtures)
 from tests.support.servers import ServeProcess
 from tests.support.studies import tiny_spec
 
@@ -65,10 +64,9 @@ def test_a_study_deleted_under_its_running_trial_does_not_stop_the_worker(databa
     storage.remove_session()
 
 
-def test_serve_restarts_a_dead_worker_and_readyz_says_when_none_is_alive(sqlite_url, tmp_path):
+def test_serve_restarts_a_dead_worker_and_readyz_says_when_none_is_alive(sqlite_url, tmp_path, http):
     with ServeProcess(sqlite_url, tmp_path / "data", tmp_path / "serve.log", workers=1) as service:
-        bad = httpx.post(f"{service.url}{API}/studies", json=tiny_spec(sampler={"name": "tpe", "seed": -2}),
-                         timeout=30)
+        bad = http.post(f"{service.url}{API}/studies", json=tiny_spec(sampler={"name": "tpe", "seed": -2}))
         assert bad.status_code == 422, bad.text
         assert "sampler.seed" in bad.text
 
@@ -77,18 +75,18 @@ def test_serve_restarts_a_dead_worker_and_readyz_says_when_none_is_alive(sqlite_
             os.kill(pid, signal.SIGKILL)
 
         def not_ready():
-            response = httpx.get(f"{service.url}/readyz", timeout=10)
+            response = http.get(f"{service.url}/readyz")
             return response.status_code == 503 and "no worker process alive" in response.text
 
         wait_for(not_ready, 30, "/readyz to report no live worker", poll_s=0.05)
-        wait_for(lambda: httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200, 60,
+        wait_for(lambda: http.get(f"{service.url}/readyz").status_code == 200, 60,
                  "/readyz to be ready again")
         restarted = worker_children(service.proc.pid)
         assert restarted and not restarted & first
 
         # The restarted worker runs studies.
-        submitted = httpx.post(f"{service.url}{API}/studies", json=tiny_spec(budget={"n_trials": 1}), timeout=30)
+        submitted = http.post(f"{service.url}{API}/studies", json=tiny_spec(budget={"n_trials": 1}))
         assert submitted.status_code == 201, submitted.text
         study_id = submitted.json()["id"]
-        wait_for(lambda: httpx.get(f"{service.url}{API}/studies/{study_id}", timeout=10).json()["state"]
+        wait_for(lambda: http.get(f"{service.url}{API}/studies/{study_id}").json()["state"]
                  == "completed", 180, "the study to complete")

@@ -34,9 +34,13 @@ def postgres_or_skip() -> Iterator[None]:
         services_unavailable(f"PostgreSQL: {exc}")
 
 
-def sqlite_url(folder: Path | str, name: str = "hpo.db") -> str:
-    """The URL of a SQLite database file ``name`` in ``folder`` (made on first use)."""
-    return f"sqlite:///{Path(folder) / name}"
+def sqlite_url(folder: Path | str, name: str = "hpo.db", template: Path | str | None = None) -> str:
+    """The URL of a SQLite database file ``name`` in ``folder`` (made on first use, or now as a
+    copy of the file ``template``)."""
+    path = Path(folder) / name
+    if template is not None:
+        shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
 
 
 def postgres_admin():
