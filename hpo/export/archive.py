@@ -362,6 +362,10 @@ def now_iso() -> str:
 def archive_bytes(manifest: Manifest, weights: dict[str, torch.Tensor]) -> tuple[bytes, Manifest]:
     """``manifest`` and ``weights`` as archive bytes (a zip of the two members).
 
+    The weights are stored, not deflated, as ``torch.save`` stores its tensors: float
+    weights shrink by a tenth at most, and deflating them took longer than anything else in
+    keeping a trial's fold ensemble but its learning check (0.35 s of CPU for 5 MB).
+
     Returns:
         ``(archive bytes, the manifest as written: the weights' sha256 and size filled in)``.
     """
@@ -372,7 +376,7 @@ def archive_bytes(manifest: Manifest, weights: dict[str, torch.Tensor]) -> tuple
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST_NAME, json.dumps(manifest.model_dump(mode="json"), indent=2))
-        archive.writestr(WEIGHTS_NAME, blob)
+        archive.writestr(WEIGHTS_NAME, blob, compress_type=zipfile.ZIP_STORED)
     return buffer.getvalue(), manifest
 
 
