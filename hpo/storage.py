@@ -68,7 +68,7 @@ __all__ = ["PROXY_SCHEME", "TRIALS_BY_STUDY_INDEX", "BulkReadRDBStorage", "Cache
            "ProxiedStorage", "ProxyUnavailable", "SORTABLE", "StateAggregate", "aggregate_trials", "best_numbers",
            "complete_numbers_by_finish", "complete_values", "count_trials", "last_reported",
            "latest_reported_numbers", "normalize_url", "open_storage", "read_trials", "serve_proxy", "study_flags",
-           "study_id_of", "study_storage", "trial_id_of", "trial_ids_sorted", "trial_tallies", "trials_by_score",
+           "study_id_of", "study_storage", "trial_id_of", "trial_ids_sorted", "trials_by_score",
            "write_trials"]
 
 PROXY_SCHEME = "grpc://"
@@ -497,38 +497,6 @@ def study_flags(storage: RDBStorage, keys: Iterable[str]) -> dict[str, tuple[int
     return out
 
 
-Tally = tuple[TrialState, Any, int, dt.datetime | None]  # state, a flag's value, trials, earliest start
-
-
-def trial_tallies(storage: RDBStorage, flag_key: str) -> dict[int, list[Tally]]:
-    """Every study's trials counted in SQL by state and, for the failed ones, by the value of
-    their user attribute ``flag_key``, with the earliest start of each group: what a study's
-    state is derived from, without reading its trials (one query for all studies).
-
-    Args:
-        storage: the RDB storage.
-        flag_key: the failed trials' user attribute they are told apart by.
-
-    Returns:
-        Study id -> ``(state, the attribute's value or None, trials, earliest start or None)``
-        for each group (the value is ``None`` for trials that are not failed or lack it).
-    """
-    trials_t, attrs_t = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
-    flagged = trials_t.outerjoin(attrs_t, sa.and_(attrs_t.c.trial_id == trials_t.c.trial_id,
-                                                  attrs_t.c.key == flag_key, trials_t.c.state == TrialState.FAIL))
-    earliest = sa.type_coerce(sa.func.min(trials_t.c.datetime_start), sa.types.NullType())
-    out: dict[int, list[Tally]] = defaultdict(list)
-    with storage.engine.connect() as connection:
-        rows = _fetch_all(connection, sa.select(trials_t.c.study_id, _raw(trials_t.c.state), attrs_t.c.value_json,
-                                                sa.func.count(), earliest).select_from(flagged)
-                          .group_by(trials_t.c.study_id, trials_t.c.state, attrs_t.c.value_json))
-        to_time = _time_reader(connection.dialect.name)
-    for study_id, state, value_json, count, start in rows:
-        out[study_id].append((_STATES[state], None if value_json is None else json.loads(value_json), count,
-                              to_time(start)))
-    return dict(out)
-
-
 def count_trials(storage: RDBStorage, study_id: int, states: Iterable[TrialState] | None = None) -> int:
     """How many trials a study has (in ``states``, when given), counted in SQL."""
     with storage.engine.connect() as connection:
@@ -537,10 +505,13 @@ def count_trials(storage: RDBStorage, study_id: int, states: Iterable[TrialState
 
 @dataclass(frozen=True)
 class StateAggregate:
-    """A study's trials in one state, aggregated in SQL (times naive local, as ``RDBStorage``
-    hands them out).
+    """A study's trials in one state (and, failed ones, with one value of a flag), aggregated
+    in SQL (times naive local, as ``RDBStorage`` hands them out).
 
     Attributes:
+        state: their state.
+        flag: the value of the flag attribute (:func:`aggregate_trials`) of these failed
+            trials; None for the failed trials without it and for the other states.
         count: how many trials.
         first_start: the earliest start.
         last_start: the latest start.
@@ -550,6 +521,8 @@ class StateAggregate:
         n_durations: how many have both times.
     """
 
+    state: TrialState
+    flag: Any
     count: int
     first_start: dt.datetime | None
     last_start: dt.datetime | None
@@ -558,29 +531,41 @@ class StateAggregate:
     n_durations: int
 
 
-def aggregate_trials(storage: RDBStorage, study_id: int) -> dict[TrialState, StateAggregate]:
-    """A study's trials per state, counted and timed in one aggregate query: what a study's
-    progress needs of its 50,000 trials without reading them (``hpo.studies.tally_trials``).
+def aggregate_trials(storage: RDBStorage, flag_key: str,
+                     study_id: int | None = None) -> dict[int, list[StateAggregate]]:
+    """Studies' trials counted and timed in one aggregate query, by state and, for the failed
+    ones, by the value of their user attribute ``flag_key``: what a study's state and
+    progress are derived from without reading its trials (``hpo.studies.tally_trials`` for
+    one study of 50,000 trials, ``hpo.studies.study_states`` for all studies at once).
 
     Args:
-        storage: the study's RDB storage.
-        study_id: the study's id in it.
+        storage: the RDB storage.
+        flag_key: the failed trials' user attribute they are told apart by.
+        study_id: only this study's trials (every study's when not given).
 
     Returns:
-        The aggregate of each state that has trials.
+        Study id -> the aggregate of each group of its trials (studies without trials are
+        left out).
     """
-    trials_t = models.TrialModel.__table__
+    trials_t, attrs_t = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
     start, complete = trials_t.c.datetime_start, trials_t.c.datetime_complete
+    flagged = trials_t.outerjoin(attrs_t, sa.and_(attrs_t.c.trial_id == trials_t.c.trial_id,
+                                                  attrs_t.c.key == flag_key, trials_t.c.state == TrialState.FAIL))
+    out: dict[int, list[StateAggregate]] = defaultdict(list)
     with storage.engine.connect() as connection:
         duration = _microseconds_between(connection.dialect.name, start, complete)
-        rows = connection.execute(
-            sa.select(trials_t.c.state, sa.func.count(), sa.func.min(start), sa.func.max(start), sa.func.max(complete),
-                      sa.func.sum(duration), sa.func.count(duration))
-            .where(trials_t.c.study_id == study_id).group_by(trials_t.c.state)
-        ).all()
-    return {state: StateAggregate(count, _local_time(first), _local_time(last), _local_time(done), int(total or 0),
-                                  timed)
-            for state, count, first, last, done, total, timed in rows}
+        query = (sa.select(trials_t.c.study_id, trials_t.c.state, attrs_t.c.value_json, sa.func.count(),
+                           sa.func.min(start), sa.func.max(start), sa.func.max(complete), sa.func.sum(duration),
+                           sa.func.count(duration)).select_from(flagged)
+                 .group_by(trials_t.c.study_id, trials_t.c.state, attrs_t.c.value_json))
+        if study_id is not None:
+            query = query.where(trials_t.c.study_id == study_id)
+        rows = connection.execute(query).all()
+    for study, state, value_json, count, first, last, done, total, timed in rows:
+        out[study].append(StateAggregate(state, None if value_json is None else json.loads(value_json), count,
+                                         _local_time(first), _local_time(last), _local_time(done), int(total or 0),
+                                         timed))
+    return dict(out)
 
 
 def complete_values(storage: RDBStorage, study_id: int) -> list[tuple[int, float]]:

@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec, parse_spec
 from hpo.storage import (
-    aggregate_trials, best_numbers, count_trials, read_trials, study_flags, trial_id_of, trial_ids_sorted,
-    trial_tallies, trials_by_score,
+    StateAggregate, aggregate_trials, best_numbers, count_trials, read_trials, study_flags, trial_id_of,
+    trial_ids_sorted, trials_by_score,
 )
 
 SPEC_ATTR = "hpo:spec"
@@ -374,13 +374,31 @@ class Tally:
                                    default=None)
         return tally
 
+    @classmethod
+    def aggregated(cls, groups: Iterable[StateAggregate]) -> Tally:
+        """The tally of a study's trials aggregated in SQL (``hpo.storage.aggregate_trials``,
+        flagged by :data:`SURPLUS_ATTR`): counts and times; no best trial, and the failure
+        rules' figures left at zero (they need the trials: :meth:`of`)."""
+        groups = list(groups)
+        kept = [g for g in groups if g.state is not TrialState.FAIL or not g.flag]  # as is_surplus
+        finished = [g for g in kept if g.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        counts: Counter[TrialState] = Counter()
+        for g in kept:
+            counts[g.state] += g.count
+        return cls(counts,
+                   started_at=min((g.first_start for g in kept if g.first_start), default=None),
+                   finished_at=max((g.last_complete for g in kept if g.last_complete), default=None),
+                   duration_us=sum(g.duration_us for g in finished),
+                   n_durations=sum(g.n_durations for g in finished),
+                   last_event=max((m for g in groups for m in (g.last_start, g.last_complete) if m), default=None))
+
 
 def tally_trials(storage: RDBStorage, study_id: int, direction: str) -> Tally:
     """:meth:`Tally.of` every trial of a study, worked out in the database: counts and times
-    in one aggregate query (``hpo.storage.aggregate_trials``), the failed trials' surplus
-    flags and the candidates for the best trial (its ties' ranking attributes) read
-    narrowly. A study of 50,000 trials is tallied without reading them. While no trial has
-    finished, the failure rules look at every trial: then from :func:`summary_trials`.
+    in one aggregate query (``hpo.storage.aggregate_trials``, surplus failed trials told
+    apart by their flag), the candidates for the best trial (its ties' ranking attributes)
+    read narrowly. A study of 50,000 trials is tallied without reading them. While no trial
+    has finished, the failure rules look at every trial: then from :func:`summary_trials`.
 
     Args:
         storage: the study's RDB storage.
@@ -390,28 +408,11 @@ def tally_trials(storage: RDBStorage, study_id: int, direction: str) -> Tally:
     Raises:
         KeyError: no study has that id.
     """
-    by_state = aggregate_trials(storage, study_id)
-    finished = [by_state[s] for s in (TrialState.COMPLETE, TrialState.PRUNED) if s in by_state]
-    if not finished:
+    tally = Tally.aggregated(aggregate_trials(storage, SURPLUS_ATTR, study_id).get(study_id, ()))
+    if not tally.finished:
         return Tally.of(summary_trials(storage, study_id, direction), direction)
-    failed = read_trials(storage, study_id, states=[TrialState.FAIL], parts={"user_attrs"},
-                         attr_keys={SURPLUS_ATTR}) if TrialState.FAIL in by_state else []
-    kept_failed = [t for t in failed if not is_surplus(t)]
-    others = [a for s, a in by_state.items() if s is not TrialState.FAIL]
-    counts = Counter({s: a.count for s, a in by_state.items() if s is not TrialState.FAIL})
-    if kept_failed:
-        counts[TrialState.FAIL] = len(kept_failed)
-    return Tally(
-        counts=counts,
-        started_at=min([*(a.first_start for a in others if a.first_start),
-                        *(t.datetime_start for t in kept_failed if t.datetime_start)], default=None),
-        finished_at=max([*(a.last_complete for a in others if a.last_complete),
-                         *(t.datetime_complete for t in kept_failed if t.datetime_complete)], default=None),
-        duration_us=sum(a.duration_us for a in finished),
-        n_durations=sum(a.n_durations for a in finished),
-        best=_best_in_database(storage, study_id, direction),
-        last_event=max((m for a in by_state.values() for m in (a.last_start, a.last_complete) if m), default=None),
-    )
+    tally.best = _best_in_database(storage, study_id, direction)
+    return tally
 
 
 def _best_in_database(storage: RDBStorage, study_id: int, direction: str) -> tuple[int, float] | None:
@@ -492,11 +493,11 @@ def _failures_not_retried(trials: list[FrozenTrial]) -> int:
 def study_states(storage: RDBStorage, specs: Mapping[str, StudySpec],
                  now: dt.datetime | None = None) -> dict[str, str]:
     """The state of each study of ``specs`` (Optuna study name -> its spec), as
-    :func:`progress` derives it, from one count of every study's trials by state in SQL
-    (``hpo.storage.trial_tallies``) and one read of the studies' flags: a filter over
-    thousands of studies without reading their trials. A study none of whose trials has
-    finished, and enough of them failed, is read (its :func:`summary_trials`): whether it
-    gave up depends on which failures were retried.
+    :func:`progress` derives it (over a :class:`Tally`), from one aggregate of every study's
+    trials by state in SQL (``hpo.storage.aggregate_trials``) and one read of the studies'
+    flags: a filter over thousands of studies without reading their trials. A study none of
+    whose trials has finished, and enough of them failed, is read (its
+    :func:`summary_trials`): whether it gave up depends on which failures were retried.
 
     Args:
         storage: the RDB storage.
@@ -508,22 +509,14 @@ def study_states(storage: RDBStorage, specs: Mapping[str, StudySpec],
     """
     now = now or dt.datetime.now()
     flags = study_flags(storage, (CANCELLED_ATTR, ERROR_ATTR))
-    tallies = trial_tallies(storage, SURPLUS_ATTR)
+    aggregates = aggregate_trials(storage, SURPLUS_ATTR)
     out = {}
     for name, spec in specs.items():
         if name not in flags:
             continue
         study_id, attrs = flags[name]
-        counts: Counter[TrialState] = Counter()
-        starts = []
-        for state, surplus, n, start in tallies.get(study_id, ()):
-            if state is TrialState.FAIL and surplus:  # as is_surplus: not counted
-                continue
-            counts[state] += n
-            if start is not None:
-                starts.append(start)
-        tally = Tally(counts, started_at=min(starts, default=None))
-        if not tally.finished and counts[TrialState.FAIL] >= min(spec.n_trials, FAILURES_BEFORE_GIVING_UP):
+        tally = Tally.aggregated(aggregates.get(study_id, ()))
+        if not tally.finished and tally.counts[TrialState.FAIL] >= min(spec.n_trials, FAILURES_BEFORE_GIVING_UP):
             # whether it gave up depends on which failures were retried
             tally = Tally.of(summary_trials(storage, study_id, spec.direction), spec.direction, details=False)
         out[name] = progress(None, spec, now, tally=tally, cancelled=bool(attrs.get(CANCELLED_ATTR)),
