@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from itertools import groupby
 from operator import attrgetter
 from dataclasses import dataclass
@@ -24,7 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec, parse_spec
 from hpo.storage import (
-    count_trials, read_trials, study_flags, trial_id_of, trial_ids_sorted, trial_tallies, trials_by_score,
+    StateAggregate, aggregate_trials, best_numbers, count_trials, read_trials, study_flags, trial_id_of,
+    trial_ids_sorted, trials_by_score,
 )
 
 SPEC_ATTR = "hpo:spec"
@@ -308,6 +309,130 @@ def summary_trials(storage: RDBStorage, study_id: int, direction: str) -> list[F
     return trials
 
 
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+@dataclass
+class Tally:
+    """A study's trials boiled down to what :func:`progress` derives its state from: the same
+    from every trial (:meth:`of`) or from aggregates in the database (:func:`tally_trials`).
+    Surplus trials (failed, started past the budget by a racing worker) are left out of all
+    but ``last_event``.
+
+    Attributes:
+        counts: trials per state.
+        started_at: the earliest start.
+        finished_at: the latest finish.
+        duration_us: the sum of the complete and pruned trials' durations, in microseconds.
+        n_durations: how many complete and pruned trials have both times.
+        best: ``(number, value)`` of the best complete trial (:func:`best_of`).
+        last_event: when any trial last started or finished, surplus ones too (the event id
+            of what was read).
+        failures_not_retried: failed trials that no retry replaced, and
+        last_failure_reason: the last failed trial's ``fail_reason``; both only while no
+            trial has finished (the only time :func:`progress` looks at them).
+    """
+
+    counts: Counter[TrialState]
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    duration_us: int = 0
+    n_durations: int = 0
+    best: tuple[int, float] | None = None
+    last_event: dt.datetime | None = None
+    failures_not_retried: int = 0
+    last_failure_reason: str | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.counts[TrialState.COMPLETE] + self.counts[TrialState.PRUNED]
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial], direction: str, *, details: bool = True, times: bool = True) -> Tally:
+        """The tally of ``trials``: counts and the failure rules' figures always; the start
+        with ``times``; the best trial, the finish, the durations and the last event with
+        ``details`` (what a person reads; a worker's check before each trial needs none)."""
+        failed = TrialState.FAIL
+        # Surplus trials have all failed: only failed trials need their attributes looked at.
+        kept = [t for t in trials if t.state is not failed or not is_surplus(t)]
+        tally = cls(Counter(map(attrgetter("state"), kept)))
+        if times or details:
+            tally.started_at = min((t.datetime_start for t in kept if t.datetime_start), default=None)
+        if not tally.finished:
+            tally.failures_not_retried = _failures_not_retried(kept)
+            last_failure = max((t for t in kept if t.state is failed), key=attrgetter("number"), default=None)
+            tally.last_failure_reason = last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None
+        if details:
+            best = best_of(kept, direction)
+            tally.best = None if best is None else (best.number, best.value)
+            tally.finished_at = max((t.datetime_complete for t in kept if t.datetime_complete), default=None)
+            timed = [t for t in kept if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                     and t.datetime_start and t.datetime_complete]
+            tally.duration_us = sum((t.datetime_complete - t.datetime_start) // _MICROSECOND for t in timed)
+            tally.n_durations = len(timed)
+            tally.last_event = max((m for t in trials for m in (t.datetime_start, t.datetime_complete) if m),
+                                   default=None)
+        return tally
+
+    @classmethod
+    def aggregated(cls, groups: Iterable[StateAggregate]) -> Tally:
+        """The tally of a study's trials aggregated in SQL (``hpo.storage.aggregate_trials``,
+        flagged by :data:`SURPLUS_ATTR`): counts and times; no best trial, and the failure
+        rules' figures left at zero (they need the trials: :meth:`of`)."""
+        groups = list(groups)
+        kept = [g for g in groups if g.state is not TrialState.FAIL or not g.flag]  # as is_surplus
+        finished = [g for g in kept if g.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        counts: Counter[TrialState] = Counter()
+        for g in kept:
+            counts[g.state] += g.count
+        return cls(counts,
+                   started_at=min((g.first_start for g in kept if g.first_start), default=None),
+                   finished_at=max((g.last_complete for g in kept if g.last_complete), default=None),
+                   duration_us=sum(g.duration_us for g in finished),
+                   n_durations=sum(g.n_durations for g in finished),
+                   last_event=max((m for g in groups for m in (g.last_start, g.last_complete) if m), default=None))
+
+
+def tally_trials(storage: RDBStorage, study_id: int, direction: str) -> Tally:
+    """:meth:`Tally.of` every trial of a study, worked out in the database: counts and times
+    in one aggregate query (``hpo.storage.aggregate_trials``, surplus failed trials told
+    apart by their flag), the candidates for the best trial (its ties' ranking attributes)
+    read narrowly. A study of 50,000 trials is tallied without reading them. While no trial
+    has finished, the failure rules look at every trial: then from :func:`summary_trials`.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        direction: the study's ``maximize`` or ``minimize``.
+
+    Raises:
+        KeyError: no study has that id.
+    """
+    tally = Tally.aggregated(aggregate_trials(storage, SURPLUS_ATTR, study_id).get(study_id, ()))
+    if not tally.finished:
+        return Tally.of(summary_trials(storage, study_id, direction), direction)
+    tally.best = _best_in_database(storage, study_id, direction)
+    return tally
+
+
+def _best_in_database(storage: RDBStorage, study_id: int, direction: str) -> tuple[int, float] | None:
+    """``(number, value)`` of the best complete trial: the trials of the best value found in
+    SQL, ranked by their attributes where they tie."""
+    numbers = best_numbers(storage, study_id, maximize=direction == "maximize", limit=1)
+    if len(numbers) > 1:
+        keys = {CV_LOSS_ATTR, FOLD_BEST_EPOCHS_ATTR}
+        by_state = len(numbers) > _TIES_BY_NUMBER
+        candidates = read_trials(storage, study_id, numbers=None if by_state else numbers,
+                                 states=[TrialState.COMPLETE], parts={"values", "user_attrs"}, attr_keys=keys)
+        if by_state:
+            wanted = set(numbers)
+            candidates = [t for t in candidates if t.number in wanted]
+    else:
+        candidates = read_trials(storage, study_id, numbers=numbers, parts={"values"}) if numbers else []
+    best = best_of(candidates, direction)
+    return None if best is None else (best.number, best.value)
+
+
 @dataclass
 class Progress:
     """What a person (or a scheduler) wants to know about a study right now."""
@@ -365,52 +490,14 @@ def _failures_not_retried(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in failed if t.number not in retried)
 
 
-def _settle(prog: Progress, spec: StudySpec, now: dt.datetime, *, cancelled: bool, error: str | None,
-            has_trials: bool, kept: Callable[[], list[FrozenTrial]]) -> None:
-    """Decide a study's state, its reason and whether its budget timed out, from its counts and
-    start (``prog``) and its flags: the rules of :func:`progress` and :func:`study_states`.
-
-    Args:
-        prog: the study's counts and ``started_at`` (updated here).
-        spec: its spec.
-        now: the moment ``budget.timeout_s`` is measured to.
-        cancelled: its cancel flag.
-        error: why it cannot run, or None.
-        has_trials: whether any trial counts (surplus ones do not).
-        kept: its trials but the surplus ones; asked for only when no trial has finished
-            (whether it gave up, and why).
-    """
-    # Past the timeout no trial starts, and the running ones stop at their next epoch: the
-    # study ends when the last of them has.
-    prog.timed_out = timed_out = bool(
-        spec.budget.timeout_s and prog.started_at and (now - prog.started_at).total_seconds() > spec.budget.timeout_s
-    )
-    give_up_after = min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
-    gave_up = (prog.finished == 0 and prog.failed >= give_up_after  # no read unless it may have given up
-               and _failures_not_retried(kept()) >= give_up_after)
-    if cancelled:
-        prog.state = "cancelled"
-    elif error:
-        prog.state, prog.reason = "failed", error
-    elif prog.finished >= prog.n_trials or (timed_out and prog.finished > 0 and not prog.running):
-        prog.state = "completed"
-        prog.reason = None if prog.finished >= prog.n_trials else f"budget.timeout_s ({spec.budget.timeout_s:g}) reached"
-    elif gave_up or (timed_out and prog.finished == 0 and not prog.running):
-        prog.state = "failed"
-        last_failure = max((t for t in kept() if t.state == TrialState.FAIL), key=lambda t: t.number, default=None)
-        prog.reason = (last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None) or "timed out"
-    elif has_trials:
-        prog.state = "running"
-
-
 def study_states(storage: RDBStorage, specs: Mapping[str, StudySpec],
                  now: dt.datetime | None = None) -> dict[str, str]:
     """The state of each study of ``specs`` (Optuna study name -> its spec), as
-    :func:`progress` derives it, from one count of every study's trials by state in SQL
-    (``hpo.storage.trial_tallies``) and one read of the studies' flags: a filter over
-    thousands of studies without reading their trials. A study none of whose trials has
-    finished, and enough of them failed, is read (its :func:`summary_trials`): whether it
-    gave up depends on which failures were retried.
+    :func:`progress` derives it (over a :class:`Tally`), from one aggregate of every study's
+    trials by state in SQL (``hpo.storage.aggregate_trials``) and one read of the studies'
+    flags: a filter over thousands of studies without reading their trials. A study none of
+    whose trials has finished, and enough of them failed, is read (its
+    :func:`summary_trials`): whether it gave up depends on which failures were retried.
 
     Args:
         storage: the RDB storage.
@@ -422,48 +509,36 @@ def study_states(storage: RDBStorage, specs: Mapping[str, StudySpec],
     """
     now = now or dt.datetime.now()
     flags = study_flags(storage, (CANCELLED_ATTR, ERROR_ATTR))
-    tallies = trial_tallies(storage, SURPLUS_ATTR)
+    aggregates = aggregate_trials(storage, SURPLUS_ATTR)
     out = {}
     for name, spec in specs.items():
         if name not in flags:
             continue
         study_id, attrs = flags[name]
-        counts: Counter[TrialState] = Counter()
-        starts = []
-        for state, surplus, n, start in tallies.get(study_id, ()):
-            if state is TrialState.FAIL and surplus:  # as is_surplus: not counted
-                continue
-            counts[state] += n
-            if start is not None:
-                starts.append(start)
-        prog = Progress(state="queued", n_trials=spec.n_trials, complete=counts[TrialState.COMPLETE],
-                        pruned=counts[TrialState.PRUNED], failed=counts[TrialState.FAIL],
-                        running=counts[TrialState.RUNNING], waiting=counts[TrialState.WAITING],
-                        started_at=min(starts, default=None))
-
-        def kept(study_id: int = study_id, direction: str = spec.direction) -> list[FrozenTrial]:
-            return [t for t in summary_trials(storage, study_id, direction)
-                    if t.state is not TrialState.FAIL or not is_surplus(t)]
-
-        _settle(prog, spec, now, cancelled=bool(attrs.get(CANCELLED_ATTR)), error=attrs.get(ERROR_ATTR),
-                has_trials=bool(counts), kept=kept)
-        out[name] = prog.state
+        tally = Tally.aggregated(aggregates.get(study_id, ()))
+        if not tally.finished and tally.counts[TrialState.FAIL] >= min(spec.n_trials, FAILURES_BEFORE_GIVING_UP):
+            # whether it gave up depends on which failures were retried
+            tally = Tally.of(summary_trials(storage, study_id, spec.direction), spec.direction, details=False)
+        out[name] = progress(None, spec, now, tally=tally, cancelled=bool(attrs.get(CANCELLED_ATTR)),
+                             error=attrs.get(ERROR_ATTR), details=False).state
     return out
 
 
-def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = None, *,
-             trials: list[FrozenTrial] | None = None, cancelled: bool | None = None,
+def progress(study: optuna.Study | None, spec: StudySpec, now: dt.datetime | None = None, *,
+             trials: list[FrozenTrial] | None = None, tally: Tally | None = None, cancelled: bool | None = None,
              error: str | None = None, details: bool = True) -> Progress:
     """Derive a study's state from its trials (and its cancel flag; nothing else is consulted).
 
     ``failed`` trials exclude surplus ones (started past the budget by a racing worker).
 
     Args:
-        study: the study.
+        study: the study (not read when ``trials`` or ``tally`` and the flags are given).
         spec: its spec.
         now: the moment ``budget.timeout_s`` is measured to (default: now).
         trials: the study's trials, when the caller has just read them (a worker's one read
             per trial serves its study pick, this and its budget check); read here otherwise.
+        tally: the study's trials already tallied (:func:`tally_trials`, worked out in the
+            database): then ``trials`` are not read.
         cancelled: the study's cancel flag, when the caller has it (from a study listing);
             read from the study otherwise, with its error.
         error: why the study cannot run (see :func:`fail_study`), when the caller has read
@@ -472,15 +547,14 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
             reads). Without them only the state, its reason and the counts are derived: what
             a worker needs before each trial, at a fraction of the cost on a large study.
     """
-    if trials is None:
-        trials = study.get_trials(deepcopy=False)
+    if tally is None:
+        if trials is None:
+            trials = study.get_trials(deepcopy=False)
+        tally = Tally.of(trials, spec.direction, details=details, times=bool(spec.budget.timeout_s))
     if cancelled is None:
         attrs = study.user_attrs
         cancelled, error = bool(attrs.get(CANCELLED_ATTR)), attrs.get(ERROR_ATTR)
-    # Surplus trials have all failed: only failed trials need their attributes looked at.
-    failed = TrialState.FAIL
-    kept = [t for t in trials if t.state is not failed or not is_surplus(t)]
-    counts = Counter(map(attrgetter("state"), kept))
+    counts = tally.counts
     prog = Progress(
         state="queued",
         n_trials=spec.n_trials,
@@ -490,31 +564,39 @@ def progress(study: optuna.Study, spec: StudySpec, now: dt.datetime | None = Non
         running=counts[TrialState.RUNNING],
         waiting=counts[TrialState.WAITING],
     )
-    started_at = None
-    if details or spec.budget.timeout_s:
-        started_at = min((t.datetime_start for t in kept if t.datetime_start), default=None)
+    started_at = tally.started_at
     now = now or dt.datetime.now()
 
     prog.started_at = started_at
-    _settle(prog, spec, now, cancelled=cancelled, error=error, has_trials=bool(kept), kept=lambda: kept)
+    # Past the timeout no trial starts, and the running ones stop at their next epoch: the
+    # study ends when the last of them has.
+    prog.timed_out = timed_out = bool(
+        spec.budget.timeout_s and started_at and (now - started_at).total_seconds() > spec.budget.timeout_s
+    )
+    gave_up = prog.finished == 0 and tally.failures_not_retried >= min(prog.n_trials, FAILURES_BEFORE_GIVING_UP)
+    if cancelled:
+        prog.state = "cancelled"
+    elif error:
+        prog.state, prog.reason = "failed", error
+    elif prog.finished >= prog.n_trials or (timed_out and prog.finished > 0 and not prog.running):
+        prog.state = "completed"
+        prog.reason = None if prog.finished >= prog.n_trials else f"budget.timeout_s ({spec.budget.timeout_s:g}) reached"
+    elif gave_up or (timed_out and prog.finished == 0 and not prog.running):
+        prog.state = "failed"
+        prog.reason = tally.last_failure_reason or "timed out"
+    elif counts.total():
+        prog.state = "running"
     if not details:
         return prog
 
-    best = best_of(kept, spec.direction)
-    if best is not None:
-        prog.best_value, prog.best_trial = best.value, best.number
+    if tally.best is not None:
+        prog.best_trial, prog.best_value = tally.best
     if prog.state in ("completed", "failed", "cancelled") and not prog.running:
-        prog.finished_at = max((t.datetime_complete for t in kept if t.datetime_complete), default=None)
-    elif prog.state in ("queued", "running"):
-        durations = [
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            for t in kept
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start and t.datetime_complete
-        ]
-        if durations:
-            remaining = prog.n_trials - prog.finished
-            prog.eta_s = statistics.mean(durations) * remaining / max(1, prog.running)
-            if spec.budget.timeout_s and started_at:  # no trial starts after the budget's end
-                left = spec.budget.timeout_s - (now - started_at).total_seconds()
-                prog.eta_s = min(prog.eta_s, max(0.0, left))
+        prog.finished_at = tally.finished_at
+    elif prog.state in ("queued", "running") and tally.n_durations:
+        remaining = prog.n_trials - prog.finished
+        prog.eta_s = tally.duration_us / (1_000_000 * tally.n_durations) * remaining / max(1, prog.running)
+        if spec.budget.timeout_s and started_at:  # no trial starts after the budget's end
+            left = spec.budget.timeout_s - (now - started_at).total_seconds()
+            prog.eta_s = min(prog.eta_s, max(0.0, left))
     return prog

@@ -16,6 +16,7 @@ by then; running and waiting trials and the study itself are always sent again.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,10 +38,16 @@ log = logging.getLogger("service")
 RETRY_MS = 2000
 
 
+def event_id_at(moment: dt.datetime | None) -> int:
+    """The event id of a moment (naive local time, as Optuna hands out trial times): epoch
+    ms; 0 for none."""
+    return int(moment.timestamp() * 1000) if moment else 0
+
+
 def event_id_of(trial: FrozenTrial) -> int:
-    """The id of a trial's latest event: when it last started or finished, in epoch ms."""
+    """The id of a trial's latest event: when it last started or finished."""
     moments = [m for m in (trial.datetime_start, trial.datetime_complete) if m is not None]
-    return int(max(moments).timestamp() * 1000) if moments else 0
+    return event_id_at(max(moments, default=None))
 
 
 def parse_last_event_id(value: str | None) -> int | None:

@@ -27,8 +27,11 @@ from sqlalchemy.orm import Session
 
 from hpo.db.models import StudyRecord
 from hpo.spec import StudySpec, parse_spec
-from hpo.storage import CachedStudyStorage, count_trials, read_trials, study_storage, trial_id_of
-from hpo.studies import Progress, progress, summary_trials, trial_page
+from hpo.storage import (
+    CachedStudyStorage, complete_numbers_by_finish, complete_values, count_trials, read_trials, study_storage,
+    trial_id_of,
+)
+from hpo.studies import Progress, Tally, progress, tally_trials, trial_page
 from service import records
 
 log = logging.getLogger("service")
@@ -47,10 +50,10 @@ class LoadedStudy:
     """A study's row, its validated spec, its Optuna study (trials read through the cache) and
     the database storage under it (for narrow reads that bypass the cache).
 
-    ``held``: the cache holds the study's trials (read in full before): :meth:`summary` and
-    :meth:`read` by number or state then answer from the cache, which costs a fraction of a
-    narrow read of a large study; a study not held is read narrowly and stays out of the
-    cache."""
+    ``held``: the cache holds the study's trials (read in full before): :meth:`tally`,
+    :meth:`complete_values` and :meth:`read` by number or state then answer from the cache,
+    which costs a fraction of a narrow read of a large study; a study not held is read
+    narrowly and stays out of the cache."""
 
     record: StudyRecord
     spec: StudySpec
@@ -58,20 +61,34 @@ class LoadedStudy:
     storage: RDBStorage
     held: bool = False
 
-    def progress(self, trials: list[FrozenTrial] | None = None) -> Progress:
-        """The study's progress, derived from ``trials`` when the caller has just read them (so
-        that counts and trials shown together come from one read): all of them, or its
-        :meth:`summary`."""
-        return progress(self.study, self.spec, trials=trials)
+    def progress(self, trials: list[FrozenTrial] | None = None, tally: Tally | None = None) -> Progress:
+        """The study's progress, derived from ``trials`` or their ``tally`` when the caller has
+        just read them (so that counts and trials shown together come from one read)."""
+        return progress(self.study, self.spec, trials=trials, tally=tally)
 
-    def summary(self) -> list[FrozenTrial]:
-        """Every trial with what :meth:`progress` needs and no more (``hpo.studies.summary_trials``),
-        from the database: what a page's first view of a large study is drawn from, without
-        waiting for the cache's full read. From the cache (every trial in full) when it holds
-        the study."""
+    def tally(self) -> Tally:
+        """What :meth:`progress` derives the study's state from, worked out in the database
+        (``hpo.studies.tally_trials``): what a page's first view of a large study is drawn
+        from, without reading its trials. From the cached trials when the cache holds the
+        study."""
         if self.held:
-            return self.study.get_trials(deepcopy=False)
-        return summary_trials(self.storage, self.study_id, self.spec.direction)
+            return Tally.of(self.study.get_trials(deepcopy=False), self.spec.direction)
+        return tally_trials(self.storage, self.study_id, self.spec.direction)
+
+    def complete_values(self) -> list[tuple[int, float]]:
+        """``(number, value)`` of each complete trial, in number order (one narrow query, or
+        the cache when it holds the study)."""
+        if self.held:
+            return [(t.number, t.value) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        return complete_values(self.storage, self.study_id)
+
+    def complete_by_finish(self) -> list[int]:
+        """The numbers of the complete trials in the order they completed (then by number)."""
+        if self.held:
+            complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            complete.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+            return [t.number for t in complete]
+        return complete_numbers_by_finish(self.storage, self.study_id)
 
     def read(self, *, numbers: Iterable[int] | None = None, states: Iterable[TrialState] | None = None,
              **selection: Any) -> list[FrozenTrial]:

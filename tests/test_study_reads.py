@@ -1,8 +1,8 @@
 """The narrow reads a page of a large study is drawn from (``hpo.storage.read_trials``,
-``hpo.studies.trial_page``, ``summary_trials``, ``study_states``) give what the full read of
-every trial gives, on SQLite and PostgreSQL: the same progress (counts, state and reason,
-best trial with its ties, times, ETA), the same trials, the same pages in every order, and
-the same study states."""
+``hpo.studies.trial_page``, ``summary_trials``, ``tally_trials``, ``study_states``) give what
+the full read of every trial gives, on SQLite and PostgreSQL: the same progress (counts,
+state and reason, best trial with its ties, times, ETA), the same trials, the same pages in
+every order, and the same study states."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from optuna.trial import TrialState, create_trial
 from hpo.spec import parse_spec
 from hpo.storage import best_numbers, latest_reported_numbers, read_trials, study_storage, trials_by_score
 from hpo.studies import (
-    CANCELLED_ATTR, CV_LOSS_ATTR, ERROR_ATTR, FAIL_REASON_ATTR, FOLD_BEST_EPOCHS_ATTR, SURPLUS_ATTR, progress, ranked,
-    study_states, summary_trials, trial_page,
+    CANCELLED_ATTR, CV_LOSS_ATTR, ERROR_ATTR, FAIL_REASON_ATTR, FOLD_BEST_EPOCHS_ATTR, SURPLUS_ATTR, Tally, progress,
+    ranked, study_states, summary_trials, tally_trials, trial_page,
 )
 
 DISTRIBUTIONS = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "cell": CategoricalDistribution(["lstm", "gru"])}
@@ -69,7 +69,7 @@ def random_study(storage, name: str, rng: random.Random, direction: str, n_trial
 
 
 @pytest.mark.slow
-def test_summary_trials_give_the_progress_of_the_full_read(storage):
+def test_summary_trials_and_the_tally_give_the_progress_of_the_full_read(storage):
     rng = random.Random(7)
     specs = [spec(3), spec(10), spec(40), spec(10, timeout_s=60),
              spec(40, metric="loss"), spec(3, metric="loss"), spec(10, timeout_s=60, metric="loss")]
@@ -83,11 +83,14 @@ def test_summary_trials_give_the_progress_of_the_full_read(storage):
         full = study.get_trials(deepcopy=False)
         assert [(t.number, t.state, t.values, t.datetime_start, t.datetime_complete) for t in light] == \
             [(t.number, t.state, t.values, t.datetime_start, t.datetime_complete) for t in full]
+        tally = tally_trials(backend, study_id, direction)  # in SQL
+        assert tally == Tally.of(full, direction), index
         for s, now, cancelled in itertools.product(specs, nows, (False, True)):
             if s.direction != direction:
                 continue
             expected = progress(study, s, now, cancelled=cancelled)
             assert progress(study, s, now, trials=light, cancelled=cancelled) == expected, (index, s.budget, now)
+            assert progress(study, s, now, tally=tally, cancelled=cancelled) == expected, (index, s.budget, now)
             seen_states.add(expected.state)
     assert seen_states == {"queued", "running", "completed", "failed", "cancelled"}
 
@@ -124,7 +127,7 @@ def test_study_states_are_the_states_progress_derives(storage):
     assert seen == {"queued", "running", "completed", "failed", "cancelled"}
 
 
-def test_summary_trials_break_ties_for_the_best_as_the_full_read(storage):
+def test_summary_trials_and_the_tally_break_ties_for_the_best_as_the_full_read(storage):
     """Three trials share the best score: the ranking attributes decide, read for them only."""
     study = optuna.create_study(study_name="ties", storage=storage, direction="maximize")
     for number, (value, cv_loss, epochs) in enumerate([(0.9, 0.3, [5]), (0.8, 0.1, [1]), (0.9, 0.2, [6]),
@@ -133,6 +136,7 @@ def test_summary_trials_break_ties_for_the_best_as_the_full_read(storage):
     backend, study_id = storage, study_storage(study)[1]
     light = summary_trials(backend, study_id, "maximize")
     assert progress(study, spec(5), trials=light).best_trial == progress(study, spec(5)).best_trial == 3
+    assert tally_trials(backend, study_id, "maximize").best == (3, 0.9)
     assert [t.user_attrs for t in light if t.number in (1, 4)] == [{}, {}]  # not tied: not read
 
 

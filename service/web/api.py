@@ -19,7 +19,7 @@ from hpo.studies import Progress
 from service import records
 from service.catalog import LoadedStudy, list_page
 from service.deps import PageDep, SessionDep, TrialCacheDep
-from service.events import event_id_of
+from service.events import event_id_at
 from service.routes.studies import LoadedDep
 from service.schemas import BestTrial, ErrorResponse, StudyCard, StudyLinks, StudyOnPage, StudyState
 from service.web.plots import (
@@ -67,28 +67,27 @@ def study_overview(loaded: LoadedDep, session: SessionDep) -> dict[str, Any]:
     """The study (spec, state, counts), its searched parameters, its complete trials as
     columns (history, parallel coordinates; a sample past 2,000, see ``complete_columns``),
     its pruned ones' last reported scores (the history's "include pruned"), its best trial,
-    and the event id to stream from. Read from the database in narrow reads, not through the
-    trial cache (a study of 50,000 trials opens without its full read): the counts, the
-    columns and the event id from one summary of the trials, so they agree; then the
-    sampled trials' parameters, the pruned trials' scores and the best trial."""
-    trials = loaded.summary()
-    prog = loaded.progress(trials)
+    and the event id to stream from. Read from the database without reading every trial
+    (a study of 50,000 trials opens without its full read): the counts, times, best trial
+    and event id aggregated in SQL (``LoadedStudy.tally``), then the complete trials'
+    values, the sampled ones' parameters, the pruned ones' last scores and the best trial.
+    The tally is read first: a trial finishing between the reads is in the columns and, as
+    it finished after the event id, sent again by the stream (the page keeps it once)."""
+    tally = loaded.tally()
+    prog = loaded.progress(tally=tally)
     space = search_space_view(loaded.spec)
     best_trial = loaded.read(numbers=[prog.best_trial]) if prog.best_trial is not None else []
     best = BestTrial.of(loaded.record, loaded.spec, best_trial[0]) if best_trial else None
-    pruned = {t.number for t in trials if t.state == TrialState.PRUNED}
     study_id = loaded.record.id
     return {
         "study": StudyOnPage.of(loaded.record, loaded.spec, prog, dashboard_url=dashboard_url(loaded),
                                 dataset_names=records.dataset_names(session, [loaded.record])),
         "space": space,
-        "complete": complete_columns(trials, [p["name"] for p in space], loaded.spec.direction,
+        "complete": complete_columns(loaded.complete_values(), [p["name"] for p in space], loaded.spec.direction,
                                      read_params=lambda numbers: loaded.read(numbers=numbers, parts={"params"})),
-        "pruned": pruned_columns([(number, value) for number, value
-                                  in last_reported(loaded.storage, loaded.study_id, [TrialState.PRUNED])
-                                  if number in pruned]),
+        "pruned": pruned_columns(last_reported(loaded.storage, loaded.study_id, [TrialState.PRUNED])),
         "best": best,
-        "event_id": max((event_id_of(t) for t in trials), default=0),
+        "event_id": event_id_at(tally.last_event),
         "links": {
             "curves": f"{VIEWS}/studies/{study_id}/curves",
             "importance": f"{VIEWS}/studies/{study_id}/importance",
@@ -133,8 +132,10 @@ def param_importance(
 ) -> dict[str, Any]:
     """Each searched parameter's share of the score's variation (Optuna's importance
     evaluators), once there are enough complete trials (``MIN_TRIALS_FOR_IMPORTANCE``);
-    cached per trial count (the complete trials' parameters are read only when it changed)."""
+    past ``IMPORTANCE_MAX_TRIALS`` complete trials over an evenly spaced sample of them
+    (``sample`` says how many of how many). Cached per trial count (the trials are read
+    only when it changed)."""
     states = [TrialState.COMPLETE]
     return request.app.state.importance.get(
-        loaded.study, loaded.spec, loaded.count(states),
-        lambda: loaded.read(states=states, parts={"params", "values"}), n_complete=complete)
+        loaded.study, loaded.spec, loaded.count(states), loaded.complete_by_finish,
+        lambda numbers: loaded.read(numbers=numbers, states=states, parts={"params", "values"}), n_complete=complete)

@@ -3,13 +3,18 @@ a study grow live, see validation errors inline, cancel a running study."""
 
 from __future__ import annotations
 
+import random
 import re
 import time
 
 import httpx
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import create_trial
 
+from hpo.storage import write_trials
 from hpo.studies import fail_study, set_cancelled
+from service.web.plots import IMPORTANCE_MAX_TRIALS
 from tests.support.studies import add_trial, tiny_spec
 
 pytestmark = pytest.mark.browser
@@ -289,3 +294,25 @@ def test_study_page_shows_cv_repeats_and_curves_longer_than_the_stored_max_epoch
     assert "2 folds × 3 repeats" in page.text_content("#facts")
     low, high = page.evaluate("document.getElementById('curves').layout.xaxis.range")
     assert high >= 7, (low, high)  # 7 epochs reported; the stored spec says max_epochs 2
+
+
+def test_importance_over_a_sample_says_so(api_only_server, page, api_only_storage):
+    """Past the server's limit (2,000 complete trials) the importance panel says that its
+    shares are over a sample, and of how many trials."""
+    server, storage = api_only_server, api_only_storage
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
+        study = api.post("/studies", json=tiny_spec("browser-sampled", budget={"n_trials": 1000})).json()
+    rng = random.Random(5)
+    distributions = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "dropout": FloatDistribution(0.0, 0.5),
+                     "clip_norm": FloatDistribution(0.1, 10.0, log=True),
+                     "batch_size": CategoricalDistribution([128, 256])}
+    write_trials(storage, study["optuna_study_name"], [create_trial(
+        value=rng.random(), distributions=distributions,
+        params={"lr": 10 ** -rng.uniform(1, 4), "dropout": rng.uniform(0, 0.5), "clip_norm": 1.0,
+                "batch_size": rng.choice([128, 256])}) for _ in range(IMPORTANCE_MAX_TRIALS + 100)])
+    page.goto(f"{server.url}/studies/{study['id']}")
+    page.wait_for_selector("body[data-loaded]", timeout=120_000)
+
+    assert page.text_content("#importance-hint") == \
+        f"PED-ANOVA over a sample of {IMPORTANCE_MAX_TRIALS} of {IMPORTANCE_MAX_TRIALS + 100} complete trials"
+    assert "%" in page.text_content("#importance")

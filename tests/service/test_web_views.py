@@ -22,12 +22,13 @@ from hpo.samplers import suggest_params
 from hpo.spec import parse_spec
 from hpo.db.models import StudyRecord
 from hpo.storage import read_trials, write_trials
-from hpo.studies import fail_study, progress, ranked
+from hpo.studies import fail_study, progress, ranked, tally_trials
 from service.events import event_id_of
 from service.schemas import TrialOut
 from service.views import last_reported
 from service.web.plots import (
-    HISTORY_MAX_POINTS, PARALLEL_LINES, complete_columns, curve_view, downsample, pruned_columns,
+    HISTORY_MAX_POINTS, PARALLEL_LINES, ImportanceCache, complete_columns, curve_view, downsample, pruned_columns,
+    spread,
 )
 from tests.support.studies import tiny_spec
 from test_events import named, read_until, sse_events
@@ -154,8 +155,9 @@ def test_history_columns_past_the_limit_keep_the_best_so_far_line_and_the_best_t
         trials.append(trial)
     by_number = {t.number: t for t in trials}
     read_params = lambda numbers: [by_number[n] for n in numbers]  # noqa: E731
-    full = complete_columns(trials, ["lr"], direction, read_params, max_points=10_000)
-    sample = complete_columns(trials, ["lr"], direction, read_params, max_points=400)
+    values = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
+    full = complete_columns(values, ["lr"], direction, read_params, max_points=10_000)
+    sample = complete_columns(values, ["lr"], direction, read_params, max_points=400)
 
     assert full["total"] == sample["total"] == 640 and len(full["number"]) == 640
     assert len(sample["number"]) <= 400 and sample["number"] == sorted(sample["number"])
@@ -196,7 +198,7 @@ def test_importance_needs_eleven_complete_trials_and_follows_the_page_count(api,
     # Fixed parameters (hidden_size here) are not searched, so they have no importance.
     assert set(ready["importances"]) == {"lr", "batch_size", "dropout", "clip_norm"}
     assert ready["fixed"]["hidden_size"] == 16
-    assert abs(sum(ready["importances"].values()) - 1) < 1e-6
+    assert abs(sum(ready["importances"].values()) - 1) < 1e-6 and ready["sample"] is None  # every trial
     assert api.get(url).json() == ready
     as_counted = api.get(url, params={"complete": 11}).json()  # the page saw 11 complete trials
     assert as_counted["status"] == "ok" and as_counted["n_complete"] == 11
@@ -441,7 +443,8 @@ def test_the_first_view_of_a_large_study_is_its_full_reads_view_without_the_full
 
     assert cache.size == 0  # nothing read through the cache
     names = [p["name"] for p in view["space"]]
-    assert view["complete"] == complete_columns(full, names, direction, lambda ns: [by_number[n] for n in ns])
+    assert view["complete"] == complete_columns([(t.number, t.value) for t in full if t.state == TrialState.COMPLETE],
+                                                names, direction, lambda ns: [by_number[n] for n in ns])
     assert view["complete"]["total"] > HISTORY_MAX_POINTS > len(view["complete"]["number"])
     assert view["pruned"] == pruned_columns([(t.number, last_reported(t)) for t in full
                                              if t.state == TrialState.PRUNED and t.intermediate_values])
@@ -455,8 +458,10 @@ def test_the_first_view_of_a_large_study_is_its_full_reads_view_without_the_full
         {t.number for t in sorted(reported, key=lambda t: -t.number)[:10]} | ({3, 3599} & {t.number for t in reported})
     assert curves["curves"] == [curve_view(by_number[n]) for n in sorted(wanted)]
     searched = [n for n in names if n in ("lr", "batch_size", "dropout", "clip_norm")]
+    by_finish = sorted((t for t in full if t.state == TrialState.COMPLETE), key=lambda t: (t.datetime_complete, t.number))
+    assert importance["sample"] == {"size": 2000, "of": len(by_finish)}  # past 2,000 complete trials: a sample
     reference = optuna.create_study(direction=direction)
-    reference.add_trials([t for t in full if t.state == TrialState.COMPLETE])
+    reference.add_trials(sorted(spread(by_finish, 2000), key=lambda t: t.number))
     assert importance["importances"] == pytest.approx(
         get_param_importances(reference, evaluator=PedAnovaImportanceEvaluator(), params=searched), abs=1e-12)
     for (sort, state), page in pages.items():
@@ -479,13 +484,34 @@ def test_a_large_study_held_by_the_cache_is_drawn_from_it_with_the_same_answers(
     narrow = [api.get(url).json() for url in urls]
     with api.app.state.sessions() as session:
         record = session.get(StudyRecord, study["id"])
-    assert not cache.open(record).held and cache.open(record).summary()[0].params == {}  # narrow: no parameters
+    assert not cache.open(record).held
 
     cache.warm(api.app.state.sessions)  # what the server does at start-up: every study read in full
 
     loaded = cache.open(record)
-    assert loaded.held and loaded.summary()[0].params != {}  # the cached trials, in full
+    assert loaded.held and loaded.tally() == tally_trials(loaded.storage, loaded.study_id, loaded.spec.direction)
     assert [t.number for t in loaded.read(numbers=[5, 3], states=[TrialState.COMPLETE, TrialState.PRUNED])] == \
         [t.number for t in read_trials(loaded.storage, loaded.study_id, numbers=[5, 3],
                                        states=[TrialState.COMPLETE, TrialState.PRUNED])]
     assert [api.get(url).json() for url in urls] == narrow
+
+
+def test_importance_past_its_limit_is_over_an_evenly_spaced_sample_and_says_so(api, storage):
+    """Past ``max_trials`` complete trials the importances are PED-ANOVA's over an evenly
+    spaced sample of them in the order they completed, and the answer says how many of how
+    many; a page's count (``complete``) is sampled likewise."""
+    study, full = large_study(api, storage, n_trials=400)
+    api.app.state.importance = ImportanceCache(max_trials=50)
+    direction = parse_spec(study["spec"]).direction
+    by_finish = sorted((t for t in full if t.state == TrialState.COMPLETE), key=lambda t: (t.datetime_complete, t.number))
+    url = f"{VIEWS}/{study['id']}/importance"
+
+    for counted in (len(by_finish), 120):
+        answer = api.get(url, params={"complete": counted}).json()
+
+        assert answer["status"] == "ok" and answer["n_complete"] == counted
+        assert answer["sample"] == {"size": 50, "of": counted}
+        reference = optuna.create_study(direction=direction)
+        reference.add_trials(sorted(spread(by_finish[:counted], 50), key=lambda t: t.number))
+        assert answer["importances"] == pytest.approx(get_param_importances(
+            reference, evaluator=PedAnovaImportanceEvaluator(), params=list(answer["importances"])), abs=1e-12)

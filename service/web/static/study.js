@@ -296,7 +296,9 @@ function renderImportanceHint() {
   if (!imp || imp.status !== "ok") return;
   const evaluator = imp.evaluator.replace("ImportanceEvaluator", "").replace("PedAnova", "PED-ANOVA");
   const behind = imp.n_complete !== page.study.trials.complete; // until the refresh below answers
-  $("importance-hint").textContent = `${evaluator} over ${imp.n_complete} complete trials` + (behind ? " · updating…" : "");
+  // Past the server's limit, over an evenly spaced sample of the complete trials: said so.
+  const over = imp.sample ? `a sample of ${imp.sample.size} of ${imp.sample.of}` : `${imp.n_complete}`;
+  $("importance-hint").textContent = `${evaluator} over ${over} complete trials` + (behind ? " · updating…" : "");
 }
 
 const refreshImportance = throttle(loadImportance, 5000);
