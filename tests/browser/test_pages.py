@@ -282,11 +282,15 @@ def test_study_page_history_importance_folds_and_sorting(api_only_server, page, 
     page.screenshot(path=tmp_path / "study-history.png", full_page=True)
 
 
-def test_study_page_shows_cv_repeats_and_curves_longer_than_the_stored_max_epochs(server, page, api, storage):
+def test_study_page_shows_cv_repeats_and_curves_longer_than_the_stored_max_epochs(api_only_server, page,
+                                                                                   api_only_storage):
     """A study's stored spec may say fewer epochs than its trials ran (max_epochs fitted to the
-    data): the learning curves' axis reaches the longest curve. Repeated CV shows in the facts."""
-    study = api.post("/studies", json=tiny_spec("browser-repeats", cv={"folds": 2, "repeats": 3})).json()
-    assert api.post(f"/studies/{study['id']}/cancel").status_code == 200  # trials written here, not by the worker
+    data): the learning curves' axis reaches the longest curve. Repeated CV shows in the facts.
+    The trials are written here, on the service without a worker: a worker could claim the
+    study before a cancel and suggest its own batch sizes, which Optuna then refuses to change."""
+    server, storage = api_only_server, api_only_storage
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
+        study = api.post("/studies", json=tiny_spec("browser-repeats", cv={"folds": 2, "repeats": 3})).json()
     add_trial(storage, study["optuna_study_name"], value=0.8, steps=[0.1 * i for i in range(1, 8)],
               fold_scores=[0.8] * 6)
     page.goto(f"{server.url}/studies/{study['id']}")
