@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -152,6 +153,12 @@ def make_studies(url: str, workdir: Path, n_trials: int, n_studies: int, small_t
             write_study(storage, small["optuna_study_name"], small_trials, rng, progress=False)
             print(f"\r  small studies: {i + 2}/{n_studies}", end="", flush=True)
     print(f"\r  wrote {n_studies} studies in {time.perf_counter() - started:.1f} s" + " " * 20)
+    if storage.engine.dialect.name == "postgresql":
+        # What autovacuum does to a production PostgreSQL after such writes; it is off on this
+        # machine, and without the statistics the planner reads a 20-trial study's per-epoch
+        # values with a sequential scan of every study's (60 ms each instead of 0.1 ms).
+        with storage.engine.begin() as connection:
+            connection.execute(sa.text("ANALYZE"))
     storage.engine.dispose()
     marker.write_text(json.dumps({**sizes, "id": large["id"]}))
     return large["id"]
