@@ -222,11 +222,16 @@ function upsertCurve(trial) {
   return true;
 }
 
-async function loadCurves(extra = []) {
+function fetchCurves(extra = []) {
   const q = new URLSearchParams({ top: String(TOP_CURVES), recent: String(RECENT_CURVES) });
   if (extra.length) q.set("trials", extra.join(","));
+  return api(`${base}/curves?${q}`);
+}
+
+// `answer`: a `fetchCurves()` sent earlier, or a new request.
+async function loadCurves(extra = [], answer = fetchCurves(extra)) {
   try {
-    const data = await api(`${base}/curves?${q}`);
+    const data = await answer;
     for (const c of data.curves) page.curves.set(c.number, c);
     await renderCurves();
   } catch (err) {
@@ -267,10 +272,14 @@ async function renderCurves() {
 const refreshCurves = throttle(renderCurves, 500);
 
 // ---- Importance ------------------------------------------------------------------------------
-// Asked for over the complete trials the header counts, so that the two agree.
-async function loadImportance() {
+// Over the complete trials the header counts, so that the two agree: `sent` (asked for before
+// the header's count was known) serves when it counted as many, else they are asked for.
+async function loadImportance(sent = null) {
+  const complete = page.study.trials.complete;
   try {
-    page.importance = await api(`${base}/importance?complete=${page.study.trials.complete}`);
+    const answer = sent && await sent;
+    page.importance = answer && answer.n_complete === complete
+      ? answer : await api(`${base}/importance?complete=${complete}`);
   } catch (err) {
     placeholder("importance", `Could not compute the importances: ${err.message}`);
     return;
@@ -501,8 +510,19 @@ function connect() {
 }
 
 // ---- Start -----------------------------------------------------------------------------------
+// A request sent before its answer is awaited: its failure is reported where it is awaited.
+function early(request) {
+  request.catch(() => {});
+  return request;
+}
+
 async function start() {
   markNav();
+  // Sent at once, with the overview's: the server answers them while the browser runs Plotly
+  // (a large script, run after this one), and they are drawn once the overview is in.
+  const curves = early(fetchCurves());
+  const importance = early(api(`${base}/importance`));
+  const trials = early(table.fetch());
   let overview;
   try {
     overview = await api(base);
@@ -529,7 +549,8 @@ async function start() {
   renderBest();
   if (settled(page.study)) setLive(`${page.study.state}; no more updates`, "");
   else connect();
-  await Promise.all([renderFolds(), renderHistory(), loadCurves(), loadImportance(), loadTable(), model.load()]);
+  await Promise.all([renderFolds(), renderHistory(), loadCurves([], curves), loadImportance(importance),
+                     table.load(trials), model.load()]);
   performance.mark("hpo:ready");
   document.body.dataset.ready = "true"; // all but the parallel coordinates drawn
   // Last: without a GPU (software WebGL) its canvases take a second or more to draw.

@@ -94,13 +94,19 @@ export class TrialTable {
     }
   }
 
-  async load() {
+  /** The current page's request (sent now; `load` draws its answer). */
+  fetch() {
     const q = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(this.offset), sort: this.sort });
     if (this.state) q.set("state", this.state);
+    return api(`${this.url}?${q}`);
+  }
+
+  /** Draw the current page: `answer`, a `fetch()` sent earlier, or a new request. */
+  async load(answer = this.fetch()) {
     const request = ++this.request;
     let data;
     try {
-      data = await api(`${this.url}?${q}`);
+      data = await answer;
     } catch (err) {
       this.empty.textContent = `Could not load the trials: ${err.message}`;
       this.empty.classList.remove("hidden");
