@@ -22,7 +22,7 @@ from hpo.db.models import StudyRecord
 from hpo.spec import parse_spec
 from hpo.storage import write_trials
 from hpo.studies import SURPLUS_ATTR, progress, set_cancelled
-from service.events import ChangeTracker, SharedReads, event_id_of, snapshot_reader, trial_key
+from service.events import CatchUp, ChangeTracker, SharedReads, event_id_of, snapshot_reader, trial_key
 from service.schemas import StudySummary, TrialOut
 from tests.support.aio import run_async
 from tests.support.databases import postgres_admin
@@ -217,6 +217,29 @@ def test_streams_of_a_study_share_one_read_per_poll():
 
     assert sorted(reads) == ["a", "a", "b"]
     assert [s["key"] for s in snapshots] == ["a"] * 50 + ["b"] * 50 + ["a", "a"]
+
+
+def test_a_stream_catching_up_awaits_a_read_of_its_catch_up_after_the_one_in_flight():
+    """Each read starts from the one before; a stream asking for a catch-up while a read
+    without it is in flight gets the next read, which reads it (and serves the others)."""
+    reads: list[tuple] = []
+
+    def read(previous, catch_ups):
+        time.sleep(0.1)
+        reads.append((previous, catch_ups))
+        return len(reads)
+
+    async def streams() -> list:
+        shared = SharedReads(max_age_s=5)
+        first = asyncio.ensure_future(shared.snapshot("s", read))
+        await asyncio.sleep(0.02)  # the first read is in flight
+        caught = asyncio.ensure_future(shared.snapshot("s", read, CatchUp(7)))
+        await asyncio.sleep(0.15)  # the read with the catch-up is in flight
+        return [await first, await caught, await shared.snapshot("s", read),
+                await shared.snapshot("s", read, CatchUp(7))]
+
+    assert run_async(streams()) == [1, 2, 2, 2]
+    assert reads == [(None, frozenset()), (1, frozenset({CatchUp(7)}))]
 
 
 def study_reads(api, study_id: str):
