@@ -232,7 +232,7 @@ class SharedReads:
                     not entry.future.done() or time.monotonic() - entry.started < self.max_age_s):
                 return await asyncio.shield(entry.future)
             if entry is None or entry.future.done():
-                catch_ups = frozenset(self._wanted.pop(key, set()) | ({catch_up} if catch_up else set()))
+                catch_ups = frozenset(self._wanted.pop(key, set()) | ({catch_up} if catch_up is not None else set()))
 
                 def read_next(previous: Snapshot | None = self._latest.get(key)) -> Snapshot:
                     snapshot = read(previous, catch_ups)
@@ -256,6 +256,7 @@ class SharedReads:
         for key in [k for k, entry in self._reads.items() if entry.started < moment and entry.future.done()]:
             del self._reads[key]
             self._latest.pop(key, None)
+            self._wanted.pop(key, None)
 
 
 async def study_events(
