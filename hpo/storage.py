@@ -8,8 +8,9 @@ of the public behaviour it preserves in ``tests/test_storage.py``:
 - ``RDBStorage._get_trials`` (override): a bulk read without ORM objects (seconds -> tens
   of milliseconds on large studies); same trials as Optuna's read, checked trial by trial.
   The same read serves :func:`read_trials` (some trials, or some of what they hold: what a
-  page of a 50,000-trial study needs); :func:`trial_ids_sorted` and :func:`trials_by_score`
-  order and cut a page in SQL.
+  page of a 50,000-trial study needs) and :func:`read_trials_after` (what may have changed
+  since an earlier read: the live stream's polls); :func:`trial_ids_sorted` and
+  :func:`trials_by_score` order and cut a page in SQL.
 - ``RDBStorage.set_trial_state_values`` (public, but its WAITING -> RUNNING claim relies on
   ``SELECT ... FOR UPDATE``, which SQLite ignores): one conditional UPDATE.
 - ``RDBStorage._get_stale_trial_ids`` (override): also trials that never beat.
@@ -39,7 +40,7 @@ import socket
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,9 +66,10 @@ from hpo.db import PG_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_S, normalize_url, prepar
 from hpo.settings import DEFAULT_DATABASE_URL
 
 __all__ = ["PROXY_SCHEME", "TRIALS_BY_STUDY_INDEX", "BulkReadRDBStorage", "CachedStudyStorage", "FrozenStudy",
-           "ProxiedStorage", "ProxyUnavailable", "SORTABLE", "StateAggregate", "aggregate_trials", "best_numbers",
-           "complete_numbers_by_finish", "complete_values", "count_trials", "last_reported",
-           "latest_reported_numbers", "normalize_url", "open_storage", "read_trials", "serve_proxy", "study_flags",
+           "ProxiedStorage", "ProxyUnavailable", "SORTABLE", "Settled", "StateAggregate", "aggregate_trials",
+           "best_numbers", "complete_numbers_by_finish", "complete_values", "count_trials", "last_reported",
+           "last_trial_id", "latest_reported_numbers", "normalize_url", "open_storage", "read_trials",
+           "read_trials_after", "serve_proxy", "study_flags",
            "study_id_of", "study_storage", "trial_id_of", "trial_ids_sorted", "trials_by_score",
            "write_trials"]
 
@@ -245,6 +247,7 @@ ALL_PARTS = frozenset({"params", "values", "user_attrs", "system_attrs", "interm
 
 def read_trials(storage: RDBStorage, study_id: int, *, trial_ids: Iterable[int] | None = None,
                 numbers: Iterable[int] | None = None, states: Iterable[TrialState] | None = None,
+                settled: Settled | None = None, changed_since: dt.datetime | None = None,
                 parts: Container[str] = ALL_PARTS,
                 attr_keys: Container[str] | None = None) -> list[FrozenTrial]:
     """Some of a study's trials, or some of what they hold, in number order: what a page of a
@@ -259,6 +262,9 @@ def read_trials(storage: RDBStorage, study_id: int, *, trial_ids: Iterable[int] 
         trial_ids: only these trials (all when not given).
         numbers: only the trials of these numbers (all when not given).
         states: only trials in these states (all when not given).
+        settled: only the trials it names (all when not given).
+        changed_since: only the unfinished trials and those that started or finished at or
+            after this moment (naive local time, as trials hand it out; all when not given).
         parts: what to read of each trial besides its number, state and times:
             ``params``, ``values``, ``user_attrs``, ``system_attrs``, ``intermediate``.
         attr_keys: only these user and system attributes (all when not given).
@@ -275,7 +281,66 @@ def read_trials(storage: RDBStorage, study_id: int, *, trial_ids: Iterable[int] 
         where.append(trials_t.c.trial_id.in_(list(trial_ids)))
     if numbers is not None:
         where.append(trials_t.c.number.in_(list(numbers)))
+    if settled is not None:
+        where.append(settled.condition())
+    if changed_since is not None:
+        since = _stored_time(changed_since)
+        where.append(sa.or_(trials_t.c.state.in_([TrialState.RUNNING, TrialState.WAITING]),
+                            trials_t.c.datetime_start >= since, trials_t.c.datetime_complete >= since))
     return _read_trials(storage, study_id, sa.and_(*where) if where else None, states, parts, attr_keys)
+
+
+def read_trials_after(storage: RDBStorage, study_id: int, last_trial_id: int,
+                      trial_ids: Collection[int] = ()) -> list[FrozenTrial]:
+    """The trials of a study newer than ``last_trial_id`` and those of ``trial_ids``, in full
+    and in number order: what may have changed since a read that saw the trials up to
+    ``last_trial_id``, ``trial_ids`` among them unfinished (finished trials never change).
+
+    Each part is a range of the ``(study_id, trial_id)`` index (:data:`TRIALS_BY_STUDY_INDEX`),
+    so the database visits these trials only, whatever the size of the study.
+
+    Args:
+        storage: the study's RDB storage.
+        study_id: the study's id in it.
+        last_trial_id: the newest trial id that read saw.
+        trial_ids: the trials it saw unfinished.
+
+    Raises:
+        KeyError: no study has that id.
+    """
+    trials_t = models.TrialModel.__table__
+    newer = trials_t.c.trial_id > last_trial_id
+    where = sa.or_(trials_t.c.trial_id.in_(list(trial_ids)), newer) if trial_ids else newer
+    return _read_trials(storage, study_id, where, None)
+
+
+def last_trial_id(storage: RDBStorage, study_id: int) -> int:
+    """The id of a study's newest trial (0 for none)."""
+    trials_t = models.TrialModel.__table__
+    with storage.engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.max(trials_t.c.trial_id))
+                                  .where(trials_t.c.study_id == study_id)).scalar() or 0
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The trials a read of a study found finished: every trial up to ``last_trial_id`` but the
+    ``unfinished`` ones. Finished trials never change, so whatever reads these later (an
+    aggregate, say) finds what that read found, however the study changed since.
+
+    Attributes:
+        last_trial_id: the newest trial id the read saw.
+        unfinished: the ids of the trials it found running or waiting.
+    """
+
+    last_trial_id: int
+    unfinished: frozenset[int] = frozenset()
+
+    def condition(self) -> sa.ColumnElement:
+        """The condition on ``trials`` rows."""
+        trial_id = models.TrialModel.__table__.c.trial_id
+        condition = trial_id <= self.last_trial_id
+        return sa.and_(condition, trial_id.not_in(list(self.unfinished))) if self.unfinished else condition
 
 
 # What a study's trials can be ordered by in SQL (:func:`trial_ids_sorted`).
@@ -408,7 +473,7 @@ def trials_by_score(storage: RDBStorage, study_id: int, *, maximize: bool, limit
 
 
 def best_numbers(storage: RDBStorage, study_id: int, *, maximize: bool, limit: int,
-                 reported: bool = False) -> list[int]:
+                 reported: bool = False, settled: Settled | None = None) -> list[int]:
     """The numbers of a study's complete trials with the ``limit`` best values, and of every
     trial tied with the last of them (non-finite values rank last, all tied), found in SQL:
     the candidates for the best trials (``hpo.studies.ranked`` orders them).
@@ -419,12 +484,13 @@ def best_numbers(storage: RDBStorage, study_id: int, *, maximize: bool, limit: i
         maximize: whether higher values are better.
         limit: how many best trials are wanted.
         reported: only trials that reported a per-epoch value.
+        settled: only among the trials it names.
     """
     if limit == 0:
         return []
     trials_t, values_t = models.TrialModel.__table__, models.TrialValueModel.__table__
     steps_t = models.TrialIntermediateValueModel.__table__
-    condition = sa.and_(_trials_of(study_id, [TrialState.COMPLETE]), values_t.c.objective == 0)
+    condition = sa.and_(_trials_of(study_id, [TrialState.COMPLETE], settled), values_t.c.objective == 0)
     if reported:
         condition = sa.and_(condition, sa.exists().where(steps_t.c.trial_id == trials_t.c.trial_id))
     joined = trials_t.join(values_t, values_t.c.trial_id == trials_t.c.trial_id)
@@ -531,8 +597,8 @@ class StateAggregate:
     n_durations: int
 
 
-def aggregate_trials(storage: RDBStorage, flag_key: str,
-                     study_id: int | None = None) -> dict[int, list[StateAggregate]]:
+def aggregate_trials(storage: RDBStorage, flag_key: str, study_id: int | None = None,
+                     settled: Settled | None = None) -> dict[int, list[StateAggregate]]:
     """Studies' trials counted and timed in one aggregate query, by state and, for the failed
     ones, by the value of their user attribute ``flag_key``: what a study's state and
     progress are derived from without reading its trials (``hpo.studies.tally_trials`` for
@@ -542,6 +608,7 @@ def aggregate_trials(storage: RDBStorage, flag_key: str,
         storage: the RDB storage.
         flag_key: the failed trials' user attribute they are told apart by.
         study_id: only this study's trials (every study's when not given).
+        settled: only the trials it names.
 
     Returns:
         Study id -> the aggregate of each group of its trials (studies without trials are
@@ -560,6 +627,8 @@ def aggregate_trials(storage: RDBStorage, flag_key: str,
                  .group_by(trials_t.c.study_id, trials_t.c.state, attrs_t.c.value_json))
         if study_id is not None:
             query = query.where(trials_t.c.study_id == study_id)
+        if settled is not None:
+            query = query.where(settled.condition())
         rows = connection.execute(query).all()
     for study, state, value_json, count, first, last, done, total, timed in rows:
         out[study].append(StateAggregate(state, None if value_json is None else json.loads(value_json), count,
@@ -603,11 +672,20 @@ def complete_numbers_by_finish(storage: RDBStorage, study_id: int) -> list[int]:
                                        .order_by(finish.is_(None), finish, trials_t.c.number)).scalars().all())
 
 
-def _trials_of(study_id: int, states: Iterable[TrialState] | None) -> sa.ColumnElement:
-    """The condition on ``trials`` rows: of this study (and in ``states``, when given)."""
+def _trials_of(study_id: int, states: Iterable[TrialState] | None, settled: Settled | None = None) -> sa.ColumnElement:
+    """The condition on ``trials`` rows: of this study (and in ``states``, and among the
+    ``settled`` trials, when given)."""
     trials_t = models.TrialModel.__table__
     condition = trials_t.c.study_id == study_id
-    return condition if states is None else sa.and_(condition, trials_t.c.state.in_(list(states)))
+    if states is not None:
+        condition = sa.and_(condition, trials_t.c.state.in_(list(states)))
+    return condition if settled is None else sa.and_(condition, settled.condition())
+
+
+# Up to this many trials, :func:`_read_trials` reads their parameters, values, ... by id:
+# PostgreSQL may answer the trials' condition, again for each table, by visiting every
+# trial of the study (a poll of a few changed trials among 50,000 then reads 50,000 rows).
+_IDS_LISTED = 1000
 
 
 def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | None,
@@ -619,7 +697,7 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
     condition = _trials_of(study_id, states)
     if where is not None:
         condition = sa.and_(condition, where)
-    chosen = sa.select(trials_t.c.trial_id).where(condition).scalar_subquery()
+    chosen: Any = sa.select(trials_t.c.trial_id).where(condition).scalar_subquery()
 
     def rows_of(model: Any, *columns: str, keys: Container[str] | None = None) -> Sequence[Any]:
         # Fetched at once, and with no type conversion per row (enums come back as their
@@ -644,6 +722,8 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
             _raw(trials_t.c.datetime_complete)).where(condition).order_by(trials_t.c.trial_id))
         if not rows:  # nothing new: what Optuna's cache asks before most trials
             return []
+        if len(rows) <= _IDS_LISTED:  # the other tables by these ids, not by the trials' condition again
+            chosen = [trial_id for trial_id, *_ in rows]
         if "params" in parts:
             for trial_id, param_id, name, value, distribution in rows_of(
                 models.TrialParamModel, "param_id", "param_name", "param_value", "distribution_json"

@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 from operator import attrgetter
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.jsonable import finite, utc_time
 from hpo.spec import StudySpec, parse_spec
 from hpo.storage import (
-    StateAggregate, aggregate_trials, best_numbers, count_trials, read_trials, study_flags, trial_id_of,
+    Settled, StateAggregate, aggregate_trials, best_numbers, count_trials, read_trials, study_flags, trial_id_of,
     trial_ids_sorted, trials_by_score,
 )
 
@@ -269,7 +269,8 @@ def trial_page(storage: RDBStorage, study_id: int, direction: str, sort: str, *,
 _TIES_BY_NUMBER = 1000
 
 
-def summary_trials(storage: RDBStorage, study_id: int, direction: str) -> list[FrozenTrial]:
+def summary_trials(storage: RDBStorage, study_id: int, direction: str,
+                   settled: Settled | None = None) -> list[FrozenTrial]:
     """Every trial of a study with what :func:`progress` and the best trial look at, and no
     more: number, state, value, times and system attributes; of the failed trials and of the
     complete trials tied for the best score, the user attributes :func:`progress` and
@@ -283,11 +284,12 @@ def summary_trials(storage: RDBStorage, study_id: int, direction: str) -> list[F
         storage: the study's RDB storage.
         study_id: the study's id in it.
         direction: the study's ``maximize`` or ``minimize``.
+        settled: only the trials it names (all when not given).
 
     Raises:
         KeyError: no study has that id.
     """
-    trials = read_trials(storage, study_id, parts={"values", "system_attrs"})
+    trials = read_trials(storage, study_id, settled=settled, parts={"values", "system_attrs"})
     by_number = {t.number: t for t in trials}
     keys = {SURPLUS_ATTR, FAIL_REASON_ATTR, CV_LOSS_ATTR, FOLD_BEST_EPOCHS_ATTR}
 
@@ -296,14 +298,15 @@ def summary_trials(storage: RDBStorage, study_id: int, direction: str) -> list[F
             by_number[trial.number].user_attrs.update(trial.user_attrs)
 
     if any(t.state is TrialState.FAIL for t in trials):
-        add_user_attrs(read_trials(storage, study_id, states=[TrialState.FAIL], parts={"user_attrs"}, attr_keys=keys))
+        add_user_attrs(read_trials(storage, study_id, states=[TrialState.FAIL], settled=settled, parts={"user_attrs"},
+                                   attr_keys=keys))
     scores = [(_score(t, direction), t.number) for t in trials if t.state is TrialState.COMPLETE]
     if scores:
         top = min(scores)[0]
         tied = [number for score, number in scores if score == top]
         if len(tied) > _TIES_BY_NUMBER:
-            add_user_attrs(read_trials(storage, study_id, states=[TrialState.COMPLETE], parts={"user_attrs"},
-                                       attr_keys=keys))
+            add_user_attrs(read_trials(storage, study_id, states=[TrialState.COMPLETE], settled=settled,
+                                       parts={"user_attrs"}, attr_keys=keys))
         elif len(tied) > 1:
             add_user_attrs(read_trials(storage, study_id, numbers=tied, parts={"user_attrs"}, attr_keys=keys))
     return trials
@@ -326,6 +329,7 @@ class Tally:
         duration_us: the sum of the complete and pruned trials' durations, in microseconds.
         n_durations: how many complete and pruned trials have both times.
         best: ``(number, value)`` of the best complete trial (:func:`best_of`).
+        best_rank: its :func:`rank_key` (what :meth:`merged` compares).
         last_event: when any trial last started or finished, surplus ones too (the event id
             of what was read).
         failures_not_retried: failed trials that no retry replaced, and
@@ -339,6 +343,7 @@ class Tally:
     duration_us: int = 0
     n_durations: int = 0
     best: tuple[int, float] | None = None
+    best_rank: tuple[float, float, float, int] | None = None
     last_event: dt.datetime | None = None
     failures_not_retried: int = 0
     last_failure_reason: str | None = None
@@ -364,7 +369,8 @@ class Tally:
             tally.last_failure_reason = last_failure.user_attrs.get(FAIL_REASON_ATTR) if last_failure else None
         if details:
             best = best_of(kept, direction)
-            tally.best = None if best is None else (best.number, best.value)
+            if best is not None:
+                tally.best, tally.best_rank = (best.number, best.value), rank_key(best, direction)
             tally.finished_at = max((t.datetime_complete for t in kept if t.datetime_complete), default=None)
             timed = [t for t in kept if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                      and t.datetime_start and t.datetime_complete]
@@ -373,6 +379,18 @@ class Tally:
             tally.last_event = max((m for t in trials for m in (t.datetime_start, t.datetime_complete) if m),
                                    default=None)
         return tally
+
+    def merged(self, other: Tally) -> Tally:
+        """The tally of this tally's trials and ``other``'s (no trial in both), both tallied
+        with details, once some trial has finished: the failure rules' figures, which need
+        every trial and matter only before any trial finishes, are left at zero."""
+        best = min((t for t in (self, other) if t.best is not None), key=attrgetter("best_rank"), default=None)
+        return Tally(self.counts + other.counts,
+                     started_at=min((t.started_at for t in (self, other) if t.started_at), default=None),
+                     finished_at=max((t.finished_at for t in (self, other) if t.finished_at), default=None),
+                     duration_us=self.duration_us + other.duration_us, n_durations=self.n_durations + other.n_durations,
+                     best=best and best.best, best_rank=best and best.best_rank,
+                     last_event=max((t.last_event for t in (self, other) if t.last_event), default=None))
 
     @classmethod
     def aggregated(cls, groups: Iterable[StateAggregate]) -> Tally:
@@ -393,7 +411,8 @@ class Tally:
                    last_event=max((m for g in groups for m in (g.last_start, g.last_complete) if m), default=None))
 
 
-def tally_trials(storage: RDBStorage, study_id: int, direction: str) -> Tally:
+def tally_trials(storage: RDBStorage, study_id: int, direction: str, *, settled: Settled | None = None,
+                 plus: Sequence[FrozenTrial] = ()) -> Tally:
     """:meth:`Tally.of` every trial of a study, worked out in the database: counts and times
     in one aggregate query (``hpo.storage.aggregate_trials``, surplus failed trials told
     apart by their flag), the candidates for the best trial (its ties' ranking attributes)
@@ -404,33 +423,34 @@ def tally_trials(storage: RDBStorage, study_id: int, direction: str) -> Tally:
         storage: the study's RDB storage.
         study_id: the study's id in it.
         direction: the study's ``maximize`` or ``minimize``.
+        settled: only the trials it names (all when not given)...
+        plus: ... and these trials, read by the caller (none of them among those).
 
     Raises:
         KeyError: no study has that id.
     """
-    tally = Tally.aggregated(aggregate_trials(storage, SURPLUS_ATTR, study_id).get(study_id, ()))
-    if not tally.finished:
-        return Tally.of(summary_trials(storage, study_id, direction), direction)
-    tally.best = _best_in_database(storage, study_id, direction)
-    return tally
+    tally = Tally.aggregated(aggregate_trials(storage, SURPLUS_ATTR, study_id, settled).get(study_id, ()))
+    read = Tally.of(list(plus), direction)
+    if not tally.finished and not read.finished:
+        return Tally.of(summary_trials(storage, study_id, direction, settled) + list(plus), direction)
+    best = _best_in_database(storage, study_id, direction, settled)
+    if best is not None:
+        tally.best, tally.best_rank = (best.number, best.value), rank_key(best, direction)
+    return tally.merged(read) if plus else tally
 
 
-def _best_in_database(storage: RDBStorage, study_id: int, direction: str) -> tuple[int, float] | None:
-    """``(number, value)`` of the best complete trial: the trials of the best value found in
-    SQL, ranked by their attributes where they tie."""
-    numbers = best_numbers(storage, study_id, maximize=direction == "maximize", limit=1)
-    if len(numbers) > 1:
-        keys = {CV_LOSS_ATTR, FOLD_BEST_EPOCHS_ATTR}
-        by_state = len(numbers) > _TIES_BY_NUMBER
-        candidates = read_trials(storage, study_id, numbers=None if by_state else numbers,
-                                 states=[TrialState.COMPLETE], parts={"values", "user_attrs"}, attr_keys=keys)
-        if by_state:
-            wanted = set(numbers)
-            candidates = [t for t in candidates if t.number in wanted]
-    else:
-        candidates = read_trials(storage, study_id, numbers=numbers, parts={"values"}) if numbers else []
-    best = best_of(candidates, direction)
-    return None if best is None else (best.number, best.value)
+def _best_in_database(storage: RDBStorage, study_id: int, direction: str,
+                      settled: Settled | None = None) -> FrozenTrial | None:
+    """The best complete trial (with its value and ranking attributes only): the trials of
+    the best value found in SQL, ranked by their attributes where they tie."""
+    numbers = best_numbers(storage, study_id, maximize=direction == "maximize", limit=1, settled=settled)
+    by_state = len(numbers) > _TIES_BY_NUMBER
+    candidates = read_trials(storage, study_id, numbers=None if by_state else numbers, states=[TrialState.COMPLETE],
+                             parts={"values", "user_attrs"}, attr_keys=RANK_ATTRS) if numbers else []
+    if by_state:
+        wanted = set(numbers)
+        candidates = [t for t in candidates if t.number in wanted]
+    return best_of(candidates, direction)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Server-Sent Events of a study: what changed since the last look at the database.
 
 The stream polls the database (the only state there is; every stream of a study shares one
-read per poll through :class:`SharedReads`) and sends:
+read per poll through :class:`SharedReads`, which reads only what changed since the read
+before: ``hpo.changes``) and sends:
 
 - ``trial`` when a trial appears or changes state, value or last reported epoch;
 - ``study`` when the study's state, counts or best value change;
@@ -19,7 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,9 @@ from optuna.trial import FrozenTrial
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hpo.changes import StudyReading, read_changes
+from hpo.storage import read_trials, trial_id_of
+from hpo.studies import Tally
 from service.auth import AuthError
 from service.catalog import LoadedStudy, StudyNotFound
 from service.schemas import StudySummary, TrialOut
@@ -62,42 +66,67 @@ def trial_key(trial: FrozenTrial) -> tuple:
     return trial.state, trial.value, len(trial.intermediate_values)
 
 
+KEPT_READS = 64  # reads linked before a snapshot: a stream may miss 30 s of them at 0.5 s a poll
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What a stream that follows no read yet (a new one, or one left behind) asks a read
+    for: every trial (``since_ms`` None), or the unfinished ones and those that started or
+    finished after event id ``since_ms`` (what a page that drew the study then lacks)."""
+
+    since_ms: int | None
+
+
 class Snapshot:
-    """A study as one read saw it, with what every stream needs worked out once per read: the
-    trials by number, their keys, the watermark and, once :meth:`follow` has linked it to the
-    read before, which trials changed since (a stream that was sent that read looks at those
-    only: on a study of 50,000 trials a poll then costs each stream next to nothing).
+    """A study as one read saw it: its summary, the trials new or changed since the read
+    before (all a stream that was sent that one looks at: a poll of a study of 50,000 trials
+    costs next to nothing), the trials that streams catching up asked for, and the
+    watermark. Linked to the reads before it (the latest :data:`KEPT_READS`), so that a
+    stream that missed some looks at what changed since the one it was sent.
 
     Args:
-        study: the study's summary.
-        trials: its trials.
+        study: the study's summary, from ``reading``'s tally.
+        reading: what the read found (the next read starts from it).
+        changed: the trials new or changed since the reading before, in number order.
+        caught_up: the trials of each catch-up asked for, read before ``reading``.
+        previous: the snapshot of the reading before, when there was one.
     """
 
-    def __init__(self, study: StudySummary, trials: list[FrozenTrial]):
+    def __init__(self, study: StudySummary, reading: StudyReading, changed: list[FrozenTrial],
+                 caught_up: dict[CatchUp, list[FrozenTrial]], previous: Snapshot | None):
         self.study = study
-        self.trials = sorted(trials, key=lambda t: t.number)
-        self.keys = {t.number: trial_key(t) for t in self.trials}
-        self._watermark_ms: int | None = None
-        self.previous: Snapshot | None = None
-        self.changed: list[FrozenTrial] = self.trials
-
-    @property
-    def watermark_ms(self) -> int:
-        """The latest event id of its trials."""
-        if self._watermark_ms is None:
-            self._watermark_ms = max((event_id_of(t) for t in self.trials), default=0)
-        return self._watermark_ms
-
-    def follow(self, previous: Snapshot | None) -> Snapshot:
-        """Link this read to the one before it (shared by every stream of the study; only the
-        latest link is kept) and note the trials that are new or changed since."""
+        self.reading: StudyReading | None = reading
+        self.changed = changed
+        self.caught_up = caught_up
+        self.watermark_ms = event_id_at(reading.tally.last_event)
+        self.previous = previous
         if previous is not None:
-            previous.previous = None  # no chain of old reads kept alive
-            self.previous = previous
-            self.changed = [t for t in self.trials if previous.keys.get(t.number) != self.keys[t.number]]
-            # A trial's times change only with its state (so with its key): only changed trials can move it.
-            self._watermark_ms = max([previous.watermark_ms, *(event_id_of(t) for t in self.changed)])
-        return self
+            previous.reading = None  # read from once
+            oldest = self
+            for _ in range(KEPT_READS):
+                oldest = oldest.previous
+                if oldest is None:
+                    return
+            oldest.previous = None
+
+    def changes_since(self, earlier: Snapshot) -> list[FrozenTrial] | None:
+        """The trials new or changed since ``earlier`` (their latest versions, in number
+        order), or None when ``earlier`` is not among the reads linked before this one."""
+        walked: list[list[FrozenTrial]] = []
+        snapshot: Snapshot | None = self
+        while snapshot is not earlier:
+            if snapshot is None:
+                return None
+            walked.append(snapshot.changed)
+            snapshot = snapshot.previous
+        return latest_versions(reversed(walked))
+
+
+def latest_versions(batches: Iterable[list[FrozenTrial]]) -> list[FrozenTrial]:
+    """The trials of ``batches`` (oldest first), each in its latest version, in number order."""
+    by_number = {t.number: t for batch in batches for t in batch}
+    return [by_number[n] for n in sorted(by_number)]
 
 
 @dataclass
@@ -110,15 +139,27 @@ class ChangeTracker:
     study: StudySummary | None = None
     last: Snapshot | None = None
 
-    def events(self, snapshot: Snapshot) -> list[ServerSentEvent]:
+    def catch_up(self) -> CatchUp:
+        """What this client needs when it follows no read: every trial, or those the event
+        id it resumes from leaves out."""
+        return CatchUp(self.resume_after_ms)
+
+    def events(self, snapshot: Snapshot) -> list[ServerSentEvent] | None:
+        """The events that bring the client to ``snapshot``, or None when it cannot: the
+        client follows no read linked before it, and it holds no catch-up for the client
+        (ask a read for :meth:`catch_up`)."""
+        changes = snapshot.changes_since(self.last) if self.last is not None else None
+        if changes is None:
+            caught = snapshot.caught_up.get(self.catch_up())
+            if caught is None:
+                return None
+            changes = latest_versions([caught, snapshot.changed])
         out: list[ServerSentEvent] = []
         first = self.study is None
         self.watermark_ms = max(self.watermark_ms, snapshot.watermark_ms)
-        # The read right after the one this client was sent: only its changed trials can differ.
-        candidates = snapshot.changed if self.last is not None and snapshot.previous is self.last else snapshot.trials
         self.last = snapshot
-        for trial in candidates:
-            key = snapshot.keys[trial.number]
+        for trial in changes:
+            key = trial_key(trial)
             if self.trial_keys.get(trial.number) == key:
                 continue
             self.trial_keys[trial.number] = key
@@ -138,11 +179,24 @@ def _event(name: str, data: StudySummary | TrialOut, event_id: int) -> ServerSen
     return ServerSentEvent(event=name, data=data, id=str(event_id))
 
 
+# Reads a study's snapshot after the one given (none: the first), reading the catch-ups given first.
+SnapshotRead = Callable[[Snapshot | None, frozenset[CatchUp]], Snapshot]
+
+
+@dataclass
+class _Read:
+    started: float
+    future: asyncio.Future
+    catch_ups: frozenset[CatchUp] = frozenset()
+
+
 class SharedReads:
     """One database read per study and poll interval, shared by all of that study's streams:
-    200 open pages of one study cost what one does. Each :class:`Snapshot` read is linked to
-    the one before (:meth:`Snapshot.follow`), so streams look only at what changed. A read older than ``max_age_s`` is
-    repeated by the next stream that asks; streams asking meanwhile await that same read.
+    200 open pages of one study cost what one does. Each :class:`Snapshot` read starts from
+    the one before, and streams look only at what changed. A read older than ``max_age_s``
+    is repeated by the next stream that asks; streams asking meanwhile await that same read.
+    A stream that needs a catch-up awaits a read that reads it (the next one, unless the
+    one in flight does), shared with the others that need the same.
 
     Args:
         max_age_s: how long a read serves (the streams' poll interval).
@@ -150,38 +204,64 @@ class SharedReads:
 
     def __init__(self, max_age_s: float):
         self.max_age_s = max_age_s
-        self._reads: dict[str, tuple[float, asyncio.Future[Snapshot]]] = {}
+        self._reads: dict[str, _Read] = {}
+        self._latest: dict[str, Snapshot] = {}
+        self._wanted: dict[str, set[CatchUp]] = {}
 
-    async def read(self, key: str, read: Callable[[], Snapshot]) -> Snapshot:
-        """The latest snapshot of study ``key``, read in a thread when none is fresh.
+    async def read(self, key: str, read: Callable[[], Any]) -> Any:
+        """What ``read`` answers, read in a thread when no answer under ``key`` is fresh.
 
         Raises:
             Whatever ``read`` raised (every stream waiting on that read gets it).
         """
-        now = time.monotonic()
         entry = self._reads.get(key)
-        if entry is None or (entry[1].done() and now - entry[0] >= self.max_age_s):
-            self._forget_older_than(now - 10 * self.max_age_s)
-            previous = entry[1].result() if entry and not entry[1].cancelled() and not entry[1].exception() else None
+        if entry is None or (entry.future.done() and time.monotonic() - entry.started >= self.max_age_s):
+            entry = self._start(key, read, frozenset())
+        return await asyncio.shield(entry.future)
 
-            def read_after() -> Any:
-                value = read()
-                return value.follow(previous if isinstance(previous, Snapshot) else None) \
-                    if isinstance(value, Snapshot) else value
+    async def snapshot(self, key: str, read: SnapshotRead, catch_up: CatchUp | None = None) -> Snapshot:
+        """The latest snapshot of study ``key`` (with ``catch_up`` read, when given), read in
+        a thread when none is fresh.
 
-            entry = (now, asyncio.ensure_future(run_in_threadpool(read_after)))
-            self._reads[key] = entry
-        return await asyncio.shield(entry[1])
+        Raises:
+            Whatever ``read`` raised (every stream waiting on that read gets it).
+        """
+        while True:
+            entry = self._reads.get(key)
+            if entry is not None and (catch_up is None or catch_up in entry.catch_ups) and (
+                    not entry.future.done() or time.monotonic() - entry.started < self.max_age_s):
+                return await asyncio.shield(entry.future)
+            if entry is None or entry.future.done():
+                catch_ups = frozenset(self._wanted.pop(key, set()) | ({catch_up} if catch_up is not None else set()))
+
+                def read_next(previous: Snapshot | None = self._latest.get(key)) -> Snapshot:
+                    snapshot = read(previous, catch_ups)
+                    self._latest[key] = snapshot  # before the read counts as done: the next one starts from it
+                    return snapshot
+
+                return await asyncio.shield(self._start(key, read_next, catch_ups).future)
+            if catch_up is not None:
+                self._wanted.setdefault(key, set()).add(catch_up)
+            await asyncio.wait([entry.future])  # the read in flight lacks the catch-up: the next one reads it
+
+    def _start(self, key: str, read: Callable[[], Any], catch_ups: frozenset[CatchUp]) -> _Read:
+        now = time.monotonic()
+        self._forget_older_than(now - 10 * self.max_age_s)
+        entry = _Read(now, asyncio.ensure_future(run_in_threadpool(read)), catch_ups)
+        self._reads[key] = entry
+        return entry
 
     def _forget_older_than(self, moment: float) -> None:
         """Drop finished reads of studies no stream asked about lately (closed pages, deleted studies)."""
-        for key in [k for k, (at, future) in self._reads.items() if at < moment and future.done()]:
+        for key in [k for k, entry in self._reads.items() if entry.started < moment and entry.future.done()]:
             del self._reads[key]
+            self._latest.pop(key, None)
+            self._wanted.pop(key, None)
 
 
 async def study_events(
     request: Request,
-    read: Callable[[], Snapshot],
+    read: SnapshotRead,
     *,
     poll_s: float,
     heartbeat_s: float,
@@ -196,7 +276,7 @@ async def study_events(
 
     Args:
         request: to notice the client leaving.
-        read: reads the study's current snapshot (blocking; run in a thread).
+        read: reads the study's next snapshot (blocking; run in a thread): see :func:`snapshot_reader`.
         poll_s: seconds between reads of the database.
         heartbeat_s: seconds of silence before a keep-alive comment.
         last_event_id: the ``Last-Event-ID`` a reconnecting client sent.
@@ -207,24 +287,27 @@ async def study_events(
             reads, by the streams of the same credentials).
     """
     tracker = ChangeTracker(resume_after_ms=parse_last_event_id(last_event_id))
+    reads, key = shared or (SharedReads(max_age_s=poll_s), "")
     yield ServerSentEvent(retry=RETRY_MS)
     last_sent = time.monotonic()
     while not await request.is_disconnected():
+        events: list[ServerSentEvent] | None = []
         try:
             if authorize:
-                await (shared[0].read(authorize[1], authorize[0]) if shared else run_in_threadpool(authorize[0]))
-            snapshot = await (shared[0].read(shared[1], read) if shared else run_in_threadpool(read))
+                await reads.read(authorize[1], authorize[0])
+            events = tracker.events(await reads.snapshot(key, read, None if tracker.last else tracker.catch_up()))
+            if events is None:  # left behind: catch up
+                events = tracker.events(await reads.snapshot(key, read, tracker.catch_up()))
         except StudyNotFound:
             yield ServerSentEvent(event="deleted", data={})
             return
         except AuthError as exc:
             if exc.status != 503:  # the key was revoked or the login ended: the client reconnects to a 401
                 return
-            snapshot = None  # the keys could not be read: a database hiccup, try again at the next poll
+            # the keys could not be read: a database hiccup, try again at the next poll
         except Exception:  # a database hiccup: keep the stream, try again at the next poll
             log.warning("event stream: reading the study failed; retrying", exc_info=True)
-            snapshot = None
-        for event in tracker.events(snapshot) if snapshot else []:
+        for event in events or []:
             yield event
             last_sent = time.monotonic()
         if time.monotonic() - last_sent >= heartbeat_s:
@@ -234,21 +317,46 @@ async def study_events(
 
 
 def snapshot_reader(load: Callable[[], LoadedStudy],
-                    view: Callable[[LoadedStudy, list[FrozenTrial]], StudySummary]) -> Callable[[], Snapshot]:
-    """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be deleted)
-    and reads its trials once, for the summary (``view``) and the trial events.
+                    view: Callable[[LoadedStudy, Tally], StudySummary]) -> SnapshotRead:
+    """A ``read`` for :func:`study_events`: loads the study afresh each time (it may be
+    deleted), reads what changed since the snapshot before (``hpo.changes.read_changes``:
+    the trials then unfinished and the newer ones) and the study's summary from their tally
+    (``view``). The first read starts from a first reading of its own.
 
     The study's counts are derived from the very trials the snapshot sends, so a page that
     applies a poll's trial events together with its study event never shows counts that
-    disagree with its trials.
+    disagree with its trials. A catch-up is read before the changes, after the reading they
+    follow: a stream sent both has every trial as the changes left it.
     """
 
-    def read() -> Snapshot:
+    def read(previous: Snapshot | None, catch_ups: frozenset[CatchUp]) -> Snapshot:
         loaded = load()
-        trials = loaded.study.get_trials(deepcopy=False)
-        return Snapshot(study=view(loaded, trials), trials=trials)
+
+        def changes(before: StudyReading | None) -> StudyReading:
+            try:
+                return read_changes(loaded.storage, loaded.study_id, loaded.spec.direction, before)
+            except KeyError:  # the study was deleted since it was loaded
+                raise StudyNotFound(loaded.record.id) from None
+
+        before = previous.reading if previous is not None and previous.reading is not None else changes(None)
+        caught_up = {catch_up: _caught_up(loaded, catch_up) for catch_up in catch_ups}
+        reading = changes(before)
+        keys = {trial_id_of(t): trial_key(t) for t in before.unfinished.values()}
+        changed = [t for t in reading.trials if keys.get(trial_id_of(t)) != trial_key(t)]
+        return Snapshot(view(loaded, reading.tally), reading, changed, caught_up,
+                        previous if previous is not None and before is previous.reading else None)
 
     return read
+
+
+def _caught_up(loaded: LoadedStudy, catch_up: CatchUp) -> list[FrozenTrial]:
+    """Every trial (through the trial cache), or the unfinished ones and those that started or
+    finished since the event id (read narrowly; from a millisecond earlier: event ids are
+    whole milliseconds)."""
+    if catch_up.since_ms is None:
+        return loaded.study.get_trials(deepcopy=False)
+    since = dt.datetime.fromtimestamp(catch_up.since_ms / 1000) - dt.timedelta(milliseconds=1)
+    return read_trials(loaded.storage, loaded.study_id, changed_since=since)
 
 
 class LeftStreamsMiddleware:

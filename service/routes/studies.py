@@ -237,8 +237,8 @@ async def study_event_stream(
             return records.dataset_names(session, [loaded.record])
 
     names = await run_in_threadpool(read_dataset_names)  # read once: an upload is never renamed
-    read = snapshot_reader(load, lambda s, trials: StudySummary.of(s.record, s.spec, s.progress(trials),
-                                                                  dataset_names=names))
+    read = snapshot_reader(load, lambda s, tally: StudySummary.of(s.record, s.spec, s.progress(tally=tally),
+                                                                 dataset_names=names))
     async for event in study_events(request, read, poll_s=settings.events_poll_s,
                                     heartbeat_s=settings.events_heartbeat_s,
                                     last_event_id=last_event_id_header or last_event_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,11 +13,17 @@ from collections.abc import Callable, Iterator
 import httpx
 import optuna
 import pytest
-
+import sqlalchemy
+from fastapi.sse import ServerSentEvent
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from service.events import ChangeTracker, SharedReads, Snapshot
+from hpo.db.models import StudyRecord
+from hpo.spec import parse_spec
+from hpo.storage import write_trials
+from hpo.studies import SURPLUS_ATTR, progress, set_cancelled
+from service.events import CatchUp, ChangeTracker, SharedReads, event_id_of, snapshot_reader, trial_key
+from service.schemas import StudySummary, TrialOut
 from tests.support.aio import run_async
 from tests.support.databases import postgres_admin
 from tests.support.servers import ServeProcess
@@ -192,13 +199,13 @@ def test_streams_of_a_study_share_one_read_per_poll():
     reads: list[str] = []
 
     def read(key: str):
-        def snapshot() -> Snapshot:
+        def answer() -> dict:
             reads.append(key)
             time.sleep(0.05)
-            return Snapshot(study={"key": key}, trials=[])
-        return snapshot
+            return {"key": key}
+        return answer
 
-    async def many_streams() -> list[Snapshot]:
+    async def many_streams() -> list[dict]:
         shared = SharedReads(max_age_s=0.2)
         first = await asyncio.gather(*(shared.read(k, read(k)) for k in ["a"] * 50 + ["b"] * 50))
         again = await shared.read("a", read("a"))  # still fresh
@@ -209,39 +216,190 @@ def test_streams_of_a_study_share_one_read_per_poll():
     snapshots = run_async(many_streams())
 
     assert sorted(reads) == ["a", "a", "b"]
-    assert [s.study["key"] for s in snapshots] == ["a"] * 50 + ["b"] * 50 + ["a", "a"]
+    assert [s["key"] for s in snapshots] == ["a"] * 50 + ["b"] * 50 + ["a", "a"]
 
 
-def test_streams_following_linked_reads_send_what_a_full_comparison_sends():
-    """Linked reads (what ``SharedReads`` makes) let a stream look only at the trials that
-    changed since the read it was sent; a stream that missed a read compares them all. Either
-    way, the events are those of comparing every trial, on a study of a few hundred trials."""
-    distribution = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+def test_a_stream_catching_up_awaits_a_read_of_its_catch_up_after_the_one_in_flight():
+    """Each read starts from the one before; a stream asking for a catch-up while a read
+    without it is in flight gets the next read, which reads it (and serves the others)."""
+    reads: list[tuple] = []
 
-    def trial(number: int, state: TrialState, steps: int, value: float | None = None):
-        made = create_trial(state=state, value=value, params={"lr": 0.01}, distributions=distribution,
-                            intermediate_values={s: 0.1 * s for s in range(steps)})
-        made.number = number
-        return made
+    def read(previous, catch_ups):
+        time.sleep(0.1)
+        reads.append((previous, catch_ups))
+        return len(reads)
 
-    polls = [[trial(n, TrialState.COMPLETE, 3, 0.5) for n in range(300)] + [trial(300, TrialState.RUNNING, 1)]]
-    polls.append(polls[-1][:300] + [trial(300, TrialState.RUNNING, 2)])  # a new epoch
-    polls.append(polls[-1])  # nothing changed
-    polls.append(polls[-1][:300] + [trial(300, TrialState.COMPLETE, 2, 0.9), trial(301, TrialState.RUNNING, 0)])
-    polls.append(polls[-1][:301] + [trial(301, TrialState.PRUNED, 1), trial(302, TrialState.COMPLETE, 1, 0.2)])
-    studies = ["s0", "s1", "s1", "s2", "s3"]
+    async def streams() -> list:
+        shared = SharedReads(max_age_s=5)
+        first = asyncio.ensure_future(shared.snapshot("s", read))
+        await asyncio.sleep(0.02)  # the first read is in flight
+        caught = asyncio.ensure_future(shared.snapshot("s", read, CatchUp(7)))
+        await asyncio.sleep(0.15)  # the read with the catch-up is in flight
+        return [await first, await caught, await shared.snapshot("s", read),
+                await shared.snapshot("s", read, CatchUp(7))]
 
-    def sent(tracker: ChangeTracker, snapshots: list[Snapshot]) -> list[list[str]]:
-        return [[repr(e) for e in tracker.events(s)] for s in snapshots]
+    assert run_async(streams()) == [1, 2, 2, 2]
+    assert reads == [(None, frozenset()), (1, frozenset({CatchUp(7)}))]
 
-    linked, previous = [], None
-    for trials, study in zip(polls, studies):
-        previous = Snapshot(study, trials).follow(previous)
-        linked.append(previous)
-    assert [len(s.changed) for s in linked] == [301, 1, 0, 2, 2]
-    for resume in (None, linked[0].watermark_ms):
-        full = sent(ChangeTracker(resume_after_ms=resume), [Snapshot(st, t) for t, st in zip(polls, studies)])
-        assert sent(ChangeTracker(resume_after_ms=resume), linked) == full
-        assert len(full[0]) == (302 if resume is None else 2) and len(full[2]) == 0
-        skipping = sent(ChangeTracker(resume_after_ms=resume), [linked[0], linked[2], linked[3], linked[4]])
-        assert skipping == [full[0], full[1] + full[2], full[3], full[4]]
+
+def study_reads(api, study_id: str):
+    """The stream's read of a study's snapshots, as its route makes it."""
+    cache = api.app.state.trial_cache
+    with api.app.state.sessions() as session:
+        record = session.get(StudyRecord, study_id)
+    return snapshot_reader(lambda: cache.open(record), lambda loaded, tally: StudySummary.of(
+        loaded.record, loaded.spec, loaded.progress(tally=tally), dataset_names={}))
+
+
+class FullComparison:
+    """What a stream sent before reads followed each other: at each poll every trial of a full
+    read compared with what the client was sent, and the study's progress from that read."""
+
+    def __init__(self, api, storage, study_id: str, resume_after_ms: int | None = None):
+        with api.app.state.sessions() as session:
+            self.record = session.get(StudyRecord, study_id)
+        self.spec = parse_spec(self.record.spec)
+        self.storage, self.resume_after_ms = storage, resume_after_ms
+        self.keys: dict[int, tuple] = {}
+        self.study, self.watermark_ms = None, 0
+
+    def events(self) -> list[str]:
+        study = optuna.load_study(study_name=self.record.optuna_study_name, storage=self.storage)
+        trials = study.get_trials(deepcopy=False)
+        summary = StudySummary.of(self.record, self.spec, progress(study, self.spec, trials=trials), dataset_names={})
+        self.watermark_ms = max([self.watermark_ms, *map(event_id_of, trials)])
+        out, first = [], self.study is None
+        for trial in trials:
+            if self.keys.get(trial.number) == trial_key(trial):
+                continue
+            self.keys[trial.number] = trial_key(trial)
+            if not (first and self.resume_after_ms is not None and trial.state.is_finished()
+                    and event_id_of(trial) <= self.resume_after_ms):
+                out.append(ServerSentEvent(event="trial", data=TrialOut.of(trial, intermediate=True),
+                                           id=str(self.watermark_ms)))
+        if summary != self.study:
+            self.study = summary
+            out.append(ServerSentEvent(event="study", data=summary, id=str(self.watermark_ms)))
+        return [repr(e) for e in out]
+
+
+def test_streams_sent_reads_of_what_changed_get_the_events_of_full_reads(api, storage):
+    """Each read after the first reads only the trials that may have changed and tallies the
+    study from them, and a stream that was sent a read looks only at what changed since (one
+    that missed reads, at the reads linked in between; a new one, at a catch-up read with
+    it). Through new trials, epochs reported, running trials completing, pruned, failed and
+    failed as surplus, a queued trial claimed and the study cancelled, every stream gets the
+    events that comparing every trial of a full read gives it, on SQLite and PostgreSQL."""
+    study_id = api.post("/api/v1/studies", json=tiny_spec(budget={"n_trials": 100})).json()["id"]
+    name = api.get(f"/api/v1/studies/{study_id}").json()["optuna_study_name"]
+    study = optuna.load_study(study_name=name, storage=storage)
+    running: dict[str, optuna.Trial] = {}
+
+    def ask(key: str, *steps: float) -> None:
+        running[key] = study.ask()
+        running[key].suggest_float("lr", 1e-4, 1e-1, log=True)
+        for step, score in enumerate(steps):
+            running[key].report(score, step)
+
+    changes = [
+        lambda: ([add_trial(storage, name, value=0.1 * (n % 5), steps=[0.1, 0.2]) for n in range(12)],
+                 add_trial(storage, name, state="pruned", steps=[0.1]), add_trial(storage, name, state="failed"),
+                 ask("a", 0.3)),
+        lambda: (ask("b"), running["a"].report(0.35, 1)),
+        lambda: study.tell(running.pop("a"), 0.9),  # a new best
+        lambda: None,
+        lambda: (study.tell(running.pop("b"), state=TrialState.PRUNED), ask("c", 0.2),
+                 study.enqueue_trial({"lr": 0.01})),
+        lambda: (running["c"].set_user_attr(SURPLUS_ATTR, True), study.tell(running.pop("c"), state=TrialState.FAIL),
+                 ask("queued")),  # claims the queued trial
+        lambda: set_cancelled(storage, name, True),
+        lambda: (study.tell(running.pop("queued"), 0.9), add_trial(storage, name, value=0.4)),
+    ]
+    read = study_reads(api, study_id)
+    streams = {  # tracker, its full comparison, the polls it makes, when it resumes from which poll's event id
+        "every poll": (ChangeTracker(), FullComparison(api, storage, study_id), range(8)),
+        "missing polls": (ChangeTracker(), FullComparison(api, storage, study_id), [0, 3, 4, 6, 7]),
+        "new at poll 5": (ChangeTracker(), FullComparison(api, storage, study_id), [5, 6, 7]),
+    }
+    snapshot, event_ids = None, []
+    sent: dict[str, list] = {key: [] for key in streams}
+    expected: dict[str, list] = {key: [] for key in streams}
+    for poll, change in enumerate(changes):
+        change()
+        if poll == 4:  # a page drawn at poll 2 opens its stream
+            streams["resumed at poll 4"] = (ChangeTracker(resume_after_ms=event_ids[2]),
+                                            FullComparison(api, storage, study_id, event_ids[2]), [4, 5, 6, 7])
+            sent["resumed at poll 4"], expected["resumed at poll 4"] = [], []
+        catch_ups = frozenset(tracker.catch_up() for tracker, _, polls in streams.values() if poll == polls[0])
+        snapshot = read(snapshot, catch_ups)
+        event_ids.append(snapshot.watermark_ms)
+        for key, (tracker, full, polls) in streams.items():
+            if poll in polls:
+                sent[key].append([repr(e) for e in tracker.events(snapshot)])
+                expected[key].append(full.events())
+    for key in streams:
+        assert sent[key] == expected[key], key
+    assert len(expected["every poll"][0]) == 16 and expected["every poll"][3] == []  # 15 trials and the study
+    assert sum(e.startswith("ServerSentEvent(event='trial'") for e in expected["resumed at poll 4"][0]) < 5
+
+
+def python_calls(work: Callable[[], object]) -> int:
+    """How many Python and C functions ``work`` calls (in this thread): its work, without a clock."""
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(count)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_a_poll_costs_what_changed_not_the_size_of_the_study(api, storage):
+    """A poll of a study where nothing changed does the same work, and reads the same rows,
+    whether the study has 300 or 1,200 finished trials (it used to work through every
+    trial: sort them, key them, tally them); a poll after two trials changed reads those."""
+    engine = api.app.state.trial_cache.backend.engine
+    statements: list[tuple[str, object]] = []
+
+    @sqlalchemy.event.listens_for(engine, "before_cursor_execute")
+    def note(connection, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    def rows_read(poll: Callable[[], object]) -> int:
+        statements.clear()
+        poll()
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            return sum(len(cursor.execute(statement, parameters).fetchall() if engine.dialect.name == "sqlite"
+                           else (cursor.execute(statement, parameters), cursor.fetchall())[1])
+                       for statement, parameters in statements)
+        finally:
+            connection.close()
+
+    costs = {}
+    for n_trials in (300, 1200):
+        study = api.post("/api/v1/studies", json=tiny_spec(budget={"n_trials": 100})).json()
+        trials = [create_trial(state=TrialState.COMPLETE, value=n / n_trials, params={"lr": 0.01},
+                               distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
+                               intermediate_values={0: 0.4, 1: 0.5}) for n in range(n_trials)]
+        write_trials(storage, study["optuna_study_name"], trials)
+        for _ in range(2):
+            add_trial(storage, study["optuna_study_name"], state="running", steps=[0.1])
+        read = study_reads(api, study["id"])
+        snapshots = [read(read(None, frozenset()), frozenset())]  # the statements compiled and cached
+
+        def poll() -> None:
+            snapshots.append(read(snapshots[-1], frozenset()))
+
+        idle_rows, idle_calls = rows_read(poll), python_calls(poll)
+        add_trial(storage, study["optuna_study_name"], steps=[0.1, 0.2])
+        costs[n_trials] = idle_calls, idle_rows, rows_read(poll)
+    (calls_small, *rows_small), (calls_large, *rows_large) = costs[300], costs[1200]
+    assert calls_large < calls_small + 100, costs
+    assert rows_large == rows_small and rows_large[0] < 40 and rows_large[1] < rows_large[0] + 30, costs
