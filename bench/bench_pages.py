@@ -224,6 +224,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_idle(server: ServeProcess, limit_s: float = 300.0) -> float:
+    """Wait until the server uses under 5 % of a core for 3 s in a row (the start-up warming of
+    its trial cache, which reads every study in full once no request came for 1 s, is over):
+    the streams' cost is then theirs alone. Returns the seconds waited."""
+    started, quiet = time.perf_counter(), 0
+    while quiet < 3 and time.perf_counter() < started + limit_s:
+        before = cpu_s(server.proc.pid)
+        time.sleep(1.0)
+        quiet = quiet + 1 if cpu_s(server.proc.pid) - before < 0.05 else 0
+    return time.perf_counter() - started
+
+
 def postgres_counters(url: str) -> tuple[int, int] | None:
     """Transactions and rows read so far in the database (PostgreSQL's statistics), or None."""
     if not url.startswith("postgresql"):
@@ -320,6 +332,9 @@ def measure(url: str, workdir: Path, study_id: str, args: argparse.Namespace) ->
             measure_trials(server, study_id, args)
         if "lists" in args.only:
             measure_lists(server, args)
+        if "stream" in args.only:
+            settled = wait_idle(server)
+            print(f"  live stream: measured once the server is idle (its trial cache warmed), after {settled:.0f} s")
         for n_streams in args.streams if "stream" in args.only else ():
             cost = stream_cost(server, url, study_id, n_streams, args.window)
             line = (f"  live stream, {n_streams} open on the large study: server CPU {100 * cost['cpu_share']:.0f} % "
