@@ -32,6 +32,7 @@ from service.limits import BodySizeLimitMiddleware
 from service.routes import datasets, health, studies, trials
 from service.routes import models as model_routes
 from service.trial_cache import TrialCache
+from service.web.pages import plotly_gzipped
 
 log = logging.getLogger("service")
 API_PREFIX = "/api/v1"
@@ -77,7 +78,10 @@ def _close_resources(app: FastAPI) -> None:
     app.state.storage.engine.dispose()
 
 
-def _warm_trial_cache(app: FastAPI) -> None:
+def _warm(app: FastAPI) -> None:
+    """What the first requests would otherwise wait for: Plotly's bundle gzipped (the study
+    page's largest asset), then the trial cache, a study at a time in quiet moments."""
+    plotly_gzipped()
     try:
         app.state.trial_cache.warm(app.state.sessions,
                                    before_each=lambda: app.state.activity.wait_quiet(WARM_AFTER_QUIET_S))
@@ -88,7 +92,7 @@ def _warm_trial_cache(app: FastAPI) -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(_open_resources, app, app.state.settings)
-    threading.Thread(target=_warm_trial_cache, args=(app,), name="warm-trial-cache", daemon=True).start()
+    threading.Thread(target=_warm, args=(app,), name="warm", daemon=True).start()
     try:
         yield
     finally:
