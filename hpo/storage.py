@@ -233,13 +233,10 @@ class BulkReadRDBStorage(RDBStorage):
     ) -> list[FrozenTrial]:
         """Optuna's private hook behind ``get_all_trials`` and ``_CachedStorage`` (same
         arguments and answer as Optuna 5.0.0's), read with plain selects: see the class."""
-        trials_t = models.TrialModel.__table__
-        where = None
-        if trial_id_greater_than > -1:
-            included = [i for i in included_trial_ids if i <= trial_id_greater_than]
-            newer = trials_t.c.trial_id > trial_id_greater_than
-            where = sa.or_(trials_t.c.trial_id.in_(included), newer) if included else newer
-        return _read_trials(self, study_id, where, states)
+        if trial_id_greater_than < 0:
+            return _read_trials(self, study_id, None, states)
+        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
+        return _read_trials(self, study_id, _newer_than(study_id, trial_id_greater_than, included), states, own=True)
 
 
 ALL_PARTS = frozenset({"params", "values", "user_attrs", "system_attrs", "intermediate"})
@@ -308,10 +305,21 @@ def read_trials_after(storage: RDBStorage, study_id: int, last_trial_id: int,
     Raises:
         KeyError: no study has that id.
     """
+    return _read_trials(storage, study_id, _newer_than(study_id, last_trial_id, trial_ids), None, own=True)
+
+
+def _newer_than(study_id: int, trial_id: int, trial_ids: Collection[int] = ()) -> sa.ColumnElement:
+    """The condition on ``trials`` rows: the trials of ``study_id`` newer than ``trial_id``,
+    and those of ``trial_ids`` (some of its trials). It selects the study's trials by itself,
+    as a range of the ``(study_id, trial_id)`` index (trial ids are positive, so ``(study_id
+    + 1, 0)`` is below the next study's), and is meant to stand without ``study_id = ?``:
+    with that equality beside it, or with ``trial_id > ?`` alone, PostgreSQL 15 walks every
+    trial of the study, or takes the trials of every newer study from the primary key for
+    candidates (it cannot know that an old study's trials all have low ids)."""
     trials_t = models.TrialModel.__table__
-    newer = trials_t.c.trial_id > last_trial_id
-    where = sa.or_(trials_t.c.trial_id.in_(list(trial_ids)), newer) if trial_ids else newer
-    return _read_trials(storage, study_id, where, None)
+    key = sa.tuple_(trials_t.c.study_id, trials_t.c.trial_id)
+    newer = sa.and_(key > sa.tuple_(study_id, trial_id), key < sa.tuple_(study_id + 1, 0))
+    return sa.or_(trials_t.c.trial_id.in_(list(trial_ids)), newer) if trial_ids else newer
 
 
 def last_trial_id(storage: RDBStorage, study_id: int) -> int:
@@ -690,13 +698,18 @@ _IDS_LISTED = 1000
 
 def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | None,
                  states: Iterable[TrialState] | None, parts: Container[str] = ALL_PARTS,
-                 attr_keys: Container[str] | None = None) -> list[FrozenTrial]:
+                 attr_keys: Container[str] | None = None, *, own: bool = False) -> list[FrozenTrial]:
     """The trials of a study matching ``where`` and ``states`` (see :func:`read_trials`), read
-    with plain selects and built from rows: no ORM objects, no type conversion per row."""
+    with plain selects and built from rows: no ORM objects, no type conversion per row.
+    ``own``: ``where`` selects trials of this study only (:func:`_newer_than`) and stands for
+    the study's own condition."""
     trials_t = models.TrialModel.__table__
-    condition = _trials_of(study_id, states)
-    if where is not None:
-        condition = sa.and_(condition, where)
+    if own:
+        condition = where if states is None else sa.and_(where, trials_t.c.state.in_(list(states)))
+    else:
+        condition = _trials_of(study_id, states)
+        if where is not None:
+            condition = sa.and_(condition, where)
     chosen: Any = sa.select(trials_t.c.trial_id).where(condition).scalar_subquery()
 
     def rows_of(model: Any, *columns: str, keys: Container[str] | None = None) -> Sequence[Any]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import datetime as dt
 
 import optuna
+import pytest
+import sqlalchemy
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpo.changes import read_changes
-from hpo.storage import study_storage, trial_id_of
+from hpo.storage import open_storage, study_storage, trial_id_of, write_trials
 from hpo.studies import CV_LOSS_ATTR, FAIL_REASON_ATTR, SURPLUS_ATTR, Tally
 
 START = dt.datetime(2026, 11, 29, 12, 0, 0)  # before the trials this test starts now
@@ -64,3 +66,47 @@ def test_readings_tally_what_a_full_read_tallies_and_read_only_what_may_have_cha
         assert sorted(reading.unfinished) == sorted(trial_id_of(t) for t in full if not t.state.is_finished()), index
     assert reading.tally.best == (made["retry"] - made["f0"], 0.95)
     assert reading.tally.counts[TrialState.FAIL] == 2  # the surplus failure is not counted
+
+
+@pytest.mark.postgres
+def test_reading_what_changed_in_an_old_study_visits_none_of_the_newer_studies_trials(postgres_url):
+    """The trials newer than a read of an old study are looked for in that study's range of
+    the ``(study_id, trial_id)`` index: PostgreSQL, which cannot know that an old study's
+    trials all have low ids, took the trials of every newer study for candidates from the
+    primary key (20,000 rows a poll for a study of 50,000 among 1,000 studies). Checked on
+    the plans of the very statements the read runs, after ``ANALYZE``."""
+    storage = open_storage(postgres_url)
+    lr = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for name, n_trials in (("old", 3000), ("new", 1000)):
+        optuna.create_study(study_name=name, storage=storage)
+        write_trials(storage, name, [create_trial(state=TrialState.COMPLETE, value=0.5, params={"lr": 0.01},
+                                                  distributions=lr) for _ in range(n_trials)])
+    _, old_id = study_storage(optuna.load_study(study_name="old", storage=storage))
+    with storage.engine.begin() as connection:
+        connection.execute(sqlalchemy.text("ANALYZE"))  # what autovacuum does after such writes
+    statements: list[tuple[str, object]] = []
+
+    def note(connection, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    reading = read_changes(storage, old_id, "minimize")
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", note)
+    assert read_changes(storage, old_id, "minimize", reading).trials == []
+    sqlalchemy.event.remove(storage.engine, "before_cursor_execute", note)
+
+    def visited(plan: dict) -> int:
+        """Rows a plan's nodes read and dropped."""
+        return (plan.get("Rows Removed by Filter", 0) + plan.get("Rows Removed by Index Recheck", 0)
+                + sum(map(visited, plan.get("Plans", []))))
+
+    connection = storage.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        dropped = []
+        for statement, parameters in statements:
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+            dropped.append(visited(cursor.fetchone()[0][0]["Plan"]))
+    finally:
+        connection.close()
+        storage.engine.dispose()
+    assert statements and max(dropped) < 100, dropped
