@@ -137,11 +137,17 @@ def _first_hit(storage: str, name: str, launched: dt.datetime) -> float | None:
     """Seconds from launch until the first complete trial at or above the target, if any."""
     import optuna
 
-    try:  # read only: creating the tables here would race `hpo run` creating them
-        reader = optuna.storages.RDBStorage(storage, skip_table_creation=True, skip_compatibility_check=True)
+    from hpo.storage import open_storage
+
+    # Opened as `hpo run` opens it (any number of processes may, on a new database): a bare
+    # connection made while `hpo run` set the new file up (WAL mode) could make that run fail.
+    reader = open_storage(storage)
+    try:
         trials = optuna.load_study(study_name=name, storage=reader).get_trials(deepcopy=False)
-    except Exception:  # the study is not created yet, or the database is busy: ask again later
+    except KeyError:  # the study is not created yet: ask again later
         return None
+    finally:
+        reader.engine.dispose()
     hits = [t.datetime_complete for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value >= TARGET]
     return (min(hits) - launched).total_seconds() if hits else None
 
