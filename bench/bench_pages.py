@@ -39,6 +39,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -377,9 +378,7 @@ def measure_trials(server: ServeProcess, study_id: str, args: argparse.Namespace
     p50, p95 = percentiles([t for ts in trials.values() for t in ts])
     print(f"  GET .../trials, {len(TRIAL_PAGES)} kinds of page x {args.rounds}: p50 {1000 * p50:.0f} ms, "
           f"p95 {1000 * p95:.0f} ms (goal < {1000 * PAGE_GOAL_S:.0f} ms); server CPU {1000 * cpu:.0f} ms per request")
-    for query, ts in trials.items():
-        print(f"      {query.rsplit('?', 1)[1]:<50} p50 {1000 * statistics.median(ts):.0f} ms, "
-              f"max {1000 * max(ts):.0f} ms")
+    print_each(trials, lambda query: query.rsplit("?", 1)[1])
 
 
 def measure_lists(server: ServeProcess, args: argparse.Namespace) -> None:
@@ -389,9 +388,13 @@ def measure_lists(server: ServeProcess, args: argparse.Namespace) -> None:
     p50, p95 = percentiles([t for ts in lists.values() for t in ts])
     print(f"  studies list ({args.studies} studies): p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms; "
           f"server CPU {1000 * cpu:.0f} ms per request")
-    for query, ts in lists.items():
-        print(f"      {query.removeprefix('/api/v1/'):<50} p50 {1000 * statistics.median(ts):.0f} ms, "
-              f"max {1000 * max(ts):.0f} ms")
+    print_each(lists, lambda query: query.removeprefix("/api/v1/"))
+
+
+def print_each(times: dict[str, list[float]], shown: Callable[[str], str]) -> None:
+    """One line per request: what ``shown`` keeps of its address, its median and its slowest."""
+    for query, ts in times.items():
+        print(f"      {shown(query):<50} p50 {1000 * statistics.median(ts):.0f} ms, max {1000 * max(ts):.0f} ms")
 
 
 def kept_postgres_database(workdir: Path) -> str:

@@ -683,11 +683,13 @@ def complete_numbers_by_finish(storage: RDBStorage, study_id: int) -> list[int]:
 def _trials_of(study_id: int, states: Iterable[TrialState] | None, settled: Settled | None = None) -> sa.ColumnElement:
     """The condition on ``trials`` rows: of this study (and in ``states``, and among the
     ``settled`` trials, when given)."""
-    trials_t = models.TrialModel.__table__
-    condition = trials_t.c.study_id == study_id
-    if states is not None:
-        condition = sa.and_(condition, trials_t.c.state.in_(list(states)))
+    condition = _in_states(models.TrialModel.__table__.c.study_id == study_id, states)
     return condition if settled is None else sa.and_(condition, settled.condition())
+
+
+def _in_states(condition: sa.ColumnElement, states: Iterable[TrialState] | None) -> sa.ColumnElement:
+    """``condition`` on ``trials`` rows, and in ``states`` when given."""
+    return condition if states is None else sa.and_(condition, models.TrialModel.__table__.c.state.in_(list(states)))
 
 
 # Up to this many trials, :func:`_read_trials` reads their parameters, values, ... by id:
@@ -705,7 +707,7 @@ def _read_trials(storage: RDBStorage, study_id: int, where: sa.ColumnElement | N
     the study's own condition."""
     trials_t = models.TrialModel.__table__
     if own:
-        condition = where if states is None else sa.and_(where, trials_t.c.state.in_(list(states)))
+        condition = _in_states(where, states)
     else:
         condition = _trials_of(study_id, states)
         if where is not None:

@@ -291,7 +291,7 @@ def summary_trials(storage: RDBStorage, study_id: int, direction: str,
     """
     trials = read_trials(storage, study_id, settled=settled, parts={"values", "system_attrs"})
     by_number = {t.number: t for t in trials}
-    keys = {SURPLUS_ATTR, FAIL_REASON_ATTR, CV_LOSS_ATTR, FOLD_BEST_EPOCHS_ATTR}
+    keys = RANK_ATTRS | {SURPLUS_ATTR, FAIL_REASON_ATTR}
 
     def add_user_attrs(found: list[FrozenTrial]) -> None:
         for trial in found:
